@@ -1,0 +1,197 @@
+"""Programme rules: one validated TOML file read by the simulator, the feature jobs and the service."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tomllib
+from collections.abc import Mapping
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recsvc.errors import ConfigError
+
+PROGRAMME_ENV = "RECSVC_PROGRAMME"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Currency(_Section):
+    minor_per_unit: int = Field(100, gt=0)
+
+
+class Earning(_Section):
+    points_per_unit: int = Field(1, ge=0)
+    double_points_days: tuple[str, ...] = ("06-18", "11-11")
+    double_points_multiplier: float = Field(2.0, ge=1.0)
+    tier_multipliers: dict[str, float] = {"silver": 1.0, "gold": 1.2, "diamond": 1.5}
+    category_multipliers: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for day in self.double_points_days:
+            try:
+                dt.datetime.strptime(f"2000-{day}", "%Y-%m-%d")
+            except ValueError as exc:
+                raise ValueError(f"double_points_days: {day!r} is not MM-DD") from exc
+        for name, table in (("tier_multipliers", self.tier_multipliers),
+                            ("category_multipliers", self.category_multipliers)):
+            for key, value in table.items():
+                if not value > 0:
+                    raise ValueError(f"{name}.{key}: must be > 0, got {value}")
+        return self
+
+
+class DeductionCap(_Section):
+    min_order_units: int = Field(ge=0)
+    max_points: int = Field(ge=0)
+
+
+class Burning(_Section):
+    points_per_unit: int = Field(100, gt=0)
+    min_points_step: int = Field(100, gt=0)
+    max_order_share: float = Field(0.5, gt=0.0, le=1.0)
+    deduction_caps: tuple[DeductionCap, ...] = (
+        DeductionCap(min_order_units=100, max_points=1000),
+        DeductionCap(min_order_units=200, max_points=3000),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        mins = [c.min_order_units for c in self.deduction_caps]
+        if mins != sorted(set(mins)):
+            raise ValueError("deduction_caps: min_order_units must be strictly ascending")
+        caps = [c.max_points for c in self.deduction_caps]
+        if caps != sorted(caps):
+            raise ValueError("deduction_caps: max_points must not fall as orders grow")
+        return self
+
+
+class Expiry(_Section):
+    ordinary_months: int = Field(12, gt=0)
+    high_value_months: int = Field(24, gt=0)
+    high_value_tiers: tuple[str, ...] = ("diamond",)
+    reminder_days: int = Field(30, gt=0)
+    urgent_days: int = Field(3, gt=0)
+
+
+class Tiers(_Section):
+    order: tuple[str, ...] = ("silver", "gold", "diamond")
+    min_spend_units: tuple[int, ...] = (0, 5000, 20000)
+    downgrade_observation_days: int = Field(30, ge=0)
+    benefit_transition_months: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if len(self.order) != len(self.min_spend_units) or not self.order:
+            raise ValueError("order and min_spend_units must have the same, non-zero length")
+        if self.min_spend_units[0] != 0:
+            raise ValueError("min_spend_units: the first tier must start at 0")
+        if list(self.min_spend_units) != sorted(set(self.min_spend_units)):
+            raise ValueError("min_spend_units: must be strictly ascending")
+        return self
+
+
+class Gifts(_Section):
+    low_below: int = Field(100, gt=0)
+    high_above: int = Field(500, gt=0)
+
+
+class LowBalance(_Section):
+    below: int = Field(100, ge=0)
+
+
+class IndexRules(_Section):
+    hint_threshold: float = Field(0.06, gt=0)
+    vacuum_threshold: float = Field(0.03, ge=0)
+    campaign_multiplier: float = Field(1.0, gt=0)
+    young_behaviour_multiplier: float = Field(1.2, gt=0)
+    high_spender_discount: float = Field(0.9, gt=0, le=1.0)
+    high_spender_min_aov_units: float = Field(300.0, gt=0)
+    behaviour_floor: float = Field(0.5, ge=0, le=1.0)
+    frequency_scale_orders: float = Field(3.0, gt=0)
+    recency_scale_days: float = Field(60.0, gt=0)
+    young_age_bands: tuple[str, ...] = ("18-24",)
+    points_class_coefficients: dict[str, float] = {"base": 0.05, "growth": 0.075, "luxury": 0.10}
+
+
+class Inventory(_Section):
+    safety_share: float = Field(0.2, gt=0, le=1.0)
+    slow_mover_days: int = Field(90, gt=0)
+    delist_redemption_rate: float = Field(0.05, ge=0, le=1.0)
+    delist_months: int = Field(3, gt=0)
+    alternates: int = Field(3, ge=2, le=10)
+
+
+class Programme(_Section):
+    """The whole programme configuration; construct with `load_programme`."""
+
+    currency: Currency = Currency()
+    earning: Earning = Earning()
+    burning: Burning = Burning()
+    expiry: Expiry = Expiry()
+    tiers: Tiers = Tiers()
+    gifts: Gifts = Gifts()
+    unlocks: dict[str, int] = {"kitchenware": 2000, "furniture": 5000}
+    low_balance: LowBalance = LowBalance()
+    index: IndexRules = IndexRules()
+    inventory: Inventory = Inventory()
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Self:
+        missing = set(self.tiers.order) - set(self.earning.tier_multipliers)
+        if missing:
+            raise ValueError(f"earning.tier_multipliers: no multiplier for tier(s) {sorted(missing)}")
+        unknown = set(self.expiry.high_value_tiers) - set(self.tiers.order)
+        if unknown:
+            raise ValueError(f"expiry.high_value_tiers: unknown tier(s) {sorted(unknown)}")
+        if self.gifts.low_below > self.gifts.high_above:
+            raise ValueError("gifts: low_below must not exceed high_above")
+        return self
+
+    @cached_property
+    def minor_per_point(self) -> float:
+        """Cash value of one point in minor units when burned (1.0 with the defaults)."""
+        return self.currency.minor_per_unit / self.burning.points_per_unit
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_programme(data: Mapping[str, Any], source: str = "<programme>") -> Programme:
+    """Validate a mapping as programme rules, raising ConfigError naming the bad key."""
+    try:
+        return Programme.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def load_programme(path: str | os.PathLike[str] | None = None) -> Programme:
+    """Load the rules from `path`, else $RECSVC_PROGRAMME, else the packaged defaults."""
+    path = path or os.environ.get(PROGRAMME_ENV)
+    if path:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read programme file: {exc.strerror}") from None
+    else:
+        source = "recsvc/programme.toml"
+        text = resources.files("recsvc").joinpath("programme.toml").read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return parse_programme(data, source)

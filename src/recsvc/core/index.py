@@ -1,0 +1,147 @@
+"""The recommendation index of SPEC §2 and its factors, vectorised over numpy arrays.
+
+    value_coefficient    = market_price × perceived_discount / points_price × campaign
+    demand_match         = min(points_price, demand) / max(points_price, demand)
+    recommendation_index = value_coefficient × demand_match × behaviour_weight × discount_coeff
+
+Each function accepts scalars or arrays (broadcasting) and returns the same kind. This module is
+the single definition used by the simulator, the feature jobs, training and the service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from recsvc.config import IndexRules
+
+FloatLike = Any  # float | npt.NDArray[np.float64]; numpy's scalar/array union is not worth typing
+
+
+def _out(x: npt.NDArray[np.float64]) -> FloatLike:
+    return x if x.ndim else float(x)
+
+
+def value_coefficient(
+    market_price: FloatLike,
+    perceived_discount: FloatLike,
+    points_price: FloatLike,
+    campaign_multiplier: FloatLike = 1.0,
+) -> FloatLike:
+    """Currency per point (market price in currency units); 0 when the points price is not > 0.
+
+    >>> value_coefficient(80, 0.85, 800)
+    0.085
+    """
+    price = np.asarray(market_price, dtype=np.float64)
+    pts = np.asarray(points_price, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vc = price * np.asarray(perceived_discount, dtype=np.float64) / pts
+    vc = np.where(pts > 0, vc * campaign_multiplier, 0.0)
+    return _out(np.round(vc, 12))
+
+
+def demand_match(points_price: FloatLike, points_demand: FloatLike) -> FloatLike:
+    """How well a points price fits the points a member is ready to spend, in [0, 1].
+
+    >>> demand_match(375, 300)
+    0.8
+    """
+    a = np.asarray(points_price, dtype=np.float64)
+    b = np.asarray(points_demand, dtype=np.float64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dm = np.where((a > 0) & (b > 0), lo / hi, 0.0)
+    return _out(dm)
+
+
+def behaviour_weight(
+    rules: IndexRules,
+    orders_90d: FloatLike,
+    days_since_last_order: FloatLike,
+    young: FloatLike = False,
+) -> FloatLike:
+    """Weight in [floor, 1] (× the young multiplier) from purchase frequency and recency.
+
+    A member with no order yet (days_since_last_order = inf or NaN) gets the floor.
+    """
+    freq = 1.0 - np.exp(-np.asarray(orders_90d, dtype=np.float64) / rules.frequency_scale_orders)
+    days = np.asarray(days_since_last_order, dtype=np.float64)
+    recency = np.where(np.isfinite(days), np.exp(-np.maximum(days, 0.0) / rules.recency_scale_days), 0.0)
+    w = rules.behaviour_floor + (1.0 - rules.behaviour_floor) * freq * recency
+    w = np.where(np.asarray(young, dtype=bool), w * rules.young_behaviour_multiplier, w)
+    return _out(w)
+
+
+def discount_coefficient(
+    rules: IndexRules, item_discount: FloatLike, high_spender: FloatLike = False
+) -> FloatLike:
+    """The item's current price multiplier, times the high-spender coefficient where it applies."""
+    d = np.asarray(item_discount, dtype=np.float64)
+    d = np.where(np.asarray(high_spender, dtype=bool), d * rules.high_spender_discount, d)
+    return _out(d)
+
+
+def recommendation_index(
+    value_coeff: FloatLike, demand: FloatLike, behaviour: FloatLike, discount: FloatLike
+) -> FloatLike:
+    """The product of the four factors.
+
+    >>> round(recommendation_index(0.12, 0.8, 0.8, 0.8), 10)
+    0.06144
+    """
+    idx = (
+        np.asarray(value_coeff, dtype=np.float64)
+        * np.asarray(demand, dtype=np.float64)
+        * np.asarray(behaviour, dtype=np.float64)
+        * np.asarray(discount, dtype=np.float64)
+    )
+    return _out(idx)
+
+
+def in_vacuum_zone(rules: IndexRules, value_coeff: FloatLike) -> FloatLike:
+    """Items whose value per point is under the vacuum threshold: members stop redeeming."""
+    flag = np.asarray(value_coeff, dtype=np.float64) < rules.vacuum_threshold
+    return flag if flag.ndim else bool(flag)
+
+
+def points_better(index: FloatLike, threshold: float) -> FloatLike:
+    """The hint rule: paying with points is the better deal when the index exceeds the threshold."""
+    flag = np.asarray(index, dtype=np.float64) > threshold
+    return flag if flag.ndim else bool(flag)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexFactors:
+    """The index and its factors for one or many (member, item) pairs."""
+
+    value_coefficient: FloatLike
+    demand_match: FloatLike
+    behaviour_weight: FloatLike
+    discount_coefficient: FloatLike
+    recommendation_index: FloatLike
+    vacuum: FloatLike
+
+
+def index_factors(
+    rules: IndexRules,
+    *,
+    market_price: FloatLike,
+    perceived_discount: FloatLike,
+    points_price: FloatLike,
+    item_discount: FloatLike,
+    balance: FloatLike,
+    orders_90d: FloatLike,
+    days_since_last_order: FloatLike,
+    young: FloatLike = False,
+    high_spender: FloatLike = False,
+) -> IndexFactors:
+    """All factors at once, as the simulator, training and the service compute them."""
+    vc = value_coefficient(market_price, perceived_discount, points_price, rules.campaign_multiplier)
+    dm = demand_match(points_price, balance)
+    bw = behaviour_weight(rules, orders_90d, days_since_last_order, young)
+    dc = discount_coefficient(rules, item_discount, high_spender)
+    return IndexFactors(vc, dm, bw, dc, recommendation_index(vc, dm, bw, dc), in_vacuum_zone(rules, vc))

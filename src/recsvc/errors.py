@@ -1,0 +1,28 @@
+"""The project's own exceptions: the one vocabulary every layer raises and the transport maps."""
+
+from __future__ import annotations
+
+
+class RecsvcError(Exception):
+    """Base of every error recsvc raises on purpose."""
+
+
+class ConfigError(RecsvcError):
+    """Configuration or programme rules are invalid; the message names the key."""
+
+
+class InvalidArgument(RecsvcError):
+    """A caller's input is invalid; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ImportFailed(RecsvcError):
+    """A transaction file could not be imported; nothing was written."""
+
+
+class DataMissing(RecsvcError):
+    """A job needs tables or features that have not been built yet."""
