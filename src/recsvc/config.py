@@ -1,4 +1,4 @@
-"""Programme rules: one validated TOML file read by the simulator, the feature jobs and the service."""
+"""Programme rules: one validated TOML file read by the simulator, feature jobs and service."""
 
 from __future__ import annotations
 
@@ -40,8 +40,10 @@ class Earning(_Section):
                 dt.datetime.strptime(f"2000-{day}", "%Y-%m-%d")
             except ValueError as exc:
                 raise ValueError(f"double_points_days: {day!r} is not MM-DD") from exc
-        for name, table in (("tier_multipliers", self.tier_multipliers),
-                            ("category_multipliers", self.category_multipliers)):
+        for name, table in (
+            ("tier_multipliers", self.tier_multipliers),
+            ("category_multipliers", self.category_multipliers),
+        ):
             for key, value in table.items():
                 if not value > 0:
                     raise ValueError(f"{name}.{key}: must be > 0, got {value}")
@@ -147,7 +149,9 @@ class Programme(_Section):
     def _cross_check(self) -> Self:
         missing = set(self.tiers.order) - set(self.earning.tier_multipliers)
         if missing:
-            raise ValueError(f"earning.tier_multipliers: no multiplier for tier(s) {sorted(missing)}")
+            raise ValueError(
+                f"earning.tier_multipliers: no multiplier for tier(s) {sorted(missing)}"
+            )
         unknown = set(self.expiry.high_value_tiers) - set(self.tiers.order)
         if unknown:
             raise ValueError(f"expiry.high_value_tiers: unknown tier(s) {sorted(unknown)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recsvc.errors import ConfigError
@@ -13,21 +13,23 @@ from recsvc.errors import ConfigError
 class Settings(BaseSettings):
     """Where recsvc keeps its data and which stores it talks to."""
 
-    model_config = SettingsConfigDict(env_prefix="RECSVC_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RECSVC_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
 
-    data_dir: Path = Field(Path("data"), description="Root of tables, oracle, offline features and the Feast registry.")
+    data_dir: Path = Path("data")
     """Root of the canonical tables, the oracle files, offline features and the Feast registry."""
 
-    feature_repo: Path = Field(Path("feature_repo"), description="The Feast repository (feature_store.yaml + definitions).")
+    feature_repo: Path = Path("feature_repo")
     """The Feast repository: feature_store.yaml and the feature definitions."""
 
-    redis_url: str | None = Field(None, description="redis://host:port/db; when set, Feast's online store is Redis.")
+    redis_url: str | None = None
     """When set (redis://[:password@]host:port/db), the online store is Redis instead of SQLite."""
 
-    feast_project: str = Field("recsvc", description="Feast project name (namespaces online keys).")
+    feast_project: str = "recsvc"
     """Feast project name; it namespaces every online-store key, so tests use their own."""
 
-    programme: Path | None = Field(None, description="Programme rules file; default: packaged programme.toml.")
+    programme: Path | None = None
     """Programme rules file (TOML); the packaged defaults when unset."""
 
 

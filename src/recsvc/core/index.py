@@ -70,7 +70,9 @@ def behaviour_weight(
     """
     freq = 1.0 - np.exp(-np.asarray(orders_90d, dtype=np.float64) / rules.frequency_scale_orders)
     days = np.asarray(days_since_last_order, dtype=np.float64)
-    recency = np.where(np.isfinite(days), np.exp(-np.maximum(days, 0.0) / rules.recency_scale_days), 0.0)
+    recency = np.where(
+        np.isfinite(days), np.exp(-np.maximum(days, 0.0) / rules.recency_scale_days), 0.0
+    )
     w = rules.behaviour_floor + (1.0 - rules.behaviour_floor) * freq * recency
     w = np.where(np.asarray(young, dtype=bool), w * rules.young_behaviour_multiplier, w)
     return _out(w)
@@ -140,8 +142,12 @@ def index_factors(
     high_spender: FloatLike = False,
 ) -> IndexFactors:
     """All factors at once, as the simulator, training and the service compute them."""
-    vc = value_coefficient(market_price, perceived_discount, points_price, rules.campaign_multiplier)
+    vc = value_coefficient(
+        market_price, perceived_discount, points_price, rules.campaign_multiplier
+    )
     dm = demand_match(points_price, balance)
     bw = behaviour_weight(rules, orders_90d, days_since_last_order, young)
     dc = discount_coefficient(rules, item_discount, high_spender)
-    return IndexFactors(vc, dm, bw, dc, recommendation_index(vc, dm, bw, dc), in_vacuum_zone(rules, vc))
+    return IndexFactors(
+        vc, dm, bw, dc, recommendation_index(vc, dm, bw, dc), in_vacuum_zone(rules, vc)
+    )

@@ -1,0 +1,58 @@
+# recsvc's front door: every job people and CI run goes through a target here.
+# `make help` lists them. Targets create or reuse .venv and install from requirements.lock.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+UV          := $(VENV)/bin/uv
+UV_VERSION  := 0.13.8
+STAMP       := $(VENV)/.installed
+export RECSVC_DATA_DIR ?= data
+# size of the population `make features` simulates when there is no data yet
+SIM_MEMBERS ?= 20000
+SIM_DAYS    ?= 365
+SIM_SEED    ?= 7
+PYTEST_ARGS ?=
+
+.PHONY: help install lock lint test features bench-features clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON_BOOT) -m venv $(VENV)
+
+$(UV): | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+# Reinstall only when the lock or the project metadata changed: a second run takes seconds.
+$(STAMP): requirements.lock pyproject.toml | $(UV)
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	@touch $@
+
+install: $(STAMP) ## create .venv and install the locked dependencies and recsvc
+	@echo "recsvc installed in $(VENV) ($$($(PY) --version))"
+
+lock: | $(UV) ## re-resolve requirements.lock from pyproject.toml
+	$(UV) pip compile --quiet pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check src tests training feature_repo
+	$(VENV)/bin/mypy src
+
+test: $(STAMP) ## run the whole test suite (needs Redis at 127.0.0.1:6379; starts one if absent)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+features: $(STAMP) ## simulate data if there is none, compute features, feast apply, materialise
+	$(VENV)/bin/recsvc features --members $(SIM_MEMBERS) --days $(SIM_DAYS) --seed $(SIM_SEED)
+
+bench-features: $(STAMP) ## benchmark simulator, feature jobs, materialisation and online reads
+	$(PY) training/bench_features.py
+
+clean: ## remove generated data (keeps .venv)
+	rm -rf $(RECSVC_DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,774 @@
+"""A loyalty-programme simulator with known ground truth, for learning and judging models.
+
+Members follow a buy-till-you-die process (BG/NBD-like): each has a latent purchase rate and,
+after every order, a latent chance of dropping out for good, so churn is real and partly
+predictable from behaviour. Orders earn points by the programme rules; points lapse at month
+ends (FIFO by expiry); members are shown catalogue items on three surfaces and redeem with a
+probability given by a *known* function (`redeem_logit`) of the index factors, the points about
+to expire and latent traits. The true probabilities go to a separate oracle directory that no
+training code reads.
+
+Time runs day by day over all members at once (numpy vectors), because stock is shared between
+members. Within a day, orders fall in [00:00, 12:00) and the visits with their exposures and
+redemptions in [12:00, 24:00), in rounds, so every balance check sees every earlier event.
+Output is flushed every month, so memory stays bounded by the member state, not the history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from recsvc.config import Programme, load_programme
+from recsvc.core import index as idx
+from recsvc.core import ledger
+from recsvc.data import schema
+from recsvc.progress import Stopwatch, progress
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+DEFAULT_START = dt.date(2025, 1, 1)
+CATEGORIES = (
+    "apparel",
+    "beauty",
+    "books",
+    "electronics",
+    "furniture",
+    "grocery",
+    "home",
+    "kitchenware",
+    "sports",
+    "toys",
+)
+CATEGORY_PRICE_UNITS = {  # median market price of redeemable items, currency units
+    "apparel": 120,
+    "beauty": 90,
+    "books": 40,
+    "electronics": 400,
+    "furniture": 900,
+    "grocery": 30,
+    "home": 80,
+    "kitchenware": 150,
+    "sports": 160,
+    "toys": 70,
+}
+AGE_BANDS = ("18-24", "25-34", "35-44", "45+")
+AGE_P = (0.2, 0.35, 0.25, 0.2)
+SURFACES = ("product_page", "points_centre", "cart")
+SURFACE_P = (0.5, 0.3, 0.2)
+SURFACE_EFFECT = np.array([0.0, 0.5, 0.2])
+ROUNDS = 4  # exposures per visit at most
+SECONDS_PER_DAY = 86_400
+US = 1_000_000
+NULL = np.iinfo(np.int64).min  # stands for a null in integer and timestamp columns
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    members: int
+    items: int
+    days: int
+    rows: dict[str, int]
+    seconds: float
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
+# --------------------------------------------------------------------------------------------
+# The known redemption function (the oracle).
+# --------------------------------------------------------------------------------------------
+def redeem_logit(
+    *,
+    value_coeff: F64,
+    demand: F64,
+    behaviour: F64,
+    discount: F64,
+    expiring_share: F64,
+    affordable: npt.NDArray[np.bool_],
+    vacuum: npt.NDArray[np.bool_],
+    price_sensitivity: F64,
+    appetite: F64,
+    category_pref: F64,
+    surface_effect: F64,
+) -> F64:
+    """Log-odds that an exposure converts into a redemption.
+
+    Increasing in value per point (steeper for price-sensitive members), demand match,
+    behaviour and discount depth; points that are about to expire push members to redeem;
+    unaffordable items (points + cash only) and vacuum-zone items are redeemed far less.
+    """
+    vc = np.maximum(value_coeff, 1e-4)
+    return (
+        -4.4
+        + 1.7 * price_sensitivity * np.log(vc / 0.06)
+        + 1.3 * demand
+        + 1.6 * (behaviour - 0.5)
+        + 2.0 * (1.0 - discount)
+        + 1.1 * np.minimum(expiring_share, 1.0)
+        + appetite
+        + 2.5 * category_pref
+        + surface_effect
+        - 2.2 * (~affordable)
+        - 1.5 * vacuum
+    )
+
+
+def season(days: I64 | int, programme: Programme, start: dt.date) -> F64:
+    """Purchase-rate multiplier for day offsets from `start`: a yearly wave and campaign days."""
+    d = np.atleast_1d(np.asarray(days, dtype=np.int64))
+    ordinal = start.toordinal() + d
+    doy = np.array([dt.date.fromordinal(int(o)).timetuple().tm_yday for o in ordinal])
+    wave = 1.0 + 0.25 * np.sin(2 * np.pi * (doy - 220) / 365.25)
+    mmdd = [dt.date.fromordinal(int(o)).strftime("%m-%d") for o in ordinal]
+    campaign = np.array([m in programme.earning.double_points_days for m in mmdd])
+    return wave * np.where(campaign, 1.8, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Population and catalogue.
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Members:
+    n: int
+    signup_day: I64  # day offset (negative: joined before the simulation)
+    age: I64
+    rate: F64  # orders per day while alive
+    dropout: F64  # P(drop out after an order)
+    aov_minor: F64  # typical order value
+    price_sensitivity: F64
+    appetite: F64
+    engagement: F64
+    cat_pref: F64  # (n, categories), rows sum to 1
+    alive: npt.NDArray[np.bool_]
+    cum_spend: I64 = field(init=False)
+    last_order_day: F64 = field(init=False)
+    last_redeem_day: F64 = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cum_spend = np.zeros(self.n, dtype=np.int64)
+        self.last_order_day = np.full(self.n, np.nan)
+        self.last_redeem_day = np.full(self.n, np.nan)
+
+
+def make_members(rng: np.random.Generator, n: int, days: int) -> Members:
+    before = rng.random(n) < 0.4
+    signup = np.where(
+        before,
+        -rng.integers(1, 731, n),
+        rng.integers(0, max(1, int(days * 0.8)), n),
+    ).astype(np.int64)
+    age = rng.choice(len(AGE_BANDS), size=n, p=AGE_P)
+    young = age == 0
+    rate = rng.gamma(0.9, 0.032 / 0.9, n) * np.where(young, 1.15, 1.0)
+    dropout = np.clip(rng.beta(1.2, 7.0, n), 0.005, 0.9)
+    aov = np.exp(rng.normal(np.log(120 * 100), 0.55, n))
+    sens = np.clip(rng.normal(1.0, 0.3, n) + 0.2 * young, 0.2, 2.0)
+    appetite = rng.normal(0.0, 0.7, n)
+    engagement = rng.beta(2.0, 3.0, n)
+    pref = rng.dirichlet(np.full(len(CATEGORIES), 0.6), n)
+    # some of those who joined earlier have already lapsed for good
+    alive = ~(before & (rng.random(n) < 0.25))
+    return Members(n, signup, age, rate, dropout, aov, sens, appetite, engagement, pref, alive)
+
+
+@dataclass
+class Catalogue:
+    n: int
+    category: I64
+    points_class: npt.NDArray[np.str_]
+    price_minor: I64
+    points_price: I64
+    perceived_discount: F64
+    target_stock: I64
+    replenish: npt.NDArray[np.bool_]
+    popularity: F64
+    stock: I64 = field(init=False)
+    discount: F64 = field(init=False)
+    promo_left: I64 = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stock = self.target_stock.copy()
+        self.discount = np.ones(self.n)
+        self.promo_left = np.zeros(self.n, dtype=np.int64)
+
+
+def make_catalogue(
+    rng: np.random.Generator, n: int, programme: Programme, n_members: int
+) -> Catalogue:
+    cat = rng.integers(0, len(CATEGORIES), n)
+    median = np.array([CATEGORY_PRICE_UNITS[c] for c in CATEGORIES])[cat]
+    price_units = np.round(median * np.exp(rng.normal(0, 0.5, n)), 1)
+    price_units = np.maximum(price_units, 5.0)
+    classes = np.array(list(programme.index.points_class_coefficients))
+    coeffs = np.array(list(programme.index.points_class_coefficients.values()))
+    cls = rng.choice(
+        len(classes), size=n, p=[0.5, 0.35, 0.15][: len(classes)] if len(classes) == 3 else None
+    )
+    target_vc = coeffs[cls] * np.exp(rng.normal(0, 0.35, n))
+    disc = np.round(rng.uniform(0.7, 1.0, n), 2)
+    points = np.maximum(np.round(price_units * disc / target_vc / 10) * 10, 10).astype(np.int64)
+    popularity = np.exp(rng.normal(0, 1.0, n))
+    # stock for about a month of the expected demand; a tenth is never replenished
+    target = np.maximum(rng.poisson(5 + popularity * n_members / 2000.0), 1).astype(np.int64)
+    replenish = rng.random(n) > 0.1
+    return Catalogue(
+        n,
+        cat,
+        classes[cls],
+        np.round(price_units * 100).astype(np.int64),
+        points,
+        disc,
+        target,
+        replenish,
+        popularity,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The simulation.
+# --------------------------------------------------------------------------------------------
+class _Buffers:
+    """Columns accumulated between flushes, per table."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, dict[str, list[Any]]] = {}
+
+    def add(self, table: str, **columns: Any) -> None:
+        tab = self.cols.setdefault(table, {})
+        for name, values in columns.items():
+            tab.setdefault(name, []).append(np.asarray(values))
+
+    def rows(self, table: str) -> int:
+        tab = self.cols.get(table)
+        return 0 if not tab else sum(len(v) for v in next(iter(tab.values())))
+
+    def take(self, table: str) -> dict[str, Any]:
+        tab = self.cols.pop(table, {})
+        return {k: np.concatenate(v) for k, v in tab.items()}
+
+
+def _ts(day0: dt.date, day: int, seconds: F64 | I64) -> I64:
+    base = (day0.toordinal() - dt.date(1970, 1, 1).toordinal() + day) * SECONDS_PER_DAY
+    return ((base + np.asarray(seconds, dtype=np.float64)) * US).astype(np.int64)
+
+
+class Simulator:
+    def __init__(
+        self,
+        programme: Programme,
+        *,
+        members: int,
+        days: int,
+        seed: int,
+        start: dt.date = DEFAULT_START,
+        items: int | None = None,
+    ) -> None:
+        if members <= 0 or days <= 0:
+            raise ValueError("members and days must be positive")
+        self.p = programme
+        self.days = days
+        self.start = start
+        self.rng = np.random.default_rng(seed)
+        self.m = make_members(self.rng, members, days)
+        n_items = items if items is not None else int(min(3000, max(300, members // 10)))
+        self.cat = make_catalogue(self.rng, n_items, programme, members)
+        self.base_month = ledger.month_index(start) - 1
+        horizon = (
+            ledger.month_index(start + dt.timedelta(days=days))
+            + programme.expiry.high_value_months
+            + 2
+        )
+        self.buckets = np.zeros((members, horizon - self.base_month), dtype=np.int64)
+        self.expiry_us_by_col = np.array(
+            [
+                int(ledger.expiry_instant(self.base_month + col).timestamp()) * US
+                for col in range(self.buckets.shape[1])
+            ],
+            dtype=np.int64,
+        )
+        self.tier_names = programme.tiers.order
+        self.tier_mult = np.array([programme.earning.tier_multipliers[t] for t in self.tier_names])
+        self.tier_months = np.array(
+            [ledger.expiry_months_for_tier(programme, t) for t in self.tier_names]
+        )
+        cat_mult = [ledger.category_multiplier(programme, c) for c in CATEGORIES]
+        self.cat_mult = np.array(cat_mult)
+        self.orders_ring = np.zeros((members, 90), dtype=np.int16)
+        self.ids = dict.fromkeys(("order", "entry", "exposure", "redemption"), 0)
+        self.buf = _Buffers()
+        self.season = season(np.arange(days + 100), programme, start)
+
+    def _next_ids(self, kind: str, n: int) -> I64:
+        first = self.ids[kind]
+        self.ids[kind] = first + n
+        return np.arange(first, first + n, dtype=np.int64)
+
+    def _ledger(
+        self,
+        member: I64,
+        ts: I64,
+        kind: str,
+        points: I64,
+        expires_at: I64 | None = None,
+        ref: I64 | None = None,
+    ) -> None:
+        n = len(member)
+        if n == 0:
+            return
+        self.buf.add(
+            "ledger",
+            entry_id=self._next_ids("entry", n),
+            member_id=member,
+            ts=ts,
+            kind=np.full(n, kind, dtype=object),
+            points=points,
+            expires_at=expires_at if expires_at is not None else np.full(n, NULL),
+            ref_id=ref if ref is not None else np.full(n, NULL),
+        )
+
+    def _expiry_us(self, bucket_col: I64) -> I64:
+        return self.expiry_us_by_col[bucket_col]
+
+    # -- opening balances -------------------------------------------------------------------
+    def _open(self) -> None:
+        m = self.m
+        who = np.flatnonzero(m.signup_day < 0)
+        if len(who) == 0:
+            return
+        monthly = m.rate[who] * 30 * (m.aov_minor[who] / 100) * self.p.earning.points_per_unit
+        ts = _ts(self.start, 0, np.zeros(len(who)))
+        start_month = ledger.month_index(self.start)
+        for back in range(1, self.p.expiry.ordinary_months + 1):
+            had = -m.signup_day[who] > back * 30
+            pts = np.floor(monthly * self.rng.gamma(1.0, 0.6, len(who))).astype(np.int64) * had
+            keep = pts > 0
+            col = np.full(
+                keep.sum(), start_month - back + self.p.expiry.ordinary_months - self.base_month
+            )
+            mem = who[keep]
+            self.buckets[mem, col] += pts[keep]
+            self._ledger(mem, ts[keep], "opening", pts[keep], self._expiry_us(col))
+
+    # -- one day ----------------------------------------------------------------------------
+    def _expire(self, day: int, date: dt.date) -> None:
+        if date.day != 1:
+            return
+        col = ledger.month_index(date) - 1 - self.base_month
+        lapsed = np.flatnonzero(self.buckets[:, col] > 0)
+        if len(lapsed):
+            pts = self.buckets[lapsed, col].copy()
+            self.buckets[lapsed, col] = 0
+            self._ledger(lapsed, _ts(self.start, day, np.zeros(len(lapsed))), "expire", -pts)
+
+    def _orders(self, day: int, date: dt.date) -> None:
+        m, rng = self.m, self.rng
+        active = np.flatnonzero(m.alive & (m.signup_day <= day))
+        count = rng.poisson(m.rate[active] * self.season[day])
+        self.orders_ring[:, day % 90] = 0
+        campaign = ledger.campaign_multiplier(self.p, date)
+        month = ledger.month_index(date)
+        for k in range(1, int(count.max(initial=0)) + 1):  # k-th order of the day, in time order
+            who = active[count >= k]
+            n = len(who)
+            secs = (k - 1 + rng.random(n)) * (43_200 / (count[count >= k] + 1))
+            ts = _ts(self.start, day, secs)
+            cat = (m.cat_pref[who].cumsum(1) > rng.random((n, 1))).argmax(1)
+            amount = np.round(m.aov_minor[who] * np.exp(rng.normal(0, 0.5, n))).astype(np.int64)
+            qty = 1 + rng.poisson(0.6, n)
+            tier = ledger.tier_for_spend(self.p, m.cum_spend[who])
+            pts = ledger.points_earned(
+                self.p, amount, self.tier_mult[tier], self.cat_mult[cat], campaign
+            )
+            oid = self._next_ids("order", n)
+            self.buf.add(
+                "orders",
+                order_id=oid,
+                member_id=who,
+                ts=ts,
+                amount_minor=amount,
+                quantity=qty,
+                category=np.array(CATEGORIES, dtype=object)[cat],
+                points_earned=pts,
+            )
+            col = month + self.tier_months[tier] - self.base_month
+            earned = pts > 0
+            np.add.at(self.buckets, (who[earned], col[earned]), pts[earned])
+            self._ledger(
+                who[earned],
+                ts[earned],
+                "earn",
+                pts[earned],
+                self._expiry_us(col[earned]),
+                oid[earned],
+            )
+            m.cum_spend[who] += amount
+            m.last_order_day[who] = day
+            self.orders_ring[who, day % 90] += 1
+            # buy till you die: after each order a member may drop out for good
+            m.alive[who] &= rng.random(n) >= m.dropout[who]
+
+    def _visits(self, day: int, date: dt.date) -> None:
+        m, c, rng = self.m, self.cat, self.rng
+        joined = m.signup_day <= day
+        p_visit = np.clip((m.rate * 2.5 + 0.01) * (0.5 + m.engagement), 0, 0.9)
+        p_visit = np.where(m.alive, p_visit, p_visit * 0.15)  # lapsed members still drop by
+        visitors = np.flatnonzero(joined & (rng.random(m.n) < p_visit))
+        if len(visitors) == 0:
+            return
+        n_exp = rng.integers(1, ROUNDS + 1, len(visitors))
+        orders_90d = self.orders_ring[visitors].sum(1)
+        since = day - m.last_order_day[visitors]
+        young = m.age[visitors] == 0
+        high = m.cum_spend[visitors] > 0
+        month = ledger.month_index(date)
+        soon = month + 1 - self.base_month  # buckets lapsing within about 30 days
+        for r in range(ROUNDS):
+            sel = n_exp > r
+            who = visitors[sel]
+            n = len(who)
+            in_stock = np.flatnonzero(c.stock > 0)  # sold-out items are not shown again
+            if n == 0 or len(in_stock) == 0:
+                break
+            weights = c.popularity[in_stock] / c.popularity[in_stock].sum()
+            item = in_stock[rng.choice(len(in_stock), size=n, p=weights)]
+            surface = rng.choice(len(SURFACES), size=n, p=SURFACE_P)
+            balance = self.buckets[who].sum(1)
+            expiring = self.buckets[who, soon - 1 : soon + 1].sum(1)
+            f = idx.index_factors(
+                self.p.index,
+                market_price=c.price_minor[item] / self.p.currency.minor_per_unit,
+                perceived_discount=c.perceived_discount[item],
+                points_price=c.points_price[item],
+                item_discount=c.discount[item],
+                balance=balance,
+                orders_90d=orders_90d[sel],
+                days_since_last_order=since[sel],
+                young=young[sel],
+                high_spender=high[sel]
+                & (m.aov_minor[who] >= self.p.index.high_spender_min_aov_units * 100),
+            )
+            logit = redeem_logit(
+                value_coeff=f.value_coefficient,
+                demand=f.demand_match,
+                behaviour=f.behaviour_weight,
+                discount=f.discount_coefficient,
+                expiring_share=expiring / c.points_price[item],
+                affordable=balance >= c.points_price[item],
+                vacuum=f.vacuum,
+                price_sensitivity=m.price_sensitivity[who],
+                appetite=m.appetite[who],
+                category_pref=m.cat_pref[who, c.category[item]],
+                surface_effect=SURFACE_EFFECT[surface],
+            )
+            prob = 1.0 / (1.0 + np.exp(-logit))
+            prob = np.where(balance >= self.p.burning.min_points_step, prob, 0.0)
+            redeem = rng.random(n) < prob
+            secs = 43_200 + (r + rng.random(n)) * (43_200 / ROUNDS)
+            ts = _ts(self.start, day, secs)
+            if redeem.any():
+                # stock is shared: in time order, redemptions past the last unit miss, and an
+                # item is not shown any more once its last unit has gone
+                order = np.flatnonzero(redeem)
+                order = order[np.argsort(ts[order], kind="stable")]
+                rank = _rank_within(item[order])
+                left = c.stock[item[order]]
+                redeem[order[rank >= left]] = False
+                last = order[rank == left - 1]
+                gone_at = np.full(c.n, np.iinfo(np.int64).max)
+                gone_at[item[last]] = ts[last]
+                keep = ts <= gone_at[item]
+                if not keep.all():
+                    who, item, surface = who[keep], item[keep], surface[keep]
+                    balance, ts, redeem, prob = balance[keep], ts[keep], redeem[keep], prob[keep]
+                    n = len(who)
+            eid = self._next_ids("exposure", n)
+            rid = np.full(n, NULL)
+            rw = np.flatnonzero(redeem)
+            if len(rw):
+                rids = self._next_ids("redemption", len(rw))
+                rid[rw] = rids
+                rm, ri = who[rw], item[rw]
+                step = self.p.burning.min_points_step
+                burn = np.minimum(c.points_price[ri], balance[rw] // step * step)
+                cash = np.ceil((c.points_price[ri] - burn) * self.p.minor_per_point).astype(
+                    np.int64
+                )
+                self.buckets[rm], _ = ledger.burn_fifo(self.buckets[rm], burn)
+                np.subtract.at(c.stock, ri, 1)
+                m.last_redeem_day[rm] = day
+                # members who redeem stay longer: their dropout chance shrinks
+                m.dropout[rm] *= 0.85
+                self.buf.add(
+                    "redemptions",
+                    redemption_id=rids,
+                    member_id=rm,
+                    item_id=ri,
+                    exposure_id=eid[rw],
+                    ts=ts[rw],
+                    points=burn,
+                    cash_minor=cash,
+                )
+                self._ledger(rm, ts[rw], "burn", -burn, ref=rids)
+            self.buf.add(
+                "exposures",
+                exposure_id=eid,
+                member_id=who,
+                item_id=item,
+                ts=ts,
+                surface=np.array(SURFACES, dtype=object)[surface],
+                balance=balance,
+                redeemed=redeem,
+                redemption_id=rid,
+            )
+            self.buf.add("oracle_exposures", exposure_id=eid, p_redeem_7d=prob)
+
+    def _catalogue_day(self, day: int, date: dt.date) -> None:
+        c, rng = self.cat, self.rng
+        c.promo_left = np.maximum(c.promo_left - 1, 0)
+        c.discount = np.where(c.promo_left > 0, c.discount, 1.0)
+        start = (c.promo_left == 0) & (rng.random(c.n) < 1 / 45)
+        c.promo_left[start] = 7
+        c.discount[start] = rng.choice([0.7, 0.8, 0.9], size=int(start.sum()))
+        replenished = np.zeros(c.n, dtype=np.int64)
+        if date.weekday() == 0:
+            refill = c.replenish & (c.stock < c.target_stock)
+            replenished[refill] = c.target_stock[refill] - c.stock[refill]
+            c.stock += replenished
+        self._replenished = replenished
+
+    def _item_days(self, day: int) -> None:
+        c = self.cat
+        ts = _ts(self.start, day + 1, np.zeros(c.n))
+        self.buf.add(
+            "item_days",
+            item_id=np.arange(c.n, dtype=np.int64),
+            ts=ts,
+            discount_coefficient=c.discount.copy(),
+            stock=c.stock.copy(),
+            replenished=self._replenished,
+        )
+
+    def _oracle_churn(self, day: int, date: dt.date) -> None:
+        if date.day != 1 or day == 0:
+            return
+        m = self.m
+        who = np.flatnonzero(m.signup_day < day)
+        expected = m.rate[who] * season(np.arange(day, day + 90), self.p, self.start).sum()
+        p_none = np.where(m.alive[who], np.exp(-expected), 1.0)
+        self.buf.add(
+            "oracle_churn",
+            member_id=who,
+            ts=_ts(self.start, day, np.zeros(len(who))),
+            p_no_order_90d=p_none,
+            alive=m.alive[who].copy(),
+        )
+
+    def run(self, data_dir: Path, show_progress: bool = True) -> SimulationSummary:
+        watch = Stopwatch()
+        rows: dict[str, int] = {}
+        oracle_schemas = {"exposures": schema.ORACLE_EXPOSURES, "churn": schema.ORACLE_CHURN}
+        with (
+            schema.atomic_tables(schema.tables_dir(data_dir)) as out,
+            schema.atomic_tables(schema.oracle_dir(data_dir), oracle_schemas) as oracle,
+        ):
+
+            def flush() -> None:
+                for name in ("orders", "ledger", "redemptions", "exposures", "item_days"):
+                    if self.buf.rows(name):
+                        cols = self.buf.take(name)
+                        rows[name] = rows.get(name, 0) + len(next(iter(cols.values())))
+                        out.write(name, _arrow(cols, schema.TABLES[name]))
+                for name, target in (("oracle_exposures", "exposures"), ("oracle_churn", "churn")):
+                    if self.buf.rows(name):
+                        oracle.write(target, _arrow(self.buf.take(name), oracle_schemas[target]))
+
+            self._write_items(out)
+            self._open()
+            with progress("simulate", self.days, unit="days") as bar:
+                for day in range(self.days):
+                    date = self.start + dt.timedelta(days=day)
+                    self._expire(day, date)
+                    self._oracle_churn(day, date)
+                    self._catalogue_day(day, date)
+                    self._orders(day, date)
+                    self._visits(day, date)
+                    self._item_days(day)
+                    if (date + dt.timedelta(days=1)).day == 1 or day == self.days - 1:
+                        flush()
+                    bar.update(1)
+            self._write_members(out)
+        rows["members"] = self.m.n
+        rows["items"] = self.cat.n
+        return SimulationSummary(self.m.n, self.cat.n, self.days, rows, watch.seconds)
+
+    def _write_items(self, out: schema.TableSetWriter) -> None:
+        c = self.cat
+        names = [f"{CATEGORIES[k]}-{i:05d}" for i, k in enumerate(c.category)]
+        created = _ts(self.start, -365, np.zeros(c.n))
+        out.write(
+            "items",
+            _arrow(
+                dict(
+                    item_id=np.arange(c.n, dtype=np.int64),
+                    name=np.array(names, dtype=object),
+                    category=np.array(CATEGORIES, dtype=object)[c.category],
+                    points_class=c.points_class.astype(object),
+                    market_price_minor=c.price_minor,
+                    points_price=c.points_price,
+                    perceived_discount=c.perceived_discount,
+                    created_at=created,
+                ),
+                schema.ITEMS,
+            ),
+        )
+
+    def _write_members(self, out: schema.TableSetWriter) -> None:
+        m = self.m
+        out.write(
+            "members",
+            _arrow(
+                dict(
+                    member_id=np.arange(m.n, dtype=np.int64),
+                    external_id=np.full(m.n, None, dtype=object),
+                    signup_at=_ts(self.start, 0, m.signup_day * SECONDS_PER_DAY),
+                    age_band=np.array(AGE_BANDS, dtype=object)[m.age],
+                    source=np.full(m.n, "simulated", dtype=object),
+                ),
+                schema.MEMBERS,
+            ),
+        )
+
+
+def _rank_within(keys: I64) -> I64:
+    """0-based occurrence number of each key among equal keys, in array order."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1]
+    run = np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    ranks = np.empty(len(keys), dtype=np.int64)
+    ranks[order] = np.arange(len(keys)) - run
+    return ranks
+
+
+def _arrow(cols: dict[str, Any], sch: pa.Schema) -> pa.Table:
+    arrays = []
+    for f in sch:
+        values = cols[f.name]
+        if pa.types.is_timestamp(f.type) or pa.types.is_integer(f.type):
+            ints = values.astype(np.int64)
+            arr = pa.array(ints, type=pa.int64(), mask=ints == NULL)
+            arrays.append(arr.cast(f.type))
+        else:
+            arrays.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=sch)
+
+
+def run_simulation(
+    data_dir: Path,
+    *,
+    members: int,
+    days: int,
+    seed: int,
+    programme: Programme,
+    start: dt.date = DEFAULT_START,
+    items: int | None = None,
+    show_progress: bool = True,
+) -> SimulationSummary:
+    """Simulate a programme and write its tables (and the oracle) under `data_dir`."""
+    sim = Simulator(programme, members=members, days=days, seed=seed, start=start, items=items)
+    return sim.run(Path(data_dir), show_progress)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------------------------
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="simulate a loyalty programme (members, catalogue, orders, ledger, exposures)",
+        description=(
+            "Simulate members of a loyalty-points programme day by day and write the canonical "
+            "tables (members, items, item_days, orders, ledger, redemptions, exposures) under "
+            "OUT/tables, and the true probabilities under OUT/oracle (P(redeem) per exposure, "
+            "P(no order in 90 days) per member at each month start). Members buy till they die "
+            "(latent purchase rate and drop-out), earn points by the programme rules, lose "
+            "them at month ends after the expiry period, and redeem shown items with a known "
+            "probability. The same seed gives the same data."
+        ),
+    )
+    p.add_argument("--members", type=_positive, default=20_000, help="members (default 20000)")
+    p.add_argument("--days", type=_positive, default=365, help="days simulated (default 365)")
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument(
+        "--start",
+        type=_date,
+        default=DEFAULT_START,
+        help=f"first simulated day, YYYY-MM-DD (default {DEFAULT_START})",
+    )
+    p.add_argument(
+        "--items",
+        type=_positive,
+        default=None,
+        help="catalogue size (default members/10, between 300 and 3000)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="data directory to write (default $RECSVC_DATA_DIR or ./data)",
+    )
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from recsvc.settings import load_settings
+
+    settings = load_settings()
+    out = args.out or settings.data_dir
+    programme = load_programme(settings.programme)
+    summary = run_simulation(
+        out,
+        members=args.members,
+        days=args.days,
+        seed=args.seed,
+        programme=programme,
+        start=args.start,
+        items=args.items,
+    )
+    total = summary.total_rows
+    print(
+        f"simulated {summary.members:,} members, {summary.items:,} items, {summary.days} days "
+        f"into {out}"
+    )
+    for name, n in sorted(summary.rows.items()):
+        print(f"  {name:12s} {n:>12,}")
+    rate = total / max(summary.seconds, 1e-9)
+    print(f"{total:,} rows in {summary.seconds:.1f} s ({rate:,.0f} rows/s)")
+    return 0
+
+
+__all__ = ["SimulationSummary", "Simulator", "redeem_logit", "run_simulation"]

@@ -1,0 +1,1 @@
+"""Feature computation (dated snapshots) and the Feast feature store glue."""
