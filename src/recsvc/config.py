@@ -15,8 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from recsvc.errors import ConfigError
 
-PROGRAMME_ENV = "RECSVC_PROGRAMME"
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -183,8 +181,7 @@ def parse_programme(data: Mapping[str, Any], source: str = "<programme>") -> Pro
 
 
 def load_programme(path: str | os.PathLike[str] | None = None) -> Programme:
-    """Load the rules from `path`, else $RECSVC_PROGRAMME, else the packaged defaults."""
-    path = path or os.environ.get(PROGRAMME_ENV)
+    """Load the rules from `path` (Settings.programme, $RECSVC_PROGRAMME), else the defaults."""
     if path:
         source = str(path)
         try:
