@@ -26,3 +26,13 @@ class ImportFailed(RecsvcError):
 
 class DataMissing(RecsvcError):
     """A job needs tables or features that have not been built yet."""
+
+
+class PromotionRefused(RecsvcError):
+    """A model version was not promoted (gate not passed, nothing to roll back to); the
+    production pointer is unchanged and the message says why."""
+
+
+class ArtefactInvalid(RecsvcError):
+    """A model artefact is broken or does not match its manifest or feature service; the
+    message names what is wrong. It is never served."""

@@ -1,0 +1,727 @@
+"""Model registry: versioned LightGBM artefacts with manifests, a gated, atomic production pointer.
+
+Layout under the root (one directory per model name)::
+
+    <root>/<name>/v0001/model.txt        LightGBM text model, byte-for-byte as registered
+                       /manifest.json    `Manifest`: features, window, metrics, checksums, ...
+                       /report/          the evaluation report (Markdown, PNG, JSON)
+    <root>/<name>/PRODUCTION             JSON: the production version and the versions before it
+    <root>/<name>/events.jsonl           audit log: register / promote / refused / rollback
+    <root>/<name>/.lock                  flock(2) target serialising writers of this model
+
+Versions are ``v`` + a zero-padded counter (v0001, v0002, ...; v10000 follows v9999), allocated
+under the lock: monotonic and unambiguous where clocks and timestamps are not. A version is
+written to a hidden temporary directory and renamed into place, so it appears whole or not at
+all. The production pointer is a single small file replaced with `os.replace`: readers see the
+old pointer or the new one, never a partial one. The pointer carries its own history, so
+`rollback` needs no second file that could disagree with it.
+
+Loading verifies, in order: the manifest's schema; the model file's size and SHA-256 against
+the manifest (before LightGBM sees a byte: LightGBM 4.x *aborts the process* on some truncated
+model files and silently loads others that lost their tail); that LightGBM parses it; that the
+booster's feature names equal the manifest's ordered list; and, given a `known_features`
+callable, that the named feature service serves every feature not declared derived.
+
+All filesystem access goes through `FileStore`, the seam for object storage later.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recsvc.errors import ArtefactInvalid, PromotionRefused
+
+KnownFeatures = Callable[[str], Collection[str] | None]
+"""Feature service name → the feature names it serves, or None when there is no such service."""
+
+MODEL_FILE = "model.txt"
+MANIFEST_FILE = "manifest.json"
+REPORT_DIR = "report"
+POINTER_FILE = "PRODUCTION"
+EVENTS_FILE = "events.jsonl"
+LOCK_FILE = ".lock"
+POINTER_HISTORY_LIMIT = 100
+
+_log = logging.getLogger(__name__)
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+class ModelNotFound(ArtefactInvalid):
+    """No such model, version or production pointer: nothing to serve, as with a broken one."""
+
+
+# -- manifest --------------------------------------------------------------------------------
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
+
+
+class TrainingWindow(_Frozen):
+    """The period the training data covers; naive times are taken as UTC."""
+
+    start: dt.datetime
+    end: dt.datetime
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: dt.datetime) -> dt.datetime:
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.start > self.end:
+            raise ValueError("start is after end")
+        return self
+
+
+class Champion(_Frozen):
+    """The production model re-scored on this candidate's validation data, when the training
+    job did so: the gate then compares like with like instead of metrics from two windows."""
+
+    version: str
+    metrics: dict[str, float]
+
+
+class Manifest(_Frozen):
+    """Everything needed to serve, audit and gate one model version (manifest.json)."""
+
+    schema_version: Literal[1] = 1
+    model_name: str = Field(pattern=_NAME_RE.pattern)
+    version: str = Field(pattern=_VERSION_RE.pattern)
+    feature_service: str = Field(min_length=1)
+    features: list[str] = Field(min_length=1)
+    """The booster's input columns, in order."""
+    derived_features: list[str] = []
+    """Features computed at request time (e.g. the index factors), not read from the store."""
+    training_window: TrainingWindow
+    data_fingerprint: str = Field(min_length=1)
+    metrics: dict[str, float]
+    """The model's metrics on the validation split: what the promotion gate judges."""
+    baseline_metrics: dict[str, dict[str, float]] = {}
+    """Baseline name → its metrics on the same split."""
+    champion: Champion | None = None
+    library_versions: dict[str, str] = {}
+    created_at: dt.datetime
+    model_file: str = MODEL_FILE
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    model_bytes: int = Field(gt=0)
+    extra: dict[str, Any] = {}
+    """Free-form, JSON-serialisable: RFM thresholds, calibration, band cuts, ..."""
+
+    @model_validator(mode="after")
+    def _features_consistent(self) -> Self:
+        dupes = sorted({f for f in self.features if self.features.count(f) > 1})
+        if dupes:
+            raise ValueError(f"features: duplicated {dupes}")
+        stray = sorted(set(self.derived_features) - set(self.features))
+        if stray:
+            raise ValueError(f"derived_features: not among the features {stray}")
+        return self
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+# -- storage seam ----------------------------------------------------------------------------
+
+
+class FileStore:
+    """The registry's only access to storage: a local directory tree with atomic operations.
+
+    Keys are '/'-separated paths relative to the root. An object-storage implementation needs
+    the same operations: conditional put for `publish`, a single-object put for
+    `write_atomic`, and a lease for `lock`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def list_dir(self, key: str) -> list[str]:
+        target = self.path(key)
+        return sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+
+    def write_atomic(self, key: str, data: bytes) -> None:
+        """Replace `key` with `data` in one rename: readers see the old or the new, whole."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            _write_synced(tmp, data)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
+
+    def append_line(self, key: str, line: str) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("a", encoding="utf-8") as fh:
+            fh.write(line.rstrip("\n") + "\n")
+
+    def publish(self, key: str, files: Mapping[str, bytes], trees: Mapping[str, Path]) -> None:
+        """Create directory `key` holding `files` and copies of `trees`, all at once.
+
+        Written into a hidden sibling and renamed; raises FileExistsError if `key` exists.
+        """
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            raise FileExistsError(str(target))
+        tmp = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex}")
+        try:
+            tmp.mkdir()
+            for name, data in files.items():
+                _write_synced(tmp / name, data)
+            for name, source in trees.items():
+                shutil.copytree(source, tmp / name)
+            _fsync_dir(tmp)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(target.parent)
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive advisory lock, across processes and threads (each open is its own lock)."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # makes a rename durable across a power cut; not every filesystem allows it
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- gate ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """Promotion rules on one validation metric.
+
+    A candidate must beat the best baseline by more than `min_margin`, and must not fall more
+    than `tolerance` below the production version (its `champion` re-score when the manifest
+    has one for that version, else the production manifest's own metric).
+    """
+
+    metric: str = "roc_auc"
+    higher_is_better: bool = True
+    tolerance: float = 0.005
+    min_margin: float = 0.0
+    require_baseline: bool = True
+
+    def check(self, candidate: Manifest, production: Manifest | None) -> list[str]:
+        """Why the candidate may not replace production; empty when it may."""
+        sign = 1.0 if self.higher_is_better else -1.0
+        m = self.metric
+        if m not in candidate.metrics:
+            return [f"candidate {candidate.version} has no {m!r} metric"]
+        mine = candidate.metrics[m]
+        reasons = []
+        baselines = {n: v[m] for n, v in candidate.baseline_metrics.items() if m in v}
+        if baselines:
+            best = max(baselines, key=lambda n: sign * baselines[n])
+            if not sign * (mine - baselines[best]) > self.min_margin:
+                reasons.append(
+                    f"{m} {mine:.4f} does not beat the best baseline {best!r} "
+                    f"({baselines[best]:.4f})"
+                )
+        elif self.require_baseline:
+            reasons.append(f"no baseline {m!r} to beat in the manifest")
+        if production is not None and production.version != candidate.version:
+            champ = candidate.champion
+            if champ is not None and champ.version == production.version and m in champ.metrics:
+                ref, source = champ.metrics[m], "re-scored on the candidate's validation data"
+            elif m in production.metrics:
+                ref, source = production.metrics[m], "as recorded in its manifest"
+            else:
+                return [*reasons, f"production {production.version} has no {m!r} to compare"]
+            regression = sign * (ref - mine)
+            if regression > self.tolerance:
+                reasons.append(
+                    f"{m} {mine:.4f} regresses {regression:.4f} against production "
+                    f"{production.version} ({ref:.4f}, {source}); tolerance {self.tolerance}"
+                )
+        return reasons
+
+
+# -- registry --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProductionPointer:
+    """Contents of the PRODUCTION file: the served version and the ones it replaced."""
+
+    version: str
+    previous: tuple[str, ...]
+    updated_at: str
+    action: str
+    forced: bool = False
+
+    def to_json(self) -> bytes:
+        body = {
+            "version": self.version,
+            "previous": list(self.previous),
+            "updated_at": self.updated_at,
+            "action": self.action,
+            "forced": self.forced,
+        }
+        return (json.dumps(body, indent=2) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A validated artefact ready to serve."""
+
+    manifest: Manifest
+    booster: Any  # lightgbm.Booster; typed loosely so this module imports without lightgbm
+    directory: Path
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One row of `Registry.list`: read from the manifest only (no model parsing)."""
+
+    name: str
+    version: str
+    in_production: bool
+    created_at: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    baseline_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `promote` did."""
+
+    name: str
+    version: str
+    previous: str | None
+    changed: bool
+    forced: bool
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise ModelNotFound(f"model name {name!r} is not valid (lower-case, digits, _ . -)")
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("lightgbm", "numpy", "scikit-learn", "scipy", "pandas", "recsvc"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+class Registry:
+    """The model registry at `root`; see the module docstring for the layout and guarantees.
+
+    `known_features` (feature service → its feature names, None if unknown) is used by `load`,
+    `promote` and `rollback` unless they are given their own; without one, the feature-service
+    check is skipped (offline tools), so the service must always pass it.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        known_features: KnownFeatures | None = None,
+        store: FileStore | None = None,
+    ) -> None:
+        self.store = store or FileStore(root)
+        self.known_features = known_features
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def names(self) -> builtins.list[str]:
+        """Model names that have at least one version."""
+        return [n for n in self.store.list_dir("") if _NAME_RE.match(n) and self.versions(n)]
+
+    def versions(self, name: str) -> builtins.list[str]:
+        """Registered versions of `name`, oldest first."""
+        _check_name(name)
+        found = [v for v in self.store.list_dir(name) if _VERSION_RE.match(v)]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def pointer(self, name: str) -> ProductionPointer | None:
+        """The production pointer of `name`, or None before the first promotion."""
+        _check_name(name)
+        try:
+            raw = self.store.read_bytes(f"{name}/{POINTER_FILE}")
+        except FileNotFoundError:
+            return None
+        try:
+            body = json.loads(raw)
+            return ProductionPointer(
+                version=str(body["version"]),
+                previous=tuple(str(v) for v in body.get("previous", [])),
+                updated_at=str(body.get("updated_at", "")),
+                action=str(body.get("action", "")),
+                forced=bool(body.get("forced", False)),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtefactInvalid(f"{name}: production pointer is unreadable: {exc}") from None
+
+    def production(self, name: str) -> str | None:
+        """The version of `name` in production, or None."""
+        p = self.pointer(name)
+        return p.version if p else None
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        """The validated manifest of one version (schema only; the model is not parsed)."""
+        _check_name(name)
+        if not _VERSION_RE.match(version):
+            raise ModelNotFound(f"{name}: {version!r} is not a version name")
+        key = f"{name}/{version}/{MANIFEST_FILE}"
+        try:
+            raw = self.store.read_bytes(key)
+        except FileNotFoundError:
+            raise ModelNotFound(f"{name} {version}: no such version") from None
+        try:
+            manifest = Manifest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ArtefactInvalid(f"{name} {version}: manifest invalid: {_describe(exc)}") from None
+        if manifest.model_name != name or manifest.version != version:
+            raise ArtefactInvalid(
+                f"{name} {version}: manifest names {manifest.model_name} {manifest.version}"
+            )
+        return manifest
+
+    def report_dir(self, name: str, version: str) -> Path:
+        return self.store.path(f"{name}/{version}/{REPORT_DIR}")
+
+    def load(
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        known_features: KnownFeatures | None = None,
+    ) -> LoadedModel:
+        """Load and fully validate a version (default: production); ArtefactInvalid if broken.
+
+        Raises ModelNotFound (an ArtefactInvalid) when the version or the pointer is missing.
+        """
+        if version is None:
+            version = self.production(name)
+            if version is None:
+                raise ModelNotFound(f"{name}: no version in production")
+        manifest = self.manifest(name, version)
+        model_key = f"{name}/{version}/{manifest.model_file}"
+        try:
+            data = self.store.read_bytes(model_key)
+        except FileNotFoundError:
+            raise ArtefactInvalid(f"{name} {version}: {manifest.model_file} is missing") from None
+        booster = _parse_model(
+            data, manifest, f"{name} {version}", known_features or self.known_features
+        )
+        return LoadedModel(manifest, booster, self.store.path(f"{name}/{version}"))
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        model: Any,
+        *,
+        feature_service: str,
+        training_window: tuple[Any, Any],
+        data_fingerprint: str,
+        metrics: Mapping[str, float],
+        baseline_metrics: Mapping[str, Mapping[str, float]] | None = None,
+        features: Sequence[str] | None = None,
+        derived_features: Sequence[str] = (),
+        champion: Champion | Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        report_dir: str | os.PathLike[str] | None = None,
+        known_features: KnownFeatures | None = None,
+    ) -> Manifest:
+        """Store a new version of `name` and return its manifest; production is not changed.
+
+        `model` is a `lightgbm.Booster` (saved at its best iteration when it has one) or the
+        path of a LightGBM text model. `features` defaults to the booster's feature names and,
+        when given, must equal them. `training_window` is (start, end): datetimes, dates or
+        ISO strings. `report_dir` is copied into the version. The artefact is validated exactly
+        as `load` would validate it before anything is written.
+        """
+        _check_name(name)
+        if isinstance(model, str | os.PathLike):
+            data = Path(model).read_bytes()
+        elif hasattr(model, "model_to_string"):
+            data = model.model_to_string().encode()
+        else:
+            raise TypeError("model must be a lightgbm.Booster or the path of a model file")
+        report = Path(report_dir) if report_dir is not None else None
+        if report is not None and not report.is_dir():
+            raise FileNotFoundError(f"report_dir {report} is not a directory")
+        if features is None:
+            features = _booster_features(data, name)
+        fields: dict[str, Any] = {
+            "model_name": name,
+            "feature_service": feature_service,
+            "features": list(features),
+            "derived_features": list(derived_features),
+            "training_window": {"start": training_window[0], "end": training_window[1]},
+            "data_fingerprint": data_fingerprint,
+            "metrics": dict(metrics),
+            "baseline_metrics": {k: dict(v) for k, v in (baseline_metrics or {}).items()},
+            "champion": champion,
+            "library_versions": _library_versions(),
+            "created_at": dt.datetime.now(dt.UTC),
+            "model_sha256": hashlib.sha256(data).hexdigest(),
+            "model_bytes": len(data),
+            "extra": dict(extra or {}),
+        }
+        with self.store.lock(f"{name}/{LOCK_FILE}"):
+            existing = self.versions(name)
+            number = int(existing[-1][1:]) + 1 if existing else 1
+            version = f"v{number:04d}"
+            try:
+                manifest = Manifest.model_validate({**fields, "version": version})
+            except ValidationError as exc:
+                raise ArtefactInvalid(f"{name}: manifest invalid: {_describe(exc)}") from None
+            try:
+                text = manifest.model_dump_json(indent=2)
+            except ValueError as exc:  # e.g. something in `extra` that JSON cannot hold
+                raise ArtefactInvalid(f"{name}: manifest is not serialisable: {exc}") from None
+            _parse_model(data, manifest, f"{name} {version}", known_features or self.known_features)
+            self.store.publish(
+                f"{name}/{version}",
+                {MODEL_FILE: data, MANIFEST_FILE: text.encode() + b"\n"},
+                {REPORT_DIR: report} if report is not None else {},
+            )
+            self._event(name, "register", version)
+        return manifest
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        gate: Gate | None = None,
+        *,
+        force: bool = False,
+        known_features: KnownFeatures | None = None,
+    ) -> Promotion:
+        """Make `version` the production version of `name` if it passes `gate`.
+
+        The candidate is always fully validated (ArtefactInvalid if broken, even with
+        `force`); `force` skips the gate only. Raises PromotionRefused with the gate's reasons
+        otherwise. On any failure the pointer is left exactly as it was.
+        """
+        gate = gate or Gate()
+        with self.store.lock(f"{name}/{LOCK_FILE}"):
+            candidate = self.load(name, version, known_features=known_features).manifest
+            current = self.pointer(name)
+            if current is not None and current.version == version:
+                return Promotion(name, version, version, changed=False, forced=force)
+            if not force:
+                production = None
+                if current is not None:
+                    try:
+                        production = self.manifest(name, current.version)
+                    except ArtefactInvalid:
+                        # a broken production artefact is no standard to hold a candidate to
+                        production = None
+                reasons = gate.check(candidate, production)
+                if reasons:
+                    self._event(name, "refused", version, reason="; ".join(reasons))
+                    raise PromotionRefused(f"{name} {version} not promoted: " + "; ".join(reasons))
+            previous = (*current.previous, current.version) if current else ()
+            self._swap(
+                name,
+                ProductionPointer(
+                    version,
+                    previous[-POINTER_HISTORY_LIMIT:],
+                    _now(),
+                    "promote",
+                    force,
+                ),
+            )
+            self._event(
+                name,
+                "promote",
+                version,
+                previous=current.version if current else None,
+                forced=force,
+            )
+        return Promotion(
+            name, version, current.version if current else None, changed=True, forced=force
+        )
+
+    def rollback(self, name: str, *, known_features: KnownFeatures | None = None) -> str:
+        """Point production back at the version it replaced; returns that version.
+
+        The restored version is validated first (ArtefactInvalid if it broke since);
+        PromotionRefused when there is nothing to roll back to.
+        """
+        with self.store.lock(f"{name}/{LOCK_FILE}"):
+            current = self.pointer(name)
+            if current is None or not current.previous:
+                raise PromotionRefused(f"{name}: no previous production version to roll back to")
+            target = current.previous[-1]
+            self.load(name, target, known_features=known_features)
+            self._swap(name, ProductionPointer(target, current.previous[:-1], _now(), "rollback"))
+            self._event(name, "rollback", target, previous=current.version)
+        return target
+
+    def _swap(self, name: str, pointer: ProductionPointer) -> None:
+        self.store.write_atomic(f"{name}/{POINTER_FILE}", pointer.to_json())
+
+    def _event(self, name: str, action: str, version: str, **details: Any) -> None:
+        record = {"at": _now(), "action": action, "version": version, **details}
+        try:
+            self.store.append_line(f"{name}/{EVENTS_FILE}", json.dumps(record))
+        except OSError as exc:
+            # the audit log trails the pointer; failing here would report a completed
+            # promotion as failed, so it is logged instead
+            _log.warning("registry event not recorded (%s): %s", exc, record)
+
+    # last, because inside the class body its name shadows the builtin `list`
+    def list(self, name: str) -> builtins.list[VersionInfo]:
+        """Every version of `name` with its metrics and whether it is in production."""
+        try:
+            live = self.production(name)
+        except ArtefactInvalid:
+            live = None
+        rows = []
+        for version in self.versions(name):
+            try:
+                m = self.manifest(name, version)
+            except ArtefactInvalid as exc:
+                rows.append(VersionInfo(name, version, version == live, error=str(exc)))
+                continue
+            rows.append(
+                VersionInfo(
+                    name,
+                    version,
+                    version == live,
+                    created_at=m.created_at.isoformat(timespec="seconds"),
+                    metrics=dict(m.metrics),
+                    baseline_metrics={k: dict(v) for k, v in m.baseline_metrics.items()},
+                )
+            )
+        return rows
+
+
+# -- model parsing ---------------------------------------------------------------------------
+
+
+def _booster_from_bytes(data: bytes, where: str) -> Any:
+    import lightgbm
+
+    try:
+        return lightgbm.Booster(model_str=data.decode("utf-8"))
+    except (lightgbm.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
+        raise ArtefactInvalid(f"{where}: model file does not parse: {exc}") from None
+
+
+def _booster_features(data: bytes, name: str) -> builtins.list[str]:
+    return [str(f) for f in _booster_from_bytes(data, name).feature_name()]
+
+
+def _parse_model(
+    data: bytes, manifest: Manifest, where: str, known_features: KnownFeatures | None
+) -> Any:
+    if len(data) != manifest.model_bytes or hashlib.sha256(data).hexdigest() != (
+        manifest.model_sha256
+    ):
+        raise ArtefactInvalid(
+            f"{where}: {manifest.model_file} is truncated or corrupt "
+            f"({len(data)} bytes, manifest says {manifest.model_bytes}; checksum mismatch)"
+        )
+    booster = _booster_from_bytes(data, where)
+    names = [str(f) for f in booster.feature_name()]
+    if names != manifest.features:
+        missing = [f for f in manifest.features if f not in names]
+        unexpected = [f for f in names if f not in manifest.features]
+        detail = (
+            f"missing from the model {missing}, not in the manifest {unexpected}"
+            if missing or unexpected
+            else "same features in a different order"
+        )
+        raise ArtefactInvalid(f"{where}: model features differ from the manifest: {detail}")
+    if known_features is not None:
+        served = known_features(manifest.feature_service)
+        if served is None:
+            raise ArtefactInvalid(f"{where}: feature service {manifest.feature_service!r} unknown")
+        derived = set(manifest.derived_features)
+        absent = [f for f in manifest.features if f not in derived and f not in set(served)]
+        if absent:
+            raise ArtefactInvalid(
+                f"{where}: feature service {manifest.feature_service!r} lacks {absent}"
+            )
+    return booster
