@@ -1,0 +1,716 @@
+"""Dated feature snapshots from the canonical tables, written as Feast's Parquet offline store.
+
+A snapshot at instant t (always the end of a UTC day, i.e. the next midnight) holds what was
+known at t: it uses only events with ts < t, plus the item states stamped at or before t (an
+`item_days` row is the state *at* its end-of-day instant). A training row at t joined point in
+time (Feast picks the latest snapshot <= t) therefore never sees a later event.
+
+Snapshot instants:
+  members  every `snapshot_every_days` after the end of their signup day, the end of every day
+           with an order or a ledger entry (so balances are fresh), and the as-of instant;
+  items    every day from the end of their creation day to the as-of instant.
+Nothing is written before the end of the first day that holds an event (`history_start`), so
+members imported with years of tenure do not get years of empty snapshots.
+
+Everything is vectorised: each event table is sorted once by (entity, time) under a combined
+int64 key, windowed counts and sums are two `searchsorted` calls and a cumulative-sum
+difference, and members are processed in chunks so memory stays bounded. The one sequential
+piece, FIFO-by-expiry burning for the points about to expire, steps through (day, n-th event
+of the member that day) over all members of a chunk at once with `recsvc.core.ledger.burn_fifo`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recsvc.config import Programme
+from recsvc.core import ledger
+from recsvc.data import schema
+from recsvc.errors import DataMissing
+from recsvc.progress import Stopwatch, progress
+
+log = logging.getLogger(__name__)
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+B = npt.NDArray[np.bool_]
+
+US = 1_000_000
+DAY_US = 86_400 * US
+SNAPSHOT_EVERY_DAYS = 7
+EXPIRING_WINDOW_DAYS = 30
+# Combined search key: (entity index << 40) | whole seconds since 1970. 2^40 s is ~34,800 years;
+# entity indices are local to a chunk, so 2^23 entities per chunk is the only limit.
+KEY_SHIFT = 40
+# Bump when a feature's definition changes: it is part of the fingerprint, so old snapshots
+# are recomputed rather than served under a new meaning.
+FEATURES_VERSION = 1
+MANIFEST = "_manifest.json"
+PART_ROWS = 200_000  # rows per offline-store file
+
+TS = schema.TS
+I = pa.int64()  # noqa: E741 - a column-type alias used only in the schemas below
+F = pa.float64()
+S = pa.string()
+
+MEMBER_ACTIVITY = pa.schema([
+    ("member_id", I), ("ts", TS),
+    ("days_since_last_order", F),
+    ("orders_30d", I), ("orders_90d", I), ("orders_365d", I),
+    ("spend_30d_minor", I), ("spend_90d_minor", I), ("spend_365d_minor", I),
+    ("orders_total", I), ("spend_total_minor", I),
+    ("tenure_days", F), ("avg_order_value_365d_minor", F), ("mean_interpurchase_days", F),
+    ("tier", S), ("age_band", S),
+])
+MEMBER_POINTS = pa.schema([
+    ("member_id", I), ("ts", TS),
+    ("points_balance", I), ("points_expiring_30d", I), ("points_earned_90d", I),
+    ("points_redeemed_90d", I), ("redemptions_90d", I),
+    ("days_since_last_redemption", F),
+])
+ITEM_CATALOGUE = pa.schema([
+    ("item_id", I), ("ts", TS),
+    ("market_price_minor", I), ("points_price", I),
+    ("perceived_discount", F), ("discount_coefficient", F),
+    ("category", S), ("points_class", S), ("stock", I),
+])
+ITEM_STATS = pa.schema([
+    ("item_id", I), ("ts", TS),
+    ("views_30d", I), ("views_90d", I), ("redemptions_30d", I), ("redemptions_90d", I),
+    ("redemption_rate_30d", F), ("redemption_rate_90d", F), ("stock_turnover_days", F),
+])
+
+# The offline store: one Parquet directory per feature view, `<data_dir>/features/<view>/`.
+VIEWS: dict[str, pa.Schema] = {
+    "member_activity": MEMBER_ACTIVITY,
+    "member_points": MEMBER_POINTS,
+    "item_catalogue": ITEM_CATALOGUE,
+    "item_stats": ITEM_STATS,
+}
+ENTITY_KEY = {"member_activity": "member_id", "member_points": "member_id",
+              "item_catalogue": "item_id", "item_stats": "item_id"}
+TIMESTAMP_FIELD = "ts"
+
+# Only the columns the features need, so a 15M-row exposure table stays at two int64 columns.
+INPUT_COLUMNS: dict[str, list[str]] = {
+    "members": ["member_id", "signup_at", "age_band"],
+    "items": ["item_id", "category", "points_class", "market_price_minor", "points_price",
+              "perceived_discount", "created_at"],
+    "item_days": ["item_id", "ts", "discount_coefficient", "stock"],
+    "orders": ["member_id", "ts", "amount_minor"],
+    "ledger": ["member_id", "ts", "kind", "points", "expires_at"],
+    "redemptions": ["member_id", "item_id", "ts"],
+    "exposures": ["item_id", "ts"],
+}
+EVENT_TABLES = ("orders", "ledger", "redemptions", "exposures")
+
+
+def features_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "features"
+
+
+def view_dir(data_dir: Path, view: str) -> Path:
+    return features_dir(data_dir) / view
+
+
+# --------------------------------------------------------------------------------------------
+# Small array helpers.
+# --------------------------------------------------------------------------------------------
+def _us(col: pa.ChunkedArray | pa.Array) -> I64:
+    """Timestamps (or int64) as int64 microseconds, nulls as int64 min."""
+    arr = pc.fill_null(col.cast(pa.int64()), np.iinfo(np.int64).min)
+    return np.asarray(arr.to_numpy(), dtype=np.int64)
+
+
+def _i64(col: pa.ChunkedArray | pa.Array) -> I64:
+    return np.asarray(pc.fill_null(col, 0).to_numpy(), dtype=np.int64)
+
+
+def _day_end(us: I64) -> I64:
+    """The end of the UTC day holding each instant (the next midnight)."""
+    return (us // DAY_US + 1) * DAY_US
+
+
+def _key(entity: I64, us: I64, *, ceil: bool = False) -> I64:
+    secs = -(-us // US) if ceil else us // US
+    return (entity.astype(np.int64) << KEY_SHIFT) | np.clip(secs, 0, (1 << KEY_SHIFT) - 1)
+
+
+def _float(values: F64, valid: B) -> pa.Array:
+    return pa.array(np.where(valid, values, 0.0), type=pa.float64(), mask=~valid)
+
+
+def _int(values: I64, valid: B | None = None) -> pa.Array:
+    if valid is None:
+        return pa.array(values, type=pa.int64())
+    return pa.array(np.where(valid, values, 0), type=pa.int64(), mask=~valid)
+
+
+def _ts(us: I64) -> pa.Array:
+    return pa.array(us, type=pa.int64()).cast(TS)
+
+
+class _Timeline:
+    """One event table's rows sorted by (entity, time), for windowed counts and sums.
+
+    `known(entity, t)` is the position just past the entity's events known at t: those with
+    ts < t, or ts <= t when `inclusive` (states stamped at their instant). All query instants
+    are whole seconds, so flooring (or, inclusive, ceiling) event times to seconds in the key
+    keeps both comparisons exact.
+    """
+
+    def __init__(self, entity: I64, ts_us: I64, values: Mapping[str, I64] | None = None,
+                 *, inclusive: bool = False) -> None:
+        key = _key(entity, ts_us, ceil=inclusive)
+        order = np.argsort(key, kind="stable")
+        self.key = key[order]
+        self.ts = ts_us[order]
+        self.values = {name: np.asarray(v)[order] for name, v in (values or {}).items()}
+        self.inclusive = inclusive
+        self._cumsums: dict[str, I64] = {}
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def start(self, entity: I64) -> I64:
+        return np.searchsorted(self.key, entity.astype(np.int64) << KEY_SHIFT, "left")
+
+    def known(self, entity: I64, t_us: I64) -> I64:
+        if self.inclusive:
+            return np.searchsorted(self.key, _key(entity, t_us), "right")
+        return np.searchsorted(self.key, _key(entity, t_us), "left")
+
+    def ts_at(self, pos: I64, valid: B) -> I64:
+        """Event time at each position where valid (0 elsewhere, and when there are none)."""
+        if not len(self.ts):
+            return np.zeros(len(pos), dtype=np.int64)
+        return np.where(valid, self.ts[np.clip(pos, 0, len(self.ts) - 1)], 0)
+
+    def sum(self, name: str, lo: I64, hi: I64) -> I64:
+        cs = self._cumsums.get(name)
+        if cs is None:
+            cs = np.concatenate([[0], np.cumsum(self.values[name], dtype=np.int64)])
+            self._cumsums[name] = cs
+        return cs[hi] - cs[lo]
+
+    def windows(self, entity: I64, t_us: I64, days: tuple[int, ...]) -> tuple[I64, dict[int, I64]]:
+        """(hi, {days: lo}): events of [t - days, t) are positions lo..hi-1."""
+        hi = self.known(entity, t_us)
+        return hi, {d: self.known(entity, t_us - d * DAY_US) for d in days}
+
+
+def _map_ids(ids_sorted: I64, ids: I64, table: str) -> tuple[I64, B]:
+    """Index of each id in `ids_sorted`, and which ids are known."""
+    idx = np.searchsorted(ids_sorted, ids)
+    idx_c = np.minimum(idx, max(len(ids_sorted) - 1, 0))
+    if len(ids_sorted):
+        ok = (idx < len(ids_sorted)) & (ids_sorted[idx_c] == ids)
+    else:
+        ok = np.zeros(len(ids), dtype=bool)
+    if not ok.all():
+        log.warning("%s: %d rows refer to unknown ids and are ignored", table, int((~ok).sum()))
+    return idx_c, ok
+
+
+# --------------------------------------------------------------------------------------------
+# Points expiring soon: the FIFO-by-expiry replay.
+# --------------------------------------------------------------------------------------------
+def expiring_points(
+    mi: I64, ts: I64, points: I64, expires: I64, is_lapse: B,
+    snap_mi: I64, snap_t: I64, n_members: int, window_us: int,
+) -> I64:
+    """Points each snapshot (snap_mi, snap_t) holds that lapse in [t, t + window).
+
+    Ledger rows (member index, ts, signed points, expires_at or int64-min, lapse flag) are
+    replayed in time order: a positive row adds a lot keyed by its expiry, a negative one
+    (except lapses, which the replay applies itself) burns the earliest-expiring live lots
+    first, as `ledger.burn_fifo` defines. Lots lapsing exactly at t are still counted at t:
+    their lapse entry is stamped t, so the balance at t (events < t) still holds them too.
+    """
+    out = np.zeros(len(snap_mi), dtype=np.int64)
+    lot = (points > 0) & ~is_lapse
+    burn = (points < 0) & ~is_lapse
+    never = np.iinfo(np.int64).max
+    exp_of_lot = np.where(expires == np.iinfo(np.int64).min, never, expires)
+    columns = np.unique(exp_of_lot[lot])  # lots are kept per distinct expiry, ascending
+    if len(columns) == 0:
+        return out
+    buckets = np.zeros((n_members, len(columns)), dtype=np.int64)
+    col = np.searchsorted(columns, exp_of_lot)
+
+    act = np.flatnonzero(lot | burn)
+    mi_a, ts_a = mi[act], ts[act]
+    # n-th event of the member that day: within one such step every member appears once,
+    # so the step's rows update distinct bucket rows and can run as one vector operation.
+    order = np.lexsort((ts_a, mi_a))
+    act, mi_a, ts_a = act[order], mi_a[order], ts_a[order]
+    day = ts_a // DAY_US
+    new_group = np.ones(len(act), dtype=bool)
+    new_group[1:] = (mi_a[1:] != mi_a[:-1]) | (day[1:] != day[:-1])
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(act)), 0))
+    rank = np.arange(len(act)) - group_start
+    order = np.lexsort((rank, day))
+    act, day, rank = act[order], day[order], rank[order]
+    step_start = np.flatnonzero(np.r_[True, (day[1:] != day[:-1]) | (rank[1:] != rank[:-1])])
+    step_end = np.r_[step_start[1:], len(act)]
+
+    r_order = np.argsort(snap_t, kind="stable")
+    r_t = snap_t[r_order]
+    read_start = np.flatnonzero(np.r_[True, r_t[1:] != r_t[:-1]])[: len(r_t)]
+    read_end = np.r_[read_start[1:], len(r_t)]
+    reads_done = 0
+
+    def read_until(limit: int) -> int:
+        g = reads_done
+        while g < len(read_start) and r_t[read_start[g]] <= limit:
+            rows = r_order[read_start[g]:read_end[g]]
+            t = int(r_t[read_start[g]])
+            c0 = np.searchsorted(columns, t, "left")
+            c1 = np.searchsorted(columns, t + window_us, "left")
+            out[rows] = buckets[snap_mi[rows], c0:c1].sum(axis=1)
+            g += 1
+        return g
+
+    clipped = 0
+    for s, e in zip(step_start, step_end, strict=True):
+        reads_done = read_until(int(day[s]) * DAY_US)
+        rows = act[s:e]
+        earn = rows[lot[rows]]
+        if len(earn):
+            buckets[mi[earn], col[earn]] += points[earn]
+        spend = rows[burn[rows]]
+        if len(spend):
+            who = mi[spend]
+            held = buckets[who]
+            lapsed = columns[None, :] <= ts[spend][:, None]
+            held[lapsed] = 0
+            want = -points[spend]
+            have = held.sum(axis=1)
+            clipped += int((want > have).sum())
+            held, _ = ledger.burn_fifo(held, np.minimum(want, have))
+            buckets[who] = held
+    read_until(never)
+    if clipped:
+        log.warning("ledger: %d burns exceed the live points the replay holds; clipped", clipped)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Members.
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _MemberInputs:
+    ids: I64
+    signup: I64
+    signup_known: B
+    age_band: pa.Array
+    # Event columns sorted by member index (the first column of each tuple):
+    orders: tuple[I64, ...]  # member index, ts, amount
+    ledger: tuple[I64, ...]  # member index, ts, points, expires_at, kind code
+    redemptions: tuple[I64, ...]  # member index, ts
+
+
+KIND_EARN, KIND_BURN, KIND_EXPIRE, KIND_OTHER = 0, 1, 2, 3
+KIND_CODES = {"earn": KIND_EARN, "burn": KIND_BURN, "expire": KIND_EXPIRE}
+
+
+def _by_member(mi: I64, *cols: I64) -> tuple[I64, ...]:
+    order = np.argsort(mi, kind="stable")
+    return (mi[order], *(c[order] for c in cols))
+
+
+def _member_inputs(tables: Mapping[str, pa.Table], history_start: int,
+                   as_of: int) -> _MemberInputs:
+    members = tables["members"].sort_by("member_id")
+    ids = _i64(members["member_id"])
+    signup = _us(members["signup_at"])
+    signup_known = signup != np.iinfo(np.int64).min
+    # an unknown signup is taken as "before the history", so the member still gets snapshots
+    signup = np.where(signup_known, signup, history_start - DAY_US)
+
+    def events(name: str, *cols: str) -> tuple[I64, ...]:
+        tab = tables[name]
+        ts = _us(tab["ts"])
+        mi, keep = _map_ids(ids, _i64(tab["member_id"]), name)
+        keep &= ts < as_of
+        extra = [_events_col(tab, col)[keep] for col in cols]
+        return _by_member(mi[keep], ts[keep], *extra)
+
+    return _MemberInputs(
+        ids=ids, signup=signup, signup_known=signup_known,
+        age_band=members["age_band"].combine_chunks(),
+        orders=events("orders", "amount_minor"),
+        ledger=events("ledger", "points", "expires_at", "kind"),
+        redemptions=events("redemptions"),
+    )
+
+
+def _events_col(tab: pa.Table, name: str) -> I64:
+    if name == "kind":
+        code = np.full(tab.num_rows, KIND_OTHER, dtype=np.int64)
+        for value, c in KIND_CODES.items():
+            code[_i64(pc.equal(tab[name], value).cast(pa.int64())) == 1] = c
+        return code
+    if pa.types.is_timestamp(tab.schema.field(name).type):
+        return _us(tab[name])
+    return _i64(tab[name])
+
+
+def _slice(cols: tuple[I64, ...], a: int, b: int) -> tuple[I64, ...]:
+    """Rows of members [a, b) from member-sorted columns, member index made chunk-local."""
+    lo, hi = np.searchsorted(cols[0], [a, b])
+    return (cols[0][lo:hi] - a, *(c[lo:hi] for c in cols[1:]))
+
+
+def _member_snapshots(signup: I64, event_mi: I64, event_ts: I64, history_start: int,
+                      as_of: int, period_days: int) -> tuple[I64, I64]:
+    """(member index, instant) of every member snapshot, sorted by member then instant."""
+    n = len(signup)
+    first = _day_end(signup)
+    period = period_days * DAY_US
+    k0 = np.maximum(0, -(-(history_start - first) // period))
+    k1 = np.where(first <= as_of, (as_of - first) // period, -1)
+    count = np.maximum(k1 - k0 + 1, 0)
+    w_mi = np.repeat(np.arange(n, dtype=np.int64), count)
+    offset = np.arange(count.sum(), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+    w_t = first[w_mi] + (k0[w_mi] + offset) * period
+    e_t = _day_end(event_ts)
+    joined = np.flatnonzero(signup < as_of)
+    mi = np.concatenate([w_mi, event_mi, joined])
+    t = np.concatenate([w_t, e_t, np.full(len(joined), as_of, dtype=np.int64)])
+    keep = (t > signup[mi]) & (t >= history_start) & (t <= as_of)
+    mi, t = mi[keep], t[keep]
+    key = np.unique((mi << 32) | (t // DAY_US))
+    return key >> 32, (key & 0xFFFFFFFF) * DAY_US
+
+
+def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, history_start: int,
+                  as_of: int, period_days: int) -> tuple[pa.Table, pa.Table]:
+    signup = inp.signup[a:b]
+    o_mi, o_ts, o_amount = _slice(inp.orders, a, b)
+    l_mi, l_ts, l_points, l_exp, l_kind = _slice(inp.ledger, a, b)
+    r_mi, r_ts = _slice(inp.redemptions, a, b)
+
+    mi, t = _member_snapshots(signup, np.concatenate([o_mi, l_mi]), np.concatenate([o_ts, l_ts]),
+                              history_start, as_of, period_days)
+
+    orders = _Timeline(o_mi, o_ts, {"amount": o_amount})
+    start = orders.start(mi)
+    hi, lo = orders.windows(mi, t, (30, 90, 365))
+    n_total = hi - start
+    has = n_total > 0
+    last = orders.ts_at(hi - 1, has)
+    first = orders.ts_at(start, has)
+    spend_total = orders.sum("amount", start, hi)
+    n365 = hi - lo[365]
+    spend365 = orders.sum("amount", lo[365], hi)
+    many = n_total >= 2
+    tier_idx = np.asarray(ledger.tier_for_spend(programme, spend_total), dtype=np.int64)
+    tier_names = np.asarray(programme.tiers.order, dtype=object)
+    ids = inp.ids[a:b][mi]
+    ts = _ts(t)
+
+    activity = pa.Table.from_arrays([
+        pa.array(ids, type=pa.int64()), ts,
+        _float((t - last) / DAY_US, has),
+        _int(hi - lo[30]), _int(hi - lo[90]), _int(n365),
+        _int(orders.sum("amount", lo[30], hi)), _int(orders.sum("amount", lo[90], hi)),
+        _int(spend365),
+        _int(n_total), _int(spend_total),
+        _float((t - signup[mi]) / DAY_US, inp.signup_known[a:b][mi]),
+        _float(spend365 / np.maximum(n365, 1), n365 > 0),
+        _float((last - first) / np.maximum(n_total - 1, 1) / DAY_US, many),
+        pa.array(tier_names[tier_idx], type=pa.string()),
+        inp.age_band.slice(a, b - a).take(pa.array(mi)),
+    ], schema=MEMBER_ACTIVITY)
+
+    is_lapse = l_kind == KIND_EXPIRE
+    led = _Timeline(l_mi, l_ts, {
+        "points": l_points,
+        "earned": np.where(l_kind == KIND_EARN, l_points, 0),
+        "burned": np.where(l_kind == KIND_BURN, -l_points, 0),
+    })
+    l_start = led.start(mi)
+    l_hi, l_lo = led.windows(mi, t, (90,))
+    red = _Timeline(r_mi, r_ts)
+    r_start = red.start(mi)
+    r_hi, r_lo = red.windows(mi, t, (90,))
+    r_has = r_hi > r_start
+    r_last = red.ts_at(r_hi - 1, r_has)
+    expiring = expiring_points(l_mi, l_ts, l_points, l_exp, is_lapse, mi, t, b - a,
+                               EXPIRING_WINDOW_DAYS * DAY_US)
+
+    points = pa.Table.from_arrays([
+        pa.array(ids, type=pa.int64()), ts,
+        _int(led.sum("points", l_start, l_hi)),
+        _int(expiring),
+        _int(led.sum("earned", l_lo[90], l_hi)),
+        _int(led.sum("burned", l_lo[90], l_hi)),
+        _int(r_hi - r_lo[90]),
+        _float((t - r_last) / DAY_US, r_has),
+    ], schema=MEMBER_POINTS)
+    return activity, points
+
+
+# --------------------------------------------------------------------------------------------
+# Items.
+# --------------------------------------------------------------------------------------------
+def _item_tables(tables: Mapping[str, pa.Table], history_start: int,
+                 as_of: int) -> tuple[pa.Table, pa.Table]:
+    items = tables["items"].sort_by("item_id").combine_chunks()
+    ids = _i64(items["item_id"])
+    first = np.maximum(_day_end(_us(items["created_at"])), history_start)
+    count = np.maximum((as_of - first) // DAY_US + 1, 0)
+    ii = np.repeat(np.arange(len(ids), dtype=np.int64), count)
+    offset = np.arange(count.sum(), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+    t = first[ii] + offset * DAY_US
+
+    def timeline(name: str, values: tuple[str, ...] = (), inclusive: bool = False) -> _Timeline:
+        tab = tables[name]
+        ts = _us(tab["ts"])
+        idx, ok = _map_ids(ids, _i64(tab["item_id"]), name)
+        keep = ok & (ts <= as_of if inclusive else ts < as_of)
+        vals = {v: tab[v].to_numpy(zero_copy_only=False)[keep] for v in values}
+        return _Timeline(idx[keep], ts[keep], vals, inclusive=inclusive)
+
+    days = timeline("item_days", ("discount_coefficient", "stock"), inclusive=True)
+    d_start = days.start(ii)
+    d_pos = days.known(ii, t) - 1
+    d_has = d_pos >= d_start
+    d_pos = np.maximum(d_pos, 0)
+    discount = days.values["discount_coefficient"][d_pos] if len(days) else np.zeros(len(ii))
+    stock = days.values["stock"][d_pos] if len(days) else np.zeros(len(ii), np.int64)
+    discount_ok = d_has & ~np.isnan(np.asarray(discount, dtype=np.float64))
+    stock = np.nan_to_num(np.asarray(stock, dtype=np.float64)).astype(np.int64)
+
+    take = pa.array(ii)
+    catalogue = pa.Table.from_arrays([
+        pa.array(ids[ii], type=pa.int64()), _ts(t),
+        items["market_price_minor"].take(take), items["points_price"].take(take),
+        items["perceived_discount"].take(take),
+        _float(np.asarray(discount, dtype=np.float64), discount_ok),
+        items["category"].take(take), items["points_class"].take(take),
+        _int(stock, d_has),
+    ], schema=ITEM_CATALOGUE)
+
+    views = timeline("exposures")
+    v_hi, v_lo = views.windows(ii, t, (30, 90))
+    reds = timeline("redemptions")
+    r_hi, r_lo = reds.windows(ii, t, (30, 90))
+    v30, v90 = v_hi - v_lo[30], v_hi - v_lo[90]
+    r30, r90 = r_hi - r_lo[30], r_hi - r_lo[90]
+    stats = pa.Table.from_arrays([
+        pa.array(ids[ii], type=pa.int64()), _ts(t),
+        _int(v30), _int(v90), _int(r30), _int(r90),
+        _float(r30 / np.maximum(v30, 1), v30 > 0),
+        _float(r90 / np.maximum(v90, 1), v90 > 0),
+        _float(stock / (np.maximum(r30, 1) / 30.0), (r30 > 0) & d_has),
+    ], schema=ITEM_STATS)
+    return catalogue, stats
+
+
+# --------------------------------------------------------------------------------------------
+# The whole computation.
+# --------------------------------------------------------------------------------------------
+def event_span(tables: Mapping[str, pa.Table]) -> tuple[int, int] | None:
+    """(earliest, latest) event instant in microseconds over the event tables, or None."""
+    lows, highs = [], []
+    for name in EVENT_TABLES:
+        col = tables[name]["ts"]
+        if len(col) - col.null_count:
+            mm = pc.min_max(col.cast(pa.int64()))
+            lows.append(mm["min"].as_py())
+            highs.append(mm["max"].as_py())
+    return (min(lows), max(highs)) if lows else None
+
+
+def as_of_instant(day: dt.date) -> dt.datetime:
+    """The as-of instant of a date: the end of that UTC day."""
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def _instant(us: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(us / US, tz=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Span:
+    history_start: int  # µs; the first snapshot instant anything may have
+    as_of: int  # µs; the last snapshot instant
+
+    @property
+    def as_of_dt(self) -> dt.datetime:
+        return _instant(self.as_of)
+
+    @property
+    def history_start_dt(self) -> dt.datetime:
+        return _instant(self.history_start)
+
+
+def snapshot_span(tables: Mapping[str, pa.Table], as_of: dt.datetime | None = None) -> Span:
+    span = event_span(tables)
+    if span is None:
+        raise DataMissing("the canonical tables hold no events: nothing to compute features from")
+    history_start = int(_day_end(np.array([span[0]]))[0])
+    if as_of is None:
+        end = int(_day_end(np.array([span[1]]))[0])
+    else:
+        if as_of.tzinfo is None:
+            raise ValueError("as_of must be timezone-aware (UTC)")
+        end = int(as_of.timestamp() * US)
+        if end % DAY_US:
+            raise ValueError(f"as_of must be a UTC midnight (the end of a day), got {as_of}")
+    return Span(history_start=min(history_start, end), as_of=end)
+
+
+def iter_feature_parts(
+    tables: Mapping[str, pa.Table],
+    programme: Programme,
+    *,
+    as_of: dt.datetime | None = None,
+    snapshot_every_days: int = SNAPSHOT_EVERY_DAYS,
+    chunk_members: int = 20_000,
+    on_members: Any = None,
+) -> Iterator[tuple[str, pa.Table]]:
+    """Yield (view, table part) pairs: items first, then members chunk by chunk."""
+    if snapshot_every_days <= 0:
+        raise ValueError("snapshot_every_days must be positive")
+    span = snapshot_span(tables, as_of)
+    catalogue, stats = _item_tables(tables, span.history_start, span.as_of)
+    yield "item_catalogue", catalogue
+    yield "item_stats", stats
+    inp = _member_inputs(tables, span.history_start, span.as_of)
+    n = len(inp.ids)
+    for a in range(0, n, chunk_members):
+        b = min(a + chunk_members, n)
+        activity, points = _member_chunk(inp, a, b, programme, span.history_start, span.as_of,
+                                         snapshot_every_days)
+        yield "member_activity", activity
+        yield "member_points", points
+        if on_members is not None:
+            on_members(b - a)
+
+
+def compute_features(tables: Mapping[str, pa.Table], programme: Programme,
+                     **kwargs: Any) -> dict[str, pa.Table]:
+    """All four views in memory (for tests and small data): {view: table}."""
+    parts: dict[str, list[pa.Table]] = {v: [] for v in VIEWS}
+    for view, part in iter_feature_parts(tables, programme, **kwargs):
+        parts[view].append(part)
+    return {v: pa.concat_tables(p) if p else VIEWS[v].empty_table() for v, p in parts.items()}
+
+
+def read_inputs(data_dir: Path) -> dict[str, pa.Table]:
+    return {name: schema.read_table(data_dir, name, cols) for name, cols in INPUT_COLUMNS.items()}
+
+
+def fingerprint(data_dir: Path, programme: Programme, *, as_of: dt.datetime | None,
+                snapshot_every_days: int) -> str:
+    """Changes whenever the tables, the options or the feature definitions change."""
+    h = hashlib.sha256()
+    root = schema.tables_dir(data_dir)
+    if not schema.has_tables(data_dir):
+        raise DataMissing(f"no canonical tables under {root}")
+    for name in sorted(INPUT_COLUMNS):
+        for part in sorted((root / name).glob("*.parquet")):
+            st = part.stat()
+            h.update(f"{name}/{part.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    options = {
+        "version": FEATURES_VERSION,
+        "as_of": as_of.isoformat() if as_of else None,
+        "snapshot_every_days": snapshot_every_days,
+        "tiers": programme.tiers.model_dump(mode="json"),
+        "minor_per_unit": programme.currency.minor_per_unit,
+    }
+    h.update(json.dumps(options, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def read_manifest(data_dir: Path) -> dict[str, Any] | None:
+    path = features_dir(data_dir) / MANIFEST
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class FeatureBuild:
+    """What `build_features` did: the snapshot rows per view and how long it took."""
+
+    fingerprint: str
+    as_of: dt.datetime
+    rows: dict[str, int]
+    input_rows: int
+    seconds: float
+    computed: bool  # False when the stored snapshots were already up to date
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
+def build_features(
+    data_dir: Path,
+    programme: Programme,
+    *,
+    as_of: dt.datetime | None = None,
+    snapshot_every_days: int = SNAPSHOT_EVERY_DAYS,
+    force: bool = False,
+    chunk_members: int = 20_000,
+) -> FeatureBuild:
+    """Compute the snapshots into `<data_dir>/features/`, unless they match the tables already.
+
+    The four view directories and the manifest are swapped in together (see
+    `schema.atomic_tables`), so Feast never reads a half-written offline store.
+    """
+    data_dir = Path(data_dir)
+    fp = fingerprint(data_dir, programme, as_of=as_of, snapshot_every_days=snapshot_every_days)
+    manifest = read_manifest(data_dir)
+    if manifest and manifest.get("fingerprint") == fp and not force and all(
+        view_dir(data_dir, v).exists() for v in VIEWS
+    ):
+        return FeatureBuild(fp, dt.datetime.fromisoformat(manifest["as_of"]),
+                            dict(manifest["rows"]), int(manifest["input_rows"]), 0.0, False)
+
+    watch = Stopwatch()
+    tables = read_inputs(data_dir)
+    input_rows = sum(t.num_rows for t in tables.values())
+    span = snapshot_span(tables, as_of)
+    rows = dict.fromkeys(VIEWS, 0)
+    with schema.atomic_tables(features_dir(data_dir), VIEWS) as out, \
+            progress("features: members", tables["members"].num_rows, "members") as bar:
+        for view, part in iter_feature_parts(tables, programme, as_of=span.as_of_dt,
+                                             snapshot_every_days=snapshot_every_days,
+                                             chunk_members=chunk_members,
+                                             on_members=bar.update):
+            # Files sorted by time and cut small let a reader of the latest days (the
+            # materialisation window) skip the rest by the Parquet statistics on `ts`.
+            by_time = part.sort_by([(TIMESTAMP_FIELD, "ascending"),
+                                    (ENTITY_KEY[view], "ascending")])
+            for offset in range(0, max(by_time.num_rows, 1), PART_ROWS):
+                out.write(view, by_time.slice(offset, PART_ROWS))
+            rows[view] += by_time.num_rows
+        record = {
+            "fingerprint": fp,
+            "as_of": span.as_of_dt.isoformat(),
+            "history_start": span.history_start_dt.isoformat(),
+            "snapshot_every_days": snapshot_every_days,
+            "rows": rows,
+            "input_rows": input_rows,
+            "seconds": round(watch.seconds, 3),
+        }
+        (out.staging / MANIFEST).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return FeatureBuild(fp, span.as_of_dt, rows, input_rows, watch.seconds, True)

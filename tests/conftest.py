@@ -1,0 +1,216 @@
+"""Shared fixtures: a tiny hand-built canonical table set, and a real Redis for online tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from recsvc.data import schema
+
+REDIS_URL_ENV = "RECSVC_TEST_REDIS_URL"
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def at(text: str) -> dt.datetime:
+    """An ISO instant in UTC: at("2025-02-15 12:00")."""
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+
+
+# --------------------------------------------------------------------------------------------
+# The tiny table set. Every number the feature tests expect is worked out by hand from this.
+#
+# member 1  signed up 2024-12-01, age 25-34. Two opening lots on 2025-01-01 (300 points
+#           lapsing 2025-03-01, 80 lapsing 2025-03-15); orders on 01-05 (100.00, earns 100),
+#           02-10 (200.00, earns 200) and 03-01 (50.00, earns 50); redeems item 10 on 02-15
+#           12:00 for 350 points, which FIFO-by-expiry takes as 300 + 50 from the two lots, so
+#           30 points of the second lot lapse on 03-15.
+# member 2  signed up 2025-01-10, no age band, never orders or earns.
+# member 3  signed up 2025-01-15, orders 6,000.00 on 01-20 (gold from then on) and 10.00 on
+#           03-05 10:00 (the event the point-in-time test looks at).
+# item 10   created 2024-06-01, stock 5 until the redemption on 02-15, then 4; 20 % off on the
+#           days 02-01..02-07. item 11 created 2025-01-15.
+# The last event is an exposure on 2025-03-20, so the default as-of is 2025-03-21 00:00.
+# --------------------------------------------------------------------------------------------
+MEMBERS = [
+    # member_id, signup_at, age_band
+    (1, "2024-12-01 09:00", "25-34"),
+    (2, "2025-01-10 08:00", None),
+    (3, "2025-01-15 18:00", "35-44"),
+]
+ITEMS = [
+    # item_id, category, points_class, market_price_minor, points_price, perceived, created
+    (10, "home", "base", 8_000, 800, 0.85, "2024-06-01 00:00"),
+    (11, "books", "growth", 3_000, 500, 0.9, "2025-01-15 10:00"),
+]
+ORDERS = [
+    # order_id, member_id, ts, amount_minor, points_earned
+    (1, 1, "2025-01-05 10:00", 10_000, 100),
+    (2, 1, "2025-02-10 10:00", 20_000, 200),
+    (3, 1, "2025-03-01 09:00", 5_000, 50),
+    (4, 3, "2025-01-20 10:00", 600_000, 6_000),
+    (5, 3, "2025-03-05 10:00", 1_000, 12),
+]
+LEDGER = [
+    # entry_id, member_id, ts, kind, points, expires_at, ref_id
+    (1, 1, "2025-01-01 00:00", "opening", 300, "2025-03-01 00:00", None),
+    (2, 1, "2025-01-01 00:00", "opening", 80, "2025-03-15 00:00", None),
+    (3, 1, "2025-01-05 10:00", "earn", 100, "2026-02-01 00:00", 1),
+    (4, 1, "2025-02-10 10:00", "earn", 200, "2026-03-01 00:00", 2),
+    (5, 1, "2025-02-15 12:00", "burn", -350, None, 1),
+    (6, 1, "2025-03-01 09:00", "earn", 50, "2026-04-01 00:00", 3),
+    (7, 1, "2025-03-15 00:00", "expire", -30, None, None),
+    (8, 3, "2025-01-20 10:00", "earn", 6_000, "2026-02-01 00:00", 4),
+    (9, 3, "2025-03-05 10:00", "earn", 12, "2026-04-01 00:00", 5),
+]
+EXPOSURES = [
+    # exposure_id, member_id, item_id, ts, redeemed, redemption_id
+    (1, 2, 10, "2025-01-10 14:00", False, None),
+    (2, 3, 11, "2025-01-21 13:00", False, None),
+    (3, 1, 10, "2025-02-15 11:00", True, 1),
+    (4, 2, 10, "2025-02-20 14:00", False, None),
+    (5, 1, 11, "2025-03-20 15:00", False, None),
+]
+REDEMPTIONS = [
+    # redemption_id, member_id, item_id, exposure_id, ts, points, cash_minor
+    (1, 1, 10, 3, "2025-02-15 12:00", 350, 450),
+]
+TINY_AS_OF = at("2025-03-21 00:00")
+
+
+def _item_days() -> dict[str, list[Any]]:
+    rows: dict[str, list[Any]] = {k: [] for k in schema.ITEM_DAYS.names}
+    for item_id, first in ((10, dt.date(2025, 1, 1)), (11, dt.date(2025, 1, 15))):
+        day = first
+        while day <= dt.date(2025, 3, 20):
+            end = at(f"{day} 00:00") + dt.timedelta(days=1)
+            promo = item_id == 10 and dt.date(2025, 2, 1) <= day <= dt.date(2025, 2, 7)
+            sold = item_id == 10 and day >= dt.date(2025, 2, 15)
+            rows["item_id"].append(item_id)
+            rows["ts"].append(end)
+            rows["discount_coefficient"].append(0.8 if promo else 1.0)
+            rows["stock"].append(4 if sold else 5)
+            rows["replenished"].append(0)
+            day += dt.timedelta(days=1)
+    return rows
+
+
+def write_tiny_tables(data_dir: Path) -> Path:
+    """Write the tiny table set under data_dir/tables (atomically, as every writer does)."""
+    def opt(text: str | None) -> dt.datetime | None:
+        return at(text) if text else None
+
+    with schema.atomic_tables(schema.tables_dir(data_dir)) as out:
+        out.write("members", {
+            "member_id": [m[0] for m in MEMBERS], "external_id": [None] * len(MEMBERS),
+            "signup_at": [at(m[1]) for m in MEMBERS], "age_band": [m[2] for m in MEMBERS],
+            "source": ["simulated"] * len(MEMBERS)})
+        out.write("items", {
+            "item_id": [i[0] for i in ITEMS], "name": [f"item {i[0]}" for i in ITEMS],
+            "category": [i[1] for i in ITEMS], "points_class": [i[2] for i in ITEMS],
+            "market_price_minor": [i[3] for i in ITEMS], "points_price": [i[4] for i in ITEMS],
+            "perceived_discount": [i[5] for i in ITEMS], "created_at": [at(i[6]) for i in ITEMS]})
+        out.write("item_days", _item_days())
+        out.write("orders", {
+            "order_id": [o[0] for o in ORDERS], "member_id": [o[1] for o in ORDERS],
+            "ts": [at(o[2]) for o in ORDERS], "amount_minor": [o[3] for o in ORDERS],
+            "quantity": [1] * len(ORDERS), "category": ["home"] * len(ORDERS),
+            "points_earned": [o[4] for o in ORDERS]})
+        out.write("ledger", {
+            "entry_id": [e[0] for e in LEDGER], "member_id": [e[1] for e in LEDGER],
+            "ts": [at(e[2]) for e in LEDGER], "kind": [e[3] for e in LEDGER],
+            "points": [e[4] for e in LEDGER], "expires_at": [opt(e[5]) for e in LEDGER],
+            "ref_id": [e[6] for e in LEDGER]})
+        out.write("exposures", {
+            "exposure_id": [x[0] for x in EXPOSURES], "member_id": [x[1] for x in EXPOSURES],
+            "item_id": [x[2] for x in EXPOSURES], "ts": [at(x[3]) for x in EXPOSURES],
+            "surface": ["product_page"] * len(EXPOSURES), "balance": [0] * len(EXPOSURES),
+            "redeemed": [x[4] for x in EXPOSURES], "redemption_id": [x[5] for x in EXPOSURES]})
+        out.write("redemptions", {
+            "redemption_id": [r[0] for r in REDEMPTIONS],
+            "member_id": [r[1] for r in REDEMPTIONS], "item_id": [r[2] for r in REDEMPTIONS],
+            "exposure_id": [r[3] for r in REDEMPTIONS], "ts": [at(r[4]) for r in REDEMPTIONS],
+            "points": [r[5] for r in REDEMPTIONS], "cash_minor": [r[6] for r in REDEMPTIONS]})
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_tables_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory holding only the tiny tables; copy it before writing anything else."""
+    return write_tiny_tables(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def tiny_data_dir(tiny_tables_dir: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the tiny table set."""
+    target = tmp_path / "data"
+    shutil.copytree(tiny_tables_dir, target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Redis: the real server at RECSVC_TEST_REDIS_URL, started here when it does not answer.
+# --------------------------------------------------------------------------------------------
+def _ping(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis that answers. Never flushed or stopped here: it may be shared.
+
+    When nothing answers on a local address, a server is started for the session
+    (`redis-server --daemonize yes --save ""`) and left running for the next one.
+    """
+    url = os.environ.get(REDIS_URL_ENV, DEFAULT_TEST_REDIS_URL)
+    if _ping(url):
+        return url
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        pytest.fail(f"{REDIS_URL_ENV}={url}: Redis does not answer, and it is not local")
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail(f"{url}: Redis does not answer and redis-server is not installed")
+    subprocess.run([server, "--daemonize", "yes", "--port", str(parts.port or 6379),
+                    "--bind", parts.hostname, "--save", ""],
+                   check=True, capture_output=True, timeout=10)
+    deadline = time.monotonic() + 10
+    while not _ping(url):  # a daemonised server needs a moment to accept connections
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url}: started redis-server, but it does not answer")
+        time.sleep(0.05)
+    return url
+
+
+@pytest.fixture
+def redis_project(redis_url: str) -> Iterator[str]:
+    """A Feast project name of the test's own; its Redis keys are deleted afterwards."""
+    import redis
+
+    from recsvc.features.store import delete_project_keys
+
+    project = f"recsvc_test_{uuid.uuid4().hex[:10]}"
+    yield project
+    client = redis.Redis.from_url(redis_url)
+    try:
+        delete_project_keys(client, project)
+    finally:
+        client.close()

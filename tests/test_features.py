@@ -1,0 +1,385 @@
+"""The feature platform: snapshot values, point-in-time retrieval, SQLite and Redis agree, jobs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from conftest import TINY_AS_OF, at
+from recsvc import cli
+from recsvc.config import load_programme
+from recsvc.errors import ConfigError
+from recsvc.features import compute, store
+from recsvc.features.jobs import run_features
+from recsvc.settings import Settings
+
+P = load_programme()
+REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+
+
+def _settings(data_dir: Path, project: str, redis_url: str | None = None) -> Settings:
+    return Settings(data_dir=data_dir, feature_repo=REPO, feast_project=project,
+                    redis_url=redis_url)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tiny_tables_dir: Path) -> dict[str, pd.DataFrame]:
+    tables = compute.read_inputs(tiny_tables_dir)
+    return {v: t.to_pandas() for v, t in compute.compute_features(tables, P).items()}
+
+
+def _row(frame: pd.DataFrame, key: str, entity: int, when: str) -> dict[str, Any]:
+    hit = frame[(frame[key] == entity) & (frame["ts"] == pd.Timestamp(at(when)))]
+    assert len(hit) == 1, f"no single snapshot of {key}={entity} at {when}"
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v)
+            for k, v in hit.iloc[0].to_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Snapshot values, worked out by hand from the tiny tables (see conftest.py).
+# --------------------------------------------------------------------------------------------
+def test_snapshots_have_the_columns_and_types_the_feast_views_declare(tmp_path: Path) -> None:
+    from feast.type_map import pa_to_feast_value_type
+
+    defs = store.load_definitions(tmp_path, REPO)
+    assert {v.name for v in defs.views} == set(compute.VIEWS)
+    assert {s.name for s in defs.services} == {"propensity_v1", "churn_v1"}
+    for view in defs.views:
+        arrow = compute.VIEWS[view.name]
+        key = compute.ENTITY_KEY[view.name]
+        assert arrow.names == [key, "ts", *(f.name for f in view.features)]
+        for f in view.features:
+            inferred = pa_to_feast_value_type(str(arrow.field(f.name).type))
+            assert f.dtype.to_value_type() == inferred, f"{view.name}.{f.name}"
+        assert view.batch_source.path == str(tmp_path.resolve() / "features" / view.name)
+
+
+def test_member_activity_windows_recency_tier_and_nulls(tiny_features: dict) -> None:
+    act = tiny_features["member_activity"]
+    m1 = _row(act, "member_id", 1, "2025-02-16")
+    assert m1 == m1 | {
+        "orders_30d": 1, "orders_90d": 2, "orders_365d": 2, "orders_total": 2,
+        "spend_30d_minor": 20_000, "spend_90d_minor": 30_000, "spend_365d_minor": 30_000,
+        "spend_total_minor": 30_000, "avg_order_value_365d_minor": 15_000.0,
+        "mean_interpurchase_days": 36.0, "tier": "silver", "age_band": "25-34",
+    }
+    assert m1["days_since_last_order"] == pytest.approx(5 + 14 / 24)  # since 02-10 10:00
+    assert m1["tenure_days"] == pytest.approx(76 + 15 / 24)  # since 2024-12-01 09:00
+    # the weekly snapshot on the day of the second order does not see it yet (10:00 > 00:00)
+    assert _row(act, "member_id", 1, "2025-02-10")["orders_total"] == 1
+    # three orders: mean gap = (03-01 09:00 - 01-05 10:00) / 2
+    assert _row(act, "member_id", 1, "2025-03-21")["mean_interpurchase_days"] == pytest.approx(
+        (54 + 23 / 24) / 2)
+    # member 3 turns gold with 6,000.00 of spend, one order has no inter-purchase gap
+    assert _row(act, "member_id", 3, "2025-01-16")["tier"] == "silver"
+    m3 = _row(act, "member_id", 3, "2025-01-21")
+    assert (m3["tier"], m3["orders_total"], m3["mean_interpurchase_days"]) == ("gold", 1, None)
+    # member 2 never ordered: nulls where a value would be made up, zeros for counts
+    m2 = _row(act, "member_id", 2, "2025-03-21")
+    assert m2 == m2 | {"days_since_last_order": None, "avg_order_value_365d_minor": None,
+                       "mean_interpurchase_days": None, "orders_total": 0, "orders_30d": 0,
+                       "spend_total_minor": 0, "tier": "silver", "age_band": None}
+
+
+def test_member_points_balance_fifo_expiry_and_90_day_windows(tiny_features: dict) -> None:
+    pts = tiny_features["member_points"]
+
+    def at_(when: str) -> dict[str, Any]:
+        return _row(pts, "member_id", 1, when)
+
+    # 300 (lapsing 03-01) + 80 (lapsing 03-15) opening, +100 earned; only the 300 lapse
+    # within 30 days of 02-03
+    assert at_("2025-02-03") == at_("2025-02-03") | {
+        "points_balance": 480, "points_expiring_30d": 300, "points_earned_90d": 100}
+    # the 350-point redemption took the earliest-expiring points first: all 300, then 50 of
+    # the 80, so 30 are left to lapse; burning the latest-expiring first would leave 380
+    assert at_("2025-02-16") == at_("2025-02-16") | {
+        "points_balance": 330, "points_expiring_30d": 30, "points_earned_90d": 300,
+        "points_redeemed_90d": 350, "redemptions_90d": 1, "days_since_last_redemption": 0.5}
+    # the 30 lapse on 03-15; the 50 earned on 03-01 lapse in 2026
+    assert at_("2025-03-16") == at_("2025-03-16") | {
+        "points_balance": 350, "points_expiring_30d": 0, "points_earned_90d": 350}
+    assert _row(pts, "member_id", 2, "2025-03-21") == _row(pts, "member_id", 2, "2025-03-21") | {
+        "points_balance": 0, "points_expiring_30d": 0, "redemptions_90d": 0,
+        "days_since_last_redemption": None}
+
+
+def test_item_catalogue_and_stats(tiny_features: dict) -> None:
+    cat, stats = tiny_features["item_catalogue"], tiny_features["item_stats"]
+    promo = _row(cat, "item_id", 10, "2025-02-05")
+    assert (promo["discount_coefficient"], promo["stock"], promo["points_class"]) == (
+        0.8, 5, "base")
+    after = _row(cat, "item_id", 10, "2025-02-16")  # the state at the end of 02-15
+    assert (after["discount_coefficient"], after["stock"], after["market_price_minor"]) == (
+        1.0, 4, 8_000)
+    s = _row(stats, "item_id", 10, "2025-02-16")
+    assert s == s | {"views_30d": 1, "views_90d": 2, "redemptions_30d": 1,
+                     "redemptions_90d": 1, "redemption_rate_30d": 1.0,
+                     "redemption_rate_90d": 0.5, "stock_turnover_days": 120.0}
+    before = _row(stats, "item_id", 10, "2025-02-15")  # no views in 30 days: no rate
+    assert (before["views_30d"], before["redemption_rate_30d"]) == (0, None)
+    last = _row(stats, "item_id", 10, "2025-03-21")
+    assert (last["redemptions_30d"], last["stock_turnover_days"]) == (0, None)
+    assert last["redemption_rate_90d"] == pytest.approx(1 / 3)
+    # item 11 exists from 2025-01-15: its first snapshot is the end of that day
+    assert cat[cat.item_id == 11]["ts"].min() == pd.Timestamp(at("2025-01-16"))
+
+
+def test_snapshot_instants(tiny_features: dict) -> None:
+    act = tiny_features["member_activity"]
+    days = {m: sorted(g["ts"].dt.strftime("%m-%d")) for m, g in act.groupby("member_id")}
+    # member 3: end of signup day, weekly after it, end of each order day, and the as-of
+    assert days[3] == ["01-16", "01-21", "01-23", "01-30", "02-06", "02-13", "02-20", "02-27",
+                       "03-06", "03-13", "03-20", "03-21"]
+    # member 1 signed up before the first event: nothing before the end of 2025-01-01
+    assert days[1][0] == "01-02" and "03-16" in days[1]  # the lapse on 03-15 refreshes
+    for frame in tiny_features.values():
+        assert frame["ts"].max() == pd.Timestamp(TINY_AS_OF)
+        assert (frame["ts"].dt.hour == 0).all()
+
+
+def test_an_earlier_as_of_sees_only_what_was_known_then(tiny_tables_dir: Path,
+                                                        tiny_features: dict) -> None:
+    cut = pd.Timestamp(at("2025-02-16"))
+    tables = compute.read_inputs(tiny_tables_dir)
+    for view, table in compute.compute_features(tables, P, as_of=cut.to_pydatetime()).items():
+        frame = table.to_pandas()
+        assert frame["ts"].max() == cut, view
+        key = compute.ENTITY_KEY[view]
+        both = frame.merge(tiny_features[view], on=[key, "ts"], suffixes=("", "_full"))
+        # the same snapshots as the full run up to the cut (the cut run adds as-of ones)
+        assert len(both) >= (frame["ts"] < cut).sum() > 0
+        for col in table.column_names[2:]:
+            pd.testing.assert_series_equal(both[col], both[f"{col}_full"], check_names=False)
+
+
+def test_expiring_points_match_a_naive_replay_on_simulated_data(tmp_path: Path) -> None:
+    from recsvc.data.simulate import run_simulation
+
+    run_simulation(tmp_path, members=150, days=200, seed=3, programme=P, show_progress=False)
+    tables = compute.read_inputs(tmp_path)
+    points = compute.compute_features(tables, P)["member_points"].to_pandas()
+    ledger = tables["ledger"].to_pandas().sort_values(["member_id", "ts"], kind="stable")
+    checked = 0
+    for member, snaps in points.groupby("member_id"):
+        events = ledger[ledger.member_id == member]
+        for snap in snaps.itertuples():
+            lots: dict[pd.Timestamp, int] = {}
+            for e in events[events.ts < snap.ts].itertuples():
+                if e.kind in ("earn", "opening"):
+                    lots[e.expires_at] = lots.get(e.expires_at, 0) + e.points
+                elif e.kind == "burn":
+                    want = -e.points
+                    for expiry in sorted(lots):
+                        take = 0 if expiry <= e.ts else min(want, lots[expiry])
+                        lots[expiry] = 0 if expiry <= e.ts else lots[expiry] - take
+                        want -= take
+            live = {k: v for k, v in lots.items() if k >= snap.ts}
+            soon = sum(v for k, v in live.items() if k < snap.ts + pd.Timedelta(days=30))
+            assert (snap.points_expiring_30d, snap.points_balance) == (soon, sum(live.values()))
+            checked += 1
+    assert checked > 1000
+
+
+# --------------------------------------------------------------------------------------------
+# Feast: the registry, point-in-time retrieval, the online stores.
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sqlite_store(tiny_tables_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import shutil
+
+    data = tmp_path_factory.mktemp("feast") / "data"
+    shutil.copytree(tiny_tables_dir, data)
+    settings = _settings(data, f"recsvc_test_{uuid.uuid4().hex[:10]}")
+    run_features(settings, P, say=_quiet)
+    return store.open_store(settings)
+
+
+def _history(feast_store: Any, service: str, rows: list[tuple]) -> pd.DataFrame:
+    keys = ["member_id", "item_id"][: len(rows[0]) - 1]
+    frame = pd.DataFrame(rows, columns=[*keys, "event_timestamp"])
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    out = store.historical_features(feast_store, service, frame)
+    return out.sort_values("event_timestamp").reset_index(drop=True)
+
+
+def test_training_rows_see_an_event_only_after_it_happened(sqlite_store: Any) -> None:
+    # member 3 orders 10.00 on 2025-03-05 10:00 and earns 12 points
+    rows = [(3, "2025-03-05 09:59"), (3, "2025-03-05 23:59"), (3, "2025-03-06 00:00"),
+            (3, "2025-03-09 12:00")]
+    churn = _history(sqlite_store, "churn_v1", rows)
+    assert churn["member_activity__orders_total"].tolist() == [1, 1, 2, 2]
+    assert churn["member_points__points_balance"].tolist() == [6000, 6000, 6012, 6012]
+    assert churn["member_activity__spend_30d_minor"].tolist() == [0, 0, 1000, 1000]
+
+    # item 10 is redeemed on 2025-02-15 12:00 by member 1 (350 points): both sides move
+    rows2 = [(1, 10, "2025-02-15 11:00"), (1, 10, "2025-02-16 00:00")]
+    prop = _history(sqlite_store, "propensity_v1", rows2)
+    assert prop["item_stats__redemptions_30d"].tolist() == [0, 1]
+    assert prop["item_catalogue__stock"].tolist() == [5, 4]
+    assert prop["member_points__redemptions_90d"].tolist() == [0, 1]
+    assert prop["member_points__points_balance"].tolist() == [680, 330]
+    assert set(store.feature_names(sqlite_store, "propensity_v1")) <= set(prop.columns)
+
+
+def test_online_rows_are_the_ones_feast_itself_would_write(sqlite_store: Any) -> None:
+    from feast.utils import _convert_arrow_to_proto
+
+    for view in sqlite_store.list_feature_views():
+        table = store.snapshot_rows(sqlite_store, view, at("2025-01-01"), TINY_AS_OF)
+        batch = table.combine_chunks().to_batches()[0]
+        keys = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
+        ours = store.arrow_to_online_rows(batch, view)
+        theirs = _convert_arrow_to_proto(batch, view, keys)
+        assert len(ours) == len(theirs) == batch.num_rows
+        for a, b in zip(ours, theirs, strict=True):
+            assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2], view.name
+
+
+def test_online_values_are_the_latest_snapshot(sqlite_store: Any, tiny_features: dict) -> None:
+    got = store.online_features(sqlite_store, "churn_v1", [{"member_id": 1}, {"member_id": 2},
+                                                           {"member_id": 404}])
+    expect = _row(tiny_features["member_points"], "member_id", 1, "2025-03-21")
+    assert got["member_points__points_balance"] == [expect["points_balance"], 0, None]
+    assert got["member_activity__days_since_last_order"][1:] == [None, None]
+    assert got["member_activity__tier"] == ["silver", "silver", None]
+
+
+def test_unknown_feature_service_is_data_missing(sqlite_store: Any) -> None:
+    from recsvc.errors import DataMissing
+
+    with pytest.raises(DataMissing, match="nope_v9"):
+        store.online_features(sqlite_store, "nope_v9", [{"member_id": 1}])
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and the job.
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("url", "expected"), [
+    ("redis://127.0.0.1:6379/15", "127.0.0.1:6379,db=15"),
+    ("redis://redis", "redis:6379,db=0"),
+    ("redis://:s3cr%2Ft@cache:6380/2", 'cache:6380,db=2,password="s3cr/t"'),
+    ("redis://:123@cache:6379/0", 'cache:6379,db=0,password="123"'),
+    ("rediss://app:pw@cache:6379/1", 'cache:6379,db=1,username="app",password="pw",ssl=true'),
+])
+def test_redis_url_becomes_feast_connection_string(url: str, expected: str) -> None:
+    assert store.redis_connection_string(url) == expected
+
+
+@pytest.mark.parametrize("url", ["http://x:1/0", "redis://h:1/abc", "redis://:a,b@h:1/0",
+                                 "redis://h:99999/0"])
+def test_bad_redis_url_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="RECSVC_REDIS_URL"):
+        store.redis_connection_string(url)
+
+
+def test_cluster_takes_no_database() -> None:
+    assert store.redis_connection_string("redis://n1:7000/0", cluster=True) == "n1:7000"
+    with pytest.raises(ConfigError, match="database 0"):
+        store.redis_connection_string("redis://n1:7000/3", cluster=True)
+
+
+def test_each_online_store_kind_has_its_own_registry(tmp_path: Path) -> None:
+    lite = store.repo_config_dict(_settings(tmp_path, "p"))
+    red = store.repo_config_dict(_settings(tmp_path, "p", "redis://h:1/2"))
+    assert lite["registry"]["path"] != red["registry"]["path"]
+    assert lite["online_store"] == {"type": "sqlite",
+                                    "path": str(tmp_path.resolve() / "feast/online.sqlite.db")}
+    assert red["online_store"] == {"type": "redis", "connection_string": "h:1,db=2"}
+    assert lite["project"] == red["project"] == "p"
+
+
+def test_features_job_second_run_does_nothing(tiny_data_dir: Path, capsys: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSVC_FEAST_PROJECT", f"recsvc_test_{uuid.uuid4().hex[:10]}")
+    monkeypatch.delenv("RECSVC_REDIS_URL", raising=False)
+    monkeypatch.setenv("RECSVC_FEATURE_REPO", str(REPO))
+    assert cli.main(["features", "--data-dir", str(tiny_data_dir)]) == 0
+    first = capsys.readouterr().out
+    assert "features: 368 snapshot rows" in first and "definitions: applied" in first
+    assert "online (sqlite, rewrite): 10 rows" in first
+    assert cli.main(["features", "--data-dir", str(tiny_data_dir)]) == 0
+    second = capsys.readouterr().out
+    assert "features: up to date with the tables" in second
+    assert "definitions: unchanged" in second
+    assert "online (sqlite): up to date" in second and "nothing to do" in second
+
+
+def test_features_job_simulates_when_there_are_no_tables(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "data", f"recsvc_test_{uuid.uuid4().hex[:10]}")
+    lines: list[str] = []
+    run = run_features(settings, P, members=200, days=40, say=lines.append)
+    assert run.simulated and run.computed and run.applied
+    assert run.materialized_rows > 200
+    assert lines[0].startswith("tables: none") and "rows/s" in lines[1]
+
+
+def test_snapshot_period_beyond_the_ttl_is_refused(tiny_data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="snapshot-every-days"):
+        run_features(_settings(tiny_data_dir, "p"), P, snapshot_every_days=15, say=_quiet)
+
+
+# --------------------------------------------------------------------------------------------
+# Redis: the same values as SQLite, rewinds, and what a dead Redis looks like.
+# --------------------------------------------------------------------------------------------
+ENTITY_ROWS = [{"member_id": m, "item_id": i} for m in (1, 2, 3, 404) for i in (10, 11, 77)]
+
+
+def _both(data: Path, project: str, redis_url: str) -> Iterator[Any]:
+    for url in (None, redis_url):
+        yield store.open_store(_settings(data, project, url))
+
+
+@pytest.mark.redis
+def test_sqlite_and_redis_serve_identical_values(tiny_data_dir: Path, redis_url: str,
+                                                 redis_project: str) -> None:
+    for url in (None, redis_url):
+        run = run_features(_settings(tiny_data_dir, redis_project, url), P, say=_quiet)
+        assert run.materialized_rows == 10
+    lite, red = _both(tiny_data_dir, redis_project, redis_url)
+    for service in ("churn_v1", "propensity_v1"):
+        rows = ENTITY_ROWS if service == "propensity_v1" else [
+            {"member_id": m} for m in (1, 2, 3, 404)]
+        a = store.online_features(lite, service, rows)
+        b = store.online_features(red, service, rows)
+        assert a == b
+        assert a["member_points__points_balance"][:1] == [350]
+
+    # rewinding to an earlier as-of rewrites both stores (Redis alone would keep the newer)
+    for url in (None, redis_url):
+        run = run_features(_settings(tiny_data_dir, redis_project, url), P,
+                           as_of=dt.date(2025, 2, 15), say=_quiet)
+        assert run.online_mode == "rewrite"
+    lite, red = _both(tiny_data_dir, redis_project, redis_url)
+    a = store.online_features(lite, "propensity_v1", ENTITY_ROWS)
+    assert a == store.online_features(red, "propensity_v1", ENTITY_ROWS)
+    assert a["member_points__points_balance"][0] == 330
+    assert a["item_catalogue__stock"][0] == 4
+
+
+def test_a_dead_redis_is_feature_store_unavailable(tiny_data_dir: Path) -> None:
+    settings = _settings(tiny_data_dir, "recsvc_test_dead", "redis://127.0.0.1:1/0")
+    feast_store = store.open_store(settings)
+    store.apply_definitions(feast_store, store.load_definitions(tiny_data_dir, REPO))
+    with pytest.raises(store.FeatureStoreUnavailable, match="Redis"):
+        store.online_features(feast_store, "churn_v1", [{"member_id": 1}])
+
+
+def test_arrow_nan_and_null_become_empty_values() -> None:
+    from feast.value_type import ValueType
+
+    values = store._proto_values(pa.array([1.5, None, float("nan")]), ValueType.DOUBLE)
+    assert values is not None
+    assert [v.WhichOneof("val") for v in values] == ["double_val", None, None]
