@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64, String
 
 _here = Path(__file__).resolve().parent
@@ -28,6 +29,7 @@ DATA_DIR = Path(
 # days (14 at most, see recsvc.features.jobs), items every day; twice the period would be
 # enough, the margin covers a skipped day of item states.
 MEMBER_TTL = timedelta(days=28)
+PARTS = "*.parquet"
 ITEM_TTL = timedelta(days=7)
 
 
@@ -55,7 +57,9 @@ item = Entity(
 def _source(view: str) -> FileSource:
     return FileSource(
         name=f"{view}_snapshots",
-        path=str(DATA_DIR / "features" / view),
+        # a glob, because the DuckDB offline store reads files, not directories
+        path=str(DATA_DIR / "features" / view / PARTS),
+        file_format=ParquetFormat(),
         timestamp_field="ts",
         description=f"Dated snapshots of {view}: values known at ts (events before ts).",
     )
@@ -138,12 +142,12 @@ item_stats = FeatureView(
     online=True,
     description="Views, redemptions and turnover of a redeemable item.",
     schema=[
-        Field(name="views_30d", dtype=Int64),
-        Field(name="views_90d", dtype=Int64),
-        Field(name="redemptions_30d", dtype=Int64),
-        Field(name="redemptions_90d", dtype=Int64),
-        Field(name="redemption_rate_30d", dtype=Float64, description="null: no views"),
-        Field(name="redemption_rate_90d", dtype=Float64, description="null: no views"),
+        Field(name="item_views_30d", dtype=Int64),
+        Field(name="item_views_90d", dtype=Int64),
+        Field(name="item_redemptions_30d", dtype=Int64),
+        Field(name="item_redemptions_90d", dtype=Int64),
+        Field(name="item_redemption_rate_30d", dtype=Float64, description="null: no views"),
+        Field(name="item_redemption_rate_90d", dtype=Float64, description="null: no views"),
         Field(name="stock_turnover_days", dtype=Float64,
               description="stock / mean daily redemptions over 30 days; null: none redeemed"),
     ],

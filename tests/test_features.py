@@ -16,7 +16,7 @@ import pytest
 from conftest import TINY_AS_OF, at
 from recsvc import cli
 from recsvc.config import load_programme
-from recsvc.errors import ConfigError
+from recsvc.errors import ConfigError, FeatureStoreUnavailable
 from recsvc.features import compute, store
 from recsvc.features.jobs import run_features
 from recsvc.settings import Settings
@@ -63,7 +63,8 @@ def test_snapshots_have_the_columns_and_types_the_feast_views_declare(tmp_path: 
         for f in view.features:
             inferred = pa_to_feast_value_type(str(arrow.field(f.name).type))
             assert f.dtype.to_value_type() == inferred, f"{view.name}.{f.name}"
-        assert view.batch_source.path == str(tmp_path.resolve() / "features" / view.name)
+        expected = tmp_path.resolve() / "features" / view.name / "*.parquet"
+        assert view.batch_source.path == str(expected)
 
 
 def test_member_activity_windows_recency_tier_and_nulls(tiny_features: dict) -> None:
@@ -125,14 +126,14 @@ def test_item_catalogue_and_stats(tiny_features: dict) -> None:
     assert (after["discount_coefficient"], after["stock"], after["market_price_minor"]) == (
         1.0, 4, 8_000)
     s = _row(stats, "item_id", 10, "2025-02-16")
-    assert s == s | {"views_30d": 1, "views_90d": 2, "redemptions_30d": 1,
-                     "redemptions_90d": 1, "redemption_rate_30d": 1.0,
-                     "redemption_rate_90d": 0.5, "stock_turnover_days": 120.0}
+    assert s == s | {"item_views_30d": 1, "item_views_90d": 2, "item_redemptions_30d": 1,
+                     "item_redemptions_90d": 1, "item_redemption_rate_30d": 1.0,
+                     "item_redemption_rate_90d": 0.5, "stock_turnover_days": 120.0}
     before = _row(stats, "item_id", 10, "2025-02-15")  # no views in 30 days: no rate
-    assert (before["views_30d"], before["redemption_rate_30d"]) == (0, None)
+    assert (before["item_views_30d"], before["item_redemption_rate_30d"]) == (0, None)
     last = _row(stats, "item_id", 10, "2025-03-21")
-    assert (last["redemptions_30d"], last["stock_turnover_days"]) == (0, None)
-    assert last["redemption_rate_90d"] == pytest.approx(1 / 3)
+    assert (last["item_redemptions_30d"], last["stock_turnover_days"]) == (0, None)
+    assert last["item_redemption_rate_90d"] == pytest.approx(1 / 3)
     # item 11 exists from 2025-01-15: its first snapshot is the end of that day
     assert cat[cat.item_id == 11]["ts"].min() == pd.Timestamp(at("2025-01-16"))
 
@@ -140,9 +141,10 @@ def test_item_catalogue_and_stats(tiny_features: dict) -> None:
 def test_snapshot_instants(tiny_features: dict) -> None:
     act = tiny_features["member_activity"]
     days = {m: sorted(g["ts"].dt.strftime("%m-%d")) for m, g in act.groupby("member_id")}
-    # member 3: end of signup day, weekly after it, end of each order day, and the as-of
-    assert days[3] == ["01-16", "01-21", "01-23", "01-30", "02-06", "02-13", "02-20", "02-27",
-                       "03-06", "03-13", "03-20", "03-21"]
+    # member 3: end of signup day, weekly after it, end of each order day, each month start
+    # (the churn cut-offs: 02-01 and 03-01 at midnight), and the as-of
+    assert days[3] == ["01-16", "01-21", "01-23", "01-30", "02-01", "02-06", "02-13", "02-20",
+                       "02-27", "03-01", "03-06", "03-13", "03-20", "03-21"]
     # member 1 signed up before the first event: nothing before the end of 2025-01-01
     assert days[1][0] == "01-02" and "03-16" in days[1]  # the lapse on 03-15 refreshes
     for frame in tiny_features.values():
@@ -227,7 +229,7 @@ def test_training_rows_see_an_event_only_after_it_happened(sqlite_store: Any) ->
     # item 10 is redeemed on 2025-02-15 12:00 by member 1 (350 points): both sides move
     rows2 = [(1, 10, "2025-02-15 11:00"), (1, 10, "2025-02-16 00:00")]
     prop = _history(sqlite_store, "propensity_v1", rows2)
-    assert prop["item_stats__redemptions_30d"].tolist() == [0, 1]
+    assert prop["item_stats__item_redemptions_30d"].tolist() == [0, 1]
     assert prop["item_catalogue__stock"].tolist() == [5, 4]
     assert prop["member_points__redemptions_90d"].tolist() == [0, 1]
     assert prop["member_points__points_balance"].tolist() == [680, 330]
@@ -308,7 +310,7 @@ def test_features_job_second_run_does_nothing(tiny_data_dir: Path, capsys: Any,
     monkeypatch.setenv("RECSVC_FEATURE_REPO", str(REPO))
     assert cli.main(["features", "--data-dir", str(tiny_data_dir)]) == 0
     first = capsys.readouterr().out
-    assert "features: 368 snapshot rows" in first and "definitions: applied" in first
+    assert "features: 376 snapshot rows" in first and "definitions: applied" in first
     assert "online (sqlite, rewrite): 10 rows" in first
     assert cli.main(["features", "--data-dir", str(tiny_data_dir)]) == 0
     second = capsys.readouterr().out
@@ -373,7 +375,7 @@ def test_a_dead_redis_is_feature_store_unavailable(tiny_data_dir: Path) -> None:
     settings = _settings(tiny_data_dir, "recsvc_test_dead", "redis://127.0.0.1:1/0")
     feast_store = store.open_store(settings)
     store.apply_definitions(feast_store, store.load_definitions(tiny_data_dir, REPO))
-    with pytest.raises(store.FeatureStoreUnavailable, match="Redis"):
+    with pytest.raises(FeatureStoreUnavailable, match="Redis"):
         store.online_features(feast_store, "churn_v1", [{"member_id": 1}])
 
 

@@ -36,3 +36,11 @@ class PromotionRefused(RecsvcError):
 class ArtefactInvalid(RecsvcError):
     """A model artefact is broken or does not match its manifest or feature service; the
     message names what is wrong. It is never served."""
+
+
+class FeatureStoreError(RecsvcError):
+    """Feast failed in a way no more specific error names."""
+
+
+class FeatureStoreUnavailable(FeatureStoreError):
+    """The online store (Redis or the SQLite file) did not answer; callers may degrade."""

@@ -7,7 +7,8 @@ time (Feast picks the latest snapshot <= t) therefore never sees a later event.
 
 Snapshot instants:
   members  every `snapshot_every_days` after the end of their signup day, the end of every day
-           with an order or a ledger entry (so balances are fresh), and the as-of instant;
+           with an order or a ledger entry (so balances are fresh), every month start (the
+           churn model's cut-offs) and the as-of instant;
   items    every day from the end of their creation day to the as-of instant.
 Nothing is written before the end of the first day that holds an event (`history_start`), so
 members imported with years of tenure do not get years of empty snapshots.
@@ -56,7 +57,7 @@ EXPIRING_WINDOW_DAYS = 30
 KEY_SHIFT = 40
 # Bump when a feature's definition changes: it is part of the fingerprint, so old snapshots
 # are recomputed rather than served under a new meaning.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 MANIFEST = "_manifest.json"
 PART_ROWS = 200_000  # rows per offline-store file
 
@@ -88,8 +89,9 @@ ITEM_CATALOGUE = pa.schema([
 ])
 ITEM_STATS = pa.schema([
     ("item_id", I), ("ts", TS),
-    ("views_30d", I), ("views_90d", I), ("redemptions_30d", I), ("redemptions_90d", I),
-    ("redemption_rate_30d", F), ("redemption_rate_90d", F), ("stock_turnover_days", F),
+    ("item_views_30d", I), ("item_views_90d", I), ("item_redemptions_30d", I),
+    ("item_redemptions_90d", I), ("item_redemption_rate_30d", F), ("item_redemption_rate_90d", F),
+    ("stock_turnover_days", F),
 ])
 
 # The offline store: one Parquet directory per feature view, `<data_dir>/features/<view>/`.
@@ -374,6 +376,20 @@ def _slice(cols: tuple[I64, ...], a: int, b: int) -> tuple[I64, ...]:
     return (cols[0][lo:hi] - a, *(c[lo:hi] for c in cols[1:]))
 
 
+def month_start_instants(first_us: int, last_us: int) -> I64:
+    """Month-start instants (UTC midnight of each month's 1st, µs) in [first_us, last_us]."""
+    first = dt.datetime.fromtimestamp(first_us / US, tz=dt.UTC)
+    y, m = first.year, first.month
+    out: list[int] = []
+    while True:
+        t = int(dt.datetime(y, m, 1, tzinfo=dt.UTC).timestamp()) * US
+        if t > last_us:
+            return np.array(out, dtype=np.int64)
+        if t >= first_us:
+            out.append(t)
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+
+
 def _member_snapshots(signup: I64, event_mi: I64, event_ts: I64, history_start: int,
                       as_of: int, period_days: int) -> tuple[I64, I64]:
     """(member index, instant) of every member snapshot, sorted by member then instant."""
@@ -388,8 +404,12 @@ def _member_snapshots(signup: I64, event_mi: I64, event_ts: I64, history_start: 
     w_t = first[w_mi] + (k0[w_mi] + offset) * period
     e_t = _day_end(event_ts)
     joined = np.flatnonzero(signup < as_of)
-    mi = np.concatenate([w_mi, event_mi, joined])
-    t = np.concatenate([w_t, e_t, np.full(len(joined), as_of, dtype=np.int64)])
+    # every month start too: the churn model's training cut-offs, seen exactly, not a week late
+    months = month_start_instants(history_start, as_of)
+    m_mi = np.repeat(np.arange(n, dtype=np.int64), len(months))
+    m_t = np.tile(months, n)
+    mi = np.concatenate([w_mi, event_mi, joined, m_mi])
+    t = np.concatenate([w_t, e_t, np.full(len(joined), as_of, dtype=np.int64), m_t])
     keep = (t > signup[mi]) & (t >= history_start) & (t <= as_of)
     mi, t = mi[keep], t[keep]
     key = np.unique((mi << 32) | (t // DAY_US))

@@ -38,7 +38,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
 
-from recsvc.errors import ConfigError, DataMissing, RecsvcError
+from recsvc.errors import (
+    ConfigError,
+    DataMissing,
+    FeatureStoreError,
+    FeatureStoreUnavailable,
+    RecsvcError,
+)
 from recsvc.progress import Stopwatch, progress
 from recsvc.settings import Settings
 
@@ -51,14 +57,6 @@ log = logging.getLogger(__name__)
 REPO_YAML = "feature_store.yaml"
 DEFINITIONS = "definitions.py"
 WRITE_BATCH_ROWS = 10_000
-
-
-class FeatureStoreError(RecsvcError):
-    """Feast failed in a way no more specific error names."""
-
-
-class FeatureStoreUnavailable(FeatureStoreError):
-    """The online store (Redis or the SQLite file) did not answer; callers may degrade."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,9 +342,9 @@ def apply_definitions(store: FeatureStore, defs: Definitions) -> bool:
 # --------------------------------------------------------------------------------------------
 # Retrieval by feature service: the one way training and serving read features.
 # --------------------------------------------------------------------------------------------
-# `redemptions_90d` is both a member and an item feature, so propensity_v1 can only be read
-# with Feast's full names: "<view>__<feature>", e.g. "member_points__redemptions_90d". Every
-# service is read that way, so a model's feature names never depend on which service it uses.
+# Every service is read with Feast's full names, "<view>__<feature>" (e.g.
+# "member_points__points_balance"), so a column always says which view it comes from. Feature
+# names are also unique across views; recsvc.models.inputs relies on that.
 FULL_FEATURE_NAMES = True
 
 
@@ -410,6 +408,7 @@ def snapshot_rows(store: FeatureStore, view: FeatureView, start: dt.datetime,
     if not isinstance(source, FileSource):
         raise ConfigError(f"{view.name}: recsvc materialises only Parquet (file) sources")
     uri = FileSource.get_uri_for_file_path(store.config.repo_path, source.path)
+    uri = uri.removesuffix("/*.parquet")  # the directory behind the DuckDB store's glob
     ts_col = source.timestamp_field
     keys = [e.name for e in view.entity_columns]
     columns = [*keys, ts_col, *(f.name for f in view.features)]
