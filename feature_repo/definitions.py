@@ -29,6 +29,8 @@ DATA_DIR = Path(
 # days (14 at most, see recsvc.features.jobs), items every day; twice the period would be
 # enough, the margin covers a skipped day of item states.
 MEMBER_TTL = timedelta(days=28)
+# batch scores are refreshed by a daily job; a week-old score is still worth serving
+SCORES_TTL = timedelta(days=7)
 PARTS = "*.parquet"
 ITEM_TTL = timedelta(days=7)
 
@@ -54,11 +56,11 @@ item = Entity(
 # ============================================================================================
 # Sources: Parquet snapshots under <data_dir>/features/<view>/, stamped with `ts`
 # ============================================================================================
-def _source(view: str) -> FileSource:
+def _source(view: str, root: str = "features") -> FileSource:
     return FileSource(
         name=f"{view}_snapshots",
         # a glob, because the DuckDB offline store reads files, not directories
-        path=str(DATA_DIR / "features" / view / PARTS),
+        path=str(DATA_DIR / root / view / PARTS),
         file_format=ParquetFormat(),
         timestamp_field="ts",
         description=f"Dated snapshots of {view}: values known at ts (events before ts).",
@@ -96,6 +98,12 @@ member_activity = FeatureView(
         Field(name="mean_interpurchase_days", dtype=Float64, description="null: < 2 orders"),
         Field(name="tier", dtype=String, description="tier earned by cumulative spend"),
         Field(name="age_band", dtype=String, description="null: unknown"),
+        Field(name="top_category_1", dtype=String, description="most ordered, 365 days"),
+        Field(name="top_category_1_share", dtype=Float64, description="its share of orders"),
+        Field(name="top_category_2", dtype=String),
+        Field(name="top_category_2_share", dtype=Float64),
+        Field(name="top_category_3", dtype=String),
+        Field(name="top_category_3_share", dtype=Float64),
     ],
 )
 
@@ -113,6 +121,9 @@ member_points = FeatureView(
         Field(name="points_redeemed_90d", dtype=Int64, description="points burned"),
         Field(name="redemptions_90d", dtype=Int64),
         Field(name="days_since_last_redemption", dtype=Float64, description="null: none yet"),
+        Field(name="member_views_90d", dtype=Int64, description="items shown, 90 days"),
+        Field(name="redemptions_365d", dtype=Int64),
+        Field(name="member_views_365d", dtype=Int64, description="items shown, 365 days"),
     ],
 )
 
@@ -154,6 +165,24 @@ item_stats = FeatureView(
 )
 
 
+member_churn_scores = FeatureView(
+    name="member_churn_scores",
+    entities=[member],
+    ttl=SCORES_TTL,
+    # outside features/: the feature job replaces that directory whole, scores are kept
+    source=_source("member_churn_scores", root="scores"),
+    online=True,
+    description="Batch churn scores (recsvc score-batch): what CRM reads for thousands at once.",
+    schema=[
+        Field(name="churn_probability", dtype=Float64),
+        Field(name="churn_band", dtype=String, description="low | medium | high"),
+        Field(name="segment", dtype=String, description="loyal | potential | dormant | ordinary"),
+        Field(name="action", dtype=String, description="recommended action code"),
+        Field(name="model_version", dtype=String),
+    ],
+)
+
+
 # ============================================================================================
 # Feature services: one per model version, named in the model's manifest
 # ============================================================================================
@@ -167,4 +196,10 @@ churn_v1 = FeatureService(
     name="churn_v1",
     features=[member_activity, member_points],
     description="Churn risk of a member.",
+)
+
+churn_scores_v1 = FeatureService(
+    name="churn_scores_v1",
+    features=[member_churn_scores],
+    description="The latest batch churn scores of a member.",
 )

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "recsvc.data.simulate",
     "recsvc.data.importer",
     "recsvc.features.jobs",
+    "recsvc.models.jobs",
 )
 
 

@@ -32,6 +32,20 @@ class Settings(BaseSettings):
     programme: Path | None = None
     """Programme rules file (TOML); the packaged defaults when unset."""
 
+    model_registry: Path | None = None
+    """Model registry root; default <data_dir>/models."""
+
+    metrics_dir: Path | None = None
+    """Where batch jobs write their Prometheus textfiles; default <data_dir>/metrics."""
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.model_registry or Path(self.data_dir) / "models"
+
+    @property
+    def job_metrics_dir(self) -> Path:
+        return self.metrics_dir or Path(self.data_dir) / "metrics"
+
 
 def load_settings(**overrides: object) -> Settings:
     """Read the environment once; a bad value fails with the variable's name."""

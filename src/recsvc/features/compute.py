@@ -57,9 +57,13 @@ EXPIRING_WINDOW_DAYS = 30
 KEY_SHIFT = 40
 # Bump when a feature's definition changes: it is part of the fingerprint, so old snapshots
 # are recomputed rather than served under a new meaning.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 4
 MANIFEST = "_manifest.json"
 PART_ROWS = 200_000  # rows per offline-store file
+# The member's favourite categories are named among the most ordered ones; a long tail of
+# categories (real logs have hundreds) would cost a windowed count each for little signal.
+MAX_CATEGORIES = 30
+TOP_CATEGORIES = 3
 
 TS = schema.TS
 I = pa.int64()  # noqa: E741 - a column-type alias used only in the schemas below
@@ -74,12 +78,16 @@ MEMBER_ACTIVITY = pa.schema([
     ("orders_total", I), ("spend_total_minor", I),
     ("tenure_days", F), ("avg_order_value_365d_minor", F), ("mean_interpurchase_days", F),
     ("tier", S), ("age_band", S),
+    ("top_category_1", S), ("top_category_1_share", F),
+    ("top_category_2", S), ("top_category_2_share", F),
+    ("top_category_3", S), ("top_category_3_share", F),
 ])
 MEMBER_POINTS = pa.schema([
     ("member_id", I), ("ts", TS),
     ("points_balance", I), ("points_expiring_30d", I), ("points_earned_90d", I),
     ("points_redeemed_90d", I), ("redemptions_90d", I),
-    ("days_since_last_redemption", F),
+    ("days_since_last_redemption", F), ("member_views_90d", I), ("redemptions_365d", I),
+    ("member_views_365d", I),
 ])
 ITEM_CATALOGUE = pa.schema([
     ("item_id", I), ("ts", TS),
@@ -111,10 +119,10 @@ INPUT_COLUMNS: dict[str, list[str]] = {
     "items": ["item_id", "category", "points_class", "market_price_minor", "points_price",
               "perceived_discount", "created_at"],
     "item_days": ["item_id", "ts", "discount_coefficient", "stock"],
-    "orders": ["member_id", "ts", "amount_minor"],
+    "orders": ["member_id", "ts", "amount_minor", "category"],
     "ledger": ["member_id", "ts", "kind", "points", "expires_at"],
     "redemptions": ["member_id", "item_id", "ts"],
-    "exposures": ["item_id", "ts"],
+    "exposures": ["member_id", "item_id", "ts"],
 }
 EVENT_TABLES = ("orders", "ledger", "redemptions", "exposures")
 
@@ -319,9 +327,11 @@ class _MemberInputs:
     signup_known: B
     age_band: pa.Array
     # Event columns sorted by member index (the first column of each tuple):
-    orders: tuple[I64, ...]  # member index, ts, amount
+    orders: tuple[I64, ...]  # member index, ts, amount, category code (-1: none or rare)
     ledger: tuple[I64, ...]  # member index, ts, points, expires_at, kind code
     redemptions: tuple[I64, ...]  # member index, ts
+    exposures: tuple[I64, ...]  # member index, ts
+    categories: list[str]  # category code -> name
 
 
 KIND_EARN, KIND_BURN, KIND_EXPIRE, KIND_OTHER = 0, 1, 2, 3
@@ -342,24 +352,38 @@ def _member_inputs(tables: Mapping[str, pa.Table], history_start: int,
     # an unknown signup is taken as "before the history", so the member still gets snapshots
     signup = np.where(signup_known, signup, history_start - DAY_US)
 
+    categories = _top_categories(tables["orders"]["category"])
+
     def events(name: str, *cols: str) -> tuple[I64, ...]:
         tab = tables[name]
         ts = _us(tab["ts"])
         mi, keep = _map_ids(ids, _i64(tab["member_id"]), name)
         keep &= ts < as_of
-        extra = [_events_col(tab, col)[keep] for col in cols]
+        extra = [_events_col(tab, col, categories)[keep] for col in cols]
         return _by_member(mi[keep], ts[keep], *extra)
 
     return _MemberInputs(
         ids=ids, signup=signup, signup_known=signup_known,
         age_band=members["age_band"].combine_chunks(),
-        orders=events("orders", "amount_minor"),
+        orders=events("orders", "amount_minor", "category"),
         ledger=events("ledger", "points", "expires_at", "kind"),
         redemptions=events("redemptions"),
+        exposures=events("exposures"),
+        categories=categories,
     )
 
 
-def _events_col(tab: pa.Table, name: str) -> I64:
+def _top_categories(column: pa.ChunkedArray) -> list[str]:
+    """The most ordered categories (at most MAX_CATEGORIES), the vocabulary of the top-3."""
+    counts = pc.value_counts(column.drop_null()).to_pylist()
+    counts.sort(key=lambda c: (-c["counts"], c["values"]))
+    return [c["values"] for c in counts[:MAX_CATEGORIES]]
+
+
+def _events_col(tab: pa.Table, name: str, categories: list[str]) -> I64:
+    if name == "category":
+        codes = pc.index_in(tab[name], value_set=pa.array(categories, type=pa.string()))
+        return np.asarray(codes.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
     if name == "kind":
         code = np.full(tab.num_rows, KIND_OTHER, dtype=np.int64)
         for value, c in KIND_CODES.items():
@@ -416,10 +440,33 @@ def _member_snapshots(signup: I64, event_mi: I64, event_ts: I64, history_start: 
     return key >> 32, (key & 0xFFFFFFFF) * DAY_US
 
 
+def _top_category_columns(o_mi: I64, o_ts: I64, o_cat: I64, categories: list[str], mi: I64,
+                          t: I64, n365: I64) -> list[pa.Array]:
+    """The member's three most ordered categories over 365 days and their shares of orders."""
+    counts = np.zeros((len(mi), max(len(categories), 1)), dtype=np.int64)
+    for k in range(len(categories)):
+        sel = o_cat == k
+        hi, lo = _Timeline(o_mi[sel], o_ts[sel]).windows(mi, t, (365,))
+        counts[:, k] = hi - lo[365]
+    # pad with empty columns so fewer categories than TOP_CATEGORIES still give three names
+    counts = np.pad(counts, ((0, 0), (0, max(0, TOP_CATEGORIES - counts.shape[1]))))
+    top = np.argsort(-counts, axis=1, kind="stable")[:, :TOP_CATEGORIES]
+    names = np.asarray([*categories, *[""] * TOP_CATEGORIES], dtype=object)
+    rows = np.arange(len(mi))
+    out: list[pa.Array] = []
+    for j in range(TOP_CATEGORIES):
+        pick = top[:, j]
+        c = counts[rows, pick]
+        has = c > 0
+        out.append(pa.array(np.where(has, names[pick], np.array(None)), type=pa.string()))
+        out.append(_float(c / np.maximum(n365, 1), has))
+    return out
+
+
 def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, history_start: int,
                   as_of: int, period_days: int) -> tuple[pa.Table, pa.Table]:
     signup = inp.signup[a:b]
-    o_mi, o_ts, o_amount = _slice(inp.orders, a, b)
+    o_mi, o_ts, o_amount, o_cat = _slice(inp.orders, a, b)
     l_mi, l_ts, l_points, l_exp, l_kind = _slice(inp.ledger, a, b)
     r_mi, r_ts = _slice(inp.redemptions, a, b)
 
@@ -454,6 +501,7 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
         _float((last - first) / np.maximum(n_total - 1, 1) / DAY_US, many),
         pa.array(tier_names[tier_idx], type=pa.string()),
         inp.age_band.slice(a, b - a).take(pa.array(mi)),
+        *_top_category_columns(o_mi, o_ts, o_cat, inp.categories, mi, t, n365),
     ], schema=MEMBER_ACTIVITY)
 
     is_lapse = l_kind == KIND_EXPIRE
@@ -466,9 +514,11 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
     l_hi, l_lo = led.windows(mi, t, (90,))
     red = _Timeline(r_mi, r_ts)
     r_start = red.start(mi)
-    r_hi, r_lo = red.windows(mi, t, (90,))
+    r_hi, r_lo = red.windows(mi, t, (90, 365))
     r_has = r_hi > r_start
     r_last = red.ts_at(r_hi - 1, r_has)
+    e_mi, e_ts = _slice(inp.exposures, a, b)
+    views_hi, views_lo = _Timeline(e_mi, e_ts).windows(mi, t, (90, 365))
     expiring = expiring_points(l_mi, l_ts, l_points, l_exp, is_lapse, mi, t, b - a,
                                EXPIRING_WINDOW_DAYS * DAY_US)
 
@@ -480,6 +530,9 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
         _int(led.sum("burned", l_lo[90], l_hi)),
         _int(r_hi - r_lo[90]),
         _float((t - r_last) / DAY_US, r_has),
+        _int(views_hi - views_lo[90]),
+        _int(r_hi - r_lo[365]),
+        _int(views_hi - views_lo[365]),
     ], schema=MEMBER_POINTS)
     return activity, points
 

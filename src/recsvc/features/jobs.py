@@ -165,8 +165,10 @@ def run_features(
     run.online_mode = mode
     watch = Stopwatch()
     if mode == "rewrite":
-        store.clear_online(feast_store)
-    results = store.materialize(feast_store, build.as_of, full=mode != "incremental")
+        store.clear_online(feast_store, list(compute.VIEWS))
+    # the computed views only: batch scores are materialised by the scoring job
+    results = store.materialize(feast_store, build.as_of, list(compute.VIEWS),
+                                full=mode != "incremental")
     rows = sum(r.rows for r in results)
     run.materialized_rows = rows
     if all(r.skipped for r in results):

@@ -1,0 +1,78 @@
+"""Every Prometheus metric recsvc exports, defined in one place (`recsvc_` prefix, base units).
+
+Each family is created on a registry passed in, so tests and jobs own theirs. Batch jobs have
+no endpoint to scrape: they write their metrics in the text exposition format to a file that
+node_exporter's textfile collector (or a Pushgateway relay) publishes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.exposition import write_to_textfile
+
+JOB_OUTCOMES = ("promoted", "refused", "failed", "skipped")
+
+
+def write_job_metrics(
+    path: Path,
+    job: str,
+    *,
+    outcome: str,
+    started: float,
+    finished: float | None = None,
+    rows: int | None = None,
+    models: Mapping[str, tuple[str, Mapping[str, float]]] | None = None,
+    previous_success: float | None = None,
+) -> None:
+    """Write one batch job's run to a textfile: outcome, timestamps, duration, model metrics.
+
+    `models` maps a model name to (version, validation metrics). The last success timestamp
+    is carried over from `previous_success` when this run did not succeed, so an alert on a
+    stale success keeps counting from the real one.
+    """
+    if outcome not in JOB_OUTCOMES:
+        raise ValueError(f"outcome must be one of {JOB_OUTCOMES}")
+    finished = time.time() if finished is None else finished
+    reg = CollectorRegistry()
+    labels = ["job"]
+    Gauge("recsvc_job_last_run_timestamp_seconds", "When the job last finished.", labels,
+          registry=reg).labels(job).set(finished)
+    Gauge("recsvc_job_duration_seconds", "How long the last run took.", labels,
+          registry=reg).labels(job).set(finished - started)
+    outcomes = Gauge("recsvc_job_last_outcome", "1 for the outcome of the last run, else 0.",
+                     [*labels, "outcome"], registry=reg)
+    for name in JOB_OUTCOMES:
+        outcomes.labels(job, name).set(1.0 if name == outcome else 0.0)
+    success = finished if outcome in ("promoted", "skipped") else previous_success
+    if success is not None:
+        Gauge("recsvc_job_last_success_timestamp_seconds", "When the job last succeeded.",
+              labels, registry=reg).labels(job).set(success)
+    if rows is not None:
+        Gauge("recsvc_job_rows", "Rows the last run processed.", labels,
+              registry=reg).labels(job).set(rows)
+    if models:
+        metric = Gauge("recsvc_job_model_validation_metric",
+                       "Validation metrics of the models the last run trained.",
+                       [*labels, "model", "version", "metric"], registry=reg)
+        for model, (version, values) in models.items():
+            for name, value in values.items():
+                metric.labels(job, model, version, name).set(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), reg)
+
+
+def read_last_success(path: Path, job: str) -> float | None:
+    """The last success timestamp recorded in a job's textfile, if any."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    prefix = f'recsvc_job_last_success_timestamp_seconds{{job="{job}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return None

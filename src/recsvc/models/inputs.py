@@ -1,0 +1,182 @@
+"""Model inputs from feature columns: the one place training and serving build their matrices.
+
+A model's manifest names its feature service and its ordered input list. Inputs are either
+features read from the store (by name, never by position), request-time values (the surface a
+hint is shown on), or *derived* values computed here from those: the recommendation-index
+factors (via `recsvc.core.index`, the same functions the service ranks with) and, for churn,
+the BG/NBD expectations. Categorical strings become integer codes from vocabularies saved in the
+manifest, so an unseen category is a missing value rather than a new meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pandas import isna as pd_isna
+
+from recsvc.config import IndexRules
+from recsvc.core import index as idx
+
+F64 = npt.NDArray[np.float64]
+Columns = Mapping[str, Any]
+
+MEMBER_ACTIVITY = (
+    "days_since_last_order", "orders_30d", "orders_90d", "orders_365d",
+    "spend_30d_minor", "spend_90d_minor", "spend_365d_minor", "orders_total",
+    "spend_total_minor", "tenure_days", "avg_order_value_365d_minor", "mean_interpurchase_days",
+    "tier", "age_band", "top_category_1", "top_category_1_share", "top_category_2",
+    "top_category_2_share", "top_category_3", "top_category_3_share",
+)  # fmt: skip
+MEMBER_POINTS = (
+    "points_balance", "points_expiring_30d", "points_earned_90d", "points_redeemed_90d",
+    "redemptions_90d", "days_since_last_redemption", "member_views_90d", "redemptions_365d",
+    "member_views_365d",
+)  # fmt: skip
+ITEM_CATALOGUE = (
+    "market_price_minor", "points_price", "perceived_discount", "discount_coefficient",
+    "category", "points_class", "stock",
+)  # fmt: skip
+ITEM_STATS = (
+    "item_views_30d", "item_views_90d", "item_redemptions_30d", "item_redemptions_90d",
+    "item_redemption_rate_30d", "item_redemption_rate_90d", "stock_turnover_days",
+)  # fmt: skip
+
+REQUEST_TIME = ("surface",)
+SURFACES = ("product_page", "points_centre", "cart")
+
+INDEX_DERIVED = (
+    "value_coefficient", "demand_match", "behaviour_weight", "discount_coefficient_eff",
+    "recommendation_index", "vacuum_zone", "affordable", "expiring_share", "category_affinity",
+    "member_redemption_rate_90d", "member_redemption_rate_365d",
+)  # fmt: skip
+CHURN_DERIVED = ("bgnbd_p_alive", "bgnbd_expected_purchases", "recency_ratio")
+
+CATEGORICAL = ("tier", "age_band", "category", "points_class", "surface")
+# The favourite categories are inputs only through category_affinity: as codes they would
+# need the item's category beside them to mean anything.
+NOT_INPUTS = ("top_category_1", "top_category_2", "top_category_3")
+
+PROPENSITY_INPUTS = tuple(
+    n for n in MEMBER_ACTIVITY + MEMBER_POINTS + ITEM_CATALOGUE + ITEM_STATS + REQUEST_TIME
+    + INDEX_DERIVED if n not in NOT_INPUTS
+)
+CHURN_INPUTS = tuple(n for n in MEMBER_ACTIVITY + MEMBER_POINTS + CHURN_DERIVED
+                     if n not in NOT_INPUTS)
+
+
+def _f(cols: Columns, name: str) -> F64:
+    """A numeric column as float64 with NaN for missing values (None, pandas NA)."""
+    values = cols[name]
+    arr = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    if arr.dtype == object:
+        return np.array([np.nan if v is None or pd_isna(v) else float(v) for v in arr])
+    return arr.astype(np.float64)
+
+
+def index_inputs(cols: Columns, rules: IndexRules) -> dict[str, F64]:
+    """The index factors of SPEC §2 for (member, item) rows, from the raw feature columns."""
+    balance = np.nan_to_num(_f(cols, "points_balance"), nan=0.0)
+    points_price = _f(cols, "points_price")
+    young = np.isin(np.asarray(cols["age_band"], dtype=object), rules.young_age_bands)
+    aov = _f(cols, "avg_order_value_365d_minor")
+    high = np.nan_to_num(aov, nan=0.0) >= rules.high_spender_min_aov_units * 100
+    factors = idx.index_factors(
+        rules,
+        market_price=_f(cols, "market_price_minor") / 100.0,
+        perceived_discount=_f(cols, "perceived_discount"),
+        points_price=points_price,
+        item_discount=np.nan_to_num(_f(cols, "discount_coefficient"), nan=1.0),
+        balance=balance,
+        orders_90d=np.nan_to_num(_f(cols, "orders_90d"), nan=0.0),
+        days_since_last_order=_f(cols, "days_since_last_order"),
+        young=young,
+        high_spender=high,
+    )
+    expiring = np.nan_to_num(_f(cols, "points_expiring_30d"), nan=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expiring_share = np.where(points_price > 0, expiring / points_price, 0.0)
+    item_category = np.asarray(cols["category"], dtype=object)
+    affinity = np.zeros(len(balance))
+    for j in (1, 2, 3):
+        same = np.asarray(cols[f"top_category_{j}"], dtype=object) == item_category
+        affinity = np.where(same, np.nan_to_num(_f(cols, f"top_category_{j}_share")), affinity)
+    rates = {}
+    for days in (90, 365):
+        views = _f(cols, f"member_views_{days}d")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rates[f"member_redemption_rate_{days}d"] = np.where(
+                views > 0, _f(cols, f"redemptions_{days}d") / views, np.nan)
+    return {
+        "category_affinity": affinity,
+        **rates,
+        "value_coefficient": np.asarray(factors.value_coefficient, dtype=np.float64),
+        "demand_match": np.asarray(factors.demand_match, dtype=np.float64),
+        "behaviour_weight": np.asarray(factors.behaviour_weight, dtype=np.float64),
+        "discount_coefficient_eff": np.asarray(factors.discount_coefficient, dtype=np.float64),
+        "recommendation_index": np.asarray(factors.recommendation_index, dtype=np.float64),
+        "vacuum_zone": np.asarray(factors.vacuum, dtype=np.float64),
+        "affordable": (balance >= np.nan_to_num(points_price, nan=np.inf)).astype(np.float64),
+        "expiring_share": expiring_share,
+    }
+
+
+def purchase_history(cols: Columns) -> tuple[F64, F64, F64]:
+    """BG/NBD's (x, t_x, T) in days from the activity features; NaN for members with no order.
+
+    x = repeat orders; t_x = first to last order = mean gap × repeats; T = t_x + days since last.
+    """
+    orders = _f(cols, "orders_total")
+    since = _f(cols, "days_since_last_order")
+    gap = np.nan_to_num(_f(cols, "mean_interpurchase_days"), nan=0.0)
+    bought = np.nan_to_num(orders, nan=0.0) > 0
+    x = np.where(bought, orders - 1, np.nan)
+    t_x = np.where(bought, gap * x, np.nan)
+    return x, t_x, t_x + since
+
+
+def churn_inputs(cols: Columns, bgnbd: Any, horizon_days: float) -> dict[str, F64]:
+    """BG/NBD expectations (params fitted on the training window) and a recency ratio."""
+    x, t_x, T = purchase_history(cols)
+    known = np.isfinite(x) & np.isfinite(T)
+    p_alive = np.full(len(x), np.nan)
+    expected = np.full(len(x), np.nan)
+    if bgnbd is not None and known.any():
+        p_alive[known] = bgnbd.p_alive(x[known], t_x[known], T[known])
+        expected[known] = bgnbd.expected_purchases(horizon_days, x[known], t_x[known], T[known])
+    since = _f(cols, "days_since_last_order")
+    gap = _f(cols, "mean_interpurchase_days")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(gap > 0, since / gap, np.nan)
+    return {"bgnbd_p_alive": p_alive, "bgnbd_expected_purchases": expected, "recency_ratio": ratio}
+
+
+def vocabularies(cols: Columns, names: Sequence[str] = CATEGORICAL) -> dict[str, list[str]]:
+    """Sorted distinct non-null values of each categorical column present (for the manifest)."""
+    vocab: dict[str, list[str]] = {}
+    for name in names:
+        if name in cols:
+            values = {v for v in np.asarray(cols[name], dtype=object) if isinstance(v, str)}
+            vocab[name] = sorted(values)
+    return vocab
+
+
+def encode(values: Any, vocabulary: Sequence[str]) -> F64:
+    """Integer codes of a categorical column; NaN for null or unseen values."""
+    lookup = {v: float(i) for i, v in enumerate(vocabulary)}
+    return np.array([lookup.get(v, np.nan) for v in np.asarray(values, dtype=object)])
+
+
+def matrix(
+    cols: Columns, names: Sequence[str], vocab: Mapping[str, Sequence[str]]
+) -> npt.NDArray[np.float64]:
+    """The model matrix: one float64 column per input, in the manifest's order."""
+    out = []
+    for name in names:
+        if name in vocab:
+            out.append(encode(cols[name], vocab[name]))
+        else:
+            out.append(_f(cols, name))
+    return np.column_stack(out) if out else np.empty((0, 0))

@@ -1,0 +1,154 @@
+"""Churn scoring with a registered model: one scorer for batch jobs and the online service."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsvc.core import segments
+from recsvc.data import schema
+from recsvc.errors import DataMissing
+from recsvc.models import inputs
+from recsvc.models.training import calibrated, weekly_bgnbd
+from recsvc.progress import Stopwatch
+
+F64 = npt.NDArray[np.float64]
+SCORES_VIEW = "member_churn_scores"
+
+
+@dataclass(frozen=True)
+class ChurnScores:
+    probability: F64
+    band: npt.NDArray[np.str_]
+    segment: npt.NDArray[np.str_]
+    action: npt.NDArray[np.str_]
+    contributions: F64 | None  # (rows, inputs): per-prediction drivers in log-odds
+
+
+class ChurnScorer:
+    """Scores members from their churn_v1 features with a loaded registry version."""
+
+    def __init__(self, loaded: Any) -> None:
+        manifest = loaded.manifest
+        extra = manifest.extra
+        self.version: str = manifest.version
+        self.features: list[str] = list(manifest.features)
+        self.booster = loaded.booster
+        self.vocab: dict[str, list[str]] = extra["vocabularies"]
+        self.platt: dict[str, float] = extra["calibration"]["platt"]
+        self.bgnbd = weekly_bgnbd(extra)
+        self.horizon = float(extra["horizon_days"])
+        self.rfm = segments.RfmThresholds.from_dict(extra["rfm_thresholds"])
+        cuts = extra.get("band_cuts", segments.DEFAULT_BAND_CUTS)
+        self.band_cuts: tuple[float, float] = (float(cuts[0]), float(cuts[1]))
+
+    def matrix(self, cols: Mapping[str, Any]) -> F64:
+        derived = inputs.churn_inputs(cols, self.bgnbd, self.horizon)
+        return inputs.matrix({**cols, **derived}, self.features, self.vocab)
+
+    def score(self, cols: Mapping[str, Any], *, contributions: bool = False,
+              num_threads: int = 1) -> ChurnScores:
+        X = self.matrix(cols)
+        raw = np.asarray(self.booster.predict(X, raw_score=True, num_threads=num_threads))
+        prob = calibrated(raw, self.platt)
+        band = np.asarray(segments.band(prob, self.band_cuts), dtype=str).reshape(-1)
+        seg = np.asarray(segments.segment(
+            self.rfm, cols["days_since_last_order"], _num(cols["orders_365d"]),
+            _num(cols["spend_365d_minor"]), _num(cols["tenure_days"])), dtype=str).reshape(-1)
+        action = segments.recommended_action_codes(seg, band)
+        contrib = None
+        if contributions:
+            contrib = np.asarray(self.booster.predict(X, pred_contrib=True,
+                                                      num_threads=num_threads))[:, :-1]
+        return ChurnScores(prob, band, seg, action, contrib)
+
+
+def _num(values: Any) -> F64:
+    return np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    rows: int
+    seconds: float
+    scoring_seconds: float
+    as_of: dt.datetime
+    model_version: str
+    out: Path | None
+
+
+def features_as_of(data_dir: Path) -> dt.datetime:
+    """The as-of instant of the computed feature snapshots."""
+    path = Path(data_dir) / "features" / "_manifest.json"
+    try:
+        return dt.datetime.fromisoformat(json.loads(path.read_text())["as_of"])
+    except (OSError, ValueError, KeyError):
+        raise DataMissing(f"no features under {path.parent}: run `make features`") from None
+
+
+def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
+                say: Any = print) -> BatchResult:
+    """Score every member who joined before `as_of` and publish the scores (offline + online)."""
+    from recsvc.features import store as fstore
+    from recsvc.models.training import _columns, with_features
+
+    watch = Stopwatch()
+    data_dir = Path(ctx.settings.data_dir)
+    as_of = as_of or features_as_of(data_dir)
+    loaded = ctx.registry.load("churn", known_features=ctx.known_features)
+    scorer = ChurnScorer(loaded)
+    members = schema.read_table(data_dir, "members", ["member_id", "external_id", "signup_at"])
+    frame = members.to_pandas()
+    frame = frame[frame.signup_at < as_of]
+    entity = pd.DataFrame({"member_id": frame.member_id.to_numpy(),
+                           "event_timestamp": pd.Timestamp(as_of)})
+    say(f"score-batch: {len(entity):,} members as of {as_of:%Y-%m-%d %H:%M} UTC with churn "
+        f"{scorer.version}")
+    feats = with_features(ctx.history, "churn_v1", entity)
+    cols = _columns(feats)
+    step = Stopwatch()
+    scores = scorer.score(cols, num_threads=0)
+    scoring_seconds = step.seconds
+    say(f"score-batch: scored {len(entity):,} members in {scoring_seconds:.2f} s "
+        f"({len(entity) / max(scoring_seconds, 1e-9):,.0f} members/s, excluding I/O)")
+    table = pa.table({
+        "member_id": pa.array(entity.member_id.to_numpy(), pa.int64()),
+        "ts": pa.array([as_of] * len(entity), schema.TS),
+        "churn_probability": pa.array(scores.probability, pa.float64()),
+        "churn_band": pa.array(scores.band.astype(object), pa.string()),
+        "segment": pa.array(scores.segment.astype(object), pa.string()),
+        "action": pa.array(scores.action.astype(object), pa.string()),
+        "model_version": pa.array([scorer.version] * len(entity), pa.string()),
+    })
+    target = data_dir / "scores" / SCORES_VIEW
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = target / f".scores-{as_of:%Y%m%d}.parquet.tmp"
+    pq.write_table(table, tmp)
+    tmp.replace(target / f"scores-{as_of:%Y%m%d}.parquet")  # one file per as-of, replaced whole
+    defs = fstore.load_definitions(data_dir, ctx.settings.feature_repo)
+    fstore.apply_definitions(ctx.store, defs)
+    done = fstore.materialize(ctx.store, as_of, [SCORES_VIEW], full=True)
+    say(f"score-batch: offline {target}; online {sum(r.rows for r in done):,} rows")
+    if out is not None:
+        ext = frame.external_id.to_numpy(dtype=object)
+        customer = np.where(pd.isna(ext), frame.member_id.astype(str).to_numpy(), ext)
+        csv = pd.DataFrame({
+            "customer_id": customer,
+            "churn_probability": np.round(scores.probability, 6),
+            "band": scores.band, "segment": scores.segment, "action": scores.action,
+            "member_id": entity.member_id.to_numpy(),
+        })
+        out.parent.mkdir(parents=True, exist_ok=True)
+        csv.to_csv(out, index=False)
+        say(f"score-batch: wrote {len(csv):,} rows to {out}")
+    return BatchResult(len(entity), watch.seconds, scoring_seconds, as_of, scorer.version, out)

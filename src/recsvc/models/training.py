@@ -1,0 +1,551 @@
+"""Training jobs: point-in-time training sets from Feast, LightGBM fits, baselines, registration.
+
+Both models are trained the same way:
+
+1. an entity frame (exposures for propensity; members × cut-off instants for churn) with labels
+   computed from the canonical tables, split by time into train / validation / test with a gap
+   of one label window between splits, so no training label looks into a later split;
+2. features through Feast's `get_historical_features` with the model's feature service, plus
+   the derived inputs of `recsvc.models.inputs` (the index factors, BG/NBD expectations);
+3. LightGBM with early stopping on validation, monotone constraints where the economics is
+   clear, no re-weighting of classes (log loss on the true base rate keeps probabilities
+   honest), then Platt scaling fitted on validation;
+4. baselines on the same splits, the report, and registration; promotion is the caller's call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow.dataset as pads
+
+from recsvc.config import Programme
+from recsvc.core import segments
+from recsvc.data import schema
+from recsvc.errors import DataMissing
+from recsvc.features.compute import month_start_instants
+from recsvc.models import evaluation, inputs
+from recsvc.models.btyd import BgNbd
+from recsvc.models.registry import Manifest, Registry
+from recsvc.progress import Stopwatch
+
+log = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+US = 1_000_000
+DAY = dt.timedelta(days=1)
+PROPENSITY = "propensity"
+CHURN = "churn"
+SERVICES = {PROPENSITY: "propensity_v1", CHURN: "churn_v1"}
+REDEEM_WINDOW = dt.timedelta(days=7)
+
+# Why these defaults: a small learning rate with early stopping finds the number of trees by
+# itself; 31 leaves and 100 rows per leaf keep trees from memorising single members; feature
+# and row subsampling decorrelate trees; `deterministic` makes a seed reproduce the model.
+LGB_PARAMS: dict[str, Any] = {
+    "objective": "binary",
+    "metric": ["auc", "binary_logloss"],
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 100,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "max_cat_to_onehot": 8,
+    "verbosity": -1,
+    "deterministic": True,
+    "force_col_wise": True,
+}
+MAX_ROUNDS = 2000
+EARLY_STOPPING = 100
+
+# Monotone constraints where the economics is clear (+1: never lowers the score).
+MONOTONE = {
+    PROPENSITY: {"value_coefficient": 1, "recommendation_index": 1},
+    CHURN: {"days_since_last_order": 1, "bgnbd_expected_purchases": -1},
+}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    as_of: dt.datetime | None = None
+    """Only events before this instant are used (labels included). Default: end of the data."""
+    horizon_days: int = 90
+    """Churn label: no order in the next `horizon_days` after a cut-off."""
+    min_history_days: int = 60
+    """The first churn cut-off is this long after the first event, so features have history."""
+    max_train_rows: int = 1_500_000
+    """Propensity: older training exposures beyond this many are left out (memory, time)."""
+    seed: int = 7
+    num_threads: int = 0
+    """LightGBM threads while training; 0 means all cores."""
+
+
+@dataclass
+class Split:
+    """One training set split by time, with labels, model inputs and what the report needs."""
+
+    frame: pd.DataFrame
+    part: npt.NDArray[np.str_]  # "train" | "valid" | "test" per row
+    label: npt.NDArray[np.int64]
+    window: tuple[dt.datetime, dt.datetime]
+    bounds: dict[str, str] = field(default_factory=dict)
+
+    def rows(self, name: str) -> npt.NDArray[np.bool_]:
+        return self.part == name
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: str
+    manifest: Manifest
+    report: Path
+    test_metrics: dict[str, Any]
+    seconds: float
+
+
+# --------------------------------------------------------------------------------------------
+# Labels and entity frames.
+# --------------------------------------------------------------------------------------------
+def _us(ts: pd.Series) -> npt.NDArray[np.int64]:
+    return np.asarray(ts.astype("datetime64[us, UTC]").astype("int64"), dtype=np.int64)
+
+
+def _to_dt(us: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(us / US, tz=dt.UTC)
+
+
+def data_limit(data_dir: Path, as_of: dt.datetime | None) -> dt.datetime:
+    """The instant nothing at or after which may be used: `as_of`, else the end of the data."""
+    if as_of is not None:
+        return as_of
+    orders = schema.read_table(data_dir, "orders", ["ts"])
+    if orders.num_rows == 0:
+        raise DataMissing("no orders in the tables: nothing to train on")
+    last = orders["ts"].to_pandas().max()
+    return (last.floor("D") + pd.Timedelta(days=1)).to_pydatetime()
+
+
+def split_cutoffs(
+    cutoffs: Sequence[dt.datetime], horizon: dt.timedelta
+) -> tuple[list[dt.datetime], dt.datetime, dt.datetime]:
+    """(train cut-offs, validation cut-off, test cut-off) from those whose label is observable.
+
+    Test is the last cut-off; validation the last one whose label window ends by the test
+    cut-off; training those whose windows end by the validation cut-off. When the data is too
+    short for such gaps, the windows may overlap (the report says so).
+    """
+    if len(cutoffs) < 3:
+        raise DataMissing(
+            f"need at least 3 cut-offs with an observable {horizon.days}-day label, have "
+            f"{len(cutoffs)}: the data covers too short a period"
+        )
+    test = cutoffs[-1]
+    valid_candidates = [c for c in cutoffs if c + horizon <= test]
+    valid = valid_candidates[-1] if valid_candidates else cutoffs[-2]
+    train = [c for c in cutoffs if c + horizon <= valid] or [c for c in cutoffs if c < valid]
+    return train, valid, test
+
+
+def churn_frame(
+    data_dir: Path, limit: dt.datetime, opts: TrainOptions
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Members who had ordered before each cut-off, labelled 1 when they place no order in the
+    `horizon_days` after it; only cut-offs whose whole label window lies before `limit`."""
+    orders = schema.read_table(data_dir, "orders", ["member_id", "ts"]).to_pandas()
+    orders = orders[orders.ts < limit]
+    if orders.empty:
+        raise DataMissing("no orders before the as-of instant")
+    horizon = dt.timedelta(days=opts.horizon_days)
+    first = orders.ts.min().to_pydatetime() + dt.timedelta(days=opts.min_history_days)
+    starts = month_start_instants(int(first.timestamp() * US),
+                                  int((limit - horizon).timestamp() * US))
+    cutoffs = [_to_dt(int(us)) for us in starts]
+    train, valid, test = split_cutoffs(cutoffs, horizon)
+    member = orders.member_id.to_numpy()
+    ts = _us(orders.ts)
+    order = np.lexsort((ts, member))
+    member, ts = member[order], ts[order]
+    key = (member << 40) | (ts // US)
+    ids = np.unique(member)
+    first_us = ts[np.searchsorted(member, ids)]
+    frames = []
+    for part, cuts in (("train", train), ("valid", [valid]), ("test", [test])):
+        for c in cuts:
+            c_us = int(c.timestamp() * US)
+            who = ids[first_us < c_us]
+            lo = np.searchsorted(key, (who << 40) | (c_us // US))
+            end_s = (c_us // US) + int(horizon.total_seconds())
+            hi = np.searchsorted(key, (who << 40) | end_s)
+            frames.append(pd.DataFrame({
+                "member_id": who,
+                "event_timestamp": pd.Timestamp(c),
+                "label": (hi == lo).astype(np.int64),
+                "part": part,
+            }))
+    bounds = {"train": f"{train[0]:%Y-%m-%d} .. {train[-1]:%Y-%m-%d} ({len(train)} cut-offs)",
+              "valid": f"{valid:%Y-%m-%d}", "test": f"{test:%Y-%m-%d}",
+              "horizon_days": str(opts.horizon_days)}
+    if train[-1] + horizon > valid or valid + horizon > test:
+        bounds["note"] = "label windows overlap between splits: the data is short"
+    return pd.concat(frames, ignore_index=True), bounds
+
+
+def propensity_frame(
+    data_dir: Path, limit: dt.datetime, opts: TrainOptions
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Exposures whose 7-day window closed before `limit`, split by time with 7-day gaps."""
+    exp = schema.read_table(
+        data_dir, "exposures",
+        ["exposure_id", "member_id", "item_id", "ts", "surface", "balance", "redeemed"],
+    ).to_pandas()
+    exp = exp[exp.ts + REDEEM_WINDOW <= limit]
+    if len(exp) < 1000 or exp.redeemed.sum() < 50:
+        raise DataMissing(
+            f"only {len(exp):,} exposures ({int(exp.redeemed.sum()):,} redeemed) before the "
+            "as-of instant: too few to train a propensity model (imported logs have none)"
+        )
+    t = exp.ts
+    valid_start = t.quantile(0.70)
+    test_start = t.quantile(0.85)
+    part = np.where(t >= test_start, "test", np.where(t >= valid_start, "valid", "train"))
+    gap = ((part == "train") & (t + REDEEM_WINDOW > valid_start)) | (
+        (part == "valid") & (t + REDEEM_WINDOW > test_start))
+    exp = exp.assign(part=part)[~gap]
+    train = exp[exp.part == "train"]
+    if len(train) > opts.max_train_rows:
+        keep = train.sort_values("ts").index[-opts.max_train_rows:]
+        exp = pd.concat([exp.loc[keep], exp[exp.part != "train"]])
+    exp = exp.rename(columns={"ts": "event_timestamp", "redeemed": "label"})
+    exp["label"] = exp.label.astype(np.int64)
+    bounds = {"train": f"{exp[exp.part == 'train'].event_timestamp.min():%Y-%m-%d} .. "
+                       f"{valid_start:%Y-%m-%d}",
+              "valid": f"{valid_start:%Y-%m-%d} .. {test_start:%Y-%m-%d}",
+              "test": f"{test_start:%Y-%m-%d} .. {limit - REDEEM_WINDOW:%Y-%m-%d}"}
+    return exp.reset_index(drop=True), bounds
+
+
+def with_features(
+    history: Callable[[str, pd.DataFrame], pd.DataFrame], service: str, frame: pd.DataFrame
+) -> pd.DataFrame:
+    """The frame with its point-in-time features, columns by feature name, rows in order."""
+    frame = frame.reset_index(drop=True).assign(_row=lambda f: np.arange(len(f)))
+    got = history(service, frame)
+    got = got.sort_values("_row").reset_index(drop=True)
+    got.columns = [c.split("__", 1)[1] if "__" in c else c for c in got.columns]
+    clash = got.columns[got.columns.duplicated()].tolist()
+    if clash:  # feature names are unique across views by design; refuse to guess
+        raise DataMissing(f"{service}: feature names {clash} appear in more than one view")
+    if len(got) != len(frame):
+        raise DataMissing(f"{service}: {len(frame)} entity rows in, {len(got)} rows out")
+    return got.drop(columns="_row")
+
+
+def _columns(df: pd.DataFrame) -> dict[str, Any]:
+    """DataFrame columns as numpy arrays (nullable numbers become float with NaN)."""
+    out: dict[str, Any] = {}
+    for c in df.columns:
+        s = df[c]
+        if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+            out[c] = s.astype("float64").to_numpy(na_value=np.nan)
+        else:
+            out[c] = s.astype(object).where(s.notna(), None).to_numpy()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting.
+# --------------------------------------------------------------------------------------------
+def fit_booster(
+    X: F64, y: npt.NDArray[np.int64], X_valid: F64, y_valid: npt.NDArray[np.int64],
+    names: Sequence[str], categorical: Sequence[str], monotone: Mapping[str, int],
+    opts: TrainOptions,
+) -> Any:
+    import lightgbm as lgb
+
+    params = dict(LGB_PARAMS, seed=opts.seed, num_threads=opts.num_threads or os.cpu_count() or 1)
+    params["monotone_constraints"] = [monotone.get(n, 0) for n in names]
+    params["monotone_constraints_method"] = "advanced"
+    cats = [n for n in names if n in categorical]
+    train = lgb.Dataset(X, y, feature_name=list(names), categorical_feature=cats,
+                        free_raw_data=False)
+    valid = lgb.Dataset(X_valid, y_valid, reference=train)
+    booster = lgb.train(
+        params, train, num_boost_round=MAX_ROUNDS, valid_sets=[valid], valid_names=["valid"],
+        callbacks=[lgb.early_stopping(EARLY_STOPPING, first_metric_only=True, verbose=False)],
+    )
+    return booster
+
+
+def margin(booster: Any, X: F64) -> F64:
+    return np.asarray(booster.predict(X, raw_score=True, num_threads=1), dtype=np.float64)
+
+
+def fit_platt(raw: F64, y: npt.NDArray[np.int64]) -> dict[str, float]:
+    """Platt scaling p = sigmoid(a·raw + b), fitted by scikit-learn on validation scores."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=1e6, max_iter=1000)
+    lr.fit(raw.reshape(-1, 1), y)
+    return {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+
+
+def calibrated(raw: F64, platt: Mapping[str, float]) -> F64:
+    z = platt["a"] * raw + platt["b"]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def logistic_baseline(X: F64, y: npt.NDArray[np.int64]) -> Any:
+    """Logistic regression (median imputation, standardised) on the given columns."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
+                          StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(X, y)
+    return model
+
+
+def _drivers(booster: Any, X: F64, names: Sequence[str], rows: int = 5000) -> dict[str, float]:
+    """Mean |pred_contrib| per input over a sample: the per-prediction drivers, summarised."""
+    sample = X[:rows]
+    contrib = np.asarray(booster.predict(sample, pred_contrib=True, num_threads=1))
+    return {n: float(v) for n, v in zip(names, np.abs(contrib[:, :-1]).mean(0), strict=True)}
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    libs = {"python": platform.python_version()}
+    for name in ("lightgbm", "scikit-learn", "numpy", "feast", "recsvc"):
+        try:
+            libs[name] = version(name)
+        except Exception:  # a library that is not installed is simply not listed
+            continue
+    return libs
+
+
+def _oracle_scores(data_dir: Path, name: str, frame: pd.DataFrame) -> F64 | None:
+    """The simulator's true probabilities for the rows of `frame`, if the data has an oracle."""
+    path = schema.oracle_dir(data_dir) / ("exposures" if name == PROPENSITY else "churn")
+    if not path.exists():
+        return None
+    table = pads.dataset(path, format="parquet").to_table().to_pandas()
+    if name == PROPENSITY:
+        got = frame[["exposure_id"]].merge(table, on="exposure_id", how="left").p_redeem_7d
+    else:
+        table = table.rename(columns={"ts": "event_timestamp"})
+        got = frame[["member_id", "event_timestamp"]].merge(
+            table, on=["member_id", "event_timestamp"], how="left").p_no_order_90d
+    values = got.to_numpy(dtype=np.float64)
+    return None if np.isnan(values).any() else values
+
+
+# --------------------------------------------------------------------------------------------
+# The two models.
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    names: list[str]
+    derived: list[str]
+    X: F64
+    extra: dict[str, Any]
+    baselines: dict[str, F64]  # scores per row (all splits), higher = more likely positive
+    baseline_probabilistic: list[str]
+
+
+def _prepare_propensity(cols: dict[str, Any], split: Split, programme: Programme) -> _Prepared:
+    # the live balance when the item was shown, as callers pass it at request time
+    cols["points_balance"] = np.where(np.isfinite(cols["balance"]), cols["balance"],
+                                      cols["points_balance"])
+    cols.update(inputs.index_inputs(cols, programme.index))
+    names = list(inputs.PROPENSITY_INPUTS)
+    vocab = inputs.vocabularies({k: cols[k] for k in inputs.CATEGORICAL if k in cols})
+    vocab["surface"] = list(inputs.SURFACES)
+    X = inputs.matrix(cols, names, vocab)
+    train = split.rows("train")
+    lr_cols = [names.index(n) for n in names if n not in vocab]
+    lr = logistic_baseline(X[train][:, lr_cols], split.label[train])
+    since = np.nan_to_num(cols["days_since_last_order"], nan=1e6)
+    baselines = {
+        "index_rule": (cols["recommendation_index"] > programme.index.hint_threshold).astype(float),
+        "recency_only": -since,
+        "logistic_regression": lr.predict_proba(X[:, lr_cols])[:, 1],
+    }
+    extra = {"vocabularies": vocab, "hint_threshold": programme.index.hint_threshold}
+    return _Prepared(names, [*inputs.REQUEST_TIME, *inputs.INDEX_DERIVED], X, extra, baselines,
+                     ["logistic_regression"])
+
+
+def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _Prepared:
+    train = split.rows("train")
+    x, t_x, T = inputs.purchase_history(cols)
+    ok = train & np.isfinite(x) & np.isfinite(T) & (T > 0)
+    # BG/NBD on the latest training cut-off only: one history per member, as the model assumes
+    last = split.frame.event_timestamp.to_numpy() == split.frame.event_timestamp[train].max()
+    ok &= last
+    bgnbd = BgNbd.fit(x[ok], t_x[ok] / 7.0, T[ok] / 7.0)  # time in weeks, as usual
+    weekly = _WeeklyBgNbd(bgnbd)
+    cols.update(inputs.churn_inputs(cols, weekly, opts.horizon_days))
+    names = list(inputs.CHURN_INPUTS)
+    vocab = inputs.vocabularies({k: cols[k] for k in inputs.CATEGORICAL if k in cols})
+    X = inputs.matrix(cols, names, vocab)
+    since = np.nan_to_num(cols["days_since_last_order"], nan=1e6)
+    rfm = np.column_stack([since, cols["orders_total"], cols["orders_365d"],
+                           cols["spend_365d_minor"], cols["tenure_days"]])
+    lr = logistic_baseline(rfm[train], split.label[train])
+    baselines = {
+        "recency_only": since,
+        "rfm_logistic_regression": lr.predict_proba(rfm)[:, 1],
+        "bgnbd_p_alive": 1.0 - np.nan_to_num(cols["bgnbd_p_alive"], nan=0.0),
+        "bgnbd_expected_purchases": -np.nan_to_num(cols["bgnbd_expected_purchases"], nan=0.0),
+    }
+    buyers = train & np.isfinite(cols["days_since_last_order"])
+    rfm_thresholds = segments.fit_rfm_thresholds(
+        cols["days_since_last_order"][buyers], cols["orders_365d"][buyers],
+        cols["spend_365d_minor"][buyers])
+    extra = {"vocabularies": vocab, "bgnbd_weekly": bgnbd.to_dict(),
+             "horizon_days": opts.horizon_days, "rfm_thresholds": rfm_thresholds.to_dict(),
+             "band_cuts": list(segments.DEFAULT_BAND_CUTS)}
+    return _Prepared(names, list(inputs.CHURN_DERIVED), X, extra, baselines,
+                     ["rfm_logistic_regression"])
+
+
+class _WeeklyBgNbd:
+    """A BG/NBD fitted in weeks, answering in days (the feature store's unit)."""
+
+    def __init__(self, model: BgNbd) -> None:
+        self.model = model
+
+    def p_alive(self, x: F64, t_x: F64, T: F64) -> F64:
+        return np.asarray(self.model.p_alive(x, t_x / 7.0, T / 7.0), dtype=np.float64)
+
+    def expected_purchases(self, t: float, x: F64, t_x: F64, T: F64) -> F64:
+        return np.asarray(self.model.expected_purchases(t / 7.0, x, t_x / 7.0, T / 7.0),
+                          dtype=np.float64)
+
+
+def weekly_bgnbd(extra: Mapping[str, Any]) -> _WeeklyBgNbd | None:
+    """The BG/NBD saved with a churn manifest, for serving the same derived inputs."""
+    params = extra.get("bgnbd_weekly")
+    return _WeeklyBgNbd(BgNbd.from_dict(params)) if params else None
+
+
+def train_model(
+    name: str,
+    data_dir: Path,
+    programme: Programme,
+    history: Callable[[str, pd.DataFrame], pd.DataFrame],
+    registry: Registry,
+    opts: TrainOptions,
+    *,
+    data_fingerprint: str,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Build the training set, fit, evaluate against baselines and register a new version."""
+    watch = Stopwatch()
+    limit = data_limit(data_dir, opts.as_of)
+    frame, bounds = (propensity_frame if name == PROPENSITY else churn_frame)(
+        data_dir, limit, opts)
+    say(f"{name}: {len(frame):,} rows ({int(frame.label.sum()):,} positive) up to "
+        f"{limit:%Y-%m-%d}; train {bounds['train']}, valid {bounds['valid']}, "
+        f"test {bounds['test']}")
+    step = Stopwatch()
+    service = SERVICES[name]
+    feats = with_features(history, service, frame)
+    say(f"{name}: point-in-time features from {service!r} in {step.seconds:.1f} s")
+    split = Split(feats, feats.part.to_numpy(), feats.label.to_numpy().astype(np.int64),
+                  (_to_dt(int(_us(feats.event_timestamp).min())), limit), bounds)
+    cols = _columns(feats)
+    prep = (_prepare_propensity(cols, split, programme) if name == PROPENSITY
+            else _prepare_churn(cols, split, opts))
+    tr, va, te = split.rows("train"), split.rows("valid"), split.rows("test")
+    step = Stopwatch()
+    booster = fit_booster(prep.X[tr], split.label[tr], prep.X[va], split.label[va], prep.names,
+                          inputs.CATEGORICAL, MONOTONE[name], opts)
+    say(f"{name}: LightGBM {booster.best_iteration} trees on {int(tr.sum()):,} rows in "
+        f"{step.seconds:.1f} s")
+    platt = fit_platt(margin(booster, prep.X[va]), split.label[va])
+    prob = calibrated(margin(booster, prep.X), platt)
+    scorers = {"lightgbm": prob, **prep.baselines}
+    valid_eval = evaluation.evaluate(split.label[va], {k: v[va] for k, v in scorers.items()},
+                                     baselines=list(prep.baselines),
+                                     probabilistic=["lightgbm", *prep.baseline_probabilistic])
+    oracle = _oracle_scores(data_dir, name, feats[te])
+    test_scorers = {k: v[te] for k, v in scorers.items()}
+    if oracle is not None:
+        test_scorers["oracle"] = oracle
+    metrics = _metrics(valid_eval["scorers"]["lightgbm"])
+    baseline_metrics = {b: _metrics(valid_eval["scorers"][b]) for b in prep.baselines}
+    importance = dict(zip(prep.names, booster.feature_importance("gain").tolist(), strict=True))
+    drivers = _drivers(booster, prep.X[te], prep.names)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = evaluation.write_report(
+            tmp, split.label[te], test_scorers, title=f"{name} model (test split)",
+            baselines=list(prep.baselines), oracle="oracle" if oracle is not None else None,
+            probabilistic=["lightgbm", *prep.baseline_probabilistic,
+                           *(["oracle"] if oracle is not None else [])],
+            training_window=(split.window[0].isoformat(), split.window[1].isoformat()),
+            data_sizes={"train": int(tr.sum()), "valid": int(va.sum()), "test": int(te.sum())},
+            importance=importance, drivers=drivers,
+            notes=[f"{k}: {v}" for k, v in bounds.items()]
+            + [f"trees: {booster.best_iteration}; Platt a={platt['a']:.4f} b={platt['b']:.4f}"],
+            extra={"validation": metrics},
+        )
+        test_eval = json.loads(Path(files.metrics_json).read_text())["evaluation"]
+        manifest = registry.register(
+            name, booster, feature_service=service, training_window=split.window,
+            data_fingerprint=data_fingerprint, metrics=metrics, baseline_metrics=baseline_metrics,
+            features=prep.names, derived_features=prep.derived,
+            extra={**prep.extra, "calibration": {"platt": platt}, "split": bounds,
+                   "test": _headline(test_eval), "library_versions": _library_versions()},
+            report_dir=tmp,
+        )
+    result = TrainResult(name, manifest, registry.report_dir(name, manifest.version),
+                         _headline(test_eval), watch.seconds)
+    say(f"{name}: registered {manifest.version}; test " + _summary(result.test_metrics))
+    return result
+
+
+def _metrics(entry: Mapping[str, Any]) -> dict[str, float]:
+    """The finite headline metrics of one scorer's evaluation entry."""
+    return {k: float(v) for k, v in entry.items() if k in evaluation.METRIC_LABELS
+            and isinstance(v, int | float) and math.isfinite(v)}
+
+
+def _headline(test_eval: Mapping[str, Any]) -> dict[str, Any]:
+    """Test ROC-AUC and PR-AUC of every scorer, the best baseline and the gap to the oracle."""
+    scorers = test_eval.get("scorers", test_eval)
+    out: dict[str, Any] = {}
+    for name, info in scorers.items():
+        m = info.get("metrics", info) if isinstance(info, Mapping) else {}
+        if isinstance(m, Mapping) and "roc_auc" in m:
+            out[name] = {k: m[k] for k in ("roc_auc", "pr_auc", "log_loss", "brier")
+                         if k in m and m[k] is not None}
+    return out
+
+
+def _summary(headline: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} AUC {v['roc_auc']:.4f}" for k, v in headline.items())
+
+
+__all__ = [
+    "CHURN", "PROPENSITY", "SERVICES", "TrainOptions", "TrainResult", "calibrated",
+    "split_cutoffs", "train_model", "weekly_bgnbd",
+]

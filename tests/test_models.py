@@ -1,0 +1,155 @@
+"""Training end to end on a small simulated programme: gates, registry, batch vs online scores."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsvc.config import load_programme
+from recsvc.core import index as idx
+from recsvc.errors import PromotionRefused
+from recsvc.features import store as fstore
+from recsvc.features.jobs import run_features
+from recsvc.models import inputs
+from recsvc.models.jobs import Context, open_context, train_and_promote
+from recsvc.models.registry import Gate
+from recsvc.models.scoring import ChurnScorer, score_batch
+from recsvc.models.training import (
+    TrainOptions,
+    calibrated,
+    split_cutoffs,
+    train_model,
+)
+from recsvc.settings import Settings
+
+P = load_programme()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Context:
+    """A 6,000-member, 480-day programme with features, both models trained and promoted."""
+    data = tmp_path_factory.mktemp("models") / "data"
+    settings = Settings(data_dir=data, feast_project=f"models_{dt.datetime.now():%H%M%S%f}")
+    run_features(settings, P, members=6000, days=480, seed=3, say=lambda _: None)
+    ctx = open_context(settings)
+    outcome = train_and_promote(ctx, ("churn", "propensity"), as_of=None, horizon_days=90,
+                                say=lambda _: None)
+    ctx.outcome = outcome  # type: ignore[attr-defined]
+    return ctx
+
+
+def test_both_models_beat_their_baselines_and_are_promoted(trained: Context) -> None:
+    outcome = trained.outcome  # type: ignore[attr-defined]
+    assert outcome.refused == {}
+    assert set(outcome.promoted) == {"churn", "propensity"}
+    for name in ("churn", "propensity"):
+        manifest = trained.registry.manifest(name, outcome.promoted[name])
+        best = max(v["roc_auc"] for v in manifest.baseline_metrics.values())
+        assert manifest.metrics["roc_auc"] > best, name
+        test = manifest.extra["test"]
+        assert test["lightgbm"]["roc_auc"] > max(
+            v["roc_auc"] for k, v in test.items() if k not in ("lightgbm", "oracle")), name
+        assert test["oracle"]["roc_auc"] >= test["lightgbm"]["roc_auc"] - 0.005, name
+        report = trained.registry.report_dir(name, outcome.promoted[name])
+        assert (report / "report.md").exists() and (report / "calibration.png").exists()
+        assert manifest.feature_service == {"churn": "churn_v1",
+                                            "propensity": "propensity_v1"}[name]
+
+
+def test_the_gate_refuses_a_worse_model_and_rollback_restores(trained: Context) -> None:
+    reg = trained.registry
+    production = reg.production("churn")
+    assert production is not None
+    # a second version, judged by a gate that demands a margin no model can reach
+    result = train_model("churn", Path(trained.settings.data_dir), P, trained.history, reg,
+                         TrainOptions(horizon_days=90, seed=11), data_fingerprint="t",
+                         say=lambda _: None)
+    with pytest.raises(PromotionRefused, match="does not beat"):
+        reg.promote("churn", result.manifest.version, Gate(min_margin=0.5))
+    assert reg.production("churn") == production  # a refused promotion changes nothing
+    reg.promote("churn", result.manifest.version, force=True)
+    assert reg.production("churn") == result.manifest.version
+    assert reg.rollback("churn") == production
+    assert reg.production("churn") == production
+
+
+def test_batch_scores_match_online_scores(trained: Context, tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    batch = score_batch(trained, as_of=None, out=out, say=lambda _: None)
+    scores = pd.read_csv(out)
+    assert len(scores) == batch.rows > 1000
+    assert list(scores.columns[:4]) == ["customer_id", "churn_probability", "band", "segment"]
+    assert scores.churn_probability.between(0, 1).all()
+    assert set(scores.band) <= {"low", "medium", "high"}
+    assert set(scores.segment) <= {"loyal", "potential", "dormant", "ordinary"}
+    # the online path: features read online, scored by the same scorer the service uses
+    scorer = ChurnScorer(trained.registry.load("churn"))
+    sample = scores.sample(25, random_state=1)
+    rows = [{"member_id": int(m)} for m in sample.member_id]
+    online = fstore.online_features(trained.store, "churn_v1", rows)
+    cols = {k.split("__", 1)[1]: np.asarray(v, dtype=object) for k, v in online.items()
+            if "__" in k}
+    cols = {k: _numeric(v) for k, v in cols.items()}
+    got = scorer.score(cols)
+    np.testing.assert_allclose(got.probability, sample.churn_probability, atol=1e-6)
+    assert got.segment.tolist() == sample.segment.tolist()
+    # and the materialised batch scores are readable online
+    published = fstore.online_features(trained.store, "churn_scores_v1", rows)
+    np.testing.assert_allclose(np.asarray(published["member_churn_scores__churn_probability"],
+                                          dtype=float), sample.churn_probability, atol=1e-6)
+
+
+def _numeric(values: np.ndarray) -> np.ndarray:
+    if all(v is None or isinstance(v, int | float) for v in values):
+        return np.array([np.nan if v is None else float(v) for v in values])
+    return values
+
+
+def test_training_and_serving_use_the_one_index_definition() -> None:
+    cols = {
+        "market_price_minor": np.array([8000.0]), "perceived_discount": np.array([0.85]),
+        "points_price": np.array([800.0]), "discount_coefficient": np.array([0.8]),
+        "points_balance": np.array([640.0]), "orders_90d": np.array([3.0]),
+        "days_since_last_order": np.array([10.0]), "age_band": np.array(["35-44"], dtype=object),
+        "avg_order_value_365d_minor": np.array([5000.0]), "points_expiring_30d": np.array([0.0]),
+        "category": np.array(["toys"], dtype=object),
+        "top_category_1": np.array(["toys"], dtype=object),
+        "top_category_1_share": np.array([0.5]),
+        "top_category_2": np.array([None], dtype=object),
+        "top_category_2_share": np.array([np.nan]),
+        "top_category_3": np.array([None], dtype=object),
+        "top_category_3_share": np.array([np.nan]),
+        "member_views_90d": np.array([10.0]), "redemptions_90d": np.array([1.0]),
+        "member_views_365d": np.array([0.0]), "redemptions_365d": np.array([0.0]),
+    }
+    got = inputs.index_inputs(cols, P.index)
+    core = idx.index_factors(P.index, market_price=80.0, perceived_discount=0.85,
+                             points_price=800.0, item_discount=0.8, balance=640.0,
+                             orders_90d=3.0, days_since_last_order=10.0)
+    assert got["value_coefficient"][0] == core.value_coefficient == 0.085
+    assert got["demand_match"][0] == core.demand_match == 0.8
+    assert got["recommendation_index"][0] == core.recommendation_index
+    assert got["category_affinity"][0] == 0.5
+    assert got["member_redemption_rate_90d"][0] == 0.1
+    assert np.isnan(got["member_redemption_rate_365d"][0])
+    assert inputs.idx is idx  # the module training imports is the core's
+
+
+def test_cutoffs_are_split_with_label_gaps() -> None:
+    months = [dt.datetime(2025, m, 1, tzinfo=dt.UTC) for m in range(1, 13)]
+    train, valid, test = split_cutoffs(months, dt.timedelta(days=90))
+    assert test == months[-1]
+    assert valid + dt.timedelta(days=90) <= test
+    assert all(c + dt.timedelta(days=90) <= valid for c in train)
+    with pytest.raises(Exception, match="at least 3 cut-offs"):
+        split_cutoffs(months[:2], dt.timedelta(days=90))
+
+
+def test_platt_calibration_is_monotone() -> None:
+    raw = np.linspace(-5, 5, 11)
+    p = calibrated(raw, {"a": 1.2, "b": -0.3})
+    assert np.all(np.diff(p) > 0) and p.min() > 0 and p.max() < 1
