@@ -17,7 +17,8 @@ SIM_DAYS    ?= 365
 SIM_SEED    ?= 7
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint test features bench-features clean
+.PHONY: help install lock lint test features train retrain score-batch bench-features \
+        bench-models clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -51,8 +52,20 @@ test: $(STAMP) ## run the whole test suite (needs Redis at 127.0.0.1:6379; start
 features: $(STAMP) ## simulate data if there is none, compute features, feast apply, materialise
 	$(VENV)/bin/recsvc features --members $(SIM_MEMBERS) --days $(SIM_DAYS) --seed $(SIM_SEED)
 
+train: $(STAMP) ## train, evaluate and (if the gates pass) promote both models (AS_OF=YYYY-MM-DD)
+	$(VENV)/bin/recsvc train $(if $(AS_OF),--as-of $(AS_OF))
+
+retrain: $(STAMP) ## the scheduled job: refresh features, train, gate, promote (exit codes: --help)
+	$(VENV)/bin/recsvc retrain $(if $(AS_OF),--as-of $(AS_OF))
+
+score-batch: $(STAMP) ## churn score, band, segment and action for every member (OUT=file.csv)
+	$(VENV)/bin/recsvc score-batch $(if $(AS_OF),--as-of $(AS_OF)) $(if $(OUT),--out $(OUT))
+
 bench-features: $(STAMP) ## benchmark simulator, feature jobs, materialisation and online reads
 	$(PY) training/bench_features.py
+
+bench-models: $(STAMP) ## benchmark training time, predict latency (Booster vs lleaves), batch scoring
+	$(PY) training/bench_models.py
 
 clean: ## remove generated data (keeps .venv)
 	rm -rf $(RECSVC_DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -153,6 +153,18 @@ def churn_inputs(cols: Columns, bgnbd: Any, horizon_days: float) -> dict[str, F6
     return {"bgnbd_p_alive": p_alive, "bgnbd_expected_purchases": expected, "recency_ratio": ratio}
 
 
+def churn_prior_margin(derived: Mapping[str, F64], fallback: float) -> F64:
+    """The churn model's starting point: BG/NBD's log-odds of no purchase in the horizon.
+
+    LightGBM boosts from this margin (its init_score) instead of from a constant, so the trees
+    learn corrections to BG/NBD; P(no purchase) is approximated by exp(-expected purchases).
+    Members BG/NBD cannot describe (no order yet) start from `fallback`, the training log-odds.
+    """
+    expected = np.asarray(derived["bgnbd_expected_purchases"], dtype=np.float64)
+    p0 = np.clip(np.exp(-np.nan_to_num(expected, nan=0.0)), 1e-4, 1 - 1e-4)
+    return np.where(np.isfinite(expected), np.log(p0 / (1.0 - p0)), fallback)
+
+
 def vocabularies(cols: Columns, names: Sequence[str] = CATEGORICAL) -> dict[str, list[str]]:
     """Sorted distinct non-null values of each categorical column present (for the manifest)."""
     vocab: dict[str, list[str]] = {}

@@ -115,6 +115,9 @@ def train_and_promote(
     opts = TrainOptions(as_of=as_of, horizon_days=horizon_days)
     outcome = Outcome({}, {}, {})
     for name in models:
+        if name == "propensity" and len(models) > 1 and not _has_exposures(ctx.settings):
+            say("propensity: skipped: the data has no exposures (an imported transaction log)")
+            continue
         result = train_model(name, Path(ctx.settings.data_dir), ctx.programme, ctx.history,
                              ctx.registry, opts, data_fingerprint=_fingerprint(ctx.settings),
                              say=say)
@@ -131,6 +134,12 @@ def train_and_promote(
         outcome.promoted[name] = version
         say(f"{name}: {version} promoted to production")
     return outcome
+
+
+def _has_exposures(settings: Settings) -> bool:
+    from recsvc.data import schema
+
+    return schema.read_table(Path(settings.data_dir), "exposures", ["exposure_id"]).num_rows > 0
 
 
 def _as_of(day: dt.date | None) -> dt.datetime | None:
@@ -227,7 +236,8 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
     previous = read_last_success(textfile, "score_batch")
     try:
         ctx = open_context(settings)
-        result = score_batch(ctx, as_of=_as_of(args.as_of), out=args.out)
+        result = score_batch(ctx, as_of=_as_of(args.as_of), out=args.out,
+                             horizon_days=args.horizon_days)
     except Exception:
         write_job_metrics(textfile, "score_batch", outcome="failed", started=started,
                           previous_success=previous)
@@ -304,8 +314,13 @@ def register(sub: Any) -> None:
         description="Score every member with the production churn model as of a date: write "
                     "the scores to the offline store, materialise them as the online feature "
                     "view member_churn_scores, and optionally to a CSV with columns "
-                    "customer_id,churn_probability,band,segment,action,member_id.")
+                    "customer_id,churn_probability,band,segment,action,member_id. The cut-off "
+                    "is respected everywhere: features as known at the as-of instant, and a "
+                    "churn model trained on data up to it (production if it qualifies, else the "
+                    "newest registered one that does, else one trained on the spot).")
     p.add_argument("--as-of", type=_date, default=None,
                    help="score as of the end of this day (default: the end of the data)")
     p.add_argument("--out", type=Path, default=None, help="also write the scores to this CSV")
+    p.add_argument("--horizon-days", type=_horizon, default=90,
+                   help="churn horizon of a model trained on the fly for an early --as-of (90)")
     p.set_defaults(func=_cmd_score_batch)

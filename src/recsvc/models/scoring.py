@@ -48,18 +48,21 @@ class ChurnScorer:
         self.platt: dict[str, float] = extra["calibration"]["platt"]
         self.bgnbd = weekly_bgnbd(extra)
         self.horizon = float(extra["horizon_days"])
+        self.prior_fallback = float(extra["prior_fallback"])
         self.rfm = segments.RfmThresholds.from_dict(extra["rfm_thresholds"])
         cuts = extra.get("band_cuts", segments.DEFAULT_BAND_CUTS)
         self.band_cuts: tuple[float, float] = (float(cuts[0]), float(cuts[1]))
 
-    def matrix(self, cols: Mapping[str, Any]) -> F64:
+    def matrix(self, cols: Mapping[str, Any]) -> tuple[F64, F64]:
+        """The model matrix and the prior margin the trees correct."""
         derived = inputs.churn_inputs(cols, self.bgnbd, self.horizon)
-        return inputs.matrix({**cols, **derived}, self.features, self.vocab)
+        X = inputs.matrix({**cols, **derived}, self.features, self.vocab)
+        return X, inputs.churn_prior_margin(derived, self.prior_fallback)
 
     def score(self, cols: Mapping[str, Any], *, contributions: bool = False,
               num_threads: int = 1) -> ChurnScores:
-        X = self.matrix(cols)
-        raw = np.asarray(self.booster.predict(X, raw_score=True, num_threads=num_threads))
+        X, prior = self.matrix(cols)
+        raw = prior + np.asarray(self.booster.predict(X, raw_score=True, num_threads=num_threads))
         prob = calibrated(raw, self.platt)
         band = np.asarray(segments.band(prob, self.band_cuts), dtype=str).reshape(-1)
         seg = np.asarray(segments.segment(
@@ -96,8 +99,31 @@ def features_as_of(data_dir: Path) -> dt.datetime:
         raise DataMissing(f"no features under {path.parent}: run `make features`") from None
 
 
+def model_as_of(ctx: Any, as_of: dt.datetime, horizon_days: int, say: Any = print) -> str:
+    """A churn version that saw nothing after `as_of`: production if its training data ends by
+    then, else the newest registered one that does, else one trained now (not promoted)."""
+    from recsvc.models.training import TrainOptions, train_model
+
+    reg = ctx.registry
+    production = reg.production("churn")
+    eligible = [v for v in reversed(reg.versions("churn"))
+                if reg.manifest("churn", v).training_window.end <= as_of]
+    if production in eligible:
+        return str(production)
+    if eligible:
+        say(f"score-batch: production churn model saw data after {as_of:%Y-%m-%d}; using "
+            f"{eligible[0]}, trained on data up to then")
+        return str(eligible[0])
+    say(f"score-batch: no churn model trained on data up to {as_of:%Y-%m-%d}; training one "
+        "now (registered, not promoted)")
+    result = train_model("churn", Path(ctx.settings.data_dir), ctx.programme, ctx.history, reg,
+                         TrainOptions(as_of=as_of, horizon_days=horizon_days),
+                         data_fingerprint="as-of " + as_of.isoformat(), say=say)
+    return result.manifest.version
+
+
 def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
-                say: Any = print) -> BatchResult:
+                horizon_days: int = 90, say: Any = print) -> BatchResult:
     """Score every member who joined before `as_of` and publish the scores (offline + online)."""
     from recsvc.features import store as fstore
     from recsvc.models.training import _columns, with_features
@@ -105,7 +131,8 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
     watch = Stopwatch()
     data_dir = Path(ctx.settings.data_dir)
     as_of = as_of or features_as_of(data_dir)
-    loaded = ctx.registry.load("churn", known_features=ctx.known_features)
+    version = model_as_of(ctx, as_of, horizon_days, say)
+    loaded = ctx.registry.load("churn", version, known_features=ctx.known_features)
     scorer = ChurnScorer(loaded)
     members = schema.read_table(data_dir, "members", ["member_id", "external_id", "signup_at"])
     frame = members.to_pandas()

@@ -9,7 +9,9 @@ Both models are trained the same way:
    the derived inputs of `recsvc.models.inputs` (the index factors, BG/NBD expectations);
 3. LightGBM with early stopping on validation, monotone constraints where the economics is
    clear, no re-weighting of classes (log loss on the true base rate keeps probabilities
-   honest), then Platt scaling fitted on validation;
+   honest), then Platt scaling fitted on validation. Churn boosts from BG/NBD's log-odds
+   instead of a constant, so its trees are corrections to the classic model, and BG/NBD's
+   structure carries over to cohorts and tenures the training cut-offs never showed;
 4. baselines on the same splits, the report, and registration; promotion is the caller's call.
 """
 
@@ -147,17 +149,21 @@ def split_cutoffs(
 
     Test is the last cut-off; validation the last one whose label window ends by the test
     cut-off; training those whose windows end by the validation cut-off. When the data is too
-    short for such gaps, the windows may overlap (the report says so).
+    short for such gaps (a log of a few months), the last three cut-offs become test,
+    validation and the newest training cut-off, and the windows overlap (the report says so).
     """
     if len(cutoffs) < 3:
         raise DataMissing(
-            f"need at least 3 cut-offs with an observable {horizon.days}-day label, have "
-            f"{len(cutoffs)}: the data covers too short a period"
+            f"need at least 3 month-start cut-offs with an observable {horizon.days}-day label, "
+            f"have {len(cutoffs)}: the data covers too short a period (try --horizon-days)"
         )
     test = cutoffs[-1]
     valid_candidates = [c for c in cutoffs if c + horizon <= test]
     valid = valid_candidates[-1] if valid_candidates else cutoffs[-2]
-    train = [c for c in cutoffs if c + horizon <= valid] or [c for c in cutoffs if c < valid]
+    train = [c for c in cutoffs if c + horizon <= valid]
+    if not train:
+        valid = cutoffs[-2]
+        train = list(cutoffs[:-2])
     return train, valid, test
 
 
@@ -273,7 +279,7 @@ def _columns(df: pd.DataFrame) -> dict[str, Any]:
 def fit_booster(
     X: F64, y: npt.NDArray[np.int64], X_valid: F64, y_valid: npt.NDArray[np.int64],
     names: Sequence[str], categorical: Sequence[str], monotone: Mapping[str, int],
-    opts: TrainOptions,
+    opts: TrainOptions, init: F64 | None = None, init_valid: F64 | None = None,
 ) -> Any:
     import lightgbm as lgb
 
@@ -282,8 +288,8 @@ def fit_booster(
     params["monotone_constraints_method"] = "advanced"
     cats = [n for n in names if n in categorical]
     train = lgb.Dataset(X, y, feature_name=list(names), categorical_feature=cats,
-                        free_raw_data=False)
-    valid = lgb.Dataset(X_valid, y_valid, reference=train)
+                        init_score=init, free_raw_data=False)
+    valid = lgb.Dataset(X_valid, y_valid, reference=train, init_score=init_valid)
     booster = lgb.train(
         params, train, num_boost_round=MAX_ROUNDS, valid_sets=[valid], valid_names=["valid"],
         callbacks=[lgb.early_stopping(EARLY_STOPPING, first_metric_only=True, verbose=False)],
@@ -291,8 +297,10 @@ def fit_booster(
     return booster
 
 
-def margin(booster: Any, X: F64) -> F64:
-    return np.asarray(booster.predict(X, raw_score=True, num_threads=1), dtype=np.float64)
+def margin(booster: Any, X: F64, init: F64 | None = None) -> F64:
+    """The model's log-odds: the trees' raw score plus the prior it was boosted from."""
+    raw = np.asarray(booster.predict(X, raw_score=True, num_threads=1), dtype=np.float64)
+    return raw if init is None else raw + init
 
 
 def fit_platt(raw: F64, y: npt.NDArray[np.int64]) -> dict[str, float]:
@@ -368,6 +376,7 @@ class _Prepared:
     extra: dict[str, Any]
     baselines: dict[str, F64]  # scores per row (all splits), higher = more likely positive
     baseline_probabilistic: list[str]
+    init: F64 | None = None  # the margin boosting starts from, per row
 
 
 def _prepare_propensity(cols: dict[str, Any], split: Split, programme: Programme) -> _Prepared:
@@ -420,11 +429,13 @@ def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _P
     rfm_thresholds = segments.fit_rfm_thresholds(
         cols["days_since_last_order"][buyers], cols["orders_365d"][buyers],
         cols["spend_365d_minor"][buyers])
+    rate = float(np.clip(split.label[train].mean(), 1e-4, 1 - 1e-4))
+    fallback = float(np.log(rate / (1 - rate)))
     extra = {"vocabularies": vocab, "bgnbd_weekly": bgnbd.to_dict(),
              "horizon_days": opts.horizon_days, "rfm_thresholds": rfm_thresholds.to_dict(),
-             "band_cuts": list(segments.DEFAULT_BAND_CUTS)}
+             "band_cuts": list(segments.DEFAULT_BAND_CUTS), "prior_fallback": fallback}
     return _Prepared(names, list(inputs.CHURN_DERIVED), X, extra, baselines,
-                     ["rfm_logistic_regression"])
+                     ["rfm_logistic_regression"], inputs.churn_prior_margin(cols, fallback))
 
 
 class _WeeklyBgNbd:
@@ -477,12 +488,15 @@ def train_model(
             else _prepare_churn(cols, split, opts))
     tr, va, te = split.rows("train"), split.rows("valid"), split.rows("test")
     step = Stopwatch()
+    init = prep.init
     booster = fit_booster(prep.X[tr], split.label[tr], prep.X[va], split.label[va], prep.names,
-                          inputs.CATEGORICAL, MONOTONE[name], opts)
+                          inputs.CATEGORICAL, MONOTONE[name], opts,
+                          None if init is None else init[tr], None if init is None else init[va])
     say(f"{name}: LightGBM {booster.best_iteration} trees on {int(tr.sum()):,} rows in "
         f"{step.seconds:.1f} s")
-    platt = fit_platt(margin(booster, prep.X[va]), split.label[va])
-    prob = calibrated(margin(booster, prep.X), platt)
+    raw = margin(booster, prep.X, init)
+    platt = fit_platt(raw[va], split.label[va])
+    prob = calibrated(raw, platt)
     scorers = {"lightgbm": prob, **prep.baselines}
     valid_eval = evaluation.evaluate(split.label[va], {k: v[va] for k, v in scorers.items()},
                                      baselines=list(prep.baselines),
