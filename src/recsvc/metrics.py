@@ -8,13 +8,15 @@ node_exporter's textfile collector (or a Pushgateway relay) publishes.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import write_to_textfile
 
-JOB_OUTCOMES = ("promoted", "refused", "failed", "skipped")
+JOB_OUTCOMES = ("succeeded", "promoted", "refused", "failed")
 
 
 def write_job_metrics(
@@ -47,7 +49,7 @@ def write_job_metrics(
                      [*labels, "outcome"], registry=reg)
     for name in JOB_OUTCOMES:
         outcomes.labels(job, name).set(1.0 if name == outcome else 0.0)
-    success = finished if outcome in ("promoted", "skipped") else previous_success
+    success = finished if outcome in ("succeeded", "promoted") else previous_success
     if success is not None:
         Gauge("recsvc_job_last_success_timestamp_seconds", "When the job last succeeded.",
               labels, registry=reg).labels(job).set(success)
@@ -63,6 +65,31 @@ def write_job_metrics(
                 metric.labels(job, model, version, name).set(value)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), reg)
+
+
+@dataclass
+class JobRun:
+    """What a job reports about its run; set `outcome` (and rows, models) before it ends."""
+
+    outcome: str = "succeeded"
+    rows: int | None = None
+    models: dict[str, tuple[str, dict[str, float]]] = field(default_factory=dict)
+
+
+@contextmanager
+def recorded_job(path: Path, job: str) -> Iterator[JobRun]:
+    """Time a job and write its textfile when it ends: `failed` if it raised, else its outcome."""
+    started = time.time()
+    previous = read_last_success(path, job)
+    run = JobRun()
+    try:
+        yield run
+    except BaseException:
+        write_job_metrics(path, job, outcome="failed", started=started,
+                          previous_success=previous)
+        raise
+    write_job_metrics(path, job, outcome=run.outcome, started=started, rows=run.rows,
+                      models=run.models, previous_success=previous)
 
 
 def read_last_success(path: Path, job: str) -> float | None:

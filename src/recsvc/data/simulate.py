@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from recsvc.cliargs import date_arg, positive_int
 from recsvc.config import Programme, load_programme
 from recsvc.core import index as idx
 from recsvc.core import ledger
@@ -692,20 +693,6 @@ def run_simulation(
 # --------------------------------------------------------------------------------------------
 # Command line.
 # --------------------------------------------------------------------------------------------
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "simulate",
@@ -720,18 +707,18 @@ def register(sub: Any) -> None:
             "probability. The same seed gives the same data."
         ),
     )
-    p.add_argument("--members", type=_positive, default=20_000, help="members (default 20000)")
-    p.add_argument("--days", type=_positive, default=365, help="days simulated (default 365)")
+    p.add_argument("--members", type=positive_int, default=20_000, help="members (default 20000)")
+    p.add_argument("--days", type=positive_int, default=365, help="days simulated (default 365)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument(
         "--start",
-        type=_date,
+        type=date_arg,
         default=DEFAULT_START,
         help=f"first simulated day, YYYY-MM-DD (default {DEFAULT_START})",
     )
     p.add_argument(
         "--items",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="catalogue size (default members/10, between 300 and 3000)",
     )

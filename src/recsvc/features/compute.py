@@ -609,11 +609,6 @@ def event_span(tables: Mapping[str, pa.Table]) -> tuple[int, int] | None:
     return (min(lows), max(highs)) if lows else None
 
 
-def as_of_instant(day: dt.date) -> dt.datetime:
-    """The as-of instant of a date: the end of that UTC day."""
-    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-
-
 def _instant(us: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(us / US, tz=dt.UTC)
 

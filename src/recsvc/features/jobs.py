@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recsvc.cliargs import date_arg, end_of_day, positive_int
 from recsvc.config import Programme, load_programme
 from recsvc.errors import ConfigError
 from recsvc.settings import Settings, load_settings
@@ -112,7 +113,7 @@ def run_features(
         run.simulated = True
 
     # 2. Dated snapshots (the offline store).
-    as_of_instant = compute.as_of_instant(as_of) if as_of else None
+    as_of_instant = end_of_day(as_of) if as_of else None
     build = compute.build_features(data_dir, programme, as_of=as_of_instant,
                                    snapshot_every_days=snapshot_every_days, force=force)
     run.as_of = build.as_of
@@ -188,21 +189,6 @@ def run_features(
 # --------------------------------------------------------------------------------------------
 # Command line.
 # --------------------------------------------------------------------------------------------
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
 
 
 def _default_members() -> int:
@@ -210,7 +196,7 @@ def _default_members() -> int:
     if raw is None:
         return DEFAULT_MEMBERS
     try:
-        return _positive(raw)
+        return positive_int(raw)
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(f"{MEMBERS_ENV}: {exc}") from None
 
@@ -230,16 +216,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--data-dir", type=Path, default=None,
                    help="data directory (default $RECSVC_DATA_DIR or ./data)")
-    p.add_argument("--as-of", type=_date, default=None, metavar="DATE",
+    p.add_argument("--as-of", type=date_arg, default=None, metavar="DATE",
                    help="features as of the end of this UTC day, YYYY-MM-DD (default: the end "
                         "of the day of the latest event in the tables)")
-    p.add_argument("--members", type=_positive, default=None,
+    p.add_argument("--members", type=positive_int, default=None,
                    help=f"members to simulate when there are no tables (default "
                         f"${MEMBERS_ENV} or {DEFAULT_MEMBERS})")
-    p.add_argument("--days", type=_positive, default=365,
+    p.add_argument("--days", type=positive_int, default=365,
                    help="days to simulate when there are no tables (default 365)")
     p.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
-    p.add_argument("--snapshot-every-days", type=_positive, default=7,
+    p.add_argument("--snapshot-every-days", type=positive_int, default=7,
                    help="a member snapshot at least this often, in days (default 7)")
     p.add_argument("--force", action="store_true",
                    help="recompute the snapshots and rewrite the online store")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recsvc.cliargs import date_arg, end_of_day, int_in
 from recsvc.errors import PromotionRefused, RecsvcError
 from recsvc.settings import Settings, load_settings
 
@@ -143,9 +144,7 @@ def _has_exposures(settings: Settings) -> bool:
 
 
 def _as_of(day: dt.date | None) -> dt.datetime | None:
-    if day is None:
-        return None
-    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    return None if day is None else end_of_day(day)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -194,30 +193,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from recsvc.config import load_programme
     from recsvc.features.jobs import run_features
-    from recsvc.metrics import read_last_success, write_job_metrics
+    from recsvc.metrics import recorded_job
 
     settings = load_settings()
     textfile = settings.job_metrics_dir / "recsvc_retrain.prom"
     started = time.time()
-    previous = read_last_success(textfile, "retrain")
     try:
-        with job_lock(Path(settings.data_dir) / ".retrain.lock"):
+        with job_lock(Path(settings.data_dir) / ".retrain.lock"), \
+                recorded_job(textfile, "retrain") as run:
             print("retrain: 1/3 refreshing features")
             run_features(settings, load_programme(settings.programme), as_of=args.as_of)
             print("retrain: 2/3 training, evaluating and gating")
             ctx = open_context(settings)
             outcome = train_and_promote(ctx, MODELS, as_of=_as_of(args.as_of),
                                         horizon_days=args.horizon_days)
+            run.outcome = "refused" if outcome.refused else "promoted"
+            run.models = outcome.metrics
     except JobBusy as exc:
         print(f"retrain: {exc}; not starting a second run")
         return EXIT_BUSY
-    except Exception:
-        write_job_metrics(textfile, "retrain", outcome="failed", started=started,
-                          previous_success=previous)
-        raise
-    result = "refused" if outcome.refused else "promoted"
-    write_job_metrics(textfile, "retrain", outcome=result, started=started,
-                      models=outcome.metrics, previous_success=previous)
     print(f"retrain: 3/3 done in {time.time() - started:.0f} s: promoted {outcome.promoted or '-'}"
           f", refused {list(outcome.refused) or '-'}; metrics in {textfile}")
     return EXIT_REFUSED if outcome.refused else 0
@@ -227,45 +221,26 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 # score-batch.
 # --------------------------------------------------------------------------------------------
 def _cmd_score_batch(args: argparse.Namespace) -> int:
-    from recsvc.metrics import read_last_success, write_job_metrics
+    from recsvc.metrics import recorded_job
     from recsvc.models.scoring import score_batch
 
     settings = load_settings()
-    textfile = settings.job_metrics_dir / "recsvc_score_batch.prom"
-    started = time.time()
-    previous = read_last_success(textfile, "score_batch")
-    try:
+    with recorded_job(settings.job_metrics_dir / "recsvc_score_batch.prom", "score_batch") as run:
         ctx = open_context(settings)
         result = score_batch(ctx, as_of=_as_of(args.as_of), out=args.out,
                              horizon_days=args.horizon_days)
-    except Exception:
-        write_job_metrics(textfile, "score_batch", outcome="failed", started=started,
-                          previous_success=previous)
-        raise
-    write_job_metrics(textfile, "score_batch", outcome="skipped", started=started,
-                      rows=result.rows, previous_success=previous)
+        run.rows = result.rows
     return 0
 
 
 # --------------------------------------------------------------------------------------------
 # Command line.
 # --------------------------------------------------------------------------------------------
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _horizon(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 730:
-        raise argparse.ArgumentTypeError("must be between 1 and 730 days")
-    return value
+_horizon = int_in(1, 730)
 
 
 def _add_window(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--as-of", type=_date, default=None,
+    p.add_argument("--as-of", type=date_arg, default=None,
                    help="use only data up to the end of this day, YYYY-MM-DD (default: all)")
     p.add_argument("--horizon-days", type=_horizon, default=90,
                    help="churn label: no order within this many days after a cut-off (90)")
@@ -318,7 +293,7 @@ def register(sub: Any) -> None:
                     "is respected everywhere: features as known at the as-of instant, and a "
                     "churn model trained on data up to it (production if it qualifies, else the "
                     "newest registered one that does, else one trained on the spot).")
-    p.add_argument("--as-of", type=_date, default=None,
+    p.add_argument("--as-of", type=date_arg, default=None,
                    help="score as of the end of this day (default: the end of the data)")
     p.add_argument("--out", type=Path, default=None, help="also write the scores to this CSV")
     p.add_argument("--horizon-days", type=_horizon, default=90,
