@@ -1,0 +1,344 @@
+"""Compiled LightGBM prediction: lleaves turns a model file into native code, cached by SHA-256.
+
+`CompiledModel(model_file)` compiles the model with lleaves into an object file under a cache
+directory keyed by the model file's SHA-256 (plus everything else the machine code depends on),
+or loads it from there, and predicts raw margins with it. When compilation fails, or the
+compiled code disagrees with LightGBM on a probe of the model's own split points, it logs a
+warning and falls back to `lightgbm.Booster.predict(raw_score=True)`: slower, never different.
+
+Equality semantics. lleaves is compiled with `raw_score=True`, so margins come straight from
+the summed leaf values (inverting the sigmoid of its transformed output would lose everything
+past ~16 digits of probability, i.e. the whole margin of a confident prediction). The margins
+equal `Booster.predict(raw_score=True)` up to floating-point summation order (lleaves adds the
+trees in cache blocks of 34): differences are ~1e-15, and the contract is |Δ| ≤ 1e-6. Inputs
+follow LightGBM's rules: NaN goes the way the split's missing type says (a missing-type-None
+split treats NaN as 0.0); a categorical value is truncated to int, NaN, negative and unseen
+codes go right (`inputs.encode` gives NaN for null or unseen, which both reproduce); and, as
+LightGBM reads dense rows, any |x| <= 1e-35 (its float32 kZeroThreshold) is read as 0.0.
+
+Threads. The compiled entry point is a pure function of (input rows, output rows): ctypes
+releases the GIL for the call and every call writes its own output array, so one
+`CompiledModel` may be used from several threads at once, and threads really run in parallel.
+Compiling is serialised by a process-wide lock (LLVM's global initialisation is not meant to
+race). The fallback, `Booster.predict`, is also safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from ctypes import CFUNCTYPE, c_int32, c_void_p, cast
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+TOLERANCE = 1e-6
+"""The largest |compiled - Booster| margin accepted by the self-check (and promised)."""
+PROBE_ROWS = 512
+ZERO_THRESHOLD = float(np.float32(1e-35))
+"""LightGBM's kZeroThreshold (a float32): it reads any |x| <= this in a dense row as 0.0."""
+MIN_ROWS_PER_THREAD = 2_000
+"""Below this many rows per thread, starting threads costs more than it saves."""
+
+_compile_lock = threading.Lock()
+# lleaves' entry point: (const double *rows, double *out, int32 start, int32 end)
+_ENTRY = CFUNCTYPE(None, c_void_p, c_void_p, c_int32, c_int32)
+
+
+def default_cache_dir() -> Path:
+    """$RECSVC_COMPILED_CACHE, else $XDG_CACHE_HOME/recsvc/compiled (~/.cache/...)."""
+    explicit = os.environ.get("RECSVC_COMPILED_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "recsvc" / "compiled"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _variant(fblocksize: int) -> str:
+    """What the object code depends on besides the model: a stale or foreign object file is
+    loaded without any check by lleaves, and code built for another CPU can die on SIGILL."""
+    from importlib.metadata import version
+
+    import llvmlite.binding as llvm
+
+    llvm.initialize()
+    llvm.initialize_native_target()
+    try:
+        features = llvm.get_host_cpu_features().flatten()
+    except RuntimeError:
+        features = ""
+    key = "|".join([version("lleaves"), version("llvmlite"), "raw", "fp64", str(fblocksize),
+                    llvm.get_process_triple(), llvm.get_host_cpu_name(), features])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class CompiledModel:
+    """A LightGBM model file predicting raw margins through lleaves, or through LightGBM."""
+
+    def __init__(
+        self,
+        model_file: str | os.PathLike[str],
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        booster: Any = None,
+        verify: bool = True,
+        fblocksize: int = 34,
+    ) -> None:
+        """Compile (or load from the cache) `model_file`; fall back to LightGBM on failure.
+
+        `booster` is the same model already loaded (saves parsing it again for the fallback
+        and the self-check). `verify` compares compiled and LightGBM margins on probe rows
+        built from the model's split points before the compiled code is trusted.
+        """
+        self.model_file = Path(model_file)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_path: Path | None = None
+        self.compiled_now = False
+        """True when this instance compiled the model; False when it came from the cache."""
+        self.compile_seconds = 0.0
+        self.fallback_reason: str | None = None
+        self._booster = booster
+        self._lleaves: Any = None
+        self._entry: Any = None
+        self.sha256 = ""
+        self.num_feature = 0
+        try:
+            self.sha256 = sha256_file(self.model_file)
+            text = self.model_file.read_text(encoding="utf-8")
+            self._compile(text, fblocksize)
+            if verify:
+                self._verify(text)
+        except Exception as exc:  # any failure means: serve with LightGBM instead
+            self._lleaves = self._entry = None
+            self.fallback_reason = f"{type(exc).__name__}: {exc}"
+            log.warning("compiled model %s unavailable, falling back to Booster.predict: %s",
+                        self.model_file, self.fallback_reason)
+            self.num_feature = int(self.booster.num_feature())
+
+    @property
+    def compiled(self) -> bool:
+        return self._entry is not None
+
+    @property
+    def booster(self) -> Any:
+        """The LightGBM booster for this model file (loaded on first use)."""
+        if self._booster is None:
+            import lightgbm as lgb
+
+            self._booster = lgb.Booster(model_file=str(self.model_file))
+        return self._booster
+
+    # -- compilation -------------------------------------------------------------------------
+
+    def _compile(self, text: str, fblocksize: int) -> None:
+        import time
+
+        import lleaves
+
+        _check_supported(text)
+        model = lleaves.Model(model_file=str(self.model_file))
+        self.num_feature = int(model.num_feature())
+        with _compile_lock:
+            start = time.perf_counter()
+            self.cache_path = self._compile_cached(model, fblocksize)
+            self.compile_seconds = time.perf_counter() - start
+        self._lleaves = model
+        # lleaves' own predict re-checks types and builds typed pointers (~3 µs of a 10 µs
+        # single-row call); its entry point, called with plain addresses, is all it runs
+        entry = getattr(model, "_c_entry_func", None)
+        address = cast(entry, c_void_p).value if entry is not None else None
+        if not address:
+            raise RuntimeError("lleaves has no compiled entry point after compile()")
+        # CFUNCTYPE (not PYFUNCTYPE): ctypes releases the GIL for the call
+        self._entry = _ENTRY(address)
+
+    def _compile_cached(self, model: Any, fblocksize: int) -> Path | None:
+        folder = self.cache_dir / self.sha256
+        final = folder / f"lleaves-{_variant(fblocksize)}.o"
+        digest_file = final.with_name(final.name + ".sha256")
+        if final.exists() and digest_file.exists():
+            # lleaves maps the bytes without any check: a damaged file would crash the process
+            if hashlib.sha256(final.read_bytes()).hexdigest() == digest_file.read_text().strip():
+                model.compile(cache=str(final), raw_score=True, fblocksize=fblocksize)
+                return final
+            log.warning("compiled model cache %s is damaged; recompiling", final)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("compiled model cache %s not writable (%s); compiling in memory",
+                        folder, exc)
+            model.compile(raw_score=True, fblocksize=fblocksize)
+            self.compiled_now = True
+            return None
+        # lleaves writes its cache file in place while compiling: write a private name and
+        # rename it, so a concurrent reader sees no file or a whole one
+        tmp = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            model.compile(cache=str(tmp), raw_score=True, fblocksize=fblocksize)
+            self.compiled_now = True
+            data = tmp.read_bytes()
+            os.replace(tmp, final)
+            _write_atomic(digest_file, hashlib.sha256(data).hexdigest() + "\n")
+        finally:
+            tmp.unlink(missing_ok=True)
+        return final
+
+    def _verify(self, text: str) -> None:
+        probe = probe_rows(text, self.num_feature)
+        want = np.asarray(self.booster.predict(probe, raw_score=True, num_threads=1))
+        got = self._predict_compiled(probe, 1)
+        worst = float(np.max(np.abs(got - want))) if len(probe) else 0.0
+        if not worst <= TOLERANCE:
+            raise ValueError(f"compiled margins differ from LightGBM's by {worst:.3g} on the "
+                             f"probe rows (tolerance {TOLERANCE:g})")
+
+    # -- prediction --------------------------------------------------------------------------
+
+    def predict_raw(self, X: Any, num_threads: int = 1) -> F64:
+        """Raw margins (log-odds for a binary model), one per row of the 2-D input `X`.
+
+        `X` is numeric, categoricals as codes (as `inputs.matrix` builds it), not a DataFrame
+        with pandas categoricals.
+
+        `num_threads`: 1 for a server (the default); 0 or less for all cores. Rows are split
+        across threads only when each thread gets enough of them to pay for starting it.
+        """
+        if self._entry is None:
+            return np.asarray(self.booster.predict(X, raw_score=True, num_threads=num_threads),
+                              dtype=np.float64)
+        return self._predict_compiled(X, num_threads)
+
+    def predict_proba(self, X: Any, num_threads: int = 1) -> F64:
+        """The binary objective's probability 1 / (1 + exp(-margin)), as Booster.predict gives
+        it for a model trained with LightGBM's default sigmoid of 1."""
+        return 1.0 / (1.0 + np.exp(-self.predict_raw(X, num_threads)))
+
+    def predict(self, X: Any, *, raw_score: bool = False, pred_contrib: bool = False,
+                num_threads: int = 1, **kwargs: Any) -> Any:
+        """A drop-in for the part of `Booster.predict` that scorers use: raw margins and
+        probabilities compiled; anything else (pred_contrib, ...) through LightGBM."""
+        if pred_contrib or kwargs:
+            return self.booster.predict(X, raw_score=raw_score, pred_contrib=pred_contrib,
+                                        num_threads=num_threads, **kwargs)
+        if raw_score:
+            return self.predict_raw(X, num_threads)
+        return self.predict_proba(X, num_threads)
+
+    def _predict_compiled(self, X: Any, num_threads: int) -> F64:
+        data = np.ascontiguousarray(X, dtype=np.float64)
+        if data.ndim != 2 or data.shape[1] != self.num_feature:
+            raise ValueError(f"expected a 2-D input with {self.num_feature} columns, got "
+                             f"shape {data.shape}")
+        # LightGBM drops any |x| <= kZeroThreshold from a dense row, so it reads as exactly 0.0
+        # (which matters at its own +-kZeroThreshold split points); the compiled code would
+        # not. Count: (zeros + tiny) + nonzeros == size exactly when nothing is tiny.
+        if np.count_nonzero(np.abs(data) <= ZERO_THRESHOLD) + np.count_nonzero(data) != data.size:
+            data = np.where(np.abs(data) <= ZERO_THRESHOLD, 0.0, data)
+        rows = data.shape[0]
+        if rows >= 2**31 - 1:  # the entry point takes int32 row indices
+            raise ValueError("too many rows for one call; split the input")
+        out = np.empty(rows, dtype=np.float64)
+        src, dst = data.ctypes.data, out.ctypes.data
+        threads = num_threads if num_threads > 0 else (os.cpu_count() or 1)
+        threads = max(1, min(threads, rows // MIN_ROWS_PER_THREAD))
+        if threads == 1:
+            self._entry(src, dst, 0, rows)
+            return out
+        bounds = np.linspace(0, rows, threads + 1).astype(int)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            done = [pool.submit(self._entry, src, dst, int(a), int(b))
+                    for a, b in itertools.pairwise(bounds)]
+            for future in done:
+                future.result()
+        return out
+
+
+def _check_supported(text: str) -> None:
+    """Refuse what lleaves would compile into wrong numbers instead of an error."""
+    if "\nis_linear=1" in text:
+        raise ValueError("linear trees (linear_tree=true) are not supported by lleaves")
+    for line in text.splitlines():
+        if line.startswith("num_class="):
+            if int(line.split("=", 1)[1]) != 1:
+                raise ValueError("only single-output models are supported")
+            break
+
+
+def _header(text: str, key: str) -> str | None:
+    prefix = key + "="
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix):]
+        if line.startswith("Tree="):
+            break
+    return None
+
+
+def probe_rows(text: str, n_features: int, rows: int = PROBE_ROWS, seed: int = 0) -> F64:
+    """Rows that exercise every split of the model at and beside its thresholds, with NaN,
+    zero, negative, unseen and seen category codes: where compiled code could disagree."""
+    rng = np.random.default_rng(seed)
+    candidates: list[list[float]] = [[np.nan, 0.0, -1.0, 1.0] for _ in range(n_features)]
+    infos = (_header(text, "feature_infos") or "").split()
+    for j, info in enumerate(infos[:n_features]):
+        if info.startswith("["):  # numerical: [min:max]
+            lo, hi = (float(v) for v in info[1:-1].split(":"))
+            candidates[j] += [lo, hi, lo - 1.0, hi + 1.0]
+        elif info != "none":  # categorical: the seen codes, and one unseen
+            codes = [float(v) for v in info.split(":")]
+            candidates[j] += [*codes, max(codes) + 1.0, max(codes) + 40.0, 2.5]
+    features: list[int] = []
+    for line in text.splitlines():
+        if line.startswith("split_feature="):
+            features = [int(v) for v in line.split("=", 1)[1].split()]
+        elif line.startswith("threshold=") and features:
+            for j, value in zip(features, line.split("=", 1)[1].split(), strict=False):
+                t = float(value)
+                if 0 <= j < n_features:
+                    candidates[j] += [t, float(np.nextafter(t, np.inf)),
+                                      float(np.nextafter(t, -np.inf))]
+            features = []
+    out = np.empty((rows, n_features), dtype=np.float64)
+    for j, values in enumerate(candidates):
+        pool = np.asarray(_unique(values), dtype=np.float64)
+        out[:, j] = pool[rng.integers(0, len(pool), rows)]
+    return out
+
+
+def _unique(values: Sequence[float]) -> list[float]:
+    seen: list[float] = []
+    keys: set[Any] = set()
+    for v in values:
+        key = "nan" if np.isnan(v) else v
+        if key not in keys:
+            keys.add(key)
+            seen.append(v)
+    return seen
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
