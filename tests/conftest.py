@@ -18,7 +18,7 @@ import pytest
 # as `recsvc` does (cli.main): LightGBM's spinning OpenMP threads crawl when CI shares the cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from recsvc.data import schema  # noqa: E402
+from recsvc.data import schema
 
 REDIS_URL_ENV = "RECSVC_TEST_REDIS_URL"
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
