@@ -11,9 +11,10 @@ UV          := $(VENV)/bin/uv
 UV_VERSION  := 0.13.8
 STAMP       := $(VENV)/.installed
 export RECSVC_DATA_DIR ?= data
-# size of the population `make features` simulates when there is no data yet
+# size of the population `make features` simulates when there is no data yet (18 months, the
+# span of the real retail logs recsvc is judged on, so the churn model has cut-offs to learn from)
 SIM_MEMBERS ?= 20000
-SIM_DAYS    ?= 365
+SIM_DAYS    ?= 540
 SIM_SEED    ?= 7
 PYTEST_ARGS ?=
 
