@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from benchutil import cpu_model  # a sibling module: run as training/<script>.py
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.features import compute, store
@@ -47,14 +48,7 @@ FACTS = {
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     import feast
 
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),

@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from benchutil import cpu_model  # a sibling module: run as training/<script>.py
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TOLERANCE = 1e-6
@@ -63,14 +65,7 @@ F64 = npt.NDArray[np.float64]
 def machine() -> dict[str, Any]:
     from importlib.metadata import version
 
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return {"cpu": model, "cores": os.cpu_count(), "load_average": _load(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "python": platform.python_version(),
