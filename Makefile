@@ -18,7 +18,7 @@ SIM_DAYS    ?= 540
 SIM_SEED    ?= 7
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint test features train retrain score-batch bench-features \
+.PHONY: help install lock lint proto test features train retrain score-batch bench-features \
         bench-models clean
 
 help: ## list the targets
@@ -43,9 +43,23 @@ install: $(STAMP) ## create .venv and install the locked dependencies and recsvc
 lock: | $(UV) ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile --quiet pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
-lint: $(STAMP) ## ruff and mypy
+BUF := node_modules/.bin/buf
+PROTO_SRC := protos/recsvc/v1/recsvc.proto
+PROTO_OUT := src/recsvc/v1/recsvc_pb2.py src/recsvc/v1/recsvc_pb2.pyi src/recsvc/v1/recsvc_pb2_grpc.py
+
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	@touch $@
+
+proto: $(STAMP) ## regenerate the Python code of the recsvc.v1 contract (grpcio-tools)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=src --pyi_out=src --grpc_python_out=src \
+	  $(PROTO_SRC)
+
+lint: $(STAMP) $(BUF) ## ruff, mypy, buf lint (STANDARD) and buf breaking against the release
 	$(VENV)/bin/ruff check src tests training feature_repo
 	$(VENV)/bin/mypy src
+	$(BUF) lint
+	$(BUF) breaking --against protos/released/recsvc.v1.binpb
 
 test: $(STAMP) ## run the whole test suite (needs Redis at 127.0.0.1:6379; starts one if absent)
 	$(PY) -m pytest $(PYTEST_ARGS)

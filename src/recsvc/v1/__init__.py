@@ -1,0 +1,1 @@
+"""Generated code of the recsvc.v1 contract (protos/recsvc/v1): run `make proto`, never edit."""
