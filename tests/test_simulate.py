@@ -13,7 +13,7 @@ import pytest
 
 from recsvc.config import load_programme
 from recsvc.core import index as idx
-from recsvc.core import ledger
+from recsvc.core import ledger, redemption
 from recsvc.data import schema
 from recsvc.data.simulate import CATEGORIES, run_simulation
 
@@ -102,7 +102,14 @@ def test_redemptions_pay_points_plus_cash_exactly(sim: Path) -> None:
     assert (red.points > 0).all() and (red.cash_minor >= 0).all()
     step = P.burning.min_points_step
     assert ((red.points % step == 0) | (red.points == red.points_price)).all()
-    assert (red.points + red.cash_minor / P.minor_per_point == red.points_price).all()
+    # the cash top-up is the uncovered share of the day's price (SPEC §3 points + cash)
+    days = t["item_days"].assign(day=lambda d: d.ts - pd.Timedelta(days=1))
+    red = red.assign(day=red.ts.dt.floor("D")).merge(days, on=["item_id", "day"])
+    price = np.round(red.market_price_minor * red.discount_coefficient).astype(np.int64)
+    expected = redemption.cash_for_remainder(red.points_price.to_numpy(), price.to_numpy(),
+                                             red.points.to_numpy())
+    assert np.array_equal(red.cash_minor.to_numpy(), expected)
+    assert ((red.cash_minor == 0) == (red.points == red.points_price)).all()
     exp = t["exposures"]
     assert exp.redeemed.sum() == len(red)
     assert set(exp.loc[exp.redeemed, "redemption_id"]) == set(red.redemption_id)

@@ -29,7 +29,7 @@ import pyarrow as pa
 from recsvc.cliargs import date_arg, positive_int
 from recsvc.config import Programme, load_programme
 from recsvc.core import index as idx
-from recsvc.core import ledger
+from recsvc.core import ledger, redemption
 from recsvc.data import schema
 from recsvc.progress import Stopwatch, progress
 
@@ -501,9 +501,8 @@ class Simulator:
                 rm, ri = who[rw], item[rw]
                 step = self.p.burning.min_points_step
                 burn = np.minimum(c.points_price[ri], balance[rw] // step * step)
-                cash = np.ceil((c.points_price[ri] - burn) * self.p.minor_per_point).astype(
-                    np.int64
-                )
+                cash_price = np.round(c.price_minor[ri] * c.discount[ri]).astype(np.int64)
+                cash = redemption.cash_for_remainder(c.points_price[ri], cash_price, burn)
                 self.buckets[rm], _ = ledger.burn_fifo(self.buckets[rm], burn)
                 np.subtract.at(c.stock, ri, 1)
                 m.last_redeem_day[rm] = day

@@ -1,0 +1,160 @@
+"""Redemption hints for one member and item: the hint rule, points + cash, gaps and reasons.
+
+Pure functions over integers and the index factors of `recsvc.core.index`. Money is integer
+minor units and points are integers; the one rounding rule is that the member never pays less
+than the price: cash for the points not paid rounds UP, points rounded to whole steps round
+DOWN.
+
+Points + cash: paying `p` of an item's `P` points leaves the fraction (P - p) / P of its price
+to pay in cash, so "1,000 points + 9.90" buys a 35.00 coffee priced at about 1,400 points
+(SPEC §3). The cash price of the item is its market price times the current discount.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from recsvc.config import Programme
+from recsvc.core import index as idx
+
+A = TypeVar("A", int, npt.NDArray[np.int64])
+
+
+class Reason(enum.Enum):
+    """Why a hint says what it says (mirrors recsvc.v1.ReasonCode)."""
+
+    INDEX_ABOVE_THRESHOLD = 1
+    INDEX_BELOW_THRESHOLD = 2
+    VACUUM_ZONE = 3
+    NOT_AFFORDABLE = 4
+    USES_EXPIRING_POINTS = 5
+    HIGH_PROPENSITY = 6
+    ON_PROMOTION = 7
+    UNLOCK_CLOSE = 8
+    COLD_START = 9
+    OUT_OF_STOCK = 10
+
+
+@dataclass(frozen=True, slots=True)
+class PointsCash:
+    points: int
+    cash_minor: int
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def cash_for_remainder(points_price: A, cash_price_minor: A, points: A) -> A:
+    """Cash (minor units, rounded up) for the part of the item `points` does not cover.
+
+    Integers in, integers out; numpy int64 arrays work element-wise (the simulator's batches).
+    """
+    pp = np.asarray(points_price, dtype=np.int64)
+    price = np.asarray(cash_price_minor, dtype=np.int64)
+    covered = np.clip(np.asarray(points, dtype=np.int64), 0, np.maximum(pp, 0))
+    cash = np.where(pp > 0, -(-((pp - covered) * price) // np.maximum(pp, 1)), price)
+    return cash if cash.ndim else int(cash)  # type: ignore[return-value]
+
+
+def points_cash_options(
+    programme: Programme, points_price: int, cash_price_minor: int, balance: int, limit: int = 4
+) -> list[PointsCash]:
+    """Ways to pay, most points first, at most `limit`: all points when the balance covers
+    them, then partial payments in whole steps (the most the balance allows, then evenly fewer)
+    with the rest in cash."""
+    step = programme.burning.min_points_step
+    options: list[PointsCash] = []
+    if 0 < points_price <= balance:
+        options.append(PointsCash(points_price, 0))
+    usable = min(balance, points_price - 1) // step * step  # partial: strictly below the price
+    n = limit - len(options)
+    for k in range(max(n, 0)):
+        pts = usable * (n - k) // n // step * step
+        if pts >= step and all(o.points != pts for o in options):
+            options.append(PointsCash(pts, cash_for_remainder(points_price, cash_price_minor, pts)))
+    return options
+
+
+def spend_to_earn(programme: Programme, points: int, tier_multiplier: float = 1.0) -> int:
+    """Spend in minor units that earns `points` at the base rate times the tier multiplier.
+
+    Exact: the multiplier is taken as the decimal it is written as (1.2, not its binary
+    neighbour), and the spend is rounded up to a whole unit so that floor(earned) >= points.
+    """
+    if points <= 0:
+        return 0
+    per_unit = Fraction(programme.earning.points_per_unit) * Fraction(str(tier_multiplier))
+    if per_unit <= 0:
+        raise ValueError("the programme earns no points")
+    units = _ceil_div(points * per_unit.denominator, per_unit.numerator)
+    return units * programme.currency.minor_per_unit
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    points_better: bool
+    factors: idx.IndexFactors
+    threshold: float
+    vacuum: bool
+    affordable: bool
+    points_gap: int
+    spend_to_close_gap_minor: int
+    points_cash: PointsCash
+    reasons: tuple[Reason, ...]
+
+
+def hint(
+    programme: Programme,
+    *,
+    market_price_minor: int,
+    perceived_discount: float,
+    points_price: int,
+    item_discount: float,
+    balance: int,
+    orders_90d: float,
+    days_since_last_order: float,
+    young: bool = False,
+    high_spender: bool = False,
+    threshold: float | None = None,
+    tier_multiplier: float = 1.0,
+    expiring_points: int = 0,
+    propensity: float | None = None,
+    high_propensity: float = 0.2,
+    cold_start: bool = False,
+) -> Hint:
+    """The product-page answer: is paying with points the better deal here, and why."""
+    rules = programme.index
+    threshold = rules.hint_threshold if threshold is None else threshold
+    factors = idx.index_factors(
+        rules, market_price=market_price_minor / programme.currency.minor_per_unit,
+        perceived_discount=perceived_discount, points_price=points_price,
+        item_discount=item_discount, balance=balance, orders_90d=orders_90d,
+        days_since_last_order=days_since_last_order, young=young, high_spender=high_spender)
+    better = bool(idx.points_better(factors.recommendation_index, threshold))
+    affordable = balance >= points_price
+    gap = max(points_price - balance, 0)
+    cash_price = round(market_price_minor * item_discount)
+    options = points_cash_options(programme, points_price, cash_price, balance, limit=1)
+    best = options[0] if options else PointsCash(0, cash_price)
+    reasons = [Reason.INDEX_ABOVE_THRESHOLD if better else Reason.INDEX_BELOW_THRESHOLD]
+    if factors.vacuum:
+        reasons.append(Reason.VACUUM_ZONE)
+    if not affordable:
+        reasons.append(Reason.NOT_AFFORDABLE)
+    if expiring_points > 0 and best.points > 0:
+        reasons.append(Reason.USES_EXPIRING_POINTS)
+    if propensity is not None and propensity >= high_propensity:
+        reasons.append(Reason.HIGH_PROPENSITY)
+    if item_discount < 1.0:
+        reasons.append(Reason.ON_PROMOTION)
+    if cold_start:
+        reasons.append(Reason.COLD_START)
+    return Hint(better, factors, threshold, bool(factors.vacuum), affordable, gap,
+                spend_to_earn(programme, gap, tier_multiplier), best, tuple(reasons))
