@@ -129,6 +129,31 @@ class Inventory(_Section):
     alternates: int = Field(3, ge=2, le=10)
 
 
+class Arm(_Section):
+    """One variant of the ranking strategy; unset fields keep the programme's values."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]{1,32}$")
+    weight: float = Field(gt=0)
+    hint_threshold: float | None = Field(None, gt=0)
+    propensity_weight: float = Field(1.0, ge=0)
+    """Ranking score = index × propensity^propensity_weight (0: the index alone)."""
+
+
+class Experiments(_Section):
+    salt: str = "recsvc-ranking-v1"
+    """Changing the salt reshuffles every member into arms: a new experiment."""
+    arms: tuple[Arm, ...] = (Arm(name="control", weight=1.0),)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = [a.name for a in self.arms]
+        if not names:
+            raise ValueError("arms: at least one arm")
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names must be unique, got {names}")
+        return self
+
+
 class Programme(_Section):
     """The whole programme configuration; construct with `load_programme`."""
 
@@ -142,6 +167,7 @@ class Programme(_Section):
     low_balance: LowBalance = LowBalance()
     index: IndexRules = IndexRules()
     inventory: Inventory = Inventory()
+    experiments: Experiments = Experiments()
 
     @model_validator(mode="after")
     def _cross_check(self) -> Self:
