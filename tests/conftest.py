@@ -217,3 +217,21 @@ def redis_project(redis_url: str) -> Iterator[str]:
         delete_project_keys(client, project)
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A 6,000-member, 480-day programme with features, both models trained and promoted
+    (shared by the model and serving tests: training takes half a minute)."""
+    from recsvc.config import load_programme
+    from recsvc.features.jobs import run_features
+    from recsvc.models.jobs import open_context, train_and_promote
+    from recsvc.settings import Settings
+
+    data = tmp_path_factory.mktemp("models") / "data"
+    settings = Settings(data_dir=data, feast_project=f"models_{uuid.uuid4().hex[:8]}")
+    run_features(settings, load_programme(), members=6000, days=480, seed=3, say=lambda _: None)
+    ctx = open_context(settings)
+    ctx.outcome = train_and_promote(  # type: ignore[attr-defined]
+        ctx, ("churn", "propensity"), as_of=None, horizon_days=90, say=lambda _: None)
+    return ctx

@@ -13,9 +13,8 @@ from recsvc.config import load_programme
 from recsvc.core import index as idx
 from recsvc.errors import PromotionRefused
 from recsvc.features import store as fstore
-from recsvc.features.jobs import run_features
 from recsvc.models import inputs
-from recsvc.models.jobs import Context, open_context, train_and_promote
+from recsvc.models.jobs import Context
 from recsvc.models.registry import Gate
 from recsvc.models.scoring import ChurnScorer, score_batch
 from recsvc.models.training import (
@@ -24,22 +23,8 @@ from recsvc.models.training import (
     split_cutoffs,
     train_model,
 )
-from recsvc.settings import Settings
 
 P = load_programme()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Context:
-    """A 6,000-member, 480-day programme with features, both models trained and promoted."""
-    data = tmp_path_factory.mktemp("models") / "data"
-    settings = Settings(data_dir=data, feast_project=f"models_{dt.datetime.now():%H%M%S%f}")
-    run_features(settings, P, members=6000, days=480, seed=3, say=lambda _: None)
-    ctx = open_context(settings)
-    outcome = train_and_promote(ctx, ("churn", "propensity"), as_of=None, horizon_days=90,
-                                say=lambda _: None)
-    ctx.outcome = outcome  # type: ignore[attr-defined]
-    return ctx
 
 
 def test_both_models_beat_their_baselines_and_are_promoted(trained: Context) -> None:

@@ -44,3 +44,11 @@ class FeatureStoreError(RecsvcError):
 
 class FeatureStoreUnavailable(FeatureStoreError):
     """The online store (Redis or the SQLite file) did not answer; callers may degrade."""
+
+
+class NotFound(RecsvcError):
+    """A named thing (an item, a model version) does not exist."""
+
+
+class Overloaded(RecsvcError):
+    """The service is at capacity; the caller should retry later."""

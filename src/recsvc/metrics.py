@@ -13,10 +13,37 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import write_to_textfile
 
 JOB_OUTCOMES = ("succeeded", "promoted", "refused", "failed")
+
+# Sub-millisecond resolution where product-page hints live, up to a second for batches.
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
+                   0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class ServiceMetrics:
+    """The gRPC service's metrics, registered on the registry passed in (one per test)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("recsvc_requests_total", "RPCs answered, by RPC and status code.",
+                                ["rpc", "code"], registry=registry)
+        self.latency = Histogram("recsvc_request_duration_seconds", "RPC latency, server side.",
+                                 ["rpc"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.feature_read = Histogram("recsvc_feature_read_duration_seconds",
+                                      "Online feature reads.", ["service"],
+                                      buckets=LATENCY_BUCKETS, registry=registry)
+        self.predict = Histogram("recsvc_model_predict_duration_seconds", "Model scoring.",
+                                 ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.degraded = Counter("recsvc_degraded_answers_total",
+                                "Answers given from safe defaults, by RPC and reason.",
+                                ["rpc", "reason"], registry=registry)
+        self.model_info = Gauge("recsvc_model_info", "1 for the model version being served.",
+                                ["model", "version"], registry=registry)
+        self.model_reloads = Counter("recsvc_model_reloads_total",
+                                     "Model reload attempts, by outcome.", ["model", "outcome"],
+                                     registry=registry)
 
 
 def write_job_metrics(

@@ -1,0 +1,56 @@
+"""Building and running the grpc.aio server: health, reflection, model refresh, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recsvc.serving.models import ModelHolder
+from recsvc.serving.servicer import RedemptionServicer
+from recsvc.v1 import recsvc_pb2, recsvc_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = recsvc_pb2.DESCRIPTOR.services_by_name["RedemptionService"].full_name
+
+
+async def create_server(
+    address: str, servicer: RedemptionServicer
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A started server on `address` ("127.0.0.1:0" picks a free port) and its port.
+
+    Health says NOT_SERVING until `mark_serving` is called, so a load balancer sends nothing
+    before models and features are ready.
+    """
+    server = grpc.aio.server()
+    recsvc_pb2_grpc.add_RedemptionServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    return server, port, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def refresh_models(holders: list[ModelHolder], every_s: float) -> None:
+    """Poll the registry and swap in newly promoted versions, off the event loop."""
+    while True:
+        await asyncio.sleep(every_s)
+        for holder in holders:
+            try:
+                await asyncio.to_thread(holder.refresh)
+            except Exception:  # a failed refresh must never stop future ones
+                log.exception("refreshing %s failed", holder.name)

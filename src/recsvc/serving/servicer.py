@@ -1,0 +1,61 @@
+"""RedemptionService over gRPC: convert the request, call the dataplane, convert back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from recsvc.metrics import ServiceMetrics
+from recsvc.serving import converters, errors
+from recsvc.serving.dataplane import Dataplane
+from recsvc.v1 import recsvc_pb2 as pb
+from recsvc.v1 import recsvc_pb2_grpc
+
+T = TypeVar("T")
+
+
+class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
+    """The RPCs built so far; the others answer UNIMPLEMENTED (the generated default)."""
+
+    def __init__(self, dataplane: Dataplane, metrics: ServiceMetrics) -> None:
+        self.dataplane = dataplane
+        self.metrics = metrics
+
+    async def _call(self, rpc: str, context: grpc.aio.ServicerContext,
+                    work: Callable[[], T]) -> T:
+        """Run one RPC's work with its metrics; errors leave through the one error table."""
+        start = time.perf_counter()
+        failure: BaseException | None = None
+        try:
+            return work()
+        except Exception as exc:
+            failure = exc
+            await errors.abort(context, exc, rpc)
+            raise  # abort raises; this keeps type checkers and readers certain of it
+        finally:
+            self.metrics.requests.labels(rpc, errors.code_name(failure)).inc()
+            self.metrics.latency.labels(rpc).observe(time.perf_counter() - start)
+
+    async def GetChurnRisk(self, request: Any, context: Any) -> pb.GetChurnRiskResponse:
+        def work() -> pb.GetChurnRiskResponse:
+            answer = self.dataplane.churn_risk([request.member_id], "GetChurnRisk")
+            return pb.GetChurnRiskResponse(
+                risk=converters.churn_risk(answer.risks[0]), model_version=answer.model_version,
+                degraded=bool(answer.degraded),
+                degraded_reasons=converters.degraded_reasons(answer.degraded))
+
+        return await self._call("GetChurnRisk", context, work)
+
+    async def BatchGetChurnRisk(self, request: Any,
+                                context: Any) -> pb.BatchGetChurnRiskResponse:
+        def work() -> pb.BatchGetChurnRiskResponse:
+            answer = self.dataplane.churn_risk(list(request.member_ids), "BatchGetChurnRisk")
+            return pb.BatchGetChurnRiskResponse(
+                risks=[converters.churn_risk(r) for r in answer.risks],
+                model_version=answer.model_version, degraded=bool(answer.degraded),
+                degraded_reasons=converters.degraded_reasons(answer.degraded))
+
+        return await self._call("BatchGetChurnRisk", context, work)
