@@ -18,7 +18,7 @@ SIM_DAYS    ?= 540
 SIM_SEED    ?= 7
 PYTEST_ARGS ?=
 
-.PHONY: help install lock lint proto test features train retrain score-batch bench-features \
+.PHONY: help install lock lint proto run test features train retrain score-batch bench-features \
         bench-models clean
 
 help: ## list the targets
@@ -60,6 +60,11 @@ lint: $(STAMP) $(BUF) ## ruff, mypy, buf lint (STANDARD) and buf breaking agains
 	$(VENV)/bin/mypy src
 	$(BUF) lint
 	$(BUF) breaking --against protos/released/recsvc.v1.binpb
+
+run: $(STAMP) ## serve on 127.0.0.1:50051 (metrics :9464); builds features and models if missing
+	$(VENV)/bin/recsvc features --members $(SIM_MEMBERS) --days $(SIM_DAYS) --seed $(SIM_SEED)
+	@$(VENV)/bin/recsvc models list churn | grep -q '^\*' || $(VENV)/bin/recsvc train
+	$(VENV)/bin/recsvc serve
 
 test: $(STAMP) ## run the whole test suite (needs Redis at 127.0.0.1:6379; starts one if absent)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -175,3 +175,39 @@ def test_a_promoted_version_is_swapped_in_and_a_broken_one_refused(trained: Any)
     reg.rollback("churn")  # leave production as the other tests expect it
     reg.rollback("churn")
     assert reg.production("churn") == serving
+
+
+def test_recsvc_serve_answers_the_client_and_drains_on_sigterm(trained: Any) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RECSVC_DATA_DIR=str(trained.settings.data_dir),
+               RECSVC_FEAST_PROJECT=trained.settings.feast_project)
+    cmd = [sys.executable, "-m", "recsvc.cli"]
+    proc = subprocess.Popen([*cmd, "serve", "--address", "127.0.0.1:0", "--metrics-port", "0"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        address = None
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the server prints its address once it is serving
+            if "serving recsvc.v1.RedemptionService on " in line:
+                address = line.split(" on ", 1)[1].split()[0]
+                break
+        assert address, "the server did not start"
+        member = _sample(trained)[0]
+        out = subprocess.run([*cmd, "client", "--address", address, "churn", str(member)],
+                             env=env, capture_output=True, text=True, timeout=60, check=True)
+        reply = json.loads(out.stdout)
+        assert reply["risks"][0]["memberId"] == str(member)
+        assert reply["modelVersion"] == trained.registry.production("churn")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "recsvc.data.importer",
     "recsvc.features.jobs",
     "recsvc.models.jobs",
+    "recsvc.serving.main",
 )
 
 

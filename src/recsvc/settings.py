@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = None
     """Where batch jobs write their Prometheus textfiles; default <data_dir>/metrics."""
 
+    grpc_address: str = "127.0.0.1:50051"
+    """Where `recsvc serve` listens (host:port; port 0 picks a free one)."""
+
+    metrics_port: int = 9464
+    """Prometheus metrics HTTP port of `recsvc serve` (0: none)."""
+
+    model_refresh_seconds: float = 10.0
+    """How often the service looks for a newly promoted model version."""
+
     @property
     def registry_dir(self) -> Path:
         return self.model_registry or Path(self.data_dir) / "models"
