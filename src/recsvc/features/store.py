@@ -351,7 +351,7 @@ FULL_FEATURE_NAMES = True
 def feature_names(store: FeatureStore, service: str) -> list[str]:
     """The columns a service yields, in its declared order ("<view>__<feature>")."""
     with feast_errors(f"look up feature service {service!r}"):
-        fs = store.get_feature_service(service)
+        fs = store.get_feature_service(service, allow_cache=True)
     return [f"{p.name_to_use()}__{f.name}" for p in fs.feature_view_projections
             for f in p.features]
 
@@ -360,7 +360,7 @@ def online_features(store: FeatureStore, service: str,
                     entity_rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """Online values of a feature service for entity rows, as {column: [value per row]}."""
     with feast_errors(f"read {service!r} online"):
-        fs = store.get_feature_service(service)
+        fs = store.get_feature_service(service, allow_cache=True)
         response = store.get_online_features(features=fs, entity_rows=list(entity_rows),
                                              full_feature_names=FULL_FEATURE_NAMES)
         return dict(response.to_dict())
@@ -370,7 +370,7 @@ def historical_features(store: FeatureStore, service: str, entity_df: Any) -> An
     """Point-in-time training rows: entity_df (join keys + event_timestamp) with the features
     each row's instant could see (the latest snapshot at or before it, within the ttl)."""
     with feast_errors(f"read {service!r} history"):
-        fs = store.get_feature_service(service)
+        fs = store.get_feature_service(service, allow_cache=True)
         job = store.get_historical_features(entity_df=entity_df, features=fs,
                                             full_feature_names=FULL_FEATURE_NAMES)
         return job.to_df()
