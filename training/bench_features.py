@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import gc
 import inspect
-import json
 import os
 import platform
 import random
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchutil import cpu_model  # a sibling module: run as training/<script>.py
+from benchutil import cpu_model, save_results  # a sibling module: run as training/<script>.py
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.features import compute, store
@@ -308,10 +307,7 @@ def main() -> None:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     result["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "features.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    (args.out / "features.md").write_text(markdown(result), encoding="utf-8")
-    print(f"wrote {args.out / 'features.json'} and {args.out / 'features.md'}")
+    save_results(args.out, "features", result, markdown(result))
 
 
 if __name__ == "__main__":

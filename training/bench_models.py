@@ -26,7 +26,6 @@ import cProfile
 import datetime as dt
 import gc
 import io
-import json
 import os
 import platform
 import pstats
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchutil import cpu_model  # a sibling module: run as training/<script>.py
+from benchutil import cpu_model, save_results  # a sibling module: run as training/<script>.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -575,13 +574,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = markdown(result)
-    (args.out / "models.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    (args.out / "models.md").write_text(text, encoding="utf-8")
-    print()
-    print(text)
-    print(f"wrote {args.out / 'models.json'} and {args.out / 'models.md'}")
+    save_results(args.out, "models", result, markdown(result))
 
 
 if __name__ == "__main__":

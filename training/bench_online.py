@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
 import os
 import platform
 import random
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchutil import cpu_model  # a sibling module: run as training/<script>.py
+from benchutil import cpu_model, save_results  # a sibling module: run as training/<script>.py
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.features import store
@@ -288,13 +287,7 @@ def main() -> None:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     result["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = markdown(result)
-    (args.out / "online.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    (args.out / "online.md").write_text(text, encoding="utf-8")
-    print()
-    print(text)
-    print(f"wrote {args.out / 'online.json'} and {args.out / 'online.md'}")
+    save_results(args.out, "online", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -14,3 +16,13 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def save_results(out_dir: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """Write `<name>.json` and `<name>.md` under out_dir, print the table and where it went."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out_dir / f"{name}.md").write_text(markdown, encoding="utf-8")
+    print()
+    print(markdown)
+    print(f"wrote {out_dir / f'{name}.json'} and {out_dir / f'{name}.md'}")
