@@ -141,3 +141,30 @@ def test_platt_calibration_is_monotone() -> None:
     raw = np.linspace(-5, 5, 11)
     p = calibrated(raw, {"a": 1.2, "b": -0.3})
     assert np.all(np.diff(p) > 0) and p.min() > 0 and p.max() < 1
+
+
+def test_propensity_from_online_features_matches_the_offline_store(trained: Context) -> None:
+    """Serving reads the online store, training the offline one: the same pairs score alike."""
+    from recsvc.data import schema
+    from recsvc.features.online import OnlineReader
+    from recsvc.models.scoring import PropensityScorer, features_as_of
+    from recsvc.models.training import _columns, with_features
+
+    data_dir = Path(trained.settings.data_dir)
+    as_of = features_as_of(data_dir)
+    members = schema.read_table(data_dir, "members", ["member_id"])["member_id"].to_numpy()[:5]
+    items = schema.read_table(data_dir, "items", ["item_id"])["item_id"].to_numpy()[:6]
+    pairs = pd.DataFrame([(int(m), int(i)) for m in members for i in items],
+                         columns=["member_id", "item_id"])
+    offline = _columns(with_features(trained.history, "propensity_v1",
+                                     pairs.assign(event_timestamp=pd.Timestamp(as_of))))
+    reader = OnlineReader.from_store(trained.store)
+    member_cols = reader.read_service("propensity_v1", "member_id", pairs.member_id.tolist())
+    item_cols = reader.read_service("propensity_v1", "item_id", pairs.item_id.tolist())
+    online = {k.split("__", 1)[1]: _numeric(np.asarray(v, dtype=object))
+              for k, v in {**member_cols, **item_cols}.items()}
+    scorer = PropensityScorer(trained.registry.load("propensity"), P.index)
+    for cols in (offline, online):
+        cols["surface"] = np.full(len(pairs), "product_page", dtype=object)
+    np.testing.assert_allclose(scorer.score(online), scorer.score(offline), atol=1e-9)
+    assert 0.0 < scorer.score(online).mean() < 0.5

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsvc.config import IndexRules
 from recsvc.core import segments
 from recsvc.data import schema
 from recsvc.errors import DataMissing
@@ -74,6 +75,30 @@ class ChurnScorer:
             contrib = np.asarray(self.booster.predict(X, pred_contrib=True,
                                                       num_threads=num_threads))[:, :-1]
         return ChurnScores(prob, band, seg, action, contrib)
+
+
+class PropensityScorer:
+    """P(redeem within 7 days) for (member, item) rows from propensity_v1 features.
+
+    `cols` holds the member's and the items' features by name, `points_balance` being the live
+    balance when the caller passed one (as in training, where it is the balance at exposure),
+    and `surface` per row; the index factors are derived here exactly as in training.
+    """
+
+    def __init__(self, loaded: Any, rules: IndexRules) -> None:
+        manifest = loaded.manifest
+        self.version: str = manifest.version
+        self.features: list[str] = list(manifest.features)
+        self.booster = loaded.booster
+        self.vocab: dict[str, list[str]] = manifest.extra["vocabularies"]
+        self.platt: dict[str, float] = manifest.extra["calibration"]["platt"]
+        self.rules = rules
+
+    def score(self, cols: Mapping[str, Any], num_threads: int = 1) -> F64:
+        full = {**cols, **inputs.index_inputs(cols, self.rules)}
+        X = inputs.matrix(full, self.features, self.vocab)
+        raw = np.asarray(self.booster.predict(X, raw_score=True, num_threads=num_threads))
+        return calibrated(raw, self.platt)
 
 
 def _num(values: Any) -> F64:
