@@ -18,7 +18,7 @@ from recsvc.errors import FeatureStoreUnavailable
 from recsvc.features import store as fstore
 from recsvc.metrics import ServiceMetrics
 from recsvc.models.scoring import ChurnScorer
-from recsvc.serving.dataplane import Dataplane, FeastSource
+from recsvc.serving.dataplane import Catalogue, Dataplane, FeastSource
 from recsvc.serving.models import ModelHolder
 from recsvc.serving.server import create_server, mark_serving
 from recsvc.serving.servicer import RedemptionServicer
@@ -48,7 +48,7 @@ def _serve(ctx: Any, check: Callable[[Any, Any, ServiceMetrics, CollectorRegistr
         holder = ModelHolder("churn", ctx.registry, ChurnScorer, metrics, ctx.known_features)
         if with_model:
             holder.refresh()
-        plane = Dataplane(source or FeastSource(ctx.store), holder, metrics)
+        plane = _plane(ctx, source or FeastSource(ctx.store), holder, metrics, with_model)
         server, port, health = await create_server("127.0.0.1:0", RedemptionServicer(plane,
                                                                                     metrics))
         try:
@@ -65,6 +65,25 @@ def _serve(ctx: Any, check: Callable[[Any, Any, ServiceMetrics, CollectorRegistr
             await server.stop(grace=None)
 
     asyncio.run(main())
+
+
+def _plane(ctx: Any, source: Any, churn: ModelHolder, metrics: ServiceMetrics,
+           with_model: bool) -> Dataplane:
+    """The dataplane with hints: the catalogue loaded through the real store first (as the
+    service does at start), so a store that goes down later still leaves item data."""
+    from recsvc.data import schema
+    from recsvc.models.scoring import PropensityScorer
+
+    propensity = ModelHolder("propensity", ctx.registry,
+                             lambda loaded: PropensityScorer(loaded, ctx.programme.index),
+                             metrics, ctx.known_features)
+    if with_model:
+        propensity.refresh()
+    catalogue = Catalogue(FeastSource(ctx.store), schema.read_table(
+        ctx.settings.data_dir, "items", ["item_id"])["item_id"].to_pylist)
+    catalogue.refresh()
+    return Dataplane(source, churn, metrics, programme=ctx.programme, propensity=propensity,
+                     catalogue=catalogue)
 
 
 def _sample(ctx: Any) -> list[int]:
@@ -117,7 +136,7 @@ def test_bad_input_is_invalid_argument_naming_the_field(trained: Any) -> None:
             assert status.details[0].Unpack(bad)
             assert bad.field_violations[0].field == field
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=1, item_id=1))
+            await stub.OptimizeCartSplit(pb.OptimizeCartSplitRequest(member_id=1))
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED  # not built yet
 
     _serve(trained, check)
@@ -211,3 +230,71 @@ def test_recsvc_serve_answers_the_client_and_drains_on_sigterm(trained: Any) -> 
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+
+def test_redemption_hints_over_grpc(trained: Any) -> None:
+    from recsvc.core import index as idx
+    from recsvc.data import schema
+
+    member = _sample(trained)[3]
+    items = [int(i) for i in schema.read_table(trained.settings.data_dir, "items",
+                                               ["item_id"])["item_id"].to_numpy()[:5]]
+
+    async def check(stub: Any, _: Any, __: Any, registry: CollectorRegistry) -> None:
+        ctx = pb.RequestContext(surface=pb.SURFACE_PRODUCT_PAGE, points_balance=640)
+        got = await stub.BatchGetRedemptionHints(pb.BatchGetRedemptionHintsRequest(
+            member_id=member, item_ids=items, context=ctx))
+        assert [h.item_id for h in got.hints] == items and not got.degraded
+        assert got.experiment_arm in {"control", "propensity_heavy"}
+        assert got.model_version == trained.registry.production("propensity")
+        online = fstore.online_features(trained.store, "propensity_v1",
+                                        [{"member_id": member, "item_id": i} for i in items])
+        for k, h in enumerate(got.hints):
+            f = idx.index_factors(
+                trained.programme.index,
+                market_price=online["item_catalogue__market_price_minor"][k] / 100,
+                perceived_discount=online["item_catalogue__perceived_discount"][k],
+                points_price=online["item_catalogue__points_price"][k],
+                item_discount=online["item_catalogue__discount_coefficient"][k], balance=640,
+                orders_90d=online["member_activity__orders_90d"][k] or 0,
+                days_since_last_order=online["member_activity__days_since_last_order"][k]
+                or float("inf"),
+                young=online["member_activity__age_band"][k] in ("18-24",),
+                high_spender=(online["member_activity__avg_order_value_365d_minor"][k] or 0)
+                >= 30_000)
+            assert h.factors.value_coefficient == pytest.approx(f.value_coefficient, abs=1e-12)
+            assert h.factors.recommendation_index == pytest.approx(f.recommendation_index,
+                                                                   abs=1e-12)
+            assert h.points_better == (h.factors.recommendation_index > h.threshold)
+            assert h.affordable == (h.points_price <= 640)
+            assert h.points_gap == max(h.points_price - 640, 0)
+            assert 0.0 < h.propensity < 1.0
+        forced = await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(
+            member_id=member, item_id=items[0],
+            context=pb.RequestContext(experiment_arm="control", points_balance=640)))
+        assert forced.experiment_arm == "control" and forced.hint.threshold == 0.06
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=member,
+                                                                     item_id=10**9))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.BatchGetRedemptionHints(pb.BatchGetRedemptionHintsRequest(
+                member_id=member, item_ids=list(range(101))))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        shown = sum(registry.get_sample_value("recsvc_hints_total", {
+            "arm": a, "points_better": b}) or 0 for a in ("control", "propensity_heavy")
+            for b in ("true", "false"))
+        assert shown == len(items) + 1
+
+    _serve(trained, check)
+
+    async def down(stub: Any, *_: Any) -> None:
+        got = await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(
+            member_id=member, item_id=items[0]))
+        # item data comes from the in-memory catalogue; the member is a cold start
+        assert got.degraded and pb.DEGRADED_REASON_FEATURE_STORE_UNAVAILABLE in \
+            got.degraded_reasons
+        assert pb.REASON_CODE_COLD_START in got.hint.reasons and got.hint.points_price > 0
+
+    _serve(trained, down, source=DownSource())

@@ -41,6 +41,9 @@ class ServiceMetrics:
                                 ["rpc", "reason"], registry=registry)
         self.model_info = Gauge("recsvc_model_info", "1 for the model version being served.",
                                 ["model", "version"], registry=registry)
+        self.hints = Counter("recsvc_hints_total",
+                             "Hints answered, by experiment arm and whether points were better.",
+                             ["arm", "points_better"], registry=registry)
         self.model_reloads = Counter("recsvc_model_reloads_total",
                                      "Model reload attempts, by outcome.", ["model", "outcome"],
                                      registry=registry)

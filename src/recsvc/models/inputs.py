@@ -59,6 +59,9 @@ CATEGORICAL = ("tier", "age_band", "category", "points_class", "surface")
 # need the item's category beside them to mean anything.
 NOT_INPUTS = ("top_category_1", "top_category_2", "top_category_3")
 
+# every feature a propensity row is built from, before derivation
+RAW_PROPENSITY = MEMBER_ACTIVITY + MEMBER_POINTS + ITEM_CATALOGUE + ITEM_STATS + REQUEST_TIME
+
 PROPENSITY_INPUTS = tuple(
     n for n in MEMBER_ACTIVITY + MEMBER_POINTS + ITEM_CATALOGUE + ITEM_STATS + REQUEST_TIME
     + INDEX_DERIVED if n not in NOT_INPUTS

@@ -95,7 +95,13 @@ class PropensityScorer:
         self.rules = rules
 
     def score(self, cols: Mapping[str, Any], num_threads: int = 1) -> F64:
-        full = {**cols, **inputs.index_inputs(cols, self.rules)}
+        n = len(next(iter(cols.values())))
+        full = dict(cols)
+        for name in inputs.RAW_PROPENSITY:  # a cold-start member has no features at all
+            if name not in full:
+                text = name in inputs.CATEGORICAL or name in inputs.NOT_INPUTS
+                full[name] = np.full(n, None, dtype=object) if text else np.full(n, np.nan)
+        full.update(inputs.index_inputs(full, self.rules))
         X = inputs.matrix(full, self.features, self.vocab)
         raw = np.asarray(self.booster.predict(X, raw_score=True, num_threads=num_threads))
         return calibrated(raw, self.platt)

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recsvc.core import segments
-from recsvc.errors import FeatureStoreUnavailable, InvalidArgument
+from recsvc.config import Programme
+from recsvc.core import redemption, segments
+from recsvc.core.experiments import ArmAssigner, hint_threshold
+from recsvc.errors import FeatureStoreUnavailable, InvalidArgument, NotFound
 from recsvc.metrics import ServiceMetrics
 from recsvc.models.scoring import ChurnScorer
 from recsvc.serving.models import ModelHolder
@@ -23,6 +25,7 @@ from recsvc.serving.models import ModelHolder
 log = logging.getLogger(__name__)
 
 MAX_CHURN_BATCH = 1000
+MAX_HINT_BATCH = 100
 TOP_DRIVERS = 3
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 NO_MODEL = "no_model"
@@ -45,9 +48,18 @@ class FeastSource:
     def read_service(
         self, service: str, entity_key: str, ids: Sequence[int]
     ) -> dict[str, list[Any]]:
+        """The service's views keyed by `entity_key` only (a member's part, or the items')."""
         from recsvc.features import store as fstore
 
-        return fstore.online_features(self.store, service, [{entity_key: int(i)} for i in ids])
+        with fstore.feast_errors(f"read {service!r} online"):
+            fs = self.store.get_feature_service(service, allow_cache=True)
+            refs = [f"{p.name_to_use()}:{f.name}" for p in fs.feature_view_projections
+                    if [c.name for c in self.store.get_feature_view(p.name).entity_columns]
+                    == [entity_key] for f in p.features]
+            got = self.store.get_online_features(
+                features=refs, entity_rows=[{entity_key: int(i)} for i in ids],
+                full_feature_names=True).to_dict()
+        return {k: v for k, v in got.items() if k != entity_key}
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,13 @@ class ChurnAnswer:
     degraded: tuple[str, ...] = field(default_factory=tuple)
 
 
+def _array(values: list[Any]) -> np.ndarray:
+    """Numbers as float64 with NaN for missing; anything else as an object array."""
+    if all(v is None or isinstance(v, int | float) for v in values):
+        return np.array([np.nan if v is None else float(v) for v in values])
+    return np.asarray(values, dtype=object)
+
+
 def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
     """Feature columns by feature name, numbers as float arrays (NaN for missing), and which
     rows have no features at all (unknown members: cold start)."""
@@ -79,19 +98,146 @@ def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndar
         short = name.split("__", 1)[1]
         arr = np.asarray(values, dtype=object)
         present |= arr != None  # noqa: E711 - element-wise comparison with None
-        if all(v is None or isinstance(v, int | float) for v in values):
-            cols[short] = np.array([np.nan if v is None else float(v) for v in values])
-        else:
-            cols[short] = arr
+        cols[short] = _array(values)
     return cols, ~present
+
+
+class Catalogue:
+    """Every item's features in memory, so hints never wait on the store for item data and
+    keep answering while it is down; `refresh()` reloads them (in the background)."""
+
+    def __init__(self, features: FeatureSource, item_ids: Any) -> None:
+        self.features = features
+        self.item_ids = item_ids  # () -> list of ids
+        self.rows: dict[int, dict[str, Any]] = {}
+
+    def refresh(self) -> int:
+        ids = [int(i) for i in self.item_ids()]
+        raw = self.features.read_service("propensity_v1", "item_id", ids)
+        rows: dict[int, dict[str, Any]] = {i: {} for i in ids}
+        for name, values in raw.items():
+            short = name.split("__", 1)[1] if "__" in name else name
+            for i, value in zip(ids, values, strict=True):
+                rows[i][short] = value
+        self.rows = {i: r for i, r in rows.items() if any(v is not None for v in r.values())}
+        return len(self.rows)
+
+
+@dataclass(frozen=True)
+class HintRequest:
+    member_id: int
+    item_ids: Sequence[int]
+    surface: str = "product_page"
+    points_balance: int | None = None
+    arm: str = ""
+
+
+@dataclass(frozen=True)
+class ItemHint:
+    item_id: int
+    points_price: int
+    hint: redemption.Hint
+    propensity: float | None
+
+
+@dataclass(frozen=True)
+class HintAnswer:
+    hints: list[ItemHint]
+    arm: str
+    model_version: str
+    degraded: tuple[str, ...] = field(default_factory=tuple)
 
 
 class Dataplane:
     def __init__(self, features: FeatureSource, churn: ModelHolder,
-                 metrics: ServiceMetrics) -> None:
+                 metrics: ServiceMetrics, *, programme: Programme | None = None,
+                 propensity: ModelHolder | None = None,
+                 catalogue: Catalogue | None = None) -> None:
         self.features = features
         self.churn = churn
         self.metrics = metrics
+        self.programme = programme
+        self.propensity = propensity
+        self.catalogue = catalogue
+        self.arms = ArmAssigner(programme.experiments) if programme else None
+
+    def hints(self, req: HintRequest, rpc: str) -> HintAnswer:
+        """Product-page hints for up to 100 items, in request order."""
+        if self.programme is None or self.catalogue is None or self.arms is None:
+            raise NotFound("hints are not configured in this service")
+        p = self.programme
+        if req.member_id < 0:
+            raise InvalidArgument("member_id", f"must be >= 0, got {req.member_id}")
+        if not req.item_ids:
+            raise InvalidArgument("item_ids", "at least one item id is required")
+        if len(req.item_ids) > MAX_HINT_BATCH:
+            raise InvalidArgument("item_ids", f"at most {MAX_HINT_BATCH} per call, got "
+                                              f"{len(req.item_ids)}")
+        if req.points_balance is not None and req.points_balance < 0:
+            raise InvalidArgument("context.points_balance", "must be >= 0")
+        arm = self.arms.named(req.arm) if req.arm else self.arms.arm(req.member_id)
+        if arm is None:
+            raise InvalidArgument("context.experiment_arm", f"no arm named {req.arm!r}")
+        items = []
+        for i, item in enumerate(req.item_ids):
+            row = self.catalogue.rows.get(int(item))
+            if row is None:
+                raise NotFound(f"item_ids[{i}]: no item {item}")
+            items.append(row)
+        degraded: list[str] = []
+        start = time.perf_counter()
+        try:
+            raw = self.features.read_service("propensity_v1", "member_id", [req.member_id])
+        except FeatureStoreUnavailable as exc:
+            log.warning("%s: online store unavailable, member from defaults: %s", rpc, exc)
+            raw, degraded = {}, [FEATURE_STORE_UNAVAILABLE]
+        self.metrics.feature_read.labels("propensity_v1").observe(time.perf_counter() - start)
+        member = {(k.split("__", 1)[1] if "__" in k else k): v[0] for k, v in raw.items()}
+        cold = all(v is None for v in member.values())
+        balance = req.points_balance
+        if balance is None:
+            balance = int(member.get("points_balance") or 0)
+
+        def num(row: dict[str, Any], name: str, default: float) -> float:
+            value = row.get(name)
+            return default if value is None else float(value)
+
+        probabilities: list[float | None] = [None] * len(items)
+        served = self.propensity.current if self.propensity else None
+        if served is None:
+            degraded.append(NO_MODEL)
+        else:
+            cols: dict[str, Any] = {}
+            for name in {*member, *items[0]}:
+                values = [row.get(name, member.get(name)) for row in items]
+                cols[name] = _array(values)
+            cols["points_balance"] = np.full(len(items), float(balance))
+            cols["surface"] = np.full(len(items), req.surface, dtype=object)
+            start = time.perf_counter()
+            probabilities = [float(x) for x in served.scorer.score(cols)]
+            self.metrics.predict.labels("propensity").observe(time.perf_counter() - start)
+        threshold = hint_threshold(arm, p.index)
+        tier = member.get("tier")
+        tier_mult = p.earning.tier_multipliers.get(tier, 1.0) if isinstance(tier, str) else 1.0
+        out = []
+        for item, row, prob in zip(req.item_ids, items, probabilities, strict=True):
+            h = redemption.hint(
+                p, market_price_minor=int(num(row, "market_price_minor", 0)),
+                perceived_discount=num(row, "perceived_discount", 1.0),
+                points_price=int(num(row, "points_price", 0)),
+                item_discount=num(row, "discount_coefficient", 1.0), balance=balance,
+                orders_90d=num(member, "orders_90d", 0.0),
+                days_since_last_order=num(member, "days_since_last_order", float("inf")),
+                young=member.get("age_band") in p.index.young_age_bands,
+                high_spender=num(member, "avg_order_value_365d_minor", 0.0)
+                >= p.index.high_spender_min_aov_units * p.currency.minor_per_unit,
+                threshold=threshold, tier_multiplier=tier_mult,
+                expiring_points=int(num(member, "points_expiring_30d", 0)), propensity=prob,
+                cold_start=cold)
+            self.metrics.hints.labels(arm.name, str(h.points_better).lower()).inc()
+            out.append(ItemHint(int(item), int(num(row, "points_price", 0)), h, prob))
+        return HintAnswer(out, arm.name, served.version if served else "",
+                          self._count(rpc, degraded))
 
     def churn_risk(self, member_ids: Sequence[int], rpc: str) -> ChurnAnswer:
         if not member_ids:

@@ -18,11 +18,12 @@ GRACE_SECONDS = 5.0
 async def serve(address: str | None = None, metrics_port: int | None = None) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from recsvc.data import schema
     from recsvc.features.online import OnlineReader
     from recsvc.metrics import ServiceMetrics
     from recsvc.models.jobs import open_context
-    from recsvc.models.scoring import ChurnScorer
-    from recsvc.serving.dataplane import Dataplane
+    from recsvc.models.scoring import ChurnScorer, PropensityScorer
+    from recsvc.serving.dataplane import Catalogue, Dataplane
     from recsvc.serving.models import ModelHolder
     from recsvc.serving.server import create_server, mark_serving, refresh_models
     from recsvc.serving.servicer import RedemptionServicer
@@ -35,8 +36,21 @@ async def serve(address: str | None = None, metrics_port: int | None = None) -> 
     metrics = ServiceMetrics(registry)
     churn = ModelHolder("churn", ctx.registry, ChurnScorer, metrics, ctx.known_features)
     churn.refresh()
+    propensity = ModelHolder("propensity", ctx.registry,
+                             lambda loaded: PropensityScorer(loaded, ctx.programme.index),
+                             metrics, ctx.known_features)
+    propensity.refresh()
     # Feast's own layout read directly: proven equal to get_online_features, 20x faster
-    plane = Dataplane(OnlineReader.from_store(ctx.store), churn, metrics)
+    reader = OnlineReader.from_store(ctx.store)
+
+    def item_ids() -> list[int]:
+        return list(schema.read_table(settings.data_dir, "items", ["item_id"])["item_id"]
+                    .to_pylist())
+
+    catalogue = Catalogue(reader, item_ids)
+    catalogue.refresh()
+    plane = Dataplane(reader, churn, metrics, programme=ctx.programme, propensity=propensity,
+                      catalogue=catalogue)
     server, port, health = await create_server(address, RedemptionServicer(plane, metrics))
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
@@ -45,13 +59,17 @@ async def serve(address: str | None = None, metrics_port: int | None = None) -> 
     print(f"recsvc serving recsvc.v1.RedemptionService on {host}:{port}"
           + (f" (metrics on http://127.0.0.1:{metrics_port}/metrics)" if metrics_port else ""),
           flush=True)
-    print(f"  churn model: {churn.current.version if churn.current else 'none (degraded)'}")
+    for holder in (churn, propensity):
+        print(f"  {holder.name} model: "
+              f"{holder.current.version if holder.current else 'none (degraded)'}")
+    print(f"  catalogue: {len(catalogue.rows):,} items in memory")
     print(f"  try: .venv/bin/recsvc client --address {host}:{port} churn 1 2 3", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    refresher = asyncio.create_task(refresh_models([churn], settings.model_refresh_seconds))
+    refresher = asyncio.create_task(refresh_models([churn, propensity], catalogue,
+                                                   settings.model_refresh_seconds))
     await stop.wait()
     print("recsvc: shutting down", flush=True)
     await health.enter_graceful_shutdown()  # NOT_SERVING first, so balancers drain us

@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsvc.serving.dataplane import Catalogue
 from recsvc.serving.models import ModelHolder
 from recsvc.serving.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2, recsvc_pb2_grpc
@@ -45,12 +46,15 @@ async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-async def refresh_models(holders: list[ModelHolder], every_s: float) -> None:
-    """Poll the registry and swap in newly promoted versions, off the event loop."""
+async def refresh_models(holders: list[ModelHolder], catalogue: Catalogue,
+                         every_s: float) -> None:
+    """Poll the registry and swap in newly promoted versions, and reload the in-memory
+    catalogue, off the event loop."""
     while True:
         await asyncio.sleep(every_s)
-        for holder in holders:
+        for job, name in [*((h.refresh, h.name) for h in holders),
+                          (catalogue.refresh, "catalogue")]:
             try:
-                await asyncio.to_thread(holder.refresh)
+                await asyncio.to_thread(job)
             except Exception:  # a failed refresh must never stop future ones
-                log.exception("refreshing %s failed", holder.name)
+                log.exception("refreshing %s failed", name)

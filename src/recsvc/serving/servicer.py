@@ -39,6 +39,32 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             self.metrics.requests.labels(rpc, errors.code_name(failure)).inc()
             self.metrics.latency.labels(rpc).observe(time.perf_counter() - start)
 
+    async def GetRedemptionHint(self, request: Any,
+                                context: Any) -> pb.GetRedemptionHintResponse:
+        def work() -> pb.GetRedemptionHintResponse:
+            req = converters.hint_request(request.member_id, [request.item_id], request.context)
+            answer = self.dataplane.hints(req, "GetRedemptionHint")
+            return pb.GetRedemptionHintResponse(
+                hint=converters.redemption_hint(answer.hints[0]), experiment_arm=answer.arm,
+                model_version=answer.model_version, degraded=bool(answer.degraded),
+                degraded_reasons=converters.degraded_reasons(answer.degraded))
+
+        return await self._call("GetRedemptionHint", context, work)
+
+    async def BatchGetRedemptionHints(self, request: Any,
+                                      context: Any) -> pb.BatchGetRedemptionHintsResponse:
+        def work() -> pb.BatchGetRedemptionHintsResponse:
+            req = converters.hint_request(request.member_id, list(request.item_ids),
+                                          request.context)
+            answer = self.dataplane.hints(req, "BatchGetRedemptionHints")
+            return pb.BatchGetRedemptionHintsResponse(
+                hints=[converters.redemption_hint(h) for h in answer.hints],
+                experiment_arm=answer.arm, model_version=answer.model_version,
+                degraded=bool(answer.degraded),
+                degraded_reasons=converters.degraded_reasons(answer.degraded))
+
+        return await self._call("BatchGetRedemptionHints", context, work)
+
     async def GetChurnRisk(self, request: Any, context: Any) -> pb.GetChurnRiskResponse:
         def work() -> pb.GetChurnRiskResponse:
             answer = self.dataplane.churn_risk([request.member_id], "GetChurnRisk")
