@@ -76,22 +76,13 @@ def test_batch_scores_match_online_scores(trained: Context, tmp_path: Path) -> N
     sample = scores.sample(25, random_state=1)
     rows = [{"member_id": int(m)} for m in sample.member_id]
     online = fstore.online_features(trained.store, "churn_v1", rows)
-    cols = {k.split("__", 1)[1]: np.asarray(v, dtype=object) for k, v in online.items()
-            if "__" in k}
-    cols = {k: _numeric(v) for k, v in cols.items()}
-    got = scorer.score(cols)
+    got = scorer.score(inputs.feature_columns(online))
     np.testing.assert_allclose(got.probability, sample.churn_probability, atol=1e-6)
     assert got.segment.tolist() == sample.segment.tolist()
     # and the materialised batch scores are readable online
     published = fstore.online_features(trained.store, "churn_scores_v1", rows)
     np.testing.assert_allclose(np.asarray(published["member_churn_scores__churn_probability"],
                                           dtype=float), sample.churn_probability, atol=1e-6)
-
-
-def _numeric(values: np.ndarray) -> np.ndarray:
-    if all(v is None or isinstance(v, int | float) for v in values):
-        return np.array([np.nan if v is None else float(v) for v in values])
-    return values
 
 
 def test_training_and_serving_use_the_one_index_definition() -> None:
@@ -148,7 +139,7 @@ def test_propensity_from_online_features_matches_the_offline_store(trained: Cont
     from recsvc.data import schema
     from recsvc.features.online import OnlineReader
     from recsvc.models.scoring import PropensityScorer, features_as_of
-    from recsvc.models.training import _columns, with_features
+    from recsvc.models.training import with_features
 
     data_dir = Path(trained.settings.data_dir)
     as_of = features_as_of(data_dir)
@@ -156,13 +147,12 @@ def test_propensity_from_online_features_matches_the_offline_store(trained: Cont
     items = schema.read_table(data_dir, "items", ["item_id"])["item_id"].to_numpy()[:6]
     pairs = pd.DataFrame([(int(m), int(i)) for m in members for i in items],
                          columns=["member_id", "item_id"])
-    offline = _columns(with_features(trained.history, "propensity_v1",
+    offline = inputs.frame_columns(with_features(trained.history, "propensity_v1",
                                      pairs.assign(event_timestamp=pd.Timestamp(as_of))))
     reader = OnlineReader.from_store(trained.store)
     member_cols = reader.read_service("propensity_v1", "member_id", pairs.member_id.tolist())
     item_cols = reader.read_service("propensity_v1", "item_id", pairs.item_id.tolist())
-    online = {k.split("__", 1)[1]: _numeric(np.asarray(v, dtype=object))
-              for k, v in {**member_cols, **item_cols}.items()}
+    online = inputs.feature_columns({**member_cols, **item_cols})
     scorer = PropensityScorer(trained.registry.load("propensity"), P.index)
     for cols in (offline, online):
         cols["surface"] = np.full(len(pairs), "product_page", dtype=object)

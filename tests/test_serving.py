@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from recsvc.errors import FeatureStoreUnavailable
 from recsvc.features import store as fstore
 from recsvc.metrics import ServiceMetrics
+from recsvc.models import inputs
 from recsvc.models.scoring import ChurnScorer
 from recsvc.serving.dataplane import Catalogue, Dataplane, FeastSource
 from recsvc.serving.models import ModelHolder
@@ -107,12 +108,7 @@ def test_churn_risk_over_grpc_matches_the_scorer(trained: Any) -> None:
         # the same numbers as the scorer on the same online features
         online = fstore.online_features(trained.store, "churn_v1",
                                         [{"member_id": m} for m in ids])
-        cols = {k.split("__", 1)[1]: np.array([np.nan if v is None else v for v in vals],
-                                              dtype=object if isinstance(
-                                                  next((v for v in vals if v is not None), 0),
-                                                  str) else float)
-                for k, vals in online.items() if "__" in k}
-        expected = holder.current.scorer.score(cols).probability
+        expected = holder.current.scorer.score(inputs.feature_columns(online)).probability
         np.testing.assert_allclose([r.probability for r in batch.risks[:-1]], expected,
                                    atol=1e-9)
         assert registry.get_sample_value("recsvc_requests_total",
@@ -170,22 +166,20 @@ def test_a_promoted_version_is_swapped_in_and_a_broken_one_refused(trained: Any)
     serving = holder.current.version
     loaded = reg.load("churn")
     manifest = loaded.manifest
-    extra = dict(manifest.extra)
-    fresh = reg.register(
-        "churn", loaded.booster, feature_service=manifest.feature_service,
-        training_window=(manifest.training_window.start, manifest.training_window.end),
-        data_fingerprint=manifest.data_fingerprint, metrics=manifest.metrics,
-        baseline_metrics=manifest.baseline_metrics, derived_features=manifest.derived_features,
-        extra=extra)
+
+    def register_again() -> Any:
+        return reg.register(
+            "churn", loaded.booster, feature_service=manifest.feature_service,
+            training_window=(manifest.training_window.start, manifest.training_window.end),
+            data_fingerprint=manifest.data_fingerprint, metrics=manifest.metrics,
+            baseline_metrics=manifest.baseline_metrics,
+            derived_features=manifest.derived_features, extra=dict(manifest.extra))
+
+    fresh = register_again()
     reg.promote("churn", fresh.version, force=True)
     assert holder.refresh() and holder.current.version == fresh.version
     # a broken artefact in production: refused, the previous version keeps serving
-    broken = reg.register(
-        "churn", loaded.booster, feature_service=manifest.feature_service,
-        training_window=(manifest.training_window.start, manifest.training_window.end),
-        data_fingerprint=manifest.data_fingerprint, metrics=manifest.metrics,
-        baseline_metrics=manifest.baseline_metrics, derived_features=manifest.derived_features,
-        extra=extra)
+    broken = register_again()
     reg.promote("churn", broken.version, force=True)
     model_file = reg.store.path(f"churn/{broken.version}/{broken.model_file}")
     model_file.write_bytes(model_file.read_bytes()[:200])

@@ -79,6 +79,35 @@ def _f(cols: Columns, name: str) -> F64:
     return arr.astype(np.float64)
 
 
+def column(values: Sequence[Any]) -> npt.NDArray[Any]:
+    """Feature values as a column: numbers as float64 with NaN for missing, anything else
+    (strings) as an object array with None for missing."""
+    if all(v is None or isinstance(v, int | float) for v in values):
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return np.asarray(values, dtype=object)
+
+
+def feature_columns(raw: Mapping[str, Sequence[Any]]) -> dict[str, npt.NDArray[Any]]:
+    """An online read ({"<view>__<feature>": values}) as columns by feature name; join keys
+    (names without a view) are left out."""
+    return {name.split("__", 1)[1]: column(values) for name, values in raw.items()
+            if "__" in name}
+
+
+def frame_columns(df: Any) -> dict[str, npt.NDArray[Any]]:
+    """A pandas frame of features (offline reads) as the same columns, vectorised."""
+    import pandas as pd
+
+    out: dict[str, npt.NDArray[Any]] = {}
+    for c in df.columns:
+        s = df[c]
+        if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+            out[c] = s.astype("float64").to_numpy(na_value=np.nan)
+        else:
+            out[c] = s.astype(object).where(s.notna(), None).to_numpy()
+    return out
+
+
 def index_inputs(cols: Columns, rules: IndexRules) -> dict[str, F64]:
     """The index factors of SPEC §2 for (member, item) rows, from the raw feature columns."""
     balance = np.nan_to_num(_f(cols, "points_balance"), nan=0.0)

@@ -157,7 +157,7 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
                 horizon_days: int = 90, say: Any = print) -> BatchResult:
     """Score every member who joined before `as_of` and publish the scores (offline + online)."""
     from recsvc.features import store as fstore
-    from recsvc.models.training import _columns, with_features
+    from recsvc.models.training import with_features
 
     watch = Stopwatch()
     data_dir = Path(ctx.settings.data_dir)
@@ -173,7 +173,7 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
     say(f"score-batch: {len(entity):,} members as of {as_of:%Y-%m-%d %H:%M} UTC with churn "
         f"{scorer.version}")
     feats = with_features(ctx.history, "churn_v1", entity)
-    cols = _columns(feats)
+    cols = inputs.frame_columns(feats)
     step = Stopwatch()
     scores = scorer.score(cols, num_threads=0)
     scoring_seconds = step.seconds

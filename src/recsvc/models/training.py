@@ -261,18 +261,6 @@ def with_features(
     return got.drop(columns="_row")
 
 
-def _columns(df: pd.DataFrame) -> dict[str, Any]:
-    """DataFrame columns as numpy arrays (nullable numbers become float with NaN)."""
-    out: dict[str, Any] = {}
-    for c in df.columns:
-        s = df[c]
-        if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
-            out[c] = s.astype("float64").to_numpy(na_value=np.nan)
-        else:
-            out[c] = s.astype(object).where(s.notna(), None).to_numpy()
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Fitting.
 # --------------------------------------------------------------------------------------------
@@ -483,7 +471,7 @@ def train_model(
     say(f"{name}: point-in-time features from {service!r} in {step.seconds:.1f} s")
     split = Split(feats, feats.part.to_numpy(), feats.label.to_numpy().astype(np.int64),
                   (_to_dt(int(_us(feats.event_timestamp).min())), limit), bounds)
-    cols = _columns(feats)
+    cols = inputs.frame_columns(feats)
     prep = (_prepare_propensity(cols, split, programme) if name == PROPENSITY
             else _prepare_churn(cols, split, opts))
     tr, va, te = split.rows("train"), split.rows("valid"), split.rows("test")

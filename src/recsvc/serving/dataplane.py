@@ -19,6 +19,7 @@ from recsvc.core import redemption, segments
 from recsvc.core.experiments import ArmAssigner, hint_threshold
 from recsvc.errors import FeatureStoreUnavailable, InvalidArgument, NotFound
 from recsvc.metrics import ServiceMetrics
+from recsvc.models import inputs
 from recsvc.models.scoring import ChurnScorer
 from recsvc.serving.models import ModelHolder
 
@@ -80,26 +81,14 @@ class ChurnAnswer:
     degraded: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _array(values: list[Any]) -> np.ndarray:
-    """Numbers as float64 with NaN for missing; anything else as an object array."""
-    if all(v is None or isinstance(v, int | float) for v in values):
-        return np.array([np.nan if v is None else float(v) for v in values])
-    return np.asarray(values, dtype=object)
-
-
 def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
-    """Feature columns by feature name, numbers as float arrays (NaN for missing), and which
-    rows have no features at all (unknown members: cold start)."""
-    cols: dict[str, Any] = {}
+    """Feature columns by feature name, and which rows have no features at all (unknown
+    members: cold start)."""
     present = np.zeros(n, dtype=bool)
     for name, values in raw.items():
-        if "__" not in name:
-            continue
-        short = name.split("__", 1)[1]
-        arr = np.asarray(values, dtype=object)
-        present |= arr != None  # noqa: E711 - element-wise comparison with None
-        cols[short] = _array(values)
-    return cols, ~present
+        if "__" in name:
+            present |= np.asarray(values, dtype=object) != None  # noqa: E711 - element-wise
+    return inputs.feature_columns(raw), ~present
 
 
 class Catalogue:
@@ -210,7 +199,7 @@ class Dataplane:
             cols: dict[str, Any] = {}
             for name in {*member, *items[0]}:
                 values = [row.get(name, member.get(name)) for row in items]
-                cols[name] = _array(values)
+                cols[name] = inputs.column(values)
             cols["points_balance"] = np.full(len(items), float(balance))
             cols["surface"] = np.full(len(items), req.surface, dtype=object)
             start = time.perf_counter()
