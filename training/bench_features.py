@@ -306,8 +306,7 @@ def main() -> None:
             print(f"redis: deleted {gone:,} keys of {project}")
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    result["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    save_results(args.out, "features", result, markdown(result))
+    save_results(args.out, "features", result, markdown)
 
 
 if __name__ == "__main__":

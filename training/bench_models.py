@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as dt
 import gc
 import io
 import os
@@ -573,8 +572,7 @@ def main() -> None:
         loads["end"] = _load()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    save_results(args.out, "models", result, markdown(result))
+    save_results(args.out, "models", result, markdown)
 
 
 if __name__ == "__main__":

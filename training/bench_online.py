@@ -15,7 +15,6 @@ name of the benchmark's own, deleted afterwards (never FLUSHDB: the server may b
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import os
 import platform
@@ -286,8 +285,7 @@ def main() -> None:
             print(f"redis: deleted {gone:,} keys of {redis_project}")
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    result["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    save_results(args.out, "online", result, markdown(result))
+    save_results(args.out, "online", result, markdown)
 
 
 if __name__ == "__main__":

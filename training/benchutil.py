@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,12 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def save_results(out_dir: Path, name: str, result: dict[str, Any], markdown: str) -> None:
-    """Write `<name>.json` and `<name>.md` under out_dir, print the table and where it went."""
+def save_results(out_dir: Path, name: str, result: dict[str, Any],
+                 render: Callable[[dict[str, Any]], str]) -> None:
+    """Stamp the finish time, render the Markdown, write `<name>.json` and `<name>.md` under
+    out_dir, print the table and where it went."""
+    result["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    markdown = render(result)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     (out_dir / f"{name}.md").write_text(markdown, encoding="utf-8")
