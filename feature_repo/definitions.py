@@ -18,7 +18,7 @@ from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.data_format import ParquetFormat
-from feast.types import Float64, Int64, String
+from feast.types import Array, Float64, Int64, String
 
 _here = Path(__file__).resolve().parent
 DATA_DIR = Path(
@@ -127,6 +127,21 @@ member_points = FeatureView(
     ],
 )
 
+member_expiry = FeatureView(
+    name="member_expiry",
+    entities=[member],
+    ttl=MEMBER_TTL,
+    source=_source("member_expiry"),
+    online=True,
+    description="The member's live points by expiry instant, earliest first: what a cart burns "
+                "first (FIFO by expiry). Points that never expire are not listed.",
+    schema=[
+        Field(name="expiry_at_s", dtype=Array(Int64),
+              description="lapse instants, epoch seconds, ascending"),
+        Field(name="expiry_points", dtype=Array(Int64), description="points lapsing at each"),
+    ],
+)
+
 item_catalogue = FeatureView(
     name="item_catalogue",
     entities=[item],
@@ -196,6 +211,13 @@ churn_v1 = FeatureService(
     name="churn_v1",
     features=[member_activity, member_points],
     description="Churn risk of a member.",
+)
+
+redemption_v1 = FeatureService(
+    name="redemption_v1",
+    features=[member_activity, member_points, member_expiry],
+    description="A member's context for recommendations and cart splits: every member feature "
+                "propensity_v1 reads, plus the expiring lots.",
 )
 
 churn_scores_v1 = FeatureService(

@@ -17,6 +17,7 @@ from recsvc.core import ledger
 from recsvc.core.cart import (
     BINDING_RULES,
     MAX_LINES,
+    NO_EXPIRY,
     CartLine,
     CartSplit,
     PointsBalance,
@@ -229,6 +230,44 @@ def test_balance_from_ledger_buckets() -> None:
     )
     assert balance.total == 1000
     assert PointsBalance.from_expiry_months({first + 3: 880, first + 1: 120}) == balance
+
+
+def _s(when: dt.datetime) -> int:
+    return int(when.timestamp())
+
+
+def test_lots_reconciled_with_the_balance_now() -> None:
+    soon, mid, late = T0 + dt.timedelta(days=10), T0 + dt.timedelta(days=40), T0 + dt.timedelta(
+        days=300)
+    lots = [(_s(late), 500), (_s(soon), 300), (_s(mid), 200)]
+    # the same total: the lots as they are, earliest first
+    assert PointsBalance.reconcile(lots, 1000, T0).buckets == ((soon, 300), (mid, 200),
+                                                               (late, 500))
+    # 350 spent since the snapshot: gone from the earliest lots, as every burn takes them
+    assert PointsBalance.reconcile(lots, 650, T0).buckets == ((mid, 150), (late, 500))
+    # 80 earned since (or never lapsing): one bucket of unknown lapse, burnt last
+    grown = PointsBalance.reconcile(lots, 1080, T0)
+    assert grown.buckets[-1] == (NO_EXPIRY, 80) and grown.total == 1080
+    assert optimize_cart(P, [line(250)], grown).buckets_used[-1] == (late, 500)
+    # a lot that lapsed since the snapshot is dropped; from the same snapshot its points too
+    later = soon + dt.timedelta(days=1)
+    assert PointsBalance.reconcile(lots, 1000, later).buckets == ((mid, 200), (late, 500),
+                                                                  (NO_EXPIRY, 300))
+    assert PointsBalance.reconcile(lots, 1000, later, same_snapshot=True).total == 700
+    assert PointsBalance.reconcile([], 0, T0).buckets == ()
+    with pytest.raises(InvalidArgument, match="points_balance"):
+        PointsBalance.reconcile(lots, -1, T0)
+
+
+@given(lots=st.lists(st.tuples(st.integers(-10**6, 10**6), st.integers(0, 5000)), max_size=8),
+       balance=st.integers(0, 40_000))
+def test_reconciled_lots_always_hold_the_balance(lots: list[tuple[int, int]],
+                                                 balance: int) -> None:
+    now = dt.datetime.fromtimestamp(0, dt.UTC)
+    got = PointsBalance.reconcile(lots, balance, now)
+    assert got.total == balance
+    assert all(points > 0 and when > now for when, points in got.buckets)
+    assert [w for w, _ in got.buckets] == sorted(w for w, _ in got.buckets)
 
 
 # ------------------------------------------------------------------ advice

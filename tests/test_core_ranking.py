@@ -96,3 +96,41 @@ def test_unlocks_close_at_hand() -> None:
     assert near[0].spend_to_unlock_minor == 50_000
     assert [u.category for u in unlocks_in_reach(P, Member(balance=3000))] == ["furniture"]
     assert unlocks_in_reach(P, Member(balance=6000)) == []
+
+
+def test_the_model_scores_only_the_shortlist_and_agrees_with_scoring_everything() -> None:
+    rng = np.random.default_rng(5)
+    n = 300
+    items = Catalogue(
+        item_id=np.arange(n, dtype=np.int64),
+        category=rng.choice(np.array(["a", "b"], dtype=object), n),
+        points_price=rng.integers(100, 5000, n), market_price_minor=rng.integers(100, 50_000, n),
+        perceived_discount=rng.uniform(0.5, 1, n), discount_coefficient=rng.uniform(0.6, 1, n),
+        stock=rng.integers(0, 3, n))
+    everything = rng.uniform(0, 1, n)
+    asked: list[np.ndarray] = []
+
+    def model(positions: np.ndarray) -> np.ndarray:
+        asked.append(positions)
+        return everything[positions]
+
+    heavy = Arm(name="heavy", weight=1.0, propensity_weight=1.0)
+    lazy = recommend(P, heavy, MEMBER, items, model, limit=10, shortlist=50)
+    assert len(asked) == 1 and len(asked[0]) == 50  # one model call, on 50 items
+    # the shortlist is the index's best 50 in stock: with the whole catalogue shortlisted the
+    # same scores come out wherever the top 10 lie inside those 50
+    full = recommend(P, heavy, MEMBER, items, everything, limit=10, shortlist=n)
+    inside = set(asked[0].tolist())
+    assert [o.score for o in lazy] == [o.score for o in full if o.item_id in inside][:10]
+    assert all(o.propensity == everything[o.item_id] for o in lazy)
+
+
+def test_reasons_use_the_arms_threshold() -> None:
+    items = catalogue()
+    # the best index here is 0.058: below the programme's 0.06, above a lenient arm's 0.05
+    assert all(Reason.INDEX_BELOW_THRESHOLD in o.reasons
+               for o in recommend(P, CONTROL, MEMBER, items))
+    lenient = Arm(name="lenient", weight=1.0, hint_threshold=0.05)
+    got = recommend(P, lenient, MEMBER, items)
+    assert Reason.INDEX_ABOVE_THRESHOLD in got[0].reasons
+    assert Reason.INDEX_BELOW_THRESHOLD in got[1].reasons

@@ -56,7 +56,8 @@ def test_snapshots_have_the_columns_and_types_the_feast_views_declare(tmp_path: 
     defs = store.load_definitions(tmp_path, REPO)
     # the computed views, plus the batch scores the scoring job writes
     assert {v.name for v in defs.views} == {*compute.VIEWS, "member_churn_scores"}
-    assert {s.name for s in defs.services} == {"propensity_v1", "churn_v1", "churn_scores_v1"}
+    assert {s.name for s in defs.services} == {"propensity_v1", "churn_v1", "churn_scores_v1",
+                                               "redemption_v1"}
     for view in (v for v in defs.views if v.name in compute.VIEWS):
         arrow = compute.VIEWS[view.name]
         key = compute.ENTITY_KEY[view.name]
@@ -118,6 +119,22 @@ def test_member_points_balance_fifo_expiry_and_90_day_windows(tiny_features: dic
         "days_since_last_redemption": None}
 
 
+def test_member_expiry_lists_the_live_lots_earliest_first(tiny_features: dict) -> None:
+    exp = tiny_features["member_expiry"]
+
+    def lots(member: int, when: str) -> list[tuple[str, int]]:
+        row = _row(exp, "member_id", member, when)
+        return [(dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d"), points)
+                for at, points in zip(row["expiry_at_s"], row["expiry_points"], strict=True)]
+
+    # the same FIFO story as above, as lots: 300 + 80 opening, then what the redemption left
+    assert lots(1, "2025-02-03")[:2] == [("2025-03-01", 300), ("2025-03-15", 80)]
+    assert lots(1, "2025-02-16")[0] == ("2025-03-15", 30)
+    assert sum(p for _, p in lots(1, "2025-03-16")) == 350
+    assert all(at > "2025-03-16" for at, _ in lots(1, "2025-03-16"))
+    assert lots(2, "2025-03-21") == []
+
+
 def test_item_catalogue_and_stats(tiny_features: dict) -> None:
     cat, stats = tiny_features["item_catalogue"], tiny_features["item_stats"]
     promo = _row(cat, "item_id", 10, "2025-02-05")
@@ -173,7 +190,12 @@ def test_expiring_points_match_a_naive_replay_on_simulated_data(tmp_path: Path) 
 
     run_simulation(tmp_path, members=150, days=200, seed=3, programme=P, show_progress=False)
     tables = compute.read_inputs(tmp_path)
-    points = compute.compute_features(tables, P)["member_points"].to_pandas()
+    views = compute.compute_features(tables, P)
+    points = views["member_points"].to_pandas()
+    lots_by_snapshot = {
+        (r["member_id"], pd.Timestamp(r["ts"])): list(zip(r["expiry_at_s"], r["expiry_points"],
+                                                          strict=True))
+        for r in views["member_expiry"].to_pylist()}
     ledger = tables["ledger"].to_pandas().sort_values(["member_id", "ts"], kind="stable")
     checked = 0
     for member, snaps in points.groupby("member_id"):
@@ -192,6 +214,8 @@ def test_expiring_points_match_a_naive_replay_on_simulated_data(tmp_path: Path) 
             live = {k: v for k, v in lots.items() if k >= snap.ts}
             soon = sum(v for k, v in live.items() if k < snap.ts + pd.Timedelta(days=30))
             assert (snap.points_expiring_30d, snap.points_balance) == (soon, sum(live.values()))
+            got = lots_by_snapshot[(member, snap.ts)]
+            assert got == sorted((int(k.timestamp()), v) for k, v in live.items() if v)
             checked += 1
     assert checked > 1000
 
@@ -313,8 +337,8 @@ def test_features_job_second_run_does_nothing(tiny_data_dir: Path, capsys: Any,
     monkeypatch.setenv("RECSVC_FEATURE_REPO", str(REPO))
     assert cli.main(["features", "--data-dir", str(tiny_data_dir)]) == 0
     first = capsys.readouterr().out
-    assert "features: 376 snapshot rows" in first and "definitions: applied" in first
-    assert "online (sqlite, rewrite): 10 rows" in first
+    assert "features: 420 snapshot rows" in first and "definitions: applied" in first
+    assert "online (sqlite, rewrite): 13 rows" in first
     assert cli.main(["features", "--data-dir", str(tiny_data_dir)]) == 0
     second = capsys.readouterr().out
     assert "features: up to date with the tables" in second
@@ -352,15 +376,17 @@ def test_sqlite_and_redis_serve_identical_values(tiny_data_dir: Path, redis_url:
                                                  redis_project: str) -> None:
     for url in (None, redis_url):
         run = run_features(_settings(tiny_data_dir, redis_project, url), P, say=_quiet)
-        assert run.materialized_rows == 10
+        assert run.materialized_rows == 13
     lite, red = _both(tiny_data_dir, redis_project, redis_url)
-    for service in ("churn_v1", "propensity_v1"):
+    for service in ("churn_v1", "propensity_v1", "redemption_v1"):
         rows = ENTITY_ROWS if service == "propensity_v1" else [
             {"member_id": m} for m in (1, 2, 3, 404)]
         a = store.online_features(lite, service, rows)
         b = store.online_features(red, service, rows)
         assert a == b
         assert a["member_points__points_balance"][:1] == [350]
+        if service == "redemption_v1":  # list features come back as lists from both stores
+            assert sum(a["member_expiry__expiry_points"][0]) == 350
 
     # rewinding to an earlier as-of rewrites both stores (Redis alone would keep the newer)
     for url in (None, redis_url):

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -18,13 +24,16 @@ from recsvc.errors import FeatureStoreUnavailable
 from recsvc.features import store as fstore
 from recsvc.metrics import ServiceMetrics
 from recsvc.models import inputs
-from recsvc.models.scoring import ChurnScorer
+from recsvc.models.scoring import ChurnScorer, features_as_of
+from recsvc.serving import converters
 from recsvc.serving.dataplane import Catalogue, Dataplane, FeastSource
 from recsvc.serving.models import ModelHolder
 from recsvc.serving.server import create_server, mark_serving
 from recsvc.serving.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
+
+RECSVC = [sys.executable, "-m", "recsvc.cli"]
 
 
 class DownSource:
@@ -83,8 +92,17 @@ def _plane(ctx: Any, source: Any, churn: ModelHolder, metrics: ServiceMetrics,
     catalogue = Catalogue(FeastSource(ctx.store), schema.read_table(
         ctx.settings.data_dir, "items", ["item_id"])["item_id"].to_pylist)
     catalogue.refresh()
+    # the simulated world stops at the features' as-of: that is "now" for lapsing points
+    now = features_as_of(ctx.settings.data_dir).timestamp()
     return Dataplane(source, churn, metrics, programme=ctx.programme, propensity=propensity,
-                     catalogue=catalogue)
+                     catalogue=catalogue, clock=lambda: now)
+
+
+def _items(ctx: Any) -> list[int]:
+    from recsvc.data import schema
+
+    return [int(i) for i in schema.read_table(ctx.settings.data_dir, "items",
+                                              ["item_id"])["item_id"].to_numpy()]
 
 
 def _sample(ctx: Any) -> list[int]:
@@ -120,20 +138,49 @@ def test_churn_risk_over_grpc_matches_the_scorer(trained: Any) -> None:
 
 
 def test_bad_input_is_invalid_argument_naming_the_field(trained: Any) -> None:
+    item = _items(trained)[0]
+    line = pb.CartLine(item_id=1, unit_price_minor=1000, quantity=1, points_eligible=True)
+
     async def check(stub: Any, *_: Any) -> None:
-        for ids, field in (([], "member_ids"), (list(range(1001)), "member_ids"),
-                           ([1, -5], "member_ids[1]")):
+        churn, rec, cart = stub.BatchGetChurnRisk, stub.RecommendRedemptions, \
+            stub.OptimizeCartSplit
+        for call, request, field in (
+            (churn, pb.BatchGetChurnRiskRequest(member_ids=[]), "member_ids"),
+            (churn, pb.BatchGetChurnRiskRequest(member_ids=range(1001)), "member_ids"),
+            (churn, pb.BatchGetChurnRiskRequest(member_ids=[1, -5]), "member_ids[1]"),
+            (stub.BatchGetRedemptionHints,
+             pb.BatchGetRedemptionHintsRequest(member_id=1, item_ids=[item] * 101), "item_ids"),
+            (stub.GetRedemptionHint, pb.GetRedemptionHintRequest(
+                member_id=1, item_id=item, context=pb.RequestContext(points_balance=-1)),
+             "context.points_balance"),
+            (rec, pb.RecommendRedemptionsRequest(member_id=1, limit=201), "limit"),
+            (rec, pb.RecommendRedemptionsRequest(member_id=-1), "member_id"),
+            (rec, pb.RecommendRedemptionsRequest(
+                member_id=1, filters=pb.RecommendationFilters(categories=["no such"])),
+             "filters.categories[0]"),
+            (rec, pb.RecommendRedemptionsRequest(
+                member_id=1, context=pb.RequestContext(experiment_arm="nope")),
+             "context.experiment_arm"),
+            (cart, pb.OptimizeCartSplitRequest(member_id=1), "lines"),
+            (cart, pb.OptimizeCartSplitRequest(member_id=1, lines=[line] * 501), "lines"),
+            (cart, pb.OptimizeCartSplitRequest(member_id=1, lines=[
+                line, pb.CartLine(item_id=2, unit_price_minor=100, quantity=0)]),
+             "lines[1].quantity"),
+            (cart, pb.OptimizeCartSplitRequest(member_id=1, lines=[
+                pb.CartLine(item_id=2, unit_price_minor=-100, quantity=1)]),
+             "lines[0].unit_price_minor"),
+        ):
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.BatchGetChurnRisk(pb.BatchGetChurnRiskRequest(member_ids=ids))
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                await call(request)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
             status = rpc_status.from_call(err.value)
             assert status is not None
             bad = error_details_pb2.BadRequest()
             assert status.details[0].Unpack(bad)
             assert bad.field_violations[0].field == field
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.OptimizeCartSplit(pb.OptimizeCartSplitRequest(member_id=1))
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED  # not built yet
+            await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=1, item_id=-7))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
     _serve(trained, check)
 
@@ -190,34 +237,24 @@ def test_a_promoted_version_is_swapped_in_and_a_broken_one_refused(trained: Any)
     assert reg.production("churn") == serving
 
 
-def test_recsvc_serve_answers_the_client_and_drains_on_sigterm(trained: Any) -> None:
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    env = dict(os.environ, RECSVC_DATA_DIR=str(trained.settings.data_dir),
-               RECSVC_FEAST_PROJECT=trained.settings.feast_project)
-    cmd = [sys.executable, "-m", "recsvc.cli"]
-    proc = subprocess.Popen([*cmd, "serve", "--address", "127.0.0.1:0", "--metrics-port", "0"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+@contextlib.contextmanager
+def recsvc_serve(env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`recsvc serve` in a subprocess on a free port: yields its address once it is serving
+    (and the process); killed afterwards if it is still running."""
+    proc = subprocess.Popen([*RECSVC, "serve", "--address", "127.0.0.1:0", "--metrics-port",
+                             "0", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
     try:
         address = None
         assert proc.stdout is not None
         for line in proc.stdout:  # the server prints its address once it is serving
+            seen.append(line)
             if "serving recsvc.v1.RedemptionService on " in line:
                 address = line.split(" on ", 1)[1].split()[0]
                 break
-        assert address, "the server did not start"
-        member = _sample(trained)[0]
-        out = subprocess.run([*cmd, "client", "--address", address, "churn", str(member)],
-                             env=env, capture_output=True, text=True, timeout=60, check=True)
-        reply = json.loads(out.stdout)
-        assert reply["risks"][0]["memberId"] == str(member)
-        assert reply["modelVersion"] == trained.registry.production("churn")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert address, "the server did not start:\n" + "".join(seen)
+        yield address, proc
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -225,6 +262,43 @@ def test_recsvc_serve_answers_the_client_and_drains_on_sigterm(trained: Any) -> 
         if proc.stdout is not None:
             proc.stdout.close()
 
+
+def client(env: dict[str, str], address: str, *args: str) -> Any:
+    out = subprocess.run([*RECSVC, "client", "--address", address, *args], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def serve_env(ctx: Any, **extra: str) -> dict[str, str]:
+    return dict(os.environ, RECSVC_DATA_DIR=str(ctx.settings.data_dir),
+                RECSVC_FEAST_PROJECT=ctx.settings.feast_project, **extra)
+
+
+def test_recsvc_serve_answers_every_rpc_through_the_client_and_drains_on_sigterm(
+        trained: Any) -> None:
+    env = serve_env(trained)
+    member, item = _sample(trained)[0], _items(trained)[0]
+    with recsvc_serve(env) as (address, proc):
+        one = client(env, address, "churn", str(member))
+        assert one["risk"]["memberId"] == str(member)
+        assert one["modelVersion"] == trained.registry.production("churn")
+        assert len(client(env, address, "churn", str(member), "2")["risks"]) == 2
+        hint = client(env, address, "hint", str(member), str(item), "--balance", "640")
+        assert hint["hint"]["itemId"] == str(item) and "pointsBetter" in hint["hint"]
+        assert len(client(env, address, "hint", str(member), str(item), str(item))["hints"]) == 2
+        rec = client(env, address, "recommend", str(member), "--limit", "3")
+        assert [o["rank"] for o in rec["options"]] == [1, 2, 3]
+        split = client(env, address, "cart", str(member), "1:25000:2", "2:990:1:cash",
+                       "--balance", "1234")
+        assert int(split["pointsValueMinor"]) + int(split["cashMinor"]) == 50_990
+        assert split["lines"][1]["points"] == "0"
+        bad = subprocess.run([*RECSVC, "client", "--address", address, "recommend",
+                              str(member), "--limit", "999"], env=env, capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stdout and "limit" in bad.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
 
 
 def test_redemption_hints_over_grpc(trained: Any) -> None:
@@ -290,5 +364,147 @@ def test_redemption_hints_over_grpc(trained: Any) -> None:
         assert got.degraded and pb.DEGRADED_REASON_FEATURE_STORE_UNAVAILABLE in \
             got.degraded_reasons
         assert pb.REASON_CODE_COLD_START in got.hint.reasons and got.hint.points_price > 0
+
+    _serve(trained, down, source=DownSource())
+
+
+def _rich_member(ctx: Any) -> tuple[int, dict[str, Any]]:
+    """A member with points in several lots, and their online features (redemption_v1)."""
+    ids = _sample(ctx)[:20]
+    online = fstore.online_features(ctx.store, "redemption_v1", [{"member_id": m} for m in ids])
+    k = max(range(len(ids)), key=lambda i: len(online["member_expiry__expiry_points"][i] or []))
+    assert len(online["member_expiry__expiry_points"][k]) >= 2
+    return ids[k], {name: values[k] for name, values in online.items()}
+
+
+def test_recommendations_over_grpc(trained: Any) -> None:
+    from recsvc.core import index as idx
+
+    member, f = _rich_member(trained)
+    balance = f["member_points__points_balance"]
+    ids = _items(trained)
+    catalogue = FeastSource(trained.store).read_service("propensity_v1", "item_id", ids)
+    stock = dict(zip(ids, catalogue["item_catalogue__stock"], strict=True))
+
+    async def check(stub: Any, *_: Any) -> None:
+        got = await stub.RecommendRedemptions(pb.RecommendRedemptionsRequest(
+            member_id=member, limit=200))
+        assert not got.degraded and 0 < len(got.options) <= 200
+        assert got.model_version == trained.registry.production("propensity")
+        assert [o.rank for o in got.options] == list(range(1, len(got.options) + 1))
+        assert [o.score for o in got.options] == sorted((o.score for o in got.options),
+                                                        reverse=True)
+        assert all(stock[o.item_id] > 0 for o in got.options)  # never out of stock
+        assert got.points_balance == balance
+        assert got.expiring_points == f["member_points__points_expiring_30d"]
+        assert got.next_expiry.ToSeconds() == f["member_expiry__expiry_at_s"][0]
+        heavy = got.experiment_arm == "propensity_heavy"
+        for o in got.options:
+            assert 0.0 < o.propensity < 1.0
+            assert o.points_gap == max(o.points_price - balance, 0)
+            weight = 2.0 if heavy else 1.0
+            assert o.score == pytest.approx(
+                o.factors.recommendation_index * o.propensity ** weight, rel=1e-12)
+        # the factors are the core's, from the online features
+        first = got.options[0]
+        k = ids.index(first.item_id)
+        want = idx.index_factors(
+            trained.programme.index,
+            market_price=catalogue["item_catalogue__market_price_minor"][k] / 100,
+            perceived_discount=catalogue["item_catalogue__perceived_discount"][k],
+            points_price=catalogue["item_catalogue__points_price"][k],
+            item_discount=catalogue["item_catalogue__discount_coefficient"][k], balance=balance,
+            orders_90d=f["member_activity__orders_90d"] or 0,
+            days_since_last_order=f["member_activity__days_since_last_order"] or float("inf"),
+            young=f["member_activity__age_band"] in ("18-24",),
+            high_spender=(f["member_activity__avg_order_value_365d_minor"] or 0) >= 30_000)
+        assert first.factors.recommendation_index == pytest.approx(want.recommendation_index,
+                                                                   abs=1e-12)
+        # filters: a category, a price cap, affordable only, a live balance from the caller
+        category = first.category
+        some = await stub.RecommendRedemptions(pb.RecommendRedemptionsRequest(
+            member_id=member, limit=5, filters=pb.RecommendationFilters(
+                categories=[category], max_points_price=first.points_price,
+                affordable_only=True), context=pb.RequestContext(points_balance=10**6)))
+        assert 0 < len(some.options) <= 5 and some.points_balance == 10**6
+        assert all(o.category == category and o.points_price <= first.points_price
+                   and o.points_gap == 0 for o in some.options)
+        poor = await stub.RecommendRedemptions(pb.RecommendRedemptionsRequest(
+            member_id=member, context=pb.RequestContext(points_balance=1500)))
+        assert len(poor.options) == 20  # the default limit
+        assert [(u.category, u.points_gap) for u in poor.unlocks] == [("kitchenware", 500)]
+        assert poor.unlocks[0].spend_to_unlock_minor > 0
+
+    _serve(trained, check)
+
+    async def degraded(stub: Any, *_: Any) -> None:
+        got = await stub.RecommendRedemptions(pb.RecommendRedemptionsRequest(member_id=member))
+        assert got.degraded and list(got.degraded_reasons) == [pb.DEGRADED_REASON_NO_MODEL]
+        assert got.options and all(not o.HasField("propensity") for o in got.options)
+        # index-only ranking
+        assert [o.score for o in got.options] == [o.factors.recommendation_index
+                                                  for o in got.options]
+
+    _serve(trained, degraded, with_model=False)
+
+
+def test_cart_split_over_grpc(trained: Any) -> None:
+    import datetime as dt
+
+    from recsvc.core import cart
+
+    member, f = _rich_member(trained)
+    balance = f["member_points__points_balance"]
+    lots = list(zip(f["member_expiry__expiry_at_s"], f["member_expiry__expiry_points"],
+                    strict=True))
+    lines = [pb.CartLine(item_id=1, unit_price_minor=12_345, quantity=3, points_eligible=True),
+             pb.CartLine(item_id=2, unit_price_minor=9_990, quantity=1, points_eligible=False),
+             pb.CartLine(item_id=3, unit_price_minor=50_000, quantity=2, points_eligible=True)]
+
+    async def check(stub: Any, _: Any, __: Any, registry: CollectorRegistry) -> None:
+        got = await stub.OptimizeCartSplit(pb.OptimizeCartSplitRequest(member_id=member,
+                                                                       lines=lines))
+        assert not got.degraded
+        # exactly the core's answer on the member's lots, reconciled with the balance
+        now = features_as_of(trained.settings.data_dir)
+        want = cart.optimize_cart(
+            trained.programme, [cart.CartLine(x.item_id, x.unit_price_minor, x.quantity,
+                                              x.points_eligible) for x in lines],
+            cart.PointsBalance.reconcile(lots, balance, now, same_snapshot=True),
+            keep_value_per_point=None)
+        assert (got.points_used, got.cash_minor, got.order_total_minor) == (
+            want.points_used, want.cash_minor, want.order_total_minor)
+        assert got.points_value_minor + got.cash_minor == got.order_total_minor
+        assert got.order_total_minor == 3 * 12_345 + 9_990 + 2 * 50_000
+        assert sum(a.points for a in got.lines) == got.points_used
+        assert got.lines[1].points == 0  # not eligible
+        assert [(b.expires_at.ToDatetime(dt.UTC), b.points) for b in got.buckets] == [
+            (w, p) for w, p in want.buckets_used]
+        expiries = [b.expires_at.ToSeconds() for b in got.buckets]
+        assert expiries == sorted(expiries) and expiries[0] == lots[0][0]  # earliest first
+        assert got.binding_rule == converters.BINDING[want.binding_rule]
+        counted = sum(registry.get_sample_value("recsvc_cart_points_recommended_total", {
+            "arm": a, "binding_rule": want.binding_rule}) or 0
+            for a in ("control", "propensity_heavy"))
+        assert counted == got.points_used
+        # a live balance from the cart: points the lots do not hold are burnt last, undated
+        rich = await stub.OptimizeCartSplit(pb.OptimizeCartSplitRequest(
+            member_id=member, lines=lines,
+            context=pb.RequestContext(points_balance=balance + 100_000)))
+        assert rich.points_used >= got.points_used
+        if rich.points_used > sum(p for _, p in lots):
+            assert not rich.buckets[-1].HasField("expires_at")
+        # cash deduction is worth 0.01 per point; a wanted item at more makes keeping pay
+        if rich.keep_points:
+            assert "Consider keeping the points" in rich.advice
+
+    _serve(trained, check)
+
+    async def down(stub: Any, *_: Any) -> None:
+        got = await stub.OptimizeCartSplit(pb.OptimizeCartSplitRequest(
+            member_id=member, lines=lines, context=pb.RequestContext(points_balance=2_000)))
+        # no lots known: the caller's balance is used, of unknown lapse; the rules still hold
+        assert got.degraded and got.points_used == 2_000
+        assert got.points_value_minor + got.cash_minor == got.order_total_minor
 
     _serve(trained, down, source=DownSource())

@@ -50,5 +50,5 @@ class NotFound(RecsvcError):
     """A named thing (an item, a model version) does not exist."""
 
 
-class Overloaded(RecsvcError):
-    """The service is at capacity; the caller should retry later."""
+class DeadlineExceeded(RecsvcError):
+    """The caller's deadline passed before the work started (the request waited too long)."""

@@ -39,11 +39,17 @@ class ServiceMetrics:
         self.degraded = Counter("recsvc_degraded_answers_total",
                                 "Answers given from safe defaults, by RPC and reason.",
                                 ["rpc", "reason"], registry=registry)
+        # with several workers: 1 when any live worker serves the version
         self.model_info = Gauge("recsvc_model_info", "1 for the model version being served.",
-                                ["model", "version"], registry=registry)
+                                ["model", "version"], registry=registry,
+                                multiprocess_mode="livemax")
         self.hints = Counter("recsvc_hints_total",
                              "Hints answered, by experiment arm and whether points were better.",
                              ["arm", "points_better"], registry=registry)
+        self.cart_points = Counter("recsvc_cart_points_recommended_total",
+                                   "Points the cart splits told members to use, by experiment "
+                                   "arm and the rule that bound.", ["arm", "binding_rule"],
+                                   registry=registry)
         self.model_reloads = Counter("recsvc_model_reloads_total",
                                      "Model reload attempts, by outcome.", ["model", "outcome"],
                                      registry=registry)

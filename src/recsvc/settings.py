@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recsvc.errors import ConfigError
@@ -43,6 +43,17 @@ class Settings(BaseSettings):
 
     metrics_port: int = 9464
     """Prometheus metrics HTTP port of `recsvc serve` (0: none)."""
+
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes sharing the gRPC port (SO_REUSEPORT); one per core uses them all."""
+
+    max_concurrent_rpcs: int = Field(256, ge=1)
+    """RPCs a worker holds at once; beyond it callers get RESOURCE_EXHAUSTED at once instead
+    of queueing past their deadline."""
+
+    compiled_models: bool = True
+    """Score with the models compiled to native code (lleaves, verified against LightGBM at
+    load); False: LightGBM's own predict."""
 
     model_refresh_seconds: float = 10.0
     """How often the service looks for a newly promoted model version."""

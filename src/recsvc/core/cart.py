@@ -75,6 +75,8 @@ BINDING_RULES: tuple[BindingRule, ...] = (
     "min_step",
     "eligibility",
 )
+NO_EXPIRY = dt.datetime.max.replace(tzinfo=dt.UTC)
+"""The lapse instant of points whose lapse is not known (burnt after every dated lot)."""
 # Tie-break among limits that are equally tight (see the module docstring).
 _PRECEDENCE: tuple[BindingRule, ...] = ("eligibility", "balance", "tiered_cap", "share_cap")
 
@@ -113,6 +115,34 @@ class PointsBalance:
                 if points
             )
         )
+
+    @classmethod
+    def reconcile(cls, lots: Sequence[tuple[int, int]], balance: int, now: dt.datetime, *,
+                  same_snapshot: bool = False) -> PointsBalance:
+        """The lots known at the last snapshot ((lapse instant in epoch seconds, points)), made
+        to agree with `balance`, the member's points now.
+
+        Lots lapsed by `now` are dropped, and when the balance comes from the same snapshot as
+        the lots (`same_snapshot`) their points come off it too. Points spent since then (the
+        balance below the lots' total) come off the earliest lots, as every burn does. Points
+        the lots do not hold (earned since the snapshot, or never lapsing) form one bucket
+        with no known lapse, `NO_EXPIRY`, burnt last.
+        """
+        if balance < 0:
+            raise InvalidArgument("points_balance", f"must be >= 0, got {balance}")
+        cut = now.timestamp()
+        live = sorted((at, pts) for at, pts in lots if pts > 0 and at > cut)
+        if same_snapshot:
+            balance = max(balance - sum(pts for at, pts in lots if pts > 0 and at <= cut), 0)
+        held = np.array([pts for _, pts in live], dtype=np.int64)
+        total = int(held.sum())
+        if balance < total:
+            held, _ = ledger.burn_fifo(held, total - balance)
+        buckets = [(dt.datetime.fromtimestamp(at, dt.UTC), int(pts))
+                   for (at, _), pts in zip(live, held.tolist(), strict=True) if pts]
+        if balance > total:
+            buckets.append((NO_EXPIRY, balance - total))
+        return cls(tuple(buckets))
 
     @classmethod
     def from_bucket_row(

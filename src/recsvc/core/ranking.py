@@ -4,11 +4,16 @@ Score = recommendation index × propensity^w, with w the experiment arm's propen
 (w = 0, or no model answering, ranks by the index alone). Out-of-stock items are never
 offered; items the member cannot afford yet stay in the list with their gap and points + cash
 options unless the caller asks for affordable ones only.
+
+Two stages, as a catalogue of thousands must rank in about a millisecond: the index (cheap,
+vectorised) picks a shortlist of the best `shortlist` items that pass the filters, and only
+those are scored by the propensity model and re-ranked. An item outside the shortlist can only
+outrank one inside it if its propensity is higher by more than the index ratio to the power 1/w.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,10 +21,21 @@ import numpy.typing as npt
 
 from recsvc.config import Arm, Programme
 from recsvc.core import index as idx
-from recsvc.core.redemption import PointsCash, Reason, points_cash_options, spend_to_earn
+from recsvc.core.experiments import hint_threshold
+from recsvc.core.redemption import (
+    HIGH_PROPENSITY,
+    PointsCash,
+    Reason,
+    points_cash_options,
+    spend_to_earn,
+)
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
+SHORTLIST = 200
+"""Items scored by the propensity model per request (the index's best, after filters)."""
+Propensity = Callable[[I64], F64]
+"""Scores catalogue positions: P(redeem) for each item at those positions."""
 
 
 @dataclass(frozen=True)
@@ -78,15 +94,21 @@ def recommend(
     arm: Arm,
     member: Member,
     items: Catalogue,
-    propensity: F64 | None = None,
+    propensity: F64 | Propensity | None = None,
     *,
     limit: int = 20,
     categories: Sequence[str] = (),
     max_points_price: int = 0,
     affordable_only: bool = False,
+    shortlist: int = SHORTLIST,
 ) -> list[Option]:
-    """The top `limit` options for the member, best first (ties: lower item id first)."""
+    """The top `limit` options for the member, best first (ties: lower item id first).
+
+    `propensity` is one probability per catalogue item, or a function scoring the shortlisted
+    positions only (see the module docstring); None ranks by the index alone.
+    """
     rules = programme.index
+    threshold = hint_threshold(arm, rules)
     n = len(items)
     f = idx.index_factors(
         rules, market_price=items.market_price_minor / programme.currency.minor_per_unit,
@@ -99,9 +121,6 @@ def recommend(
         f.value_coefficient, f.demand_match, f.behaviour_weight, f.discount_coefficient,
         f.recommendation_index))
     vacuum = np.broadcast_to(np.asarray(f.vacuum, dtype=bool), (n,))
-    score = index.copy()
-    if propensity is not None and arm.propensity_weight > 0:
-        score = index * np.power(np.clip(propensity, 0.0, 1.0), arm.propensity_weight)
     keep = items.stock > 0
     if categories:
         keep &= np.isin(items.category, list(categories))
@@ -110,6 +129,16 @@ def recommend(
     if affordable_only:
         keep &= items.points_price <= member.balance
     candidates = np.flatnonzero(keep)
+    by_index = np.lexsort((items.item_id[candidates], -index[candidates]))
+    candidates = candidates[by_index[:max(shortlist, limit)]]
+    prob: F64 | None = None
+    if propensity is not None:
+        got = propensity(candidates) if callable(propensity) else propensity[candidates]
+        prob = np.full(n, np.nan)
+        prob[candidates] = got
+    score = index.copy()
+    if prob is not None and arm.propensity_weight > 0:
+        score = index * np.power(np.clip(np.nan_to_num(prob), 0.0, 1.0), arm.propensity_weight)
     order = candidates[np.lexsort((items.item_id[candidates], -score[candidates]))][:limit]
     options = []
     for rank, i in enumerate(order, start=1):
@@ -119,7 +148,7 @@ def recommend(
         gap = max(price - member.balance, 0)
         usable = pay[0].points if pay else 0
         expiring_used = min(member.expiring_points, usable)
-        reasons = [Reason.INDEX_ABOVE_THRESHOLD if index[i] > rules.hint_threshold
+        reasons = [Reason.INDEX_ABOVE_THRESHOLD if idx.points_better(index[i], threshold)
                    else Reason.INDEX_BELOW_THRESHOLD]
         if vacuum[i]:
             reasons.append(Reason.VACUUM_ZONE)
@@ -127,6 +156,8 @@ def recommend(
             reasons.append(Reason.NOT_AFFORDABLE)
         if expiring_used:
             reasons.append(Reason.USES_EXPIRING_POINTS)
+        if prob is not None and prob[i] >= HIGH_PROPENSITY:
+            reasons.append(Reason.HIGH_PROPENSITY)
         if items.discount_coefficient[i] < 1.0:
             reasons.append(Reason.ON_PROMOTION)
         factors = idx.IndexFactors(
@@ -135,7 +166,7 @@ def recommend(
             recommendation_index=float(index[i]), vacuum=bool(vacuum[i]))
         options.append(Option(
             item_id=int(items.item_id[i]), rank=rank, score=float(score[i]), factors=factors,
-            propensity=None if propensity is None else float(propensity[i]), points_price=price,
+            propensity=None if prob is None else float(prob[i]), points_price=price,
             points_cash=pay, points_gap=gap,
             spend_to_close_gap_minor=spend_to_earn(programme, gap, member.tier_multiplier),
             expiring_points_used=expiring_used, category=str(items.category[i]),

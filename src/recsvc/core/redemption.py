@@ -24,6 +24,8 @@ from recsvc.config import Programme
 from recsvc.core import index as idx
 
 A = TypeVar("A", int, npt.NDArray[np.int64])
+HIGH_PROPENSITY = 0.2
+"""P(redeem within 7 days) from which an answer gives the HIGH_PROPENSITY reason."""
 
 
 class Reason(enum.Enum):
@@ -126,7 +128,7 @@ def hint(
     tier_multiplier: float = 1.0,
     expiring_points: int = 0,
     propensity: float | None = None,
-    high_propensity: float = 0.2,
+    high_propensity: float = HIGH_PROPENSITY,
     cold_start: bool = False,
 ) -> Hint:
     """The product-page answer: is paying with points the better deal here, and why."""

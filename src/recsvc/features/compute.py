@@ -57,7 +57,7 @@ EXPIRING_WINDOW_DAYS = 30
 KEY_SHIFT = 40
 # Bump when a feature's definition changes: it is part of the fingerprint, so old snapshots
 # are recomputed rather than served under a new meaning.
-FEATURES_VERSION = 4
+FEATURES_VERSION = 5
 MANIFEST = "_manifest.json"
 PART_ROWS = 200_000  # rows per offline-store file
 # The member's favourite categories are named among the most ordered ones; a long tail of
@@ -89,6 +89,12 @@ MEMBER_POINTS = pa.schema([
     ("days_since_last_redemption", F), ("member_views_90d", I), ("redemptions_365d", I),
     ("member_views_365d", I),
 ])
+# The member's live points by expiry instant, earliest first (what the cart burns FIFO): two
+# parallel lists, epoch seconds and points. Points that never expire are not listed.
+MEMBER_EXPIRY = pa.schema([
+    ("member_id", I), ("ts", TS),
+    ("expiry_at_s", pa.list_(I)), ("expiry_points", pa.list_(I)),
+])
 ITEM_CATALOGUE = pa.schema([
     ("item_id", I), ("ts", TS),
     ("market_price_minor", I), ("points_price", I),
@@ -106,10 +112,12 @@ ITEM_STATS = pa.schema([
 VIEWS: dict[str, pa.Schema] = {
     "member_activity": MEMBER_ACTIVITY,
     "member_points": MEMBER_POINTS,
+    "member_expiry": MEMBER_EXPIRY,
     "item_catalogue": ITEM_CATALOGUE,
     "item_stats": ITEM_STATS,
 }
 ENTITY_KEY = {"member_activity": "member_id", "member_points": "member_id",
+              "member_expiry": "member_id",
               "item_catalogue": "item_id", "item_stats": "item_id"}
 TIMESTAMP_FIELD = "ts"
 
@@ -237,11 +245,40 @@ def _map_ids(ids_sorted: I64, ids: I64, table: str) -> tuple[I64, B]:
 # --------------------------------------------------------------------------------------------
 # Points expiring soon: the FIFO-by-expiry replay.
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExpiryReplay:
+    """Per snapshot: points lapsing within the window, and every live expiring lot as a list
+    (row i's lots are `expiry_us[offsets[i]:offsets[i+1]]`, ascending, with `points`)."""
+
+    expiring: I64
+    offsets: I64
+    expiry_us: I64
+    points: I64
+
+    def lists(self) -> tuple[pa.Array, pa.Array]:
+        """The lots as two Arrow list columns: expiry instants in epoch seconds, points."""
+        offsets = pa.array(self.offsets.astype(np.int32))
+        return (pa.ListArray.from_arrays(offsets, pa.array(self.expiry_us // US)),
+                pa.ListArray.from_arrays(offsets, pa.array(self.points)))
+
+
+def _gather_segments(rows: I64, counts: I64, *flat: I64) -> tuple[I64, ...]:
+    """Segments of `flat` (row `rows[k]` owns the k-th run of `counts[k]` values), reordered
+    by row: (offsets by row, values...). Every row in 0..len(rows)-1 appears once."""
+    order = np.argsort(rows, kind="stable")
+    starts = np.cumsum(counts) - counts
+    c = counts[order]
+    offsets = np.r_[0, np.cumsum(c)].astype(np.int64)
+    pick = np.repeat(starts[order], c) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], c))
+    return (offsets, *(f[pick] for f in flat))
+
+
 def expiring_points(
     mi: I64, ts: I64, points: I64, expires: I64, is_lapse: B,
     snap_mi: I64, snap_t: I64, n_members: int, window_us: int,
-) -> I64:
-    """Points each snapshot (snap_mi, snap_t) holds that lapse in [t, t + window).
+) -> ExpiryReplay:
+    """Points each snapshot (snap_mi, snap_t) holds that lapse in [t, t + window), and all of
+    its live lots that lapse at t or later.
 
     Ledger rows (member index, ts, signed points, expires_at or int64-min, lapse flag) are
     replayed in time order: a positive row adds a lot keyed by its expiry, a negative one
@@ -250,13 +287,19 @@ def expiring_points(
     their lapse entry is stamped t, so the balance at t (events < t) still holds them too.
     """
     out = np.zeros(len(snap_mi), dtype=np.int64)
+    empty = np.zeros(0, dtype=np.int64)
     lot = (points > 0) & ~is_lapse
     burn = (points < 0) & ~is_lapse
     never = np.iinfo(np.int64).max
     exp_of_lot = np.where(expires == np.iinfo(np.int64).min, never, expires)
     columns = np.unique(exp_of_lot[lot])  # lots are kept per distinct expiry, ascending
     if len(columns) == 0:
-        return out
+        return ExpiryReplay(out, np.zeros(len(snap_mi) + 1, dtype=np.int64), empty, empty)
+    expiring_cols = int(np.searchsorted(columns, never, "left"))  # lots that never lapse: not
+    lot_rows: list[I64] = []
+    lot_counts: list[I64] = []
+    lot_at: list[I64] = []
+    lot_points: list[I64] = []
     buckets = np.zeros((n_members, len(columns)), dtype=np.int64)
     col = np.searchsorted(columns, exp_of_lot)
 
@@ -289,7 +332,14 @@ def expiring_points(
             t = int(r_t[read_start[g]])
             c0 = np.searchsorted(columns, t, "left")
             c1 = np.searchsorted(columns, t + window_us, "left")
-            out[rows] = buckets[snap_mi[rows], c0:c1].sum(axis=1)
+            held = buckets[snap_mi[rows]]
+            out[rows] = held[:, c0:c1].sum(axis=1)
+            live = held[:, c0:expiring_cols]
+            r, c = np.nonzero(live)  # row-major: each row's lots by ascending expiry
+            lot_rows.append(rows)
+            lot_counts.append(np.bincount(r, minlength=len(rows)).astype(np.int64))
+            lot_at.append(columns[c0 + c])
+            lot_points.append(live[r, c])
             g += 1
         return g
 
@@ -314,7 +364,9 @@ def expiring_points(
     read_until(never)
     if clipped:
         log.warning("ledger: %d burns exceed the live points the replay holds; clipped", clipped)
-    return out
+    offsets, at, pts = _gather_segments(np.concatenate(lot_rows), np.concatenate(lot_counts),
+                                        np.concatenate(lot_at), np.concatenate(lot_points))
+    return ExpiryReplay(out, offsets, at, pts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,7 +516,7 @@ def _top_category_columns(o_mi: I64, o_ts: I64, o_cat: I64, categories: list[str
 
 
 def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, history_start: int,
-                  as_of: int, period_days: int) -> tuple[pa.Table, pa.Table]:
+                  as_of: int, period_days: int) -> tuple[pa.Table, pa.Table, pa.Table]:
     signup = inp.signup[a:b]
     o_mi, o_ts, o_amount, o_cat = _slice(inp.orders, a, b)
     l_mi, l_ts, l_points, l_exp, l_kind = _slice(inp.ledger, a, b)
@@ -519,13 +571,13 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
     r_last = red.ts_at(r_hi - 1, r_has)
     e_mi, e_ts = _slice(inp.exposures, a, b)
     views_hi, views_lo = _Timeline(e_mi, e_ts).windows(mi, t, (90, 365))
-    expiring = expiring_points(l_mi, l_ts, l_points, l_exp, is_lapse, mi, t, b - a,
-                               EXPIRING_WINDOW_DAYS * DAY_US)
+    replay = expiring_points(l_mi, l_ts, l_points, l_exp, is_lapse, mi, t, b - a,
+                             EXPIRING_WINDOW_DAYS * DAY_US)
 
     points = pa.Table.from_arrays([
         pa.array(ids, type=pa.int64()), ts,
         _int(led.sum("points", l_start, l_hi)),
-        _int(expiring),
+        _int(replay.expiring),
         _int(led.sum("earned", l_lo[90], l_hi)),
         _int(led.sum("burned", l_lo[90], l_hi)),
         _int(r_hi - r_lo[90]),
@@ -534,7 +586,9 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
         _int(r_hi - r_lo[365]),
         _int(views_hi - views_lo[365]),
     ], schema=MEMBER_POINTS)
-    return activity, points
+    expiry = pa.Table.from_arrays([pa.array(ids, type=pa.int64()), ts, *replay.lists()],
+                                  schema=MEMBER_EXPIRY)
+    return activity, points, expiry
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,17 +717,18 @@ def iter_feature_parts(
     n = len(inp.ids)
     for a in range(0, n, chunk_members):
         b = min(a + chunk_members, n)
-        activity, points = _member_chunk(inp, a, b, programme, span.history_start, span.as_of,
-                                         snapshot_every_days)
+        activity, points, expiry = _member_chunk(inp, a, b, programme, span.history_start,
+                                                 span.as_of, snapshot_every_days)
         yield "member_activity", activity
         yield "member_points", points
+        yield "member_expiry", expiry
         if on_members is not None:
             on_members(b - a)
 
 
 def compute_features(tables: Mapping[str, pa.Table], programme: Programme,
                      **kwargs: Any) -> dict[str, pa.Table]:
-    """All four views in memory (for tests and small data): {view: table}."""
+    """All the views in memory (for tests and small data): {view: table}."""
     parts: dict[str, list[pa.Table]] = {v: [] for v in VIEWS}
     for view, part in iter_feature_parts(tables, programme, **kwargs):
         parts[view].append(part)
@@ -741,7 +796,7 @@ def build_features(
 ) -> FeatureBuild:
     """Compute the snapshots into `<data_dir>/features/`, unless they match the tables already.
 
-    The four view directories and the manifest are swapped in together (see
+    The view directories and the manifest are swapped in together (see
     `schema.atomic_tables`), so Feast never reads a half-written offline store.
     """
     data_dir = Path(data_dir)

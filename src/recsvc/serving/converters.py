@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import NamedTuple
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from recsvc.core import cart, index, ranking
+from recsvc.core.redemption import PointsCash, Reason
 from recsvc.serving import dataplane
 from recsvc.v1 import recsvc_pb2 as pb
 
@@ -30,32 +37,124 @@ def degraded_reasons(reasons: tuple[str, ...]) -> list[pb.DegradedReason]:
     return [DEGRADED[r] for r in reasons]
 
 
+BINDING = {rule: pb.BindingRule.Value(f"BINDING_RULE_{rule.upper()}")
+           for rule in cart.BINDING_RULES}
+
+
+class Context(NamedTuple):
+    """The request-time fields every member-facing request shares."""
+
+    points_balance: int | None
+    arm: str
+    surface: str
+
+
+def _context(context: pb.RequestContext, default_surface: str) -> Context:
+    return Context(
+        context.points_balance if context.HasField("points_balance") else None,
+        context.experiment_arm,
+        SURFACES[context.surface] if context.surface else default_surface)
+
+
 def hint_request(member_id: int, item_ids: list[int], context: pb.RequestContext,
                  ) -> dataplane.HintRequest:
-    return dataplane.HintRequest(
-        member_id=member_id, item_ids=item_ids,
-        surface=SURFACES.get(context.surface, "product_page"),
-        points_balance=context.points_balance if context.HasField("points_balance") else None,
-        arm=context.experiment_arm)
+    c = _context(context, "product_page")
+    return dataplane.HintRequest(member_id=member_id, item_ids=item_ids, surface=c.surface,
+                                 points_balance=c.points_balance, arm=c.arm)
+
+
+def recommend_request(request: pb.RecommendRedemptionsRequest) -> dataplane.RecommendRequest:
+    f, c = request.filters, _context(request.context, "points_centre")
+    return dataplane.RecommendRequest(
+        member_id=request.member_id, limit=request.limit, categories=list(f.categories),
+        max_points_price=f.max_points_price, affordable_only=f.affordable_only,
+        surface=c.surface, points_balance=c.points_balance, arm=c.arm)
+
+
+def cart_request(request: pb.OptimizeCartSplitRequest) -> dataplane.CartRequest:
+    c = _context(request.context, "cart")
+    return dataplane.CartRequest(
+        member_id=request.member_id,
+        lines=[cart.CartLine(line.item_id, line.unit_price_minor, line.quantity,
+                             line.points_eligible) for line in request.lines],
+        points_balance=c.points_balance, arm=c.arm)
+
+
+def _factors(f: index.IndexFactors) -> pb.IndexFactors:
+    return pb.IndexFactors(value_coefficient=float(f.value_coefficient),
+                           demand_match=float(f.demand_match),
+                           behaviour_weight=float(f.behaviour_weight),
+                           discount_coefficient=float(f.discount_coefficient),
+                           recommendation_index=float(f.recommendation_index))
+
+
+def _reasons(reasons: tuple[Reason, ...]) -> list[pb.ReasonCode]:
+    return [pb.ReasonCode.Value(f"REASON_CODE_{r.name}") for r in reasons]
+
+
+def _points_cash(option: PointsCash) -> pb.PointsCashOption:
+    return pb.PointsCashOption(points=option.points, cash_minor=option.cash_minor)
+
+
+def _timestamp(when: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
 
 
 def redemption_hint(item: dataplane.ItemHint) -> pb.RedemptionHint:
     h = item.hint
-    f = h.factors
     msg = pb.RedemptionHint(
-        item_id=item.item_id, points_better=h.points_better,
-        factors=pb.IndexFactors(value_coefficient=float(f.value_coefficient),
-                                demand_match=float(f.demand_match),
-                                behaviour_weight=float(f.behaviour_weight),
-                                discount_coefficient=float(f.discount_coefficient),
-                                recommendation_index=float(f.recommendation_index)),
-        threshold=h.threshold, value_per_point=float(f.value_coefficient),
+        item_id=item.item_id, points_better=h.points_better, factors=_factors(h.factors),
+        threshold=h.threshold, value_per_point=float(h.factors.value_coefficient),
         vacuum_zone=h.vacuum, affordable=h.affordable, points_gap=h.points_gap,
         spend_to_close_gap_minor=h.spend_to_close_gap_minor,
-        points_cash=pb.PointsCashOption(points=h.points_cash.points,
-                                        cash_minor=h.points_cash.cash_minor),
-        points_price=item.points_price,
-        reasons=[pb.ReasonCode.Value(f"REASON_CODE_{r.name}") for r in h.reasons])
+        points_cash=_points_cash(h.points_cash), points_price=item.points_price,
+        reasons=_reasons(h.reasons))
     if item.propensity is not None:
         msg.propensity = item.propensity
     return msg
+
+
+def _option(o: ranking.Option) -> pb.RedemptionOption:
+    msg = pb.RedemptionOption(
+        item_id=o.item_id, rank=o.rank, score=o.score, factors=_factors(o.factors),
+        points_price=o.points_price, points_cash=[_points_cash(c) for c in o.points_cash],
+        points_gap=o.points_gap, spend_to_close_gap_minor=o.spend_to_close_gap_minor,
+        expiring_points_used=o.expiring_points_used, category=o.category,
+        reasons=_reasons(o.reasons))
+    if o.propensity is not None:
+        msg.propensity = o.propensity
+    return msg
+
+
+def recommendations(answer: dataplane.RecommendAnswer) -> pb.RecommendRedemptionsResponse:
+    msg = pb.RecommendRedemptionsResponse(
+        options=[_option(o) for o in answer.options],
+        unlocks=[pb.CategoryUnlock(category=u.category, unlock_points=u.unlock_points,
+                                   points_gap=u.points_gap,
+                                   spend_to_unlock_minor=u.spend_to_unlock_minor)
+                 for u in answer.unlocks],
+        points_balance=answer.points_balance, expiring_points=answer.expiring_points,
+        experiment_arm=answer.arm, model_version=answer.model_version,
+        degraded=bool(answer.degraded), degraded_reasons=degraded_reasons(answer.degraded))
+    if answer.next_expiry is not None:
+        msg.next_expiry.CopyFrom(_timestamp(answer.next_expiry))
+    return msg
+
+
+def cart_split(answer: dataplane.CartAnswer) -> pb.OptimizeCartSplitResponse:
+    s = answer.split
+    return pb.OptimizeCartSplitResponse(
+        points_used=s.points_used, cash_minor=s.cash_minor, order_total_minor=s.order_total_minor,
+        points_value_minor=s.points_value_minor,
+        lines=[pb.LineAllocation(item_id=a.item_id, line_total_minor=a.line_total_minor,
+                                 points=a.points, points_value_minor=a.points_value_minor,
+                                 cash_minor=a.cash_minor) for a in s.lines],
+        binding_rule=BINDING[s.binding_rule],
+        # points of unknown lapse (earned since the last snapshot) carry no expires_at
+        buckets=[pb.ExpiryBucketUse(points=points) if when == cart.NO_EXPIRY else
+                 pb.ExpiryBucketUse(expires_at=_timestamp(when), points=points)
+                 for when, points in s.buckets_used],
+        advice=s.advice or "", keep_points=s.keep_points, degraded=bool(answer.degraded),
+        degraded_reasons=degraded_reasons(answer.degraded))

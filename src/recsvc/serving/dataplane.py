@@ -6,27 +6,34 @@ dependency failure becomes a degraded answer (with its reason) rather than a fai
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from recsvc.config import Programme
-from recsvc.core import redemption, segments
+from recsvc.config import Arm, Programme
+from recsvc.core import cart, ranking, redemption, segments
 from recsvc.core.experiments import ArmAssigner, hint_threshold
+from recsvc.core.redemption import Reason
 from recsvc.errors import FeatureStoreUnavailable, InvalidArgument, NotFound
 from recsvc.metrics import ServiceMetrics
 from recsvc.models import inputs
 from recsvc.models.scoring import ChurnScorer
-from recsvc.serving.models import ModelHolder
+from recsvc.serving.models import ModelHolder, Served
 
 log = logging.getLogger(__name__)
 
 MAX_CHURN_BATCH = 1000
 MAX_HINT_BATCH = 100
+DEFAULT_RECOMMENDATIONS = 20
+MAX_RECOMMENDATIONS = 200
+WANTED_ITEMS = 5  # the cart's advice compares the points' value here with these items'
 TOP_DRIVERS = 3
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 NO_MODEL = "no_model"
@@ -91,25 +98,71 @@ def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndar
     return inputs.feature_columns(raw), ~present
 
 
+@dataclass(frozen=True)
+class Items:
+    """One load of the catalogue: every item's features as columns (by feature name, in
+    `core.item_id` order), and the arrays the ranking core works on."""
+
+    position: dict[int, int]
+    columns: dict[str, npt.NDArray[Any]]
+    core: ranking.Catalogue
+
+    @classmethod
+    def build(cls, ids: Sequence[int], raw: dict[str, list[Any]]) -> Items:
+        cols = inputs.feature_columns(raw)
+        present = np.zeros(len(ids), dtype=bool)
+        for values in cols.values():
+            present |= (~np.isnan(values) if values.dtype == np.float64
+                        else values != None)  # noqa: E711 - element-wise
+        keep = np.flatnonzero(present)
+        cols = {k: v[keep] for k, v in cols.items()}
+        item_id = np.asarray(ids, dtype=np.int64)[keep]
+        n = len(keep)
+
+        def num(name: str, default: float) -> npt.NDArray[np.float64]:
+            return np.nan_to_num(cols.get(name, np.full(n, np.nan)), nan=default)
+
+        core = ranking.Catalogue(
+            item_id=item_id,
+            category=cols.get("category", np.full(n, None, dtype=object)),
+            points_price=num("points_price", 0).astype(np.int64),
+            market_price_minor=num("market_price_minor", 0).astype(np.int64),
+            perceived_discount=num("perceived_discount", 1.0),
+            discount_coefficient=num("discount_coefficient", 1.0),
+            stock=num("stock", 0).astype(np.int64))
+        return cls({int(i): k for k, i in enumerate(item_id)}, cols, core)
+
+    def take(self, positions: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]]:
+        return {name: values[positions] for name, values in self.columns.items()}
+
+
 class Catalogue:
-    """Every item's features in memory, so hints never wait on the store for item data and
-    keep answering while it is down; `refresh()` reloads them (in the background)."""
+    """Every item's features in memory, so answers never wait on the store for item data and
+    keep coming while it is down; `refresh()` reloads them (in the background) and swaps the
+    new `Items` in whole, so a request sees one load throughout."""
 
     def __init__(self, features: FeatureSource, item_ids: Any) -> None:
         self.features = features
         self.item_ids = item_ids  # () -> list of ids
-        self.rows: dict[int, dict[str, Any]] = {}
+        self.items = Items.build([], {})
 
     def refresh(self) -> int:
         ids = [int(i) for i in self.item_ids()]
-        raw = self.features.read_service("propensity_v1", "item_id", ids)
-        rows: dict[int, dict[str, Any]] = {i: {} for i in ids}
-        for name, values in raw.items():
-            short = name.split("__", 1)[1] if "__" in name else name
-            for i, value in zip(ids, values, strict=True):
-                rows[i][short] = value
-        self.rows = {i: r for i, r in rows.items() if any(v is not None for v in r.values())}
-        return len(self.rows)
+        self.items = Items.build(ids, self.features.read_service("propensity_v1", "item_id",
+                                                                 ids))
+        return len(self.items.position)
+
+
+@dataclass(frozen=True)
+class Context:
+    """A member as the answers need them: features by name, the profile the core ranks and
+    hints with, and the points by lapse instant (reconciled with the balance used)."""
+
+    features: dict[str, Any]
+    cold: bool
+    member: ranking.Member
+    points: cart.PointsBalance
+    tier: str | None
 
 
 @dataclass(frozen=True)
@@ -137,96 +190,226 @@ class HintAnswer:
     degraded: tuple[str, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class RecommendRequest:
+    member_id: int
+    limit: int = 0
+    categories: Sequence[str] = ()
+    max_points_price: int = 0
+    affordable_only: bool = False
+    surface: str = "points_centre"
+    points_balance: int | None = None
+    arm: str = ""
+
+
+@dataclass(frozen=True)
+class RecommendAnswer:
+    options: list[ranking.Option]
+    unlocks: list[ranking.Unlock]
+    points_balance: int
+    expiring_points: int
+    next_expiry: dt.datetime | None
+    arm: str
+    model_version: str
+    degraded: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class CartRequest:
+    member_id: int
+    lines: Sequence[cart.CartLine]
+    points_balance: int | None = None
+    arm: str = ""
+
+
+@dataclass(frozen=True)
+class CartAnswer:
+    split: cart.CartSplit
+    arm: str
+    degraded: tuple[str, ...] = field(default_factory=tuple)
+
+
 class Dataplane:
     def __init__(self, features: FeatureSource, churn: ModelHolder,
                  metrics: ServiceMetrics, *, programme: Programme | None = None,
                  propensity: ModelHolder | None = None,
-                 catalogue: Catalogue | None = None) -> None:
+                 catalogue: Catalogue | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.features = features
         self.churn = churn
         self.metrics = metrics
         self.programme = programme
         self.propensity = propensity
         self.catalogue = catalogue
+        self.clock = clock
         self.arms = ArmAssigner(programme.experiments) if programme else None
 
+    # -- what every member-facing answer shares ----------------------------------------------
+    def _configured(self) -> tuple[Programme, Catalogue, ArmAssigner]:
+        if self.programme is None or self.catalogue is None or self.arms is None:
+            raise NotFound("redemption answers are not configured in this service")
+        return self.programme, self.catalogue, self.arms
+
+    def _arm(self, arms: ArmAssigner, member_id: int, forced: str) -> Arm:
+        if member_id < 0:
+            raise InvalidArgument("member_id", f"must be >= 0, got {member_id}")
+        arm = arms.named(forced) if forced else arms.arm(member_id)
+        if arm is None:
+            raise InvalidArgument("context.experiment_arm", f"no arm named {forced!r}")
+        return arm
+
+    def _context(self, member_id: int, service: str, balance: int | None,
+                 degraded: list[str], rpc: str) -> Context:
+        """Read the member's features (a store failure: a cold start, degraded) and build the
+        profile the core works with; `balance` is the caller's live balance, if it sent one."""
+        assert self.programme is not None
+        p = self.programme
+        if balance is not None and balance < 0:
+            raise InvalidArgument("context.points_balance", f"must be >= 0, got {balance}")
+        start = time.perf_counter()
+        try:
+            raw = self.features.read_service(service, "member_id", [member_id])
+        except FeatureStoreUnavailable as exc:
+            log.warning("%s: online store unavailable, member from defaults: %s", rpc, exc)
+            raw = {}
+            degraded.append(FEATURE_STORE_UNAVAILABLE)
+        self.metrics.feature_read.labels(service).observe(time.perf_counter() - start)
+        f = {(k.split("__", 1)[1] if "__" in k else k): v[0] for k, v in raw.items()}
+        cold = all(v is None for v in f.values())
+
+        def num(name: str, default: float) -> float:
+            value = f.get(name)
+            return default if value is None else float(value)
+
+        stored = int(num("points_balance", 0))
+        live = stored if balance is None else balance
+        tier = f.get("tier") if isinstance(f.get("tier"), str) else None
+        member = ranking.Member(
+            balance=live, expiring_points=int(num("points_expiring_30d", 0)),
+            orders_90d=num("orders_90d", 0.0),
+            days_since_last_order=num("days_since_last_order", float("inf")),
+            young=f.get("age_band") in p.index.young_age_bands,
+            high_spender=num("avg_order_value_365d_minor", 0.0)
+            >= p.index.high_spender_min_aov_units * p.currency.minor_per_unit,
+            tier_multiplier=p.earning.tier_multipliers.get(tier, 1.0) if tier else 1.0)
+        lots = list(zip(f.get("expiry_at_s") or [], f.get("expiry_points") or [], strict=True))
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        points = cart.PointsBalance.reconcile(lots, live, now, same_snapshot=balance is None)
+        if balance is None and points.total != live:  # lots lapsed since the snapshot
+            member = dataclasses.replace(member, balance=points.total)
+        return Context(f, cold, member, points, tier)
+
+    def _propensity(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
+                    surface: str, served: Served) -> npt.NDArray[np.float64]:
+        """P(redeem within 7 days) of the member for the items at `positions`."""
+        n = len(positions)
+        cols: dict[str, Any] = items.take(positions)
+        for name, value in ctx.features.items():
+            if not isinstance(value, list):  # the expiring lots are not a model input
+                cols[name] = np.full(n, value, dtype=object if isinstance(value, str) or
+                                     value is None else np.float64)
+        cols["points_balance"] = np.full(n, float(ctx.member.balance))
+        cols["surface"] = np.full(n, surface, dtype=object)
+        start = time.perf_counter()
+        got = served.scorer.score(cols)
+        self.metrics.predict.labels("propensity").observe(time.perf_counter() - start)
+        return np.asarray(got, dtype=np.float64)
+
+    # -- the RPCs ------------------------------------------------------------------------------
     def hints(self, req: HintRequest, rpc: str) -> HintAnswer:
         """Product-page hints for up to 100 items, in request order."""
-        if self.programme is None or self.catalogue is None or self.arms is None:
-            raise NotFound("hints are not configured in this service")
-        p = self.programme
-        if req.member_id < 0:
-            raise InvalidArgument("member_id", f"must be >= 0, got {req.member_id}")
+        p, catalogue, arms = self._configured()
+        arm = self._arm(arms, req.member_id, req.arm)
         if not req.item_ids:
             raise InvalidArgument("item_ids", "at least one item id is required")
         if len(req.item_ids) > MAX_HINT_BATCH:
             raise InvalidArgument("item_ids", f"at most {MAX_HINT_BATCH} per call, got "
                                               f"{len(req.item_ids)}")
-        if req.points_balance is not None and req.points_balance < 0:
-            raise InvalidArgument("context.points_balance", "must be >= 0")
-        arm = self.arms.named(req.arm) if req.arm else self.arms.arm(req.member_id)
-        if arm is None:
-            raise InvalidArgument("context.experiment_arm", f"no arm named {req.arm!r}")
-        items = []
-        for i, item in enumerate(req.item_ids):
-            row = self.catalogue.rows.get(int(item))
-            if row is None:
-                raise NotFound(f"item_ids[{i}]: no item {item}")
-            items.append(row)
+        items = catalogue.items  # one load for the whole request
+        positions = np.empty(len(req.item_ids), dtype=np.int64)
+        for k, item in enumerate(req.item_ids):
+            at = items.position.get(int(item))
+            if at is None:
+                raise NotFound(f"item_ids[{k}]: no item {item}")
+            positions[k] = at
         degraded: list[str] = []
-        start = time.perf_counter()
-        try:
-            raw = self.features.read_service("propensity_v1", "member_id", [req.member_id])
-        except FeatureStoreUnavailable as exc:
-            log.warning("%s: online store unavailable, member from defaults: %s", rpc, exc)
-            raw, degraded = {}, [FEATURE_STORE_UNAVAILABLE]
-        self.metrics.feature_read.labels("propensity_v1").observe(time.perf_counter() - start)
-        member = {(k.split("__", 1)[1] if "__" in k else k): v[0] for k, v in raw.items()}
-        cold = all(v is None for v in member.values())
-        balance = req.points_balance
-        if balance is None:
-            balance = int(member.get("points_balance") or 0)
-
-        def num(row: dict[str, Any], name: str, default: float) -> float:
-            value = row.get(name)
-            return default if value is None else float(value)
-
-        probabilities: list[float | None] = [None] * len(items)
+        ctx = self._context(req.member_id, "propensity_v1", req.points_balance, degraded, rpc)
         served = self.propensity.current if self.propensity else None
+        probabilities: list[float | None] = [None] * len(positions)
         if served is None:
             degraded.append(NO_MODEL)
         else:
-            cols: dict[str, Any] = {}
-            for name in {*member, *items[0]}:
-                values = [row.get(name, member.get(name)) for row in items]
-                cols[name] = inputs.column(values)
-            cols["points_balance"] = np.full(len(items), float(balance))
-            cols["surface"] = np.full(len(items), req.surface, dtype=object)
-            start = time.perf_counter()
-            probabilities = [float(x) for x in served.scorer.score(cols)]
-            self.metrics.predict.labels("propensity").observe(time.perf_counter() - start)
+            probabilities = [float(x) for x in self._propensity(ctx, items, positions,
+                                                                req.surface, served)]
         threshold = hint_threshold(arm, p.index)
-        tier = member.get("tier")
-        tier_mult = p.earning.tier_multipliers.get(tier, 1.0) if isinstance(tier, str) else 1.0
+        m, c = ctx.member, items.core
         out = []
-        for item, row, prob in zip(req.item_ids, items, probabilities, strict=True):
+        for k, prob in zip(positions.tolist(), probabilities, strict=True):
             h = redemption.hint(
-                p, market_price_minor=int(num(row, "market_price_minor", 0)),
-                perceived_discount=num(row, "perceived_discount", 1.0),
-                points_price=int(num(row, "points_price", 0)),
-                item_discount=num(row, "discount_coefficient", 1.0), balance=balance,
-                orders_90d=num(member, "orders_90d", 0.0),
-                days_since_last_order=num(member, "days_since_last_order", float("inf")),
-                young=member.get("age_band") in p.index.young_age_bands,
-                high_spender=num(member, "avg_order_value_365d_minor", 0.0)
-                >= p.index.high_spender_min_aov_units * p.currency.minor_per_unit,
-                threshold=threshold, tier_multiplier=tier_mult,
-                expiring_points=int(num(member, "points_expiring_30d", 0)), propensity=prob,
-                cold_start=cold)
+                p, market_price_minor=int(c.market_price_minor[k]),
+                perceived_discount=float(c.perceived_discount[k]),
+                points_price=int(c.points_price[k]),
+                item_discount=float(c.discount_coefficient[k]), balance=m.balance,
+                orders_90d=m.orders_90d, days_since_last_order=m.days_since_last_order,
+                young=m.young, high_spender=m.high_spender, threshold=threshold,
+                tier_multiplier=m.tier_multiplier, expiring_points=m.expiring_points,
+                propensity=prob, cold_start=ctx.cold)
             self.metrics.hints.labels(arm.name, str(h.points_better).lower()).inc()
-            out.append(ItemHint(int(item), int(num(row, "points_price", 0)), h, prob))
+            out.append(ItemHint(int(c.item_id[k]), int(c.points_price[k]), h, prob))
         return HintAnswer(out, arm.name, served.version if served else "",
                           self._count(rpc, degraded))
+
+    def recommend(self, req: RecommendRequest, rpc: str) -> RecommendAnswer:
+        """The best ways to spend the member's points: ranked, explained options."""
+        p, catalogue, arms = self._configured()
+        arm = self._arm(arms, req.member_id, req.arm)
+        limit = req.limit or DEFAULT_RECOMMENDATIONS
+        if not 1 <= limit <= MAX_RECOMMENDATIONS:
+            raise InvalidArgument("limit", f"must be 0 (for {DEFAULT_RECOMMENDATIONS}) to "
+                                           f"{MAX_RECOMMENDATIONS}, got {req.limit}")
+        if req.max_points_price < 0:
+            raise InvalidArgument("filters.max_points_price", "must be >= 0 (0: no limit)")
+        items = catalogue.items
+        known = set(items.core.category.tolist())
+        for k, category in enumerate(req.categories):
+            if category not in known:
+                raise InvalidArgument(f"filters.categories[{k}]", f"no category {category!r}")
+        degraded: list[str] = []
+        ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
+        served = self.propensity.current if self.propensity else None
+        scorer: ranking.Propensity | None = None
+        if served is None:
+            degraded.append(NO_MODEL)  # index-only ranking
+        else:
+            def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+                return self._propensity(ctx, items, positions, req.surface, served)
+        options = ranking.recommend(
+            p, arm, ctx.member, items.core, scorer, limit=limit, categories=req.categories,
+            max_points_price=req.max_points_price, affordable_only=req.affordable_only)
+        dated = [(at, pts) for at, pts in ctx.points.buckets if at != cart.NO_EXPIRY]
+        return RecommendAnswer(
+            options, ranking.unlocks_in_reach(p, ctx.member), ctx.member.balance,
+            ctx.member.expiring_points, dated[0][0] if dated else None, arm.name,
+            served.version if served else "", self._count(rpc, degraded))
+
+    def cart_split(self, req: CartRequest, rpc: str) -> CartAnswer:
+        """The order's points/cash split under every rule, points taken earliest-lapsing first,
+        and advice when the member's wanted items would make more of the points."""
+        p, catalogue, arms = self._configured()
+        arm = self._arm(arms, req.member_id, req.arm)
+        if not req.lines:
+            raise InvalidArgument("lines", "at least one line is required")
+        degraded: list[str] = []
+        ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
+        # "wanted": the member's best-ranked items the index says points are better for
+        wanted = ranking.recommend(p, arm, ctx.member, catalogue.items.core,
+                                   limit=WANTED_ITEMS, affordable_only=True)
+        worth = [o.factors.value_coefficient for o in wanted
+                 if Reason.INDEX_ABOVE_THRESHOLD in o.reasons and not o.factors.vacuum]
+        split = cart.optimize_cart(p, req.lines, ctx.points,
+                                   keep_value_per_point=max(worth) if worth else None)
+        self.metrics.cart_points.labels(arm.name, split.binding_rule).inc(split.points_used)
+        return CartAnswer(split, arm.name, self._count(rpc, degraded))
 
     def churn_risk(self, member_ids: Sequence[int], rpc: str) -> ChurnAnswer:
         if not member_ids:

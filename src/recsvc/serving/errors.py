@@ -10,20 +10,21 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from recsvc.errors import (
+    DeadlineExceeded,
     FeatureStoreUnavailable,
     InvalidArgument,
     NotFound,
-    Overloaded,
     RecsvcError,
 )
 
 log = logging.getLogger(__name__)
 
-# Most specific first: the first matching row wins.
+# Most specific first: the first matching row wins. Overload never reaches this table: grpc
+# itself answers RESOURCE_EXHAUSTED beyond `max_concurrent_rpcs` (see server.create_server).
 TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (FeatureStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (RecsvcError, grpc.StatusCode.FAILED_PRECONDITION),
 )

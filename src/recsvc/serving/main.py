@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
+import os
 import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from recsvc.errors import RecsvcError
 from recsvc.settings import load_settings
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 5.0
 
 
-async def serve(address: str | None = None, metrics_port: int | None = None) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
+async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None]) -> int:
+    """One server process: load features and models, serve on `address` until SIGTERM (or
+    until the supervisor that started it is gone), then drain. `announce` gets what the
+    worker serves once health says SERVING."""
+    import gc
 
     from recsvc.data import schema
     from recsvc.features.online import OnlineReader
@@ -29,17 +41,28 @@ async def serve(address: str | None = None, metrics_port: int | None = None) -> 
     from recsvc.serving.servicer import RedemptionServicer
 
     settings = load_settings()
-    address = address or settings.grpc_address
-    metrics_port = settings.metrics_port if metrics_port is None else metrics_port
     ctx = open_context(settings)
-    registry = CollectorRegistry()
-    metrics = ServiceMetrics(registry)
-    churn = ModelHolder("churn", ctx.registry, ChurnScorer, metrics, ctx.known_features)
-    churn.refresh()
-    propensity = ModelHolder("propensity", ctx.registry,
-                             lambda loaded: PropensityScorer(loaded, ctx.programme.index),
-                             metrics, ctx.known_features)
-    propensity.refresh()
+    # values go to the supervisor's multiprocess directory; it serves them over HTTP
+    metrics = ServiceMetrics(CollectorRegistry())
+
+    def native(loaded: Any) -> Any:
+        """The artefact with its booster compiled to native code (lleaves), when enabled."""
+        if not settings.compiled_models:
+            return loaded
+        from recsvc.models.compiled import CompiledModel
+        from recsvc.models.registry import MODEL_FILE
+
+        model = CompiledModel(loaded.directory / MODEL_FILE, booster=loaded.booster)
+        return dataclasses.replace(loaded, booster=model)
+
+    churn = ModelHolder("churn", ctx.registry, lambda loaded: ChurnScorer(native(loaded)),
+                        metrics, ctx.known_features)
+    propensity = ModelHolder(
+        "propensity", ctx.registry,
+        lambda loaded: PropensityScorer(native(loaded), ctx.programme.index),
+        metrics, ctx.known_features)
+    for holder in (churn, propensity):
+        holder.refresh()
     # Feast's own layout read directly: proven equal to get_online_features, 20x faster
     reader = OnlineReader.from_store(ctx.store)
 
@@ -51,54 +74,235 @@ async def serve(address: str | None = None, metrics_port: int | None = None) -> 
     catalogue.refresh()
     plane = Dataplane(reader, churn, metrics, programme=ctx.programme, propensity=propensity,
                       catalogue=catalogue)
-    server, port, health = await create_server(address, RedemptionServicer(plane, metrics))
-    if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+    server, port, health = await create_server(address, RedemptionServicer(plane, metrics),
+                                               max_concurrent_rpcs=settings.max_concurrent_rpcs)
+    # everything loaded so far lives as long as the process: keep the collector off it (a
+    # full collection over Feast's objects took ~90 ms, the whole tail of the latency)
+    gc.collect()
+    gc.freeze()
     await mark_serving(health)
-    host = address.rsplit(":", 1)[0]
-    print(f"recsvc serving recsvc.v1.RedemptionService on {host}:{port}"
-          + (f" (metrics on http://127.0.0.1:{metrics_port}/metrics)" if metrics_port else ""),
-          flush=True)
-    for holder in (churn, propensity):
-        print(f"  {holder.name} model: "
-              f"{holder.current.version if holder.current else 'none (degraded)'}")
-    print(f"  catalogue: {len(catalogue.rows):,} items in memory")
-    print(f"  try: .venv/bin/recsvc client --address {host}:{port} churn 1 2 3", flush=True)
+    announce({"port": port, "models": {h.name: h.current.version if h.current else None
+                                       for h in (churn, propensity)},
+              "items": len(catalogue.items.position)})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    refresher = asyncio.create_task(refresh_models([churn, propensity], catalogue,
-                                                   settings.model_refresh_seconds))
+    parent = os.getppid()
+
+    async def orphaned() -> None:  # the supervisor was killed: do not serve on alone
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        stop.set()
+
+    tasks = [asyncio.create_task(refresh_models([churn, propensity], catalogue,
+                                                settings.model_refresh_seconds)),
+             asyncio.create_task(orphaned())]
     await stop.wait()
-    print("recsvc: shutting down", flush=True)
     await health.enter_graceful_shutdown()  # NOT_SERVING first, so balancers drain us
-    refresher.cancel()
+    for task in tasks:
+        task.cancel()
     await server.stop(GRACE_SECONDS)
     return 0
+
+
+def _worker_main(address: str, ready: Any, verbose: bool) -> None:
+    """Entry point of a worker process (spawned: a fresh interpreter)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] %(name)s: "
+                               "%(message)s")
+    try:
+        code = asyncio.run(serve_worker(address, ready.put))
+    except RecsvcError as exc:
+        ready.put({"error": str(exc)})
+        code = 2
+    sys.exit(code)
+
+
+def _reserve_port(host: str) -> socket.socket:
+    """A bound (not listening) SO_REUSEPORT socket on a free port, held while the workers
+    bind the same port, so no other program takes it in between."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host.strip("[]"), 0))
+    return sock
+
+
+def serve(address: str | None = None, metrics_port: int | None = None,
+          workers: int | None = None, verbose: bool = False) -> int:
+    """The supervisor: start `workers` server processes on one port, serve their metrics
+    (prometheus-client's multiprocess mode, in a directory of our own), restart a worker
+    that dies, and on SIGTERM drain them all."""
+    import multiprocessing
+    import queue
+    import shutil
+    import tempfile
+
+    settings = load_settings()
+    address = address or settings.grpc_address
+    metrics_port = settings.metrics_port if metrics_port is None else metrics_port
+    workers = workers or settings.workers
+    # Before any worker imports prometheus-client (or Feast, which would make a directory of
+    # its own): every worker writes its values here, the supervisor reads them all.
+    metrics_dir = tempfile.mkdtemp(prefix="recsvc_metrics_")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["PROMETHEUS_MULTIPROCESS_DIR"] = \
+        metrics_dir
+    host, _, port_text = address.rpartition(":")
+    held = _reserve_port(host) if port_text == "0" else None
+    if held is not None:
+        address = f"{host}:{held.getsockname()[1]}"
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Queue()
+
+    def start() -> Any:
+        proc = spawn.Process(target=_worker_main, args=(address, ready, verbose), daemon=False)
+        proc.start()
+        return proc
+
+    stopping = False
+
+    def on_signal(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    procs = [start() for _ in range(workers)]
+    try:
+        first: dict[str, Any] | None = None
+        for _ in range(workers):
+            while True:
+                try:
+                    got = ready.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    if stopping or any(p.exitcode is not None for p in procs):
+                        print("recsvc serve: a worker exited before serving", file=sys.stderr)
+                        return 2
+            if "error" in got:
+                print(f"recsvc serve: error: {got['error']}", file=sys.stderr)
+                return 2
+            first = first or got
+        assert first is not None
+        if held is not None:
+            held.close()
+        if metrics_port:
+            from prometheus_client import CollectorRegistry, start_http_server
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=metrics_dir)
+            start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+        print(f"recsvc serving recsvc.v1.RedemptionService on {address} ({workers} worker"
+              f"{'s' if workers > 1 else ''}"
+              + (f", metrics on http://127.0.0.1:{metrics_port}/metrics)" if metrics_port
+                 else ")"), flush=True)
+        for name, version in first["models"].items():
+            print(f"  {name} model: {version or 'none (degraded)'}")
+        print(f"  catalogue: {first['items']:,} items in memory")
+        print(f"  try: .venv/bin/recsvc client --address {address} recommend 1", flush=True)
+        while not stopping:
+            time.sleep(0.2)
+            for i, proc in enumerate(procs):
+                if proc.exitcode is not None and not stopping:
+                    log.error("worker %d exited with %s; starting another", proc.pid,
+                              proc.exitcode)
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(proc.pid, metrics_dir)
+                    procs[i] = start()
+        print("recsvc: shutting down", flush=True)
+        return _stop(procs)
+    finally:
+        for proc in procs:
+            if proc.exitcode is None:
+                proc.kill()
+        if held is not None:
+            held.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _stop(procs: list[Any]) -> int:
+    """SIGTERM every worker, wait for their drain; 0 when all of them exited cleanly."""
+    for proc in procs:
+        if proc.exitcode is None:
+            proc.terminate()
+    deadline = time.monotonic() + GRACE_SECONDS + 10
+    for proc in procs:
+        proc.join(max(deadline - time.monotonic(), 0.1))
+    return 0 if all(p.exitcode == 0 for p in procs) else 1
+
+
+def _context(args: argparse.Namespace) -> Any:
+    from recsvc.v1 import recsvc_pb2 as pb
+
+    ctx = pb.RequestContext(experiment_arm=args.arm or "")
+    if args.balance is not None:
+        ctx.points_balance = args.balance
+    return ctx
+
+
+def _cart_line(text: str) -> Any:
+    """ITEM:UNIT_PRICE_MINOR[:QUANTITY[:cash]] -> a CartLine ("cash": not points-eligible)."""
+    from recsvc.v1 import recsvc_pb2 as pb
+
+    parts = text.split(":")
+    try:
+        if not 2 <= len(parts) <= 4 or (len(parts) == 4 and parts[3] != "cash"):
+            raise ValueError
+        return pb.CartLine(item_id=int(parts[0]), unit_price_minor=int(parts[1]),
+                           quantity=int(parts[2]) if len(parts) > 2 else 1,
+                           points_eligible=len(parts) < 4)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected ITEM:UNIT_PRICE_MINOR[:QUANTITY[:cash]]") from None
+
+
+def _request(args: argparse.Namespace) -> tuple[str, Any]:
+    """The RPC to call and its request, from the command line."""
+    from recsvc.v1 import recsvc_pb2 as pb
+
+    if args.call == "churn":
+        if len(args.member_ids) == 1:
+            return "GetChurnRisk", pb.GetChurnRiskRequest(member_id=args.member_ids[0])
+        return "BatchGetChurnRisk", pb.BatchGetChurnRiskRequest(member_ids=args.member_ids)
+    if args.call == "hint":
+        if len(args.item_ids) == 1:
+            return "GetRedemptionHint", pb.GetRedemptionHintRequest(
+                member_id=args.member_id, item_id=args.item_ids[0], context=_context(args))
+        return "BatchGetRedemptionHints", pb.BatchGetRedemptionHintsRequest(
+            member_id=args.member_id, item_ids=args.item_ids, context=_context(args))
+    if args.call == "recommend":
+        return "RecommendRedemptions", pb.RecommendRedemptionsRequest(
+            member_id=args.member_id, limit=args.limit, context=_context(args),
+            filters=pb.RecommendationFilters(categories=args.category or [],
+                                             max_points_price=args.max_points_price,
+                                             affordable_only=args.affordable_only))
+    return "OptimizeCartSplit", pb.OptimizeCartSplitRequest(
+        member_id=args.member_id, lines=args.lines, context=_context(args))
 
 
 async def _client(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from recsvc.v1 import recsvc_pb2 as pb
     from recsvc.v1 import recsvc_pb2_grpc
 
+    rpc, request = _request(args)
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
         try:
-            reply: Any = await stub.BatchGetChurnRisk(
-                pb.BatchGetChurnRiskRequest(member_ids=args.member_ids), timeout=args.timeout)
+            reply: Any = await getattr(stub, rpc)(request, timeout=args.timeout)
         except grpc.aio.AioRpcError as exc:
-            print(f"recsvc client: {exc.code().name}: {exc.details()}")
+            print(f"recsvc client: {rpc}: {exc.code().name}: {exc.details()}")
             return 1
     print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=2))
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    return asyncio.run(serve(args.address, args.metrics_port))
+    return serve(args.address, args.metrics_port, args.workers, args.verbose)
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
@@ -116,12 +320,38 @@ def register(sub: Any) -> None:
                         "127.0.0.1:50051; port 0 picks a free port)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="Prometheus port (default $RECSVC_METRICS_PORT or 9464; 0: none)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="server processes sharing the port (default $RECSVC_WORKERS or 1); "
+                        "one per core uses them all")
     p.set_defaults(func=_cmd_serve)
     c = sub.add_parser("client", help="call the service from a terminal",
-                       description="A small client for people and smoke tests; prints JSON.")
+                       description="A small client for people and smoke tests: one sub-command "
+                                   "per RPC, the answer printed as JSON. Money is in minor units "
+                                   "(cents).")
     c.add_argument("--address", default="127.0.0.1:50051")
     c.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
     calls = c.add_subparsers(dest="call", required=True, metavar="CALL")
-    churn = calls.add_parser("churn", help="BatchGetChurnRisk for member ids")
+    churn = calls.add_parser("churn", help="GetChurnRisk, or BatchGetChurnRisk for several ids")
     churn.add_argument("member_ids", type=int, nargs="+")
+    member_calls = (
+        calls.add_parser("hint", help="GetRedemptionHint, or BatchGetRedemptionHints for "
+                                      "several items"),
+        calls.add_parser("recommend", help="RecommendRedemptions: the best ways to spend "
+                                           "the member's points"),
+        calls.add_parser("cart", help="OptimizeCartSplit: the points/cash split of an order"),
+    )
+    for call in member_calls:
+        call.add_argument("member_id", type=int)
+        call.add_argument("--balance", type=int, default=None,
+                          help="the member's live points balance (default: the store's)")
+        call.add_argument("--arm", default="", help="force an experiment arm")
+    hint, recommend, cart = member_calls
+    hint.add_argument("item_ids", type=int, nargs="+")
+    recommend.add_argument("--limit", type=int, default=0, help="1-200 (default 20)")
+    recommend.add_argument("--category", action="append", help="only this category (repeat)")
+    recommend.add_argument("--max-points-price", type=int, default=0)
+    recommend.add_argument("--affordable-only", action="store_true")
+    cart.add_argument("lines", type=_cart_line, nargs="+",
+                      metavar="ITEM:UNIT_PRICE_MINOR[:QUANTITY[:cash]]",
+                      help='an order line; ":cash" marks a line points may not pay for')
     c.set_defaults(func=_cmd_client)

@@ -19,14 +19,18 @@ SERVICE_NAME = recsvc_pb2.DESCRIPTOR.services_by_name["RedemptionService"].full_
 
 
 async def create_server(
-    address: str, servicer: RedemptionServicer
+    address: str, servicer: RedemptionServicer, *, max_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started server on `address` ("127.0.0.1:0" picks a free port) and its port.
 
     Health says NOT_SERVING until `mark_serving` is called, so a load balancer sends nothing
-    before models and features are ready.
+    before models and features are ready. The port is opened with SO_REUSEPORT, so several
+    worker processes can listen on it and the kernel spreads connections over them. Beyond
+    `max_concurrent_rpcs` calls in progress, grpc answers RESOURCE_EXHAUSTED straight away:
+    an overloaded worker sheds load instead of queueing calls past their deadlines.
     """
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)],
+                             maximum_concurrent_rpcs=max_concurrent_rpcs)
     recsvc_pb2_grpc.add_RedemptionServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from recsvc.errors import DeadlineExceeded
 from recsvc.metrics import ServiceMetrics
 from recsvc.serving import converters, errors
 from recsvc.serving.dataplane import Dataplane
@@ -18,7 +19,7 @@ T = TypeVar("T")
 
 
 class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
-    """The RPCs built so far; the others answer UNIMPLEMENTED (the generated default)."""
+    """The six RPCs: each converts its request, calls the dataplane once, converts back."""
 
     def __init__(self, dataplane: Dataplane, metrics: ServiceMetrics) -> None:
         self.dataplane = dataplane
@@ -30,6 +31,9 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
         start = time.perf_counter()
         failure: BaseException | None = None
         try:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:  # waited past the caller's deadline:
+                raise DeadlineExceeded(f"{rpc}: the deadline passed before the work started")
             return work()
         except Exception as exc:
             failure = exc
@@ -64,6 +68,22 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 degraded_reasons=converters.degraded_reasons(answer.degraded))
 
         return await self._call("BatchGetRedemptionHints", context, work)
+
+    async def RecommendRedemptions(self, request: Any,
+                                   context: Any) -> pb.RecommendRedemptionsResponse:
+        def work() -> pb.RecommendRedemptionsResponse:
+            return converters.recommendations(self.dataplane.recommend(
+                converters.recommend_request(request), "RecommendRedemptions"))
+
+        return await self._call("RecommendRedemptions", context, work)
+
+    async def OptimizeCartSplit(self, request: Any,
+                                context: Any) -> pb.OptimizeCartSplitResponse:
+        def work() -> pb.OptimizeCartSplitResponse:
+            return converters.cart_split(self.dataplane.cart_split(
+                converters.cart_request(request), "OptimizeCartSplit"))
+
+        return await self._call("OptimizeCartSplit", context, work)
 
     async def GetChurnRisk(self, request: Any, context: Any) -> pb.GetChurnRiskResponse:
         def work() -> pb.GetChurnRiskResponse:
