@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -163,11 +165,12 @@ def tiny_data_dir(tiny_tables_dir: Path, tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # Redis: the real server at RECSVC_TEST_REDIS_URL, started here when it does not answer.
 # --------------------------------------------------------------------------------------------
-def _ping(url: str) -> bool:
+def _ping(url: str, timeout_s: float = 0.5) -> bool:
     import redis
 
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1)
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
+                                      socket_timeout=timeout_s)
         try:
             return bool(client.ping())
         finally:
@@ -201,6 +204,34 @@ def redis_url() -> str:
             pytest.fail(f"{url}: started redis-server, but it does not answer")
         time.sleep(0.05)
     return url
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, subprocess.Popen]]:
+    """A redis-server of the test's own on a free port, to stop and kill (the shared one on
+    6379 is never touched)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not _ping(url, 0.2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server on port {port} did not start")
+            time.sleep(0.02)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -294,45 +292,6 @@ def test_entity_keys_are_feasts_serialisation() -> None:
 # --------------------------------------------------------------------------------------------
 # Faults: a store that does not answer is FeatureStoreUnavailable, quickly.
 # --------------------------------------------------------------------------------------------
-def _ping(url: str) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.2)
-    try:
-        return bool(client.ping())
-    except redis.exceptions.ConnectionError:
-        return False
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[tuple[str, subprocess.Popen]]:
-    """A redis-server of this test's own on a free port, to stop and kill."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 10
-        while not _ping(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server on port {port} did not start")
-            time.sleep(0.02)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGCONT)
-            proc.kill()
-        proc.wait(timeout=10)
-
-
 def _unavailable_within(reader: OnlineReader, seconds: float, match: str) -> None:
     start = time.perf_counter()
     with pytest.raises(FeatureStoreUnavailable, match=match):

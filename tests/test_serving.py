@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -32,8 +28,6 @@ from recsvc.serving.server import create_server, mark_serving
 from recsvc.serving.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
-
-RECSVC = [sys.executable, "-m", "recsvc.cli"]
 
 
 class DownSource:
@@ -235,70 +229,6 @@ def test_a_promoted_version_is_swapped_in_and_a_broken_one_refused(trained: Any)
     reg.rollback("churn")  # leave production as the other tests expect it
     reg.rollback("churn")
     assert reg.production("churn") == serving
-
-
-@contextlib.contextmanager
-def recsvc_serve(env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`recsvc serve` in a subprocess on a free port: yields its address once it is serving
-    (and the process); killed afterwards if it is still running."""
-    proc = subprocess.Popen([*RECSVC, "serve", "--address", "127.0.0.1:0", "--metrics-port",
-                             "0", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen: list[str] = []
-    try:
-        address = None
-        assert proc.stdout is not None
-        for line in proc.stdout:  # the server prints its address once it is serving
-            seen.append(line)
-            if "serving recsvc.v1.RedemptionService on " in line:
-                address = line.split(" on ", 1)[1].split()[0]
-                break
-        assert address, "the server did not start:\n" + "".join(seen)
-        yield address, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def client(env: dict[str, str], address: str, *args: str) -> Any:
-    out = subprocess.run([*RECSVC, "client", "--address", address, *args], env=env,
-                         capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout)
-
-
-def serve_env(ctx: Any, **extra: str) -> dict[str, str]:
-    return dict(os.environ, RECSVC_DATA_DIR=str(ctx.settings.data_dir),
-                RECSVC_FEAST_PROJECT=ctx.settings.feast_project, **extra)
-
-
-def test_recsvc_serve_answers_every_rpc_through_the_client_and_drains_on_sigterm(
-        trained: Any) -> None:
-    env = serve_env(trained)
-    member, item = _sample(trained)[0], _items(trained)[0]
-    with recsvc_serve(env) as (address, proc):
-        one = client(env, address, "churn", str(member))
-        assert one["risk"]["memberId"] == str(member)
-        assert one["modelVersion"] == trained.registry.production("churn")
-        assert len(client(env, address, "churn", str(member), "2")["risks"]) == 2
-        hint = client(env, address, "hint", str(member), str(item), "--balance", "640")
-        assert hint["hint"]["itemId"] == str(item) and "pointsBetter" in hint["hint"]
-        assert len(client(env, address, "hint", str(member), str(item), str(item))["hints"]) == 2
-        rec = client(env, address, "recommend", str(member), "--limit", "3")
-        assert [o["rank"] for o in rec["options"]] == [1, 2, 3]
-        split = client(env, address, "cart", str(member), "1:25000:2", "2:990:1:cash",
-                       "--balance", "1234")
-        assert int(split["pointsValueMinor"]) + int(split["cashMinor"]) == 50_990
-        assert split["lines"][1]["points"] == "0"
-        bad = subprocess.run([*RECSVC, "client", "--address", address, "recommend",
-                              str(member), "--limit", "999"], env=env, capture_output=True,
-                             text=True, timeout=60, check=False)
-        assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stdout and "limit" in bad.stdout
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
 
 
 def test_redemption_hints_over_grpc(trained: Any) -> None:
@@ -508,3 +438,89 @@ def test_cart_split_over_grpc(trained: Any) -> None:
         assert got.points_value_minor + got.cash_minor == got.order_total_minor
 
     _serve(trained, down, source=DownSource())
+
+
+class SlowSource:
+    """The real store, answering only after `delay` seconds (blocking, as a hung read would)."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self.inner, self.delay, self.reads = inner, delay, 0
+
+    def read_service(self, service: str, entity_key: str, ids: Sequence[int]) -> dict:
+        self.reads += 1
+        time.sleep(self.delay)
+        return self.inner.read_service(service, entity_key, ids)
+
+
+def _serve_threads(ctx: Any, source: Any, overload_lag_s: float | None,
+                   calls: Callable[[Any], list[Any]]) -> tuple[list[Any], CollectorRegistry]:
+    """Serve on this thread's loop while `calls(sync_stub)` runs in another thread (so that
+    a request blocking the server does not block its callers); returns what it returned."""
+    async def main() -> tuple[list[Any], CollectorRegistry]:
+        registry = CollectorRegistry()
+        metrics = ServiceMetrics(registry)
+        plane = _plane(ctx, source, _holder(ctx, metrics), metrics, True)
+        server, port, health = await create_server(
+            "127.0.0.1:0", RedemptionServicer(plane, metrics), overload_lag_s=overload_lag_s)
+        await mark_serving(health)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
+                return await asyncio.to_thread(calls, stub), registry
+        finally:
+            await server.stop(grace=None)
+
+    return asyncio.run(main())
+
+
+def _outcome(call: Callable[[], Any]) -> grpc.StatusCode:
+    try:
+        call()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        return exc.code()
+
+
+def test_a_call_whose_deadline_passed_while_it_waited_is_not_worked_on(trained: Any) -> None:
+    member = _sample(trained)[0]
+    source = SlowSource(FeastSource(trained.store), delay=0.4)
+    request = pb.GetChurnRiskRequest(member_id=member)
+
+    def calls(stub: Any) -> list[Any]:
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(_outcome, lambda: stub.GetChurnRisk(request, timeout=10))
+            while source.reads == 0:  # the first call holds the server now
+                time.sleep(0.005)
+            late = pool.submit(_outcome, lambda: stub.GetChurnRisk(request, timeout=0.1))
+            return [slow.result(), late.result()]
+
+    (slow, late), registry = _serve_threads(trained, source, None, calls)
+    assert (slow, late) == (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert source.reads == 1  # the expired call read nothing and scored nothing
+    answered = registry.get_sample_value("recsvc_requests_total",
+                                         {"rpc": "GetChurnRisk", "code": "OK"})
+    assert answered == 1
+
+
+def test_overload_is_shed_with_resource_exhausted(trained: Any) -> None:
+    member = _sample(trained)[0]
+    source = SlowSource(FeastSource(trained.store), delay=0.3)
+    request = pb.GetChurnRiskRequest(member_id=member)
+
+    def calls(stub: Any) -> list[Any]:
+        with ThreadPoolExecutor(9) as pool:
+            first = pool.submit(_outcome, lambda: stub.GetChurnRisk(request, timeout=30))
+            while source.reads == 0:
+                time.sleep(0.005)
+            rest = [pool.submit(_outcome, lambda: stub.GetChurnRisk(request, timeout=30))
+                    for _ in range(8)]
+            return [first.result(), *(f.result() for f in rest)]
+
+    codes, registry = _serve_threads(trained, source, 0.05, calls)
+    assert codes[0] == grpc.StatusCode.OK
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    # a refused call did no work, and is counted under its code
+    assert source.reads == codes.count(grpc.StatusCode.OK)
+    assert registry.get_sample_value("recsvc_requests_total", {
+        "rpc": "GetChurnRisk", "code": "RESOURCE_EXHAUSTED"}) == codes.count(
+        grpc.StatusCode.RESOURCE_EXHAUSTED)

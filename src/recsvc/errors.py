@@ -50,5 +50,9 @@ class NotFound(RecsvcError):
     """A named thing (an item, a model version) does not exist."""
 
 
+class Overloaded(RecsvcError):
+    """The service is behind on its work; the caller should back off and retry."""
+
+
 class DeadlineExceeded(RecsvcError):
     """The caller's deadline passed before the work started (the request waited too long)."""

@@ -48,8 +48,11 @@ class Settings(BaseSettings):
     """Server processes sharing the gRPC port (SO_REUSEPORT); one per core uses them all."""
 
     max_concurrent_rpcs: int = Field(256, ge=1)
-    """RPCs a worker holds at once; beyond it callers get RESOURCE_EXHAUSTED at once instead
-    of queueing past their deadline."""
+    """RPCs a worker holds in progress; more wait in grpc's queue (bounds memory)."""
+
+    overload_lag_ms: float = Field(50.0, gt=0)
+    """When a worker's event loop falls this far behind, it refuses new calls with
+    RESOURCE_EXHAUSTED until it catches up (callers back off instead of timing out)."""
 
     compiled_models: bool = True
     """Score with the models compiled to native code (lleaves, verified against LightGBM at

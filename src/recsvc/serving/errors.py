@@ -14,16 +14,17 @@ from recsvc.errors import (
     FeatureStoreUnavailable,
     InvalidArgument,
     NotFound,
+    Overloaded,
     RecsvcError,
 )
 
 log = logging.getLogger(__name__)
 
-# Most specific first: the first matching row wins. Overload never reaches this table: grpc
-# itself answers RESOURCE_EXHAUSTED beyond `max_concurrent_rpcs` (see server.create_server).
+# Most specific first: the first matching row wins.
 TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (FeatureStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (RecsvcError, grpc.StatusCode.FAILED_PRECONDITION),

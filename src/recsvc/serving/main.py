@@ -75,14 +75,16 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     plane = Dataplane(reader, churn, metrics, programme=ctx.programme, propensity=propensity,
                       catalogue=catalogue)
     server, port, health = await create_server(address, RedemptionServicer(plane, metrics),
-                                               max_concurrent_rpcs=settings.max_concurrent_rpcs)
+                                               max_concurrent_rpcs=settings.max_concurrent_rpcs,
+                                               overload_lag_s=settings.overload_lag_ms / 1000)
     # everything loaded so far lives as long as the process: keep the collector off it (a
     # full collection over Feast's objects took ~90 ms, the whole tail of the latency)
     gc.collect()
     gc.freeze()
     await mark_serving(health)
-    announce({"port": port, "models": {h.name: h.current.version if h.current else None
-                                       for h in (churn, propensity)},
+    announce({"pid": os.getpid(), "port": port,
+              "models": {h.name: h.current.version if h.current else None
+                         for h in (churn, propensity)},
               "items": len(catalogue.items.position)})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -171,6 +173,7 @@ def serve(address: str | None = None, metrics_port: int | None = None,
     procs = [start() for _ in range(workers)]
     try:
         first: dict[str, Any] | None = None
+        serving: set[int] = set()
         for _ in range(workers):
             while True:
                 try:
@@ -184,6 +187,7 @@ def serve(address: str | None = None, metrics_port: int | None = None,
                 print(f"recsvc serve: error: {got['error']}", file=sys.stderr)
                 return 2
             first = first or got
+            serving.add(got["pid"])
         assert first is not None
         if held is not None:
             held.close()
@@ -204,6 +208,11 @@ def serve(address: str | None = None, metrics_port: int | None = None,
         print(f"  try: .venv/bin/recsvc client --address {address} recommend 1", flush=True)
         while not stopping:
             time.sleep(0.2)
+            while not ready.empty():
+                got = ready.get()
+                if "pid" in got:
+                    serving.add(got["pid"])
+                    print(f"recsvc: worker {got['pid']} serving", flush=True)
             for i, proc in enumerate(procs):
                 if proc.exitcode is not None and not stopping:
                     log.error("worker %d exited with %s; starting another", proc.pid,
@@ -213,7 +222,7 @@ def serve(address: str | None = None, metrics_port: int | None = None,
                     multiprocess.mark_process_dead(proc.pid, metrics_dir)
                     procs[i] = start()
         print("recsvc: shutting down", flush=True)
-        return _stop(procs)
+        return _stop(procs, serving)
     finally:
         for proc in procs:
             if proc.exitcode is None:
@@ -223,15 +232,20 @@ def serve(address: str | None = None, metrics_port: int | None = None,
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _stop(procs: list[Any]) -> int:
-    """SIGTERM every worker, wait for their drain; 0 when all of them exited cleanly."""
+def _stop(procs: list[Any], serving: set[int]) -> int:
+    """SIGTERM every worker, wait for their drain; 0 when all of them exited cleanly (a
+    worker still starting has nothing to drain: SIGTERM ends it, and that is clean too)."""
     for proc in procs:
         if proc.exitcode is None:
             proc.terminate()
     deadline = time.monotonic() + GRACE_SECONDS + 10
     for proc in procs:
         proc.join(max(deadline - time.monotonic(), 0.1))
-    return 0 if all(p.exitcode == 0 for p in procs) else 1
+    failed = [p for p in procs if p.exitcode != 0 and not (
+        p.pid not in serving and p.exitcode == -signal.SIGTERM)]
+    for proc in failed:
+        log.error("worker %d exited with %s while draining", proc.pid, proc.exitcode)
+    return 1 if failed else 0
 
 
 def _context(args: argparse.Namespace) -> Any:

@@ -11,24 +11,30 @@ from grpc_reflection.v1alpha import reflection
 
 from recsvc.serving.dataplane import Catalogue
 from recsvc.serving.models import ModelHolder
-from recsvc.serving.servicer import RedemptionServicer
+from recsvc.serving.servicer import LoadShedder, RedemptionServicer
 from recsvc.v1 import recsvc_pb2, recsvc_pb2_grpc
 
 log = logging.getLogger(__name__)
+_background: set[asyncio.Task[None]] = set()  # tasks the loop holds only weakly
 SERVICE_NAME = recsvc_pb2.DESCRIPTOR.services_by_name["RedemptionService"].full_name
 
 
 async def create_server(
     address: str, servicer: RedemptionServicer, *, max_concurrent_rpcs: int | None = None,
+    overload_lag_s: float | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started server on `address` ("127.0.0.1:0" picks a free port) and its port.
 
     Health says NOT_SERVING until `mark_serving` is called, so a load balancer sends nothing
     before models and features are ready. The port is opened with SO_REUSEPORT, so several
-    worker processes can listen on it and the kernel spreads connections over them. Beyond
-    `max_concurrent_rpcs` calls in progress, grpc answers RESOURCE_EXHAUSTED straight away:
-    an overloaded worker sheds load instead of queueing calls past their deadlines.
+    worker processes can listen on it and the kernel spreads connections over them. grpc
+    holds at most `max_concurrent_rpcs` calls in progress (more wait in its queue, bounding
+    memory); with `overload_lag_s`, a worker whose loop falls that far behind refuses new
+    calls with RESOURCE_EXHAUSTED instead of letting them queue past their deadlines.
     """
+    if overload_lag_s is not None:
+        servicer.shedder = LoadShedder(overload_lag_s)
+        _background.add(asyncio.create_task(servicer.shedder.run()))
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)],
                              maximum_concurrent_rpcs=max_concurrent_rpcs)
     recsvc_pb2_grpc.add_RedemptionServiceServicer_to_server(servicer, server)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from recsvc.errors import DeadlineExceeded
+from recsvc.errors import DeadlineExceeded, Overloaded
 from recsvc.metrics import ServiceMetrics
 from recsvc.serving import converters, errors
 from recsvc.serving.dataplane import Dataplane
@@ -18,12 +19,36 @@ from recsvc.v1 import recsvc_pb2_grpc
 T = TypeVar("T")
 
 
+class LoadShedder:
+    """Watches how late the event loop runs a tick every `interval_s`: when it is more than
+    `max_lag_s` behind, calls are queueing faster than they are answered, and new ones are
+    refused (RESOURCE_EXHAUSTED) until a tick comes on time again. Refusing costs microseconds,
+    so the backlog drains, and callers get a fast answer to back off on instead of a timeout."""
+
+    def __init__(self, max_lag_s: float, interval_s: float = 0.01) -> None:
+        self.max_lag_s = max_lag_s
+        self.interval_s = interval_s
+        self.lag = 0.0
+
+    @property
+    def overloaded(self) -> bool:
+        return self.lag > self.max_lag_s
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.interval_s)
+            self.lag = max(loop.time() - start - self.interval_s, 0.0)
+
+
 class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
     """The six RPCs: each converts its request, calls the dataplane once, converts back."""
 
     def __init__(self, dataplane: Dataplane, metrics: ServiceMetrics) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
+        self.shedder: LoadShedder | None = None  # set by server.create_server
 
     async def _call(self, rpc: str, context: grpc.aio.ServicerContext,
                     work: Callable[[], T]) -> T:
@@ -31,6 +56,9 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
         start = time.perf_counter()
         failure: BaseException | None = None
         try:
+            if self.shedder is not None and self.shedder.overloaded:
+                raise Overloaded(f"{rpc}: the server is {self.shedder.lag * 1000:.0f} ms "
+                                 "behind; retry with backoff")
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:  # waited past the caller's deadline:
                 raise DeadlineExceeded(f"{rpc}: the deadline passed before the work started")

@@ -1,0 +1,219 @@
+"""`recsvc serve` as people run it: a subprocess on a free port, called through `recsvc client`,
+with several workers, on the real Redis, and with a Redis that stops answering mid-run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recsvc.data import schema
+from recsvc.features.jobs import run_features
+from recsvc.settings import Settings
+
+RECSVC = [sys.executable, "-m", "recsvc.cli"]
+
+
+@contextlib.contextmanager
+def recsvc_serve(env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`recsvc serve` in a subprocess on a free port: yields its address once it is serving
+    (and the process); killed afterwards if it is still running."""
+    proc = subprocess.Popen([*RECSVC, "serve", "--address", "127.0.0.1:0", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        address = None
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the server prints its address once it is serving
+            seen.append(line)
+            if "serving recsvc.v1.RedemptionService on " in line:
+                address = line.split(" on ", 1)[1].split()[0]
+                break
+        assert address, "the server did not start:\n" + "".join(seen)
+        yield address, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def client(env: dict[str, str], address: str, *args: str, ok: bool = True) -> Any:
+    out = subprocess.run([*RECSVC, "client", "--address", address, *args], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    if not ok:
+        assert out.returncode == 1, out.stdout + out.stderr
+        return out.stdout
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def serve_env(ctx: Any, **extra: str) -> dict[str, str]:
+    return {**os.environ, "RECSVC_DATA_DIR": str(ctx.settings.data_dir),
+            "RECSVC_FEAST_PROJECT": ctx.settings.feast_project, **extra}
+
+
+def _ids(ctx: Any, table: str, column: str) -> list[int]:
+    return [int(i) for i in schema.read_table(ctx.settings.data_dir, table,
+                                              [column])[column].to_numpy()[:20]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _metric(port: int, name: str, labels: dict[str, str]) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            got = ",".join(sorted(line[len(name) + 1:line.index("}")].split(",")))
+            if got == want:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_recsvc_serve_answers_every_rpc_through_the_client_and_drains_on_sigterm(
+        trained: Any) -> None:
+    env = serve_env(trained)
+    member, item = _ids(trained, "members", "member_id")[0], _ids(trained, "items", "item_id")[0]
+    with recsvc_serve(env, "--metrics-port", "0") as (address, proc):
+        one = client(env, address, "churn", str(member))
+        assert one["risk"]["memberId"] == str(member)
+        assert one["modelVersion"] == trained.registry.production("churn")
+        assert len(client(env, address, "churn", str(member), "2")["risks"]) == 2
+        hint = client(env, address, "hint", str(member), str(item), "--balance", "640")
+        assert hint["hint"]["itemId"] == str(item) and "pointsBetter" in hint["hint"]
+        assert len(client(env, address, "hint", str(member), str(item), str(item))["hints"]) == 2
+        rec = client(env, address, "recommend", str(member), "--limit", "3")
+        assert [o["rank"] for o in rec["options"]] == [1, 2, 3]
+        split = client(env, address, "cart", str(member), "1:25000:2", "2:990:1:cash",
+                       "--balance", "1234")
+        assert int(split["pointsValueMinor"]) + int(split["cashMinor"]) == 50_990
+        assert split["lines"][1]["points"] == "0"
+        bad = client(env, address, "recommend", str(member), "--limit", "999", ok=False)
+        assert "INVALID_ARGUMENT" in bad and "limit" in bad
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes of a `recsvc serve` (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    out = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.append(int(child))
+    return out
+
+
+def test_workers_share_one_port_their_metrics_add_up_and_a_dead_one_is_replaced(
+        trained: Any) -> None:
+    env = serve_env(trained, RECSVC_COMPILED_MODELS="false")
+    member = _ids(trained, "members", "member_id")[0]
+    metrics = _free_port()
+    with recsvc_serve(env, "--workers", "2", "--metrics-port", str(metrics)) as (address, proc):
+        workers = _workers(proc.pid)
+        assert len(workers) == 2
+        for _ in range(6):  # a new connection each time: the kernel spreads them
+            client(env, address, "churn", str(member))
+        assert _metric(metrics, "recsvc_requests_total",
+                       {"rpc": "GetChurnRisk", "code": "OK"}) == 6
+        assert _metric(metrics, "recsvc_model_info", {
+            "model": "churn", "version": trained.registry.production("churn")}) == 1
+        os.kill(workers[0], signal.SIGKILL)  # a worker dies: another takes its place
+        for _ in range(4):  # calls keep being answered (the survivor takes them meanwhile)
+            client(env, address, "churn", str(member))
+        assert proc.stdout is not None
+        for line in proc.stdout:  # until the supervisor says the new worker serves
+            if line.startswith("recsvc: worker ") and line.rstrip().endswith(" serving"):
+                break
+        now = _workers(proc.pid)
+        assert len(now) == 2 and workers[0] not in now and workers[1] in now
+        assert _metric(metrics, "recsvc_requests_total",
+                       {"rpc": "GetChurnRisk", "code": "OK"}) == 10  # nothing lost
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        assert code == 0, proc.stdout.read() if proc.stdout else code
+
+
+def _redis_env(ctx: Any, url: str, project: str) -> dict[str, str]:
+    settings = Settings(data_dir=ctx.settings.data_dir, feast_project=project, redis_url=url)
+    run_features(settings, ctx.programme, say=lambda _: None)  # the same snapshots, into Redis
+    return serve_env(ctx, RECSVC_REDIS_URL=url, RECSVC_FEAST_PROJECT=project,
+                     RECSVC_COMPILED_MODELS="false")
+
+
+@pytest.mark.redis
+def test_serves_from_the_real_redis_what_it_serves_from_sqlite(
+        trained: Any, redis_url: str, redis_project: str) -> None:
+    env = _redis_env(trained, redis_url, redis_project)
+    member = _ids(trained, "members", "member_id")[1]
+    items = [str(i) for i in _ids(trained, "items", "item_id")[:3]]
+    answers = []
+    for e in (env, serve_env(trained, RECSVC_COMPILED_MODELS="false")):
+        with recsvc_serve(e, "--metrics-port", "0") as (address, _):
+            answers.append([client(e, address, "churn", str(member)),
+                            client(e, address, "hint", str(member), *items),
+                            client(e, address, "recommend", str(member), "--limit", "5"),
+                            client(e, address, "cart", str(member), "1:30000")])
+    redis_answers, sqlite_answers = answers
+    assert redis_answers == sqlite_answers
+    assert not any(a.get("degraded") for a in redis_answers)
+
+
+def test_a_redis_that_stops_answering_mid_run_degrades_answers_and_they_recover(
+        trained: Any, private_redis: tuple[str, subprocess.Popen]) -> None:
+    url, redis_proc = private_redis
+    project = f"recsvc_test_{uuid.uuid4().hex[:10]}"
+    env = _redis_env(trained, url, project)
+    member = _ids(trained, "members", "member_id")[2]
+    item = str(_ids(trained, "items", "item_id")[0])
+    with recsvc_serve(env, "--metrics-port", "0") as (address, proc):
+        healthy = client(env, address, "hint", str(member), item)
+        assert not healthy.get("degraded") and "COLD_START" not in str(healthy)
+
+        os.kill(redis_proc.pid, signal.SIGSTOP)  # hung: connections open, nothing answers
+        try:
+            start = time.monotonic()
+            hung = client(env, address, "hint", str(member), item)
+            rec = client(env, address, "recommend", str(member))
+            split = client(env, address, "cart", str(member), "1:30000", "--balance", "500")
+            churn = client(env, address, "churn", str(member))
+            assert time.monotonic() - start < 20  # four client processes, none waits on Redis
+        finally:
+            os.kill(redis_proc.pid, signal.SIGCONT)
+        for answer in (hung, rec, split, churn):
+            assert answer["degraded"] is True
+            assert answer["degradedReasons"] == ["DEGRADED_REASON_FEATURE_STORE_UNAVAILABLE"]
+        # still useful: item data from memory, the member as a cold start, the rules applied
+        assert hung["hint"]["pointsPrice"] != "0" and "REASON_CODE_COLD_START" in \
+            hung["hint"]["reasons"]
+        assert rec["options"] and int(split["pointsUsed"]) == 500
+
+        back = client(env, address, "hint", str(member), item)  # by itself, no restart
+        assert back == healthy
+        redis_proc.kill()  # gone: connections refused
+        redis_proc.wait(timeout=10)
+        gone = client(env, address, "churn", str(member))
+        assert gone["degraded"] is True
+        assert gone["risk"]["coldStart"] is True
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
