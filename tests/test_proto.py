@@ -46,3 +46,13 @@ def test_money_and_points_are_integers_never_floats() -> None:
                 assert field.type == int64, f"{message.name}.{field.name}"
                 checked += 1
     assert checked > 20
+
+
+def test_the_core_reasons_carry_the_contracts_numbers() -> None:
+    from recsvc.core.redemption import Reason
+    from recsvc.v1 import recsvc_pb2 as pb
+
+    # the converters send Reason.value as the ReasonCode: one list, the same numbers
+    assert {r.name: r.value for r in Reason} == {
+        name.removeprefix("REASON_CODE_"): number for name, number in pb.ReasonCode.items()
+        if number}

@@ -10,8 +10,7 @@ the single definition used by the simulator, the feature jobs, training and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -112,13 +111,15 @@ def in_vacuum_zone(rules: IndexRules, value_coeff: FloatLike) -> FloatLike:
 
 def points_better(index: FloatLike, threshold: float) -> FloatLike:
     """The hint rule: paying with points is the better deal when the index exceeds the threshold."""
+    if isinstance(index, float):
+        return index > threshold
     flag = np.asarray(index, dtype=np.float64) > threshold
     return flag if flag.ndim else bool(flag)
 
 
-@dataclass(frozen=True, slots=True)
-class IndexFactors:
-    """The index and its factors for one or many (member, item) pairs."""
+class IndexFactors(NamedTuple):
+    """The index and its factors for one or many (member, item) pairs (a named tuple:
+    immutable, and cheap to make, as a 200-option answer makes 200 of them)."""
 
     value_coefficient: FloatLike
     demand_match: FloatLike

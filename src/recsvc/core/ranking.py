@@ -13,8 +13,10 @@ outrank one inside it if its propensity is higher by more than the index ratio t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +28,7 @@ from recsvc.core.redemption import (
     HIGH_PROPENSITY,
     PointsCash,
     Reason,
-    points_cash_options,
+    points_cash_table,
     spend_to_earn,
 )
 
@@ -65,8 +67,9 @@ class Member:
     tier_multiplier: float = 1.0
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
+    """One ranked way to spend points (immutable, and cheap to make: up to 200 a call)."""
+
     item_id: int
     rank: int
     score: float
@@ -140,38 +143,47 @@ def recommend(
     if prob is not None and arm.propensity_weight > 0:
         score = index * np.power(np.clip(np.nan_to_num(prob), 0.0, 1.0), arm.propensity_weight)
     order = candidates[np.lexsort((items.item_id[candidates], -score[candidates]))][:limit]
+    # Everything per option as columns first; the loop below only assembles Python objects
+    # (per-element numpy access would cost microseconds each, 200 options a call).
+    price = items.points_price[order]
+    discount = items.discount_coefficient[order]
+    cash_price = np.rint(items.market_price_minor[order] * discount).astype(np.int64)
+    pay_points, pay_cash, pay_count = points_cash_table(programme, price, cash_price,
+                                                        member.balance)
+    gap = np.maximum(price - member.balance, 0)
+    spend = spend_to_earn(programme, gap, member.tier_multiplier)
+    expiring_used = np.minimum(member.expiring_points, np.where(pay_count > 0, pay_points[:, 0], 0))
+    p_order = prob[order] if prob is not None else np.full(len(order), np.nan)
+    above = idx.points_better(index[order], threshold)
+    flags = np.stack([above, ~above, vacuum[order], gap > 0, expiring_used > 0,
+                      p_order >= HIGH_PROPENSITY, discount < 1.0], axis=1)
+    reason_bits = (flags.astype(np.int64) << np.arange(len(_FLAGGED))).sum(axis=1)
+    rows = zip(items.item_id[order].tolist(), price.tolist(), items.category[order].tolist(),
+               vc[order].tolist(), dm[order].tolist(), bw[order].tolist(), dc[order].tolist(),
+               index[order].tolist(), vacuum[order].tolist(), score[order].tolist(),
+               p_order.tolist(), pay_points.tolist(), pay_cash.tolist(), pay_count.tolist(),
+               gap.tolist(), spend.tolist(), expiring_used.tolist(), reason_bits.tolist(),
+               strict=True)
+    no_model = prob is None
     options = []
-    for rank, i in enumerate(order, start=1):
-        price = int(items.points_price[i])
-        cash_price = round(int(items.market_price_minor[i]) * float(items.discount_coefficient[i]))
-        pay = tuple(points_cash_options(programme, price, cash_price, member.balance))
-        gap = max(price - member.balance, 0)
-        usable = pay[0].points if pay else 0
-        expiring_used = min(member.expiring_points, usable)
-        reasons = [Reason.INDEX_ABOVE_THRESHOLD if idx.points_better(index[i], threshold)
-                   else Reason.INDEX_BELOW_THRESHOLD]
-        if vacuum[i]:
-            reasons.append(Reason.VACUUM_ZONE)
-        if gap:
-            reasons.append(Reason.NOT_AFFORDABLE)
-        if expiring_used:
-            reasons.append(Reason.USES_EXPIRING_POINTS)
-        if prob is not None and prob[i] >= HIGH_PROPENSITY:
-            reasons.append(Reason.HIGH_PROPENSITY)
-        if items.discount_coefficient[i] < 1.0:
-            reasons.append(Reason.ON_PROMOTION)
-        factors = idx.IndexFactors(
-            value_coefficient=float(vc[i]), demand_match=float(dm[i]),
-            behaviour_weight=float(bw[i]), discount_coefficient=float(dc[i]),
-            recommendation_index=float(index[i]), vacuum=bool(vacuum[i]))
-        options.append(Option(
-            item_id=int(items.item_id[i]), rank=rank, score=float(score[i]), factors=factors,
-            propensity=None if prob is None else float(prob[i]), points_price=price,
-            points_cash=pay, points_gap=gap,
-            spend_to_close_gap_minor=spend_to_earn(programme, gap, member.tier_multiplier),
-            expiring_points_used=expiring_used, category=str(items.category[i]),
-            reasons=tuple(reasons)))
+    for rank, (item, pp, category, v, d, b, c, ix, vac, sc, p, pts, cash, k, g, sp, used,
+               bits) in enumerate(rows, start=1):
+        options.append(Option(  # positional: the field order of Option and IndexFactors
+            item, rank, sc, idx.IndexFactors(v, d, b, c, ix, vac), None if no_model else p,
+            pp, tuple(map(PointsCash, pts[:k], cash[:k])), g, sp, used, str(category),
+            _reasons(bits)))
     return options
+
+
+_FLAGGED = (Reason.INDEX_ABOVE_THRESHOLD, Reason.INDEX_BELOW_THRESHOLD, Reason.VACUUM_ZONE,
+            Reason.NOT_AFFORDABLE, Reason.USES_EXPIRING_POINTS, Reason.HIGH_PROPENSITY,
+            Reason.ON_PROMOTION)
+
+
+@functools.lru_cache(maxsize=1 << len(_FLAGGED))
+def _reasons(bits: int) -> tuple[Reason, ...]:
+    """The reasons whose bit (their place in _FLAGGED) is set, in that order."""
+    return tuple(r for j, r in enumerate(_FLAGGED) if bits >> j & 1)
 
 
 def unlocks_in_reach(

@@ -13,9 +13,10 @@ to pay in cash, so "1,000 points + 9.90" buys a 35.00 coffee priced at about 1,4
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,8 +44,9 @@ class Reason(enum.Enum):
     OUT_OF_STOCK = 10
 
 
-@dataclass(frozen=True, slots=True)
-class PointsCash:
+class PointsCash(NamedTuple):
+    """Pay `points` and `cash_minor` (immutable, and cheap to make)."""
+
     points: int
     cash_minor: int
 
@@ -58,11 +60,45 @@ def cash_for_remainder(points_price: A, cash_price_minor: A, points: A) -> A:
 
     Integers in, integers out; numpy int64 arrays work element-wise (the simulator's batches).
     """
+    if isinstance(points_price, int) and isinstance(cash_price_minor, int) and \
+            isinstance(points, int):  # one request's scalars: plain integer arithmetic
+        if points_price <= 0:
+            return cash_price_minor
+        paid = min(max(points, 0), points_price)
+        return -(-((points_price - paid) * cash_price_minor) // points_price)
     pp = np.asarray(points_price, dtype=np.int64)
     price = np.asarray(cash_price_minor, dtype=np.int64)
     covered = np.clip(np.asarray(points, dtype=np.int64), 0, np.maximum(pp, 0))
     cash = np.where(pp > 0, -(-((pp - covered) * price) // np.maximum(pp, 1)), price)
     return cash if cash.ndim else int(cash)  # type: ignore[return-value]
+
+
+def points_cash_table(
+    programme: Programme, points_price: npt.NDArray[np.int64],
+    cash_price_minor: npt.NDArray[np.int64], balance: int, limit: int = 4,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """`points_cash_options` for many items at once: (points, cash, count), where row i's
+    options are `points[i, :count[i]]` with `cash[i, :count[i]]`."""
+    step = programme.burning.min_points_step
+    price = np.asarray(points_price, dtype=np.int64)
+    cash_price = np.asarray(cash_price_minor, dtype=np.int64)
+    pts = np.zeros((len(price), limit), dtype=np.int64)
+    cash = np.zeros((len(price), limit), dtype=np.int64)
+    full = (price > 0) & (price <= balance) & (limit > 0)
+    pts[full, 0] = price[full]
+    count = full.astype(np.int64)
+    usable = np.minimum(balance, price - 1) // step * step  # partial: strictly below the price
+    n = limit - count
+    last = np.where(full, price, -1)
+    for k in range(limit):
+        # the most the balance allows, then evenly fewer, in whole steps; no repeats
+        p = usable * (n - k) // np.maximum(n, 1) // step * step
+        rows = np.flatnonzero((k < n) & (p >= step) & (p != last))
+        pts[rows, count[rows]] = p[rows]
+        cash[rows, count[rows]] = cash_for_remainder(price[rows], cash_price[rows], p[rows])
+        count[rows] += 1
+        last[rows] = p[rows]
+    return pts, cash, count
 
 
 def points_cash_options(
@@ -71,32 +107,38 @@ def points_cash_options(
     """Ways to pay, most points first, at most `limit`: all points when the balance covers
     them, then partial payments in whole steps (the most the balance allows, then evenly fewer)
     with the rest in cash."""
-    step = programme.burning.min_points_step
-    options: list[PointsCash] = []
-    if 0 < points_price <= balance:
-        options.append(PointsCash(points_price, 0))
-    usable = min(balance, points_price - 1) // step * step  # partial: strictly below the price
-    n = limit - len(options)
-    for k in range(max(n, 0)):
-        pts = usable * (n - k) // n // step * step
-        if pts >= step and all(o.points != pts for o in options):
-            options.append(PointsCash(pts, cash_for_remainder(points_price, cash_price_minor, pts)))
-    return options
+    pts, cash, count = points_cash_table(programme, np.array([points_price]),
+                                         np.array([cash_price_minor]), balance, limit)
+    return [PointsCash(int(p), int(c)) for p, c in zip(pts[0, :count[0]].tolist(),
+                                                       cash[0, :count[0]].tolist(), strict=True)]
 
 
-def spend_to_earn(programme: Programme, points: int, tier_multiplier: float = 1.0) -> int:
-    """Spend in minor units that earns `points` at the base rate times the tier multiplier.
+def spend_to_earn(programme: Programme, points: A, tier_multiplier: float = 1.0) -> A:
+    """Spend in minor units that earns `points` at the base rate times the tier multiplier
+    (int64 arrays element-wise; 0 for no points).
 
     Exact: the multiplier is taken as the decimal it is written as (1.2, not its binary
     neighbour), and the spend is rounded up to a whole unit so that floor(earned) >= points.
     """
+    m = programme.currency.minor_per_unit
+    if isinstance(points, np.ndarray):
+        if not (points > 0).any():
+            return np.zeros_like(points)
+        num, den = _earning_rate(programme.earning.points_per_unit, tier_multiplier)
+        return np.where(points > 0, -(-points * den // num) * m, 0)
     if points <= 0:
         return 0
-    per_unit = Fraction(programme.earning.points_per_unit) * Fraction(str(tier_multiplier))
+    num, den = _earning_rate(programme.earning.points_per_unit, tier_multiplier)
+    return _ceil_div(points * den, num) * m
+
+
+@functools.lru_cache(maxsize=256)
+def _earning_rate(points_per_unit: float, tier_multiplier: float) -> tuple[int, int]:
+    """Points per currency unit as an exact fraction (numerator, denominator)."""
+    per_unit = Fraction(str(points_per_unit)) * Fraction(str(tier_multiplier))
     if per_unit <= 0:
         raise ValueError("the programme earns no points")
-    units = _ceil_div(points * per_unit.denominator, per_unit.numerator)
-    return units * programme.currency.minor_per_unit
+    return per_unit.numerator, per_unit.denominator
 
 
 @dataclass(frozen=True, slots=True)

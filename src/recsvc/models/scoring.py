@@ -20,6 +20,7 @@ from recsvc.core import segments
 from recsvc.data import schema
 from recsvc.errors import DataMissing
 from recsvc.models import inputs
+from recsvc.models.attribution import PathAttribution
 from recsvc.models.training import calibrated, weekly_bgnbd
 from recsvc.progress import Stopwatch
 
@@ -45,6 +46,8 @@ class ChurnScorer:
         self.version: str = manifest.version
         self.features: list[str] = list(manifest.features)
         self.booster = loaded.booster
+        # the drivers; a compiled model keeps LightGBM's booster beside its native code
+        self.attribution = PathAttribution(getattr(loaded.booster, "booster", loaded.booster))
         self.vocab: dict[str, list[str]] = extra["vocabularies"]
         self.platt: dict[str, float] = extra["calibration"]["platt"]
         self.bgnbd = weekly_bgnbd(extra)
@@ -72,8 +75,7 @@ class ChurnScorer:
         action = segments.recommended_action_codes(seg, band)
         contrib = None
         if contributions:
-            contrib = np.asarray(self.booster.predict(X, pred_contrib=True,
-                                                      num_threads=num_threads))[:, :-1]
+            contrib = self.attribution.contributions(X, num_threads)
         return ChurnScores(prob, band, seg, action, contrib)
 
 

@@ -89,7 +89,8 @@ def _factors(f: index.IndexFactors) -> pb.IndexFactors:
 
 
 def _reasons(reasons: tuple[Reason, ...]) -> list[pb.ReasonCode]:
-    return [pb.ReasonCode.Value(f"REASON_CODE_{r.name}") for r in reasons]
+    # Reason mirrors ReasonCode's numbers (tests/test_proto.py checks)
+    return [pb.ReasonCode.ValueType(r.value) for r in reasons]
 
 
 def _points_cash(option: PointsCash) -> pb.PointsCashOption:
@@ -116,21 +117,28 @@ def redemption_hint(item: dataplane.ItemHint) -> pb.RedemptionHint:
     return msg
 
 
-def _option(o: ranking.Option) -> pb.RedemptionOption:
-    msg = pb.RedemptionOption(
-        item_id=o.item_id, rank=o.rank, score=o.score, factors=_factors(o.factors),
-        points_price=o.points_price, points_cash=[_points_cash(c) for c in o.points_cash],
-        points_gap=o.points_gap, spend_to_close_gap_minor=o.spend_to_close_gap_minor,
-        expiring_points_used=o.expiring_points_used, category=o.category,
-        reasons=_reasons(o.reasons))
+def _fill_option(msg: pb.RedemptionOption, o: ranking.Option) -> None:
+    """Fill `msg` in place: for a 200-option answer, about twice as fast as building each
+    option (and its factors and points + cash messages) from keyword arguments."""
+    msg.item_id, msg.rank, msg.score = o.item_id, o.rank, o.score
+    f, g = msg.factors, o.factors
+    f.value_coefficient, f.demand_match, f.behaviour_weight = (
+        g.value_coefficient, g.demand_match, g.behaviour_weight)
+    f.discount_coefficient, f.recommendation_index = (g.discount_coefficient,
+                                                      g.recommendation_index)
     if o.propensity is not None:
         msg.propensity = o.propensity
-    return msg
+    msg.points_price = o.points_price
+    for option in o.points_cash:
+        pay = msg.points_cash.add()
+        pay.points, pay.cash_minor = option.points, option.cash_minor
+    msg.points_gap, msg.spend_to_close_gap_minor = o.points_gap, o.spend_to_close_gap_minor
+    msg.expiring_points_used, msg.category = o.expiring_points_used, o.category
+    msg.reasons.extend(r.value for r in o.reasons)  # Reason mirrors ReasonCode's numbers
 
 
 def recommendations(answer: dataplane.RecommendAnswer) -> pb.RecommendRedemptionsResponse:
     msg = pb.RecommendRedemptionsResponse(
-        options=[_option(o) for o in answer.options],
         unlocks=[pb.CategoryUnlock(category=u.category, unlock_points=u.unlock_points,
                                    points_gap=u.points_gap,
                                    spend_to_unlock_minor=u.spend_to_unlock_minor)
@@ -138,6 +146,8 @@ def recommendations(answer: dataplane.RecommendAnswer) -> pb.RecommendRedemption
         points_balance=answer.points_balance, expiring_points=answer.expiring_points,
         experiment_arm=answer.arm, model_version=answer.model_version,
         degraded=bool(answer.degraded), degraded_reasons=degraded_reasons(answer.degraded))
+    for option in answer.options:
+        _fill_option(msg.options.add(), option)
     if answer.next_expiry is not None:
         msg.next_expiry.CopyFrom(_timestamp(answer.next_expiry))
     return msg
