@@ -127,6 +127,9 @@ def test_churn_risk_over_grpc_matches_the_scorer(trained: Any) -> None:
                                          {"rpc": "BatchGetChurnRisk", "code": "OK"}) == 1
         assert registry.get_sample_value("recsvc_model_info", {
             "model": "churn", "version": holder.current.version}) == 1
+        created = trained.registry.load("churn").manifest.created_at.timestamp()
+        assert registry.get_sample_value("recsvc_model_created_timestamp_seconds",
+                                         {"model": "churn"}) == created
 
     _serve(trained, check)
 

@@ -43,6 +43,9 @@ class ServiceMetrics:
         self.model_info = Gauge("recsvc_model_info", "1 for the model version being served.",
                                 ["model", "version"], registry=registry,
                                 multiprocess_mode="livemax")
+        self.model_created = Gauge("recsvc_model_created_timestamp_seconds",
+                                   "When the model version being served was trained.", ["model"],
+                                   registry=registry, multiprocess_mode="livemax")
         self.hints = Counter("recsvc_hints_total",
                              "Hints answered, by experiment arm and whether points were better.",
                              ["arm", "points_better"], registry=registry)

@@ -68,6 +68,8 @@ class ModelHolder:
                 # prometheus-client runs in multiprocess mode (which importing Feast turns on)
                 self.metrics.model_info.labels(self.name, previous.version).set(0)
             self.metrics.model_info.labels(self.name, version).set(1)
+            self.metrics.model_created.labels(self.name).set(
+                loaded.manifest.created_at.timestamp())
             self.metrics.model_reloads.labels(self.name, "loaded").inc()
             log.info("%s: serving %s (was %s)", self.name, version,
                      previous.version if previous else "nothing")
