@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     metrics_port: int = 9464
     """Prometheus metrics HTTP port of `recsvc serve` (0: none)."""
 
+    metrics_address: str = "127.0.0.1"
+    """Where the metrics HTTP server listens (0.0.0.0 in a container, for the scraper)."""
+
     workers: int = Field(1, ge=1, le=64)
     """Server processes sharing the gRPC port (SO_REUSEPORT); one per core uses them all."""
 

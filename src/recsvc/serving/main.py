@@ -197,10 +197,11 @@ def serve(address: str | None = None, metrics_port: int | None = None,
 
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=metrics_dir)
-            start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+            start_http_server(metrics_port, addr=settings.metrics_address, registry=registry)
         print(f"recsvc serving recsvc.v1.RedemptionService on {address} ({workers} worker"
               f"{'s' if workers > 1 else ''}"
-              + (f", metrics on http://127.0.0.1:{metrics_port}/metrics)" if metrics_port
+              + (f", metrics on http://{settings.metrics_address}:{metrics_port}/metrics)"
+                 if metrics_port
                  else ")"), flush=True)
         for name, version in first["models"].items():
             print(f"  {name} model: {version or 'none (degraded)'}")
