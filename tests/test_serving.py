@@ -527,3 +527,27 @@ def test_overload_is_shed_with_resource_exhausted(trained: Any) -> None:
     assert registry.get_sample_value("recsvc_requests_total", {
         "rpc": "GetChurnRisk", "code": "RESOURCE_EXHAUSTED"}) == codes.count(
         grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def test_one_long_call_is_not_overload_but_a_backlog_is() -> None:
+    from recsvc.serving.servicer import LoadShedder
+
+    async def main() -> None:
+        shedder = LoadShedder(max_lag_s=0.04, interval_s=0.005)
+        task = asyncio.create_task(shedder.run())
+        await asyncio.sleep(0.02)
+        time.sleep(0.15)  # one long call holds the loop
+        await asyncio.sleep(0.001)
+        assert shedder.lag > 0.04 and not shedder.overloaded
+        await asyncio.sleep(0.03)
+        assert shedder.late_ticks == 0  # on time again
+        for _ in range(4):  # a backlog: every tick comes late
+            time.sleep(0.08)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
+        assert shedder.overloaded
+        await asyncio.sleep(0.05)
+        assert not shedder.overloaded  # caught up
+        task.cancel()
+
+    asyncio.run(main())

@@ -20,19 +20,23 @@ T = TypeVar("T")
 
 
 class LoadShedder:
-    """Watches how late the event loop runs a tick every `interval_s`: when it is more than
-    `max_lag_s` behind, calls are queueing faster than they are answered, and new ones are
-    refused (RESOURCE_EXHAUSTED) until a tick comes on time again. Refusing costs microseconds,
-    so the backlog drains, and callers get a fast answer to back off on instead of a timeout."""
+    """Watches how late the event loop runs a tick every `interval_s`. One long call (a
+    1,000-member batch) makes one tick late; calls arriving faster than they are answered make
+    every tick late. After `sustained` late ticks in a row (more than `max_lag_s` each), new
+    calls are refused with RESOURCE_EXHAUSTED until a tick comes on time again. Refusing costs
+    microseconds, so the backlog drains, and callers get a fast answer to back off on instead
+    of a timeout."""
 
-    def __init__(self, max_lag_s: float, interval_s: float = 0.01) -> None:
+    def __init__(self, max_lag_s: float, interval_s: float = 0.01, sustained: int = 3) -> None:
         self.max_lag_s = max_lag_s
         self.interval_s = interval_s
+        self.sustained = sustained
         self.lag = 0.0
+        self.late_ticks = 0
 
     @property
     def overloaded(self) -> bool:
-        return self.lag > self.max_lag_s
+        return self.late_ticks >= self.sustained
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -40,6 +44,7 @@ class LoadShedder:
             start = loop.time()
             await asyncio.sleep(self.interval_s)
             self.lag = max(loop.time() - start - self.interval_s, 0.0)
+            self.late_ticks = self.late_ticks + 1 if self.lag > self.max_lag_s else 0
 
 
 class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
