@@ -17,9 +17,10 @@ SIM_MEMBERS ?= 20000
 SIM_DAYS    ?= 540
 SIM_SEED    ?= 7
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 
-.PHONY: help install lock lint proto run test features train retrain score-batch bench-features \
-        bench-models clean
+.PHONY: help install lock lint proto run test features train retrain score-batch bench \
+        bench-features bench-models clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -80,6 +81,9 @@ retrain: $(STAMP) ## the scheduled job: refresh features, train, gate, promote (
 
 score-batch: $(STAMP) ## churn score, band, segment and action for every member (OUT=file.csv)
 	$(VENV)/bin/recsvc score-batch $(if $(AS_OF),--as-of $(AS_OF)) $(if $(OUT),--out $(OUT))
+
+bench: $(STAMP) ## gRPC serving: latency and req/s per RPC vs an echo floor and Feast (BENCH_ARGS=--quick); others: bench-features, bench-models
+	$(PY) training/bench_serving.py $(BENCH_ARGS)
 
 bench-features: $(STAMP) ## benchmark simulator, feature jobs, materialisation and online reads
 	$(PY) training/bench_features.py
