@@ -19,7 +19,7 @@ SIM_SEED    ?= 7
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help install lock lint proto run test features train retrain score-batch bench \
+.PHONY: help install lock lint prometheus-tools proto run test features train retrain score-batch bench \
         bench-features bench-models clean
 
 help: ## list the targets
@@ -56,11 +56,19 @@ proto: $(STAMP) ## regenerate the Python code of the recsvc.v1 contract (grpcio-
 	$(PY) -m grpc_tools.protoc -I protos --python_out=src --pyi_out=src --grpc_python_out=src \
 	  $(PROTO_SRC)
 
-lint: $(STAMP) $(BUF) ## ruff, mypy, buf lint (STANDARD) and buf breaking against the release
+lint: $(STAMP) $(BUF) prometheus-tools ## ruff, mypy, buf lint + breaking, promtool checks
 	$(VENV)/bin/ruff check src tests training feature_repo
 	$(VENV)/bin/mypy src
 	$(BUF) lint
 	$(BUF) breaking --against protos/released/recsvc.v1.binpb
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+
+prometheus-tools: ## install prometheus and promtool (Debian's prometheus package) if missing
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+	   --no-install-recommends -o DPkg::Lock::Timeout=300 prometheus)
 
 run: $(STAMP) ## serve on 127.0.0.1:50051 (metrics :9464); builds features and models if missing
 	$(VENV)/bin/recsvc features --members $(SIM_MEMBERS) --days $(SIM_DAYS) --seed $(SIM_SEED)
