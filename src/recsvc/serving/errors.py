@@ -30,6 +30,8 @@ TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (RecsvcError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 INTERNAL_MESSAGE = "internal error"
+CODE_NAMES = ("OK", *dict.fromkeys(code.name for _, code in TABLE), "INTERNAL")
+"""Every status code a call can end with (for metric series made before the first call)."""
 
 
 def status_for(exc: BaseException, rpc: str) -> status_pb2.Status:

@@ -54,6 +54,13 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
         self.dataplane = dataplane
         self.metrics = metrics
         self.shedder: LoadShedder | None = None  # set by server.create_server
+        # every series at 0 from the start, so rate() sees the first error of a burst
+        for rpc in pb.DESCRIPTOR.services_by_name["RedemptionService"].methods_by_name:
+            metrics.latency.labels(rpc)
+            for code in errors.CODE_NAMES:
+                metrics.requests.labels(rpc, code)
+            for reason in converters.DEGRADED:
+                metrics.degraded.labels(rpc, reason)
 
     async def _call(self, rpc: str, context: grpc.aio.ServicerContext,
                     work: Callable[[], T]) -> T:
