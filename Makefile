@@ -56,7 +56,7 @@ proto: $(STAMP) ## regenerate the Python code of the recsvc.v1 contract (grpcio-
 	$(PY) -m grpc_tools.protoc -I protos --python_out=src --pyi_out=src --grpc_python_out=src \
 	  $(PROTO_SRC)
 
-lint: $(STAMP) $(BUF) prometheus-tools ## ruff, mypy, buf lint + breaking, promtool checks
+lint: $(STAMP) $(BUF) prometheus-tools ## ruff, mypy, buf, promtool, hadolint, k8s schemas
 	$(VENV)/bin/ruff check src tests training feature_repo
 	$(VENV)/bin/mypy src
 	$(BUF) lint
@@ -64,6 +64,9 @@ lint: $(STAMP) $(BUF) prometheus-tools ## ruff, mypy, buf lint + breaking, promt
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/rules/*.yml
 	promtool test rules deploy/prometheus/tests/*.yml
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet \
+	  $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
 
 prometheus-tools: ## install prometheus and promtool (Debian's prometheus package) if missing
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
@@ -75,7 +78,13 @@ run: $(STAMP) ## serve on 127.0.0.1:50051 (metrics :9464); builds features and m
 	@$(VENV)/bin/recsvc models list churn | grep -q '^\*' || $(VENV)/bin/recsvc train
 	$(VENV)/bin/recsvc serve
 
-test: $(STAMP) ## run the whole test suite (needs Redis at 127.0.0.1:6379; starts one if absent)
+# the Node.js client of the contract (clients/node), run by the tests against the real server
+NODE_CLIENT := clients/node/node_modules/.package-lock.json
+$(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
+	npm ci --prefix clients/node --ignore-scripts --no-audit --no-fund --silent
+	@touch $@
+
+test: $(STAMP) $(NODE_CLIENT) ## run the whole test suite (needs Redis at 127.0.0.1:6379; starts one if absent)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 features: $(STAMP) ## simulate data if there is none, compute features, feast apply, materialise

@@ -16,7 +16,7 @@ import pytest
 from conftest import TINY_AS_OF, at
 from recsvc import cli
 from recsvc.config import load_programme
-from recsvc.errors import ConfigError, FeatureStoreUnavailable
+from recsvc.errors import ConfigError, DataMissing, FeatureStoreUnavailable
 from recsvc.features import compute, store
 from recsvc.features.jobs import run_features
 from recsvc.settings import Settings
@@ -353,6 +353,13 @@ def test_features_job_simulates_when_there_are_no_tables(tmp_path: Path) -> None
     assert run.simulated and run.computed and run.applied
     assert run.materialized_rows > 200
     assert lines[0].startswith("tables: none") and "rows/s" in lines[1]
+
+
+def test_no_tables_and_no_simulation_is_a_clear_error(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", feast_project="p", simulate_when_empty=False)
+    with pytest.raises(DataMissing, match="import-transactions"):
+        run_features(settings, P, say=_quiet)
+    assert not (tmp_path / "data" / "tables").exists()
 
 
 def test_snapshot_period_beyond_the_ttl_is_refused(tiny_data_dir: Path) -> None:

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     feast_project: str = "recsvc"
     """Feast project name; it namespaces every online-store key, so tests use their own."""
 
+    simulate_when_empty: bool = True
+    """`recsvc features` (and retrain) simulate a default population when there are no tables;
+    False (in production) makes them fail instead."""
+
     programme: Path | None = None
     """Programme rules file (TOML); the packaged defaults when unset."""
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from recsvc.cliargs import date_arg, end_of_day, positive_int
 from recsvc.config import Programme, load_programme
-from recsvc.errors import ConfigError
+from recsvc.errors import ConfigError, DataMissing
 from recsvc.settings import Settings, load_settings
 
 DEFAULT_MEMBERS = 20_000
@@ -100,6 +100,9 @@ def run_features(
     # 1. Canonical tables: simulate a default population when there are none.
     if schema.has_tables(data_dir):
         tell(f"tables: found under {schema.tables_dir(data_dir)}")
+    elif not settings.simulate_when_empty:
+        raise DataMissing(f"no tables under {schema.tables_dir(data_dir)}: import them with "
+                          "`recsvc import-transactions` (RECSVC_SIMULATE_WHEN_EMPTY is off)")
     else:
         from recsvc.data.simulate import run_simulation
 

@@ -206,7 +206,8 @@ def serve(address: str | None = None, metrics_port: int | None = None,
         for name, version in first["models"].items():
             print(f"  {name} model: {version or 'none (degraded)'}")
         print(f"  catalogue: {first['items']:,} items in memory")
-        print(f"  try: .venv/bin/recsvc client --address {address} recommend 1", flush=True)
+        print(f"  try: recsvc client --address {address} recommend 1  (.venv/bin/recsvc in "
+              "a checkout)", flush=True)
         while not stopping:
             time.sleep(0.2)
             while not ready.empty():

@@ -35,7 +35,11 @@ async def create_server(
     if overload_lag_s is not None:
         servicer.shedder = LoadShedder(overload_lag_s)
         _background.add(asyncio.create_task(servicer.shedder.run()))
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)],
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1),
+                                      # connections end after ~5 min (callers reconnect), so
+                                      # servers added by an autoscaler get their share
+                                      ("grpc.max_connection_age_ms", 300_000),
+                                      ("grpc.max_connection_age_grace_ms", 30_000)],
                              maximum_concurrent_rpcs=max_concurrent_rpcs)
     recsvc_pb2_grpc.add_RedemptionServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
