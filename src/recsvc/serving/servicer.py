@@ -20,17 +20,21 @@ T = TypeVar("T")
 
 
 class LoadShedder:
-    """Watches how late the event loop runs a tick every `interval_s`. One long call (a
-    1,000-member batch) makes one tick late; calls arriving faster than they are answered make
-    every tick late. After `sustained` late ticks in a row (more than `max_lag_s` each), new
-    calls are refused with RESOURCE_EXHAUSTED until a tick comes on time again. Refusing costs
-    microseconds, so the backlog drains, and callers get a fast answer to back off on instead
-    of a timeout."""
+    """Watches how late the event loop runs a tick every `interval_s`, and how many tasks (each
+    call in progress is one) wait on it. One long call (a 1,000-member batch), or a single
+    caller sending long calls back to back, makes ticks late with nothing queued; calls arriving
+    faster than they are answered make ticks late *and* pile up tasks. After `sustained` late
+    ticks in a row (more than `max_lag_s` each) with at least `backlog` more tasks than when it
+    started, new calls are refused with RESOURCE_EXHAUSTED until a tick comes on time again.
+    Refusing costs microseconds, so the backlog drains, and callers get a fast answer to back
+    off on instead of a timeout."""
 
-    def __init__(self, max_lag_s: float, interval_s: float = 0.01, sustained: int = 3) -> None:
+    def __init__(self, max_lag_s: float, interval_s: float = 0.01, sustained: int = 3,
+                 backlog: int = 4) -> None:
         self.max_lag_s = max_lag_s
         self.interval_s = interval_s
         self.sustained = sustained
+        self.backlog = backlog
         self.lag = 0.0
         self.late_ticks = 0
 
@@ -40,11 +44,14 @@ class LoadShedder:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        idle = len(asyncio.all_tasks(loop))  # the server's own tasks, and this one
         while True:
             start = loop.time()
             await asyncio.sleep(self.interval_s)
             self.lag = max(loop.time() - start - self.interval_s, 0.0)
-            self.late_ticks = self.late_ticks + 1 if self.lag > self.max_lag_s else 0
+            queued = len(asyncio.all_tasks(loop)) - idle
+            behind = self.lag > self.max_lag_s and queued >= self.backlog
+            self.late_ticks = self.late_ticks + 1 if behind else 0
 
 
 class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
