@@ -134,7 +134,7 @@ def _fill_option(msg: pb.RedemptionOption, o: ranking.Option) -> None:
         pay.points, pay.cash_minor = option.points, option.cash_minor
     msg.points_gap, msg.spend_to_close_gap_minor = o.points_gap, o.spend_to_close_gap_minor
     msg.expiring_points_used, msg.category = o.expiring_points_used, o.category
-    msg.reasons.extend(r.value for r in o.reasons)  # Reason mirrors ReasonCode's numbers
+    msg.reasons.extend(_reasons(o.reasons))
 
 
 def recommendations(answer: dataplane.RecommendAnswer) -> pb.RecommendRedemptionsResponse:

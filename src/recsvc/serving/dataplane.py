@@ -90,7 +90,7 @@ class ChurnAnswer:
 
 def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
     """Feature columns by feature name, and which rows have no features at all (unknown
-    members: cold start)."""
+    members: cold start; items the store does not know)."""
     present = np.zeros(n, dtype=bool)
     for name, values in raw.items():
         if "__" in name:
@@ -109,12 +109,8 @@ class Items:
 
     @classmethod
     def build(cls, ids: Sequence[int], raw: dict[str, list[Any]]) -> Items:
-        cols = inputs.feature_columns(raw)
-        present = np.zeros(len(ids), dtype=bool)
-        for values in cols.values():
-            present |= (~np.isnan(values) if values.dtype == np.float64
-                        else values != None)  # noqa: E711 - element-wise
-        keep = np.flatnonzero(present)
+        cols, missing = _columns(raw, len(ids))
+        keep = np.flatnonzero(~missing)
         cols = {k: v[keep] for k, v in cols.items()}
         item_id = np.asarray(ids, dtype=np.int64)[keep]
         n = len(keep)
