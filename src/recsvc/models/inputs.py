@@ -10,6 +10,7 @@ manifest, so an unseen category is a missing value rather than a new meaning.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -73,6 +74,8 @@ CHURN_INPUTS = tuple(n for n in MEMBER_ACTIVITY + MEMBER_POINTS + CHURN_DERIVED
 def _f(cols: Columns, name: str) -> F64:
     """A numeric column as float64 with NaN for missing values (None, pandas NA)."""
     values = cols[name]
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values  # already numeric (read only here: every caller makes new arrays)
     arr = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
     if arr.dtype == object:
         return np.array([np.nan if v is None or pd_isna(v) else float(v) for v in arr])
@@ -117,7 +120,9 @@ def index_inputs(cols: Columns, rules: IndexRules) -> dict[str, F64]:
     """The index factors of SPEC §2 for (member, item) rows, from the raw feature columns."""
     balance = _fill(_f(cols, "points_balance"), 0.0)
     points_price = _f(cols, "points_price")
-    young = np.isin(np.asarray(cols["age_band"], dtype=object), rules.young_age_bands)
+    bands = frozenset(rules.young_age_bands)  # np.isin sorts object arrays: slow per call
+    young = np.fromiter((v in bands for v in cols["age_band"]), dtype=bool,
+                        count=len(cols["age_band"]))
     aov = _f(cols, "avg_order_value_365d_minor")
     high = _fill(aov, 0.0) >= rules.high_spender_min_aov_units * 100
     factors = idx.index_factors(
@@ -214,18 +219,22 @@ def vocabularies(cols: Columns, names: Sequence[str] = CATEGORICAL) -> dict[str,
 
 def encode(values: Any, vocabulary: Sequence[str]) -> F64:
     """Integer codes of a categorical column; NaN for null or unseen values."""
-    lookup = {v: float(i) for i, v in enumerate(vocabulary)}
+    lookup = _lookup(tuple(vocabulary))
     return np.array([lookup.get(v, np.nan) for v in np.asarray(values, dtype=object)])
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup(vocabulary: tuple[str, ...]) -> dict[str, float]:
+    return {v: float(i) for i, v in enumerate(vocabulary)}
 
 
 def matrix(
     cols: Columns, names: Sequence[str], vocab: Mapping[str, Sequence[str]]
 ) -> npt.NDArray[np.float64]:
     """The model matrix: one float64 column per input, in the manifest's order."""
-    out = []
-    for name in names:
-        if name in vocab:
-            out.append(encode(cols[name], vocab[name]))
-        else:
-            out.append(_f(cols, name))
-    return np.column_stack(out) if out else np.empty((0, 0))
+    if not names:
+        return np.empty((0, 0))
+    out = np.empty((len(cols[names[0]]), len(names)))
+    for j, name in enumerate(names):
+        out[:, j] = encode(cols[name], vocab[name]) if name in vocab else _f(cols, name)
+    return out
