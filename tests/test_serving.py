@@ -529,28 +529,23 @@ def test_overload_is_shed_with_resource_exhausted(trained: Any) -> None:
         grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-def test_long_calls_are_not_overload_but_a_backlog_is() -> None:
+def test_one_late_tick_is_not_overload_but_sustained_lateness_is() -> None:
     from recsvc.serving.servicer import LoadShedder
 
     async def main() -> None:
         shedder = LoadShedder(max_lag_s=0.04, interval_s=0.005)
         task = asyncio.create_task(shedder.run())
         await asyncio.sleep(0.02)
-
-        async def late_ticks() -> None:
-            for _ in range(5):  # long calls back to back: every tick comes late
-                time.sleep(0.08)
-                await asyncio.sleep(0)
-                await asyncio.sleep(0.001)
-
-        await late_ticks()  # one caller: nothing waits behind the calls
+        time.sleep(0.15)  # one long call holds the loop
+        await asyncio.sleep(0.001)
         assert shedder.lag > 0.04 and not shedder.overloaded
-        release = asyncio.Event()
-        waiting = [asyncio.create_task(release.wait()) for _ in range(6)]  # calls queued
-        await late_ticks()
+        await asyncio.sleep(0.03)
+        assert shedder.late_ticks == 0  # on time again
+        for _ in range(4):  # the loop stays behind: every tick comes late
+            time.sleep(0.08)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
         assert shedder.overloaded
-        release.set()
-        await asyncio.gather(*waiting)
         await asyncio.sleep(0.05)
         assert not shedder.overloaded  # caught up
         task.cancel()

@@ -20,21 +20,21 @@ T = TypeVar("T")
 
 
 class LoadShedder:
-    """Watches how late the event loop runs a tick every `interval_s`, and how many tasks (each
-    call in progress is one) wait on it. One long call (a 1,000-member batch), or a single
-    caller sending long calls back to back, makes ticks late with nothing queued; calls arriving
-    faster than they are answered make ticks late *and* pile up tasks. After `sustained` late
-    ticks in a row (more than `max_lag_s` each) with at least `backlog` more tasks than when it
-    started, new calls are refused with RESOURCE_EXHAUSTED until a tick comes on time again.
-    Refusing costs microseconds, so the backlog drains, and callers get a fast answer to back
-    off on instead of a timeout."""
+    """Watches how late the event loop runs a tick every `interval_s`: after `sustained` ticks
+    in a row more than `max_lag_s` late, new calls are refused with RESOURCE_EXHAUSTED until a
+    tick comes on time again. Refusing costs microseconds, so a backlog drains, and callers get
+    a fast answer to back off on instead of a timeout. One long call makes one tick late and is
+    not overload.
 
-    def __init__(self, max_lag_s: float, interval_s: float = 0.01, sustained: int = 3,
-                 backlog: int = 4) -> None:
+    Limitation: grpc.aio keeps waiting calls in its core, where asyncio cannot see them, and it
+    hands the loop one call at a time, so a backlog and one caller sending calls longer than
+    `max_lag_s` back to back (1,000-member batches) look the same here: the latter can be
+    refused too. Callers retry RESOURCE_EXHAUSTED with backoff."""
+
+    def __init__(self, max_lag_s: float, interval_s: float = 0.01, sustained: int = 3) -> None:
         self.max_lag_s = max_lag_s
         self.interval_s = interval_s
         self.sustained = sustained
-        self.backlog = backlog
         self.lag = 0.0
         self.late_ticks = 0
 
@@ -44,14 +44,11 @@ class LoadShedder:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        idle = len(asyncio.all_tasks(loop))  # the server's own tasks, and this one
         while True:
             start = loop.time()
             await asyncio.sleep(self.interval_s)
             self.lag = max(loop.time() - start - self.interval_s, 0.0)
-            queued = len(asyncio.all_tasks(loop)) - idle
-            behind = self.lag > self.max_lag_s and queued >= self.backlog
-            self.late_ticks = self.late_ticks + 1 if behind else 0
+            self.late_ticks = self.late_ticks + 1 if self.lag > self.max_lag_s else 0
 
 
 class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
