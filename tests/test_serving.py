@@ -484,18 +484,26 @@ def _outcome(call: Callable[[], Any]) -> grpc.StatusCode:
         return exc.code()
 
 
+def _behind_a_held_call(source: SlowSource, first: Callable[[], Any],
+                        then: list[Callable[[], Any]]) -> list[grpc.StatusCode]:
+    """Start `first`; once it holds the server (its slow read began), start `then` at once.
+    The status codes of all of them, `first`'s first."""
+    with ThreadPoolExecutor(1 + len(then)) as pool:
+        held = pool.submit(_outcome, first)
+        while source.reads == 0:
+            time.sleep(0.005)
+        rest = [pool.submit(_outcome, call) for call in then]
+        return [held.result(), *(f.result() for f in rest)]
+
+
 def test_a_call_whose_deadline_passed_while_it_waited_is_not_worked_on(trained: Any) -> None:
     member = _sample(trained)[0]
     source = SlowSource(FeastSource(trained.store), delay=0.4)
     request = pb.GetChurnRiskRequest(member_id=member)
 
     def calls(stub: Any) -> list[Any]:
-        with ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(_outcome, lambda: stub.GetChurnRisk(request, timeout=10))
-            while source.reads == 0:  # the first call holds the server now
-                time.sleep(0.005)
-            late = pool.submit(_outcome, lambda: stub.GetChurnRisk(request, timeout=0.1))
-            return [slow.result(), late.result()]
+        return _behind_a_held_call(source, lambda: stub.GetChurnRisk(request, timeout=10),
+                                   [lambda: stub.GetChurnRisk(request, timeout=0.1)])
 
     (slow, late), registry = _serve_threads(trained, source, None, calls)
     assert (slow, late) == (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -511,13 +519,10 @@ def test_overload_is_shed_with_resource_exhausted(trained: Any) -> None:
     request = pb.GetChurnRiskRequest(member_id=member)
 
     def calls(stub: Any) -> list[Any]:
-        with ThreadPoolExecutor(9) as pool:
-            first = pool.submit(_outcome, lambda: stub.GetChurnRisk(request, timeout=30))
-            while source.reads == 0:
-                time.sleep(0.005)
-            rest = [pool.submit(_outcome, lambda: stub.GetChurnRisk(request, timeout=30))
-                    for _ in range(8)]
-            return [first.result(), *(f.result() for f in rest)]
+        def call() -> Any:
+            return stub.GetChurnRisk(request, timeout=30)
+
+        return _behind_a_held_call(source, call, [call] * 8)
 
     codes, registry = _serve_threads(trained, source, 0.05, calls)
     assert codes[0] == grpc.StatusCode.OK
