@@ -26,11 +26,11 @@ def test_generated_code_is_not_stale(tmp_path: Path) -> None:
         assert fresh == committed, f"src/recsvc/v1/{name} is stale: run `make proto`"
 
 
-def test_the_service_answers_the_six_callers() -> None:
+def test_the_service_answers_every_caller() -> None:
     service = recsvc_pb2.DESCRIPTOR.services_by_name["RedemptionService"]
     assert [m.name for m in service.methods] == [
         "GetRedemptionHint", "BatchGetRedemptionHints", "RecommendRedemptions",
-        "OptimizeCartSplit", "GetChurnRisk", "BatchGetChurnRisk"]
+        "OptimizeCartSplit", "GetChurnRisk", "BatchGetChurnRisk", "GetNudges"]
     assert recsvc_pb2.DESCRIPTOR.package == "recsvc.v1"
 
 

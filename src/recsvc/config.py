@@ -129,6 +129,76 @@ class Inventory(_Section):
     alternates: int = Field(3, ge=2, le=10)
 
 
+NUDGE_KINDS = ("expiry", "expiry_urgent", "low_balance", "unlock_close", "item")
+CHANNELS = ("in_app", "push", "email", "sms")
+
+
+class NudgeCap(_Section):
+    """At most `max` nudges of `kind` per member (and per item, for kind "item": the same item
+    suggested) on `channel` ("*": all channels together) in any `window_hours`."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]{1,40}$")
+    kind: str
+    channel: str = "*"
+    max: int = Field(ge=0)
+    window_hours: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.kind not in NUDGE_KINDS:
+            raise ValueError(f"kind: {self.kind!r} is not one of {list(NUDGE_KINDS)}")
+        if self.channel != "*" and self.channel not in CHANNELS:
+            raise ValueError(f"channel: {self.channel!r} is not '*' or one of {list(CHANNELS)}")
+        return self
+
+
+class Nudges(_Section):
+    options: int = Field(3, ge=1, le=20)
+    """Ways to use the points offered with an expiry or low-balance nudge."""
+    unlock_close_share: float = Field(0.2, gt=0, le=1.0)
+    """A category unlock is "close" when the gap is at most this share of its threshold."""
+    caps: tuple[NudgeCap, ...] = (
+        NudgeCap(name="expiry_weekly", kind="expiry", max=1, window_hours=168),
+        NudgeCap(name="urgent_daily", kind="expiry_urgent", max=1, window_hours=24),
+        NudgeCap(name="low_balance_weekly", kind="low_balance", max=1, window_hours=168),
+        NudgeCap(name="unlock_weekly", kind="unlock_close", max=1, window_hours=168),
+        NudgeCap(name="same_item_daily", kind="item", max=3, window_hours=24),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = [c.name for c in self.caps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"caps: names must be unique, got {names}")
+        return self
+
+
+class Fraud(_Section):
+    burst_redemptions: int = Field(5, ge=2)
+    """Many redemptions in a short window: at least this many ..."""
+    burst_window_minutes: float = Field(60.0, gt=0)
+    """... within this many minutes."""
+    drain_share: float = Field(0.9, gt=0, le=1.0)
+    """A redemption burning at least this share of the balance before it ..."""
+    drain_min_points: int = Field(3000, ge=0)
+    """... when that balance was at least this many points, is a balance drain."""
+    loop_window_hours: float = Field(24.0, gt=0)
+    """Points burnt within this many hours of being earned close one earn-then-burn loop ..."""
+    loop_count: int = Field(3, ge=1)
+    """... and this many loops within `lookback_days` flag the member."""
+    lookback_days: int = Field(30, gt=0)
+    """Rules look at this many days of ledger events before the as-of instant."""
+    anomaly_contamination: float = Field(0.005, gt=0, lt=0.5)
+    """Share of members the isolation forest flags as anomalous."""
+
+
+class Liability(_Section):
+    horizon_months: int = Field(12, gt=0, le=60)
+    bootstrap_samples: int = Field(200, ge=20)
+    interval: float = Field(0.9, gt=0, lt=1)
+    """Width of the bootstrap interval (0.9: the 5th to the 95th percentile)."""
+
+
 class Arm(_Section):
     """One variant of the ranking strategy; unset fields keep the programme's values."""
 
@@ -167,6 +237,9 @@ class Programme(_Section):
     low_balance: LowBalance = LowBalance()
     index: IndexRules = IndexRules()
     inventory: Inventory = Inventory()
+    nudges: Nudges = Nudges()
+    fraud: Fraud = Fraud()
+    liability: Liability = Liability()
     experiments: Experiments = Experiments()
 
     @model_validator(mode="after")

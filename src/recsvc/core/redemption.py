@@ -42,6 +42,9 @@ class Reason(enum.Enum):
     UNLOCK_CLOSE = 8
     COLD_START = 9
     OUT_OF_STOCK = 10
+    SAME_CATEGORY = 11
+    SAME_POINTS_CLASS = 12
+    SIMILAR_POINTS_PRICE = 13
 
 
 class PointsCash(NamedTuple):

@@ -30,6 +30,9 @@ class ReasonCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_CODE_UNLOCK_CLOSE: _ClassVar[ReasonCode]
     REASON_CODE_COLD_START: _ClassVar[ReasonCode]
     REASON_CODE_OUT_OF_STOCK: _ClassVar[ReasonCode]
+    REASON_CODE_SAME_CATEGORY: _ClassVar[ReasonCode]
+    REASON_CODE_SAME_POINTS_CLASS: _ClassVar[ReasonCode]
+    REASON_CODE_SIMILAR_POINTS_PRICE: _ClassVar[ReasonCode]
 
 class DegradedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -37,6 +40,15 @@ class DegradedReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEGRADED_REASON_FEATURE_STORE_UNAVAILABLE: _ClassVar[DegradedReason]
     DEGRADED_REASON_FEATURE_STORE_TIMEOUT: _ClassVar[DegradedReason]
     DEGRADED_REASON_NO_MODEL: _ClassVar[DegradedReason]
+    DEGRADED_REASON_CAP_STORE_UNAVAILABLE: _ClassVar[DegradedReason]
+
+class FraudFlag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRAUD_FLAG_UNSPECIFIED: _ClassVar[FraudFlag]
+    FRAUD_FLAG_REDEMPTION_BURST: _ClassVar[FraudFlag]
+    FRAUD_FLAG_BALANCE_DRAIN: _ClassVar[FraudFlag]
+    FRAUD_FLAG_EARN_BURN_LOOP: _ClassVar[FraudFlag]
+    FRAUD_FLAG_ANOMALY: _ClassVar[FraudFlag]
 
 class BindingRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -62,6 +74,22 @@ class Segment(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEGMENT_POTENTIAL: _ClassVar[Segment]
     SEGMENT_DORMANT: _ClassVar[Segment]
     SEGMENT_ORDINARY: _ClassVar[Segment]
+
+class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANNEL_UNSPECIFIED: _ClassVar[Channel]
+    CHANNEL_IN_APP: _ClassVar[Channel]
+    CHANNEL_PUSH: _ClassVar[Channel]
+    CHANNEL_EMAIL: _ClassVar[Channel]
+    CHANNEL_SMS: _ClassVar[Channel]
+
+class NudgeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NUDGE_KIND_UNSPECIFIED: _ClassVar[NudgeKind]
+    NUDGE_KIND_EXPIRY: _ClassVar[NudgeKind]
+    NUDGE_KIND_EXPIRY_URGENT: _ClassVar[NudgeKind]
+    NUDGE_KIND_LOW_BALANCE: _ClassVar[NudgeKind]
+    NUDGE_KIND_UNLOCK_CLOSE: _ClassVar[NudgeKind]
 SURFACE_UNSPECIFIED: Surface
 SURFACE_PRODUCT_PAGE: Surface
 SURFACE_POINTS_CENTRE: Surface
@@ -77,10 +105,19 @@ REASON_CODE_ON_PROMOTION: ReasonCode
 REASON_CODE_UNLOCK_CLOSE: ReasonCode
 REASON_CODE_COLD_START: ReasonCode
 REASON_CODE_OUT_OF_STOCK: ReasonCode
+REASON_CODE_SAME_CATEGORY: ReasonCode
+REASON_CODE_SAME_POINTS_CLASS: ReasonCode
+REASON_CODE_SIMILAR_POINTS_PRICE: ReasonCode
 DEGRADED_REASON_UNSPECIFIED: DegradedReason
 DEGRADED_REASON_FEATURE_STORE_UNAVAILABLE: DegradedReason
 DEGRADED_REASON_FEATURE_STORE_TIMEOUT: DegradedReason
 DEGRADED_REASON_NO_MODEL: DegradedReason
+DEGRADED_REASON_CAP_STORE_UNAVAILABLE: DegradedReason
+FRAUD_FLAG_UNSPECIFIED: FraudFlag
+FRAUD_FLAG_REDEMPTION_BURST: FraudFlag
+FRAUD_FLAG_BALANCE_DRAIN: FraudFlag
+FRAUD_FLAG_EARN_BURN_LOOP: FraudFlag
+FRAUD_FLAG_ANOMALY: FraudFlag
 BINDING_RULE_UNSPECIFIED: BindingRule
 BINDING_RULE_NONE: BindingRule
 BINDING_RULE_BALANCE: BindingRule
@@ -97,6 +134,16 @@ SEGMENT_LOYAL: Segment
 SEGMENT_POTENTIAL: Segment
 SEGMENT_DORMANT: Segment
 SEGMENT_ORDINARY: Segment
+CHANNEL_UNSPECIFIED: Channel
+CHANNEL_IN_APP: Channel
+CHANNEL_PUSH: Channel
+CHANNEL_EMAIL: Channel
+CHANNEL_SMS: Channel
+NUDGE_KIND_UNSPECIFIED: NudgeKind
+NUDGE_KIND_EXPIRY: NudgeKind
+NUDGE_KIND_EXPIRY_URGENT: NudgeKind
+NUDGE_KIND_LOW_BALANCE: NudgeKind
+NUDGE_KIND_UNLOCK_CLOSE: NudgeKind
 
 class RequestContext(_message.Message):
     __slots__ = ("surface", "points_balance", "experiment_arm")
@@ -107,6 +154,30 @@ class RequestContext(_message.Message):
     points_balance: int
     experiment_arm: str
     def __init__(self, surface: _Optional[_Union[Surface, str]] = ..., points_balance: _Optional[int] = ..., experiment_arm: _Optional[str] = ...) -> None: ...
+
+class Verification(_message.Message):
+    __slots__ = ("required", "flags")
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    required: bool
+    flags: _containers.RepeatedScalarFieldContainer[FraudFlag]
+    def __init__(self, required: _Optional[bool] = ..., flags: _Optional[_Iterable[_Union[FraudFlag, str]]] = ...) -> None: ...
+
+class Alternate(_message.Message):
+    __slots__ = ("item_id", "points_price", "category", "similarity", "propensity", "reasons")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    POINTS_PRICE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    item_id: int
+    points_price: int
+    category: str
+    similarity: float
+    propensity: float
+    reasons: _containers.RepeatedScalarFieldContainer[ReasonCode]
+    def __init__(self, item_id: _Optional[int] = ..., points_price: _Optional[int] = ..., category: _Optional[str] = ..., similarity: _Optional[float] = ..., propensity: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[ReasonCode, str]]] = ...) -> None: ...
 
 class IndexFactors(_message.Message):
     __slots__ = ("value_coefficient", "demand_match", "behaviour_weight", "discount_coefficient", "recommendation_index")
@@ -131,7 +202,7 @@ class PointsCashOption(_message.Message):
     def __init__(self, points: _Optional[int] = ..., cash_minor: _Optional[int] = ...) -> None: ...
 
 class RedemptionHint(_message.Message):
-    __slots__ = ("item_id", "points_better", "factors", "threshold", "value_per_point", "propensity", "vacuum_zone", "affordable", "points_gap", "spend_to_close_gap_minor", "points_cash", "points_price", "reasons")
+    __slots__ = ("item_id", "points_better", "factors", "threshold", "value_per_point", "propensity", "vacuum_zone", "affordable", "points_gap", "spend_to_close_gap_minor", "points_cash", "points_price", "reasons", "in_stock", "alternates")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     POINTS_BETTER_FIELD_NUMBER: _ClassVar[int]
     FACTORS_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +216,8 @@ class RedemptionHint(_message.Message):
     POINTS_CASH_FIELD_NUMBER: _ClassVar[int]
     POINTS_PRICE_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    IN_STOCK_FIELD_NUMBER: _ClassVar[int]
+    ALTERNATES_FIELD_NUMBER: _ClassVar[int]
     item_id: int
     points_better: bool
     factors: IndexFactors
@@ -158,7 +231,9 @@ class RedemptionHint(_message.Message):
     points_cash: PointsCashOption
     points_price: int
     reasons: _containers.RepeatedScalarFieldContainer[ReasonCode]
-    def __init__(self, item_id: _Optional[int] = ..., points_better: _Optional[bool] = ..., factors: _Optional[_Union[IndexFactors, _Mapping]] = ..., threshold: _Optional[float] = ..., value_per_point: _Optional[float] = ..., propensity: _Optional[float] = ..., vacuum_zone: _Optional[bool] = ..., affordable: _Optional[bool] = ..., points_gap: _Optional[int] = ..., spend_to_close_gap_minor: _Optional[int] = ..., points_cash: _Optional[_Union[PointsCashOption, _Mapping]] = ..., points_price: _Optional[int] = ..., reasons: _Optional[_Iterable[_Union[ReasonCode, str]]] = ...) -> None: ...
+    in_stock: bool
+    alternates: _containers.RepeatedCompositeFieldContainer[Alternate]
+    def __init__(self, item_id: _Optional[int] = ..., points_better: _Optional[bool] = ..., factors: _Optional[_Union[IndexFactors, _Mapping]] = ..., threshold: _Optional[float] = ..., value_per_point: _Optional[float] = ..., propensity: _Optional[float] = ..., vacuum_zone: _Optional[bool] = ..., affordable: _Optional[bool] = ..., points_gap: _Optional[int] = ..., spend_to_close_gap_minor: _Optional[int] = ..., points_cash: _Optional[_Union[PointsCashOption, _Mapping]] = ..., points_price: _Optional[int] = ..., reasons: _Optional[_Iterable[_Union[ReasonCode, str]]] = ..., in_stock: _Optional[bool] = ..., alternates: _Optional[_Iterable[_Union[Alternate, _Mapping]]] = ...) -> None: ...
 
 class GetRedemptionHintRequest(_message.Message):
     __slots__ = ("member_id", "item_id", "context")
@@ -171,18 +246,20 @@ class GetRedemptionHintRequest(_message.Message):
     def __init__(self, member_id: _Optional[int] = ..., item_id: _Optional[int] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
 
 class GetRedemptionHintResponse(_message.Message):
-    __slots__ = ("hint", "experiment_arm", "model_version", "degraded", "degraded_reasons")
+    __slots__ = ("hint", "experiment_arm", "model_version", "degraded", "degraded_reasons", "verification")
     HINT_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_ARM_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     hint: RedemptionHint
     experiment_arm: str
     model_version: str
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[DegradedReason]
-    def __init__(self, hint: _Optional[_Union[RedemptionHint, _Mapping]] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ...) -> None: ...
+    verification: Verification
+    def __init__(self, hint: _Optional[_Union[RedemptionHint, _Mapping]] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ...) -> None: ...
 
 class BatchGetRedemptionHintsRequest(_message.Message):
     __slots__ = ("member_id", "item_ids", "context")
@@ -195,18 +272,20 @@ class BatchGetRedemptionHintsRequest(_message.Message):
     def __init__(self, member_id: _Optional[int] = ..., item_ids: _Optional[_Iterable[int]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
 
 class BatchGetRedemptionHintsResponse(_message.Message):
-    __slots__ = ("hints", "experiment_arm", "model_version", "degraded", "degraded_reasons")
+    __slots__ = ("hints", "experiment_arm", "model_version", "degraded", "degraded_reasons", "verification")
     HINTS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_ARM_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     hints: _containers.RepeatedCompositeFieldContainer[RedemptionHint]
     experiment_arm: str
     model_version: str
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[DegradedReason]
-    def __init__(self, hints: _Optional[_Iterable[_Union[RedemptionHint, _Mapping]]] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ...) -> None: ...
+    verification: Verification
+    def __init__(self, hints: _Optional[_Iterable[_Union[RedemptionHint, _Mapping]]] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ...) -> None: ...
 
 class RecommendationFilters(_message.Message):
     __slots__ = ("categories", "max_points_price", "affordable_only")
@@ -271,7 +350,7 @@ class RecommendRedemptionsRequest(_message.Message):
     def __init__(self, member_id: _Optional[int] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[RecommendationFilters, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
 
 class RecommendRedemptionsResponse(_message.Message):
-    __slots__ = ("options", "unlocks", "points_balance", "expiring_points", "next_expiry", "experiment_arm", "model_version", "degraded", "degraded_reasons")
+    __slots__ = ("options", "unlocks", "points_balance", "expiring_points", "next_expiry", "experiment_arm", "model_version", "degraded", "degraded_reasons", "verification")
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     UNLOCKS_FIELD_NUMBER: _ClassVar[int]
     POINTS_BALANCE_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +360,7 @@ class RecommendRedemptionsResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     options: _containers.RepeatedCompositeFieldContainer[RedemptionOption]
     unlocks: _containers.RepeatedCompositeFieldContainer[CategoryUnlock]
     points_balance: int
@@ -290,7 +370,8 @@ class RecommendRedemptionsResponse(_message.Message):
     model_version: str
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[DegradedReason]
-    def __init__(self, options: _Optional[_Iterable[_Union[RedemptionOption, _Mapping]]] = ..., unlocks: _Optional[_Iterable[_Union[CategoryUnlock, _Mapping]]] = ..., points_balance: _Optional[int] = ..., expiring_points: _Optional[int] = ..., next_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ...) -> None: ...
+    verification: Verification
+    def __init__(self, options: _Optional[_Iterable[_Union[RedemptionOption, _Mapping]]] = ..., unlocks: _Optional[_Iterable[_Union[CategoryUnlock, _Mapping]]] = ..., points_balance: _Optional[int] = ..., expiring_points: _Optional[int] = ..., next_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ...) -> None: ...
 
 class CartLine(_message.Message):
     __slots__ = ("item_id", "unit_price_minor", "quantity", "points_eligible")
@@ -337,7 +418,7 @@ class OptimizeCartSplitRequest(_message.Message):
     def __init__(self, member_id: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[CartLine, _Mapping]]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
 
 class OptimizeCartSplitResponse(_message.Message):
-    __slots__ = ("points_used", "cash_minor", "order_total_minor", "points_value_minor", "lines", "binding_rule", "buckets", "advice", "keep_points", "degraded", "degraded_reasons")
+    __slots__ = ("points_used", "cash_minor", "order_total_minor", "points_value_minor", "lines", "binding_rule", "buckets", "advice", "keep_points", "degraded", "degraded_reasons", "verification")
     POINTS_USED_FIELD_NUMBER: _ClassVar[int]
     CASH_MINOR_FIELD_NUMBER: _ClassVar[int]
     ORDER_TOTAL_MINOR_FIELD_NUMBER: _ClassVar[int]
@@ -349,6 +430,7 @@ class OptimizeCartSplitResponse(_message.Message):
     KEEP_POINTS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     points_used: int
     cash_minor: int
     order_total_minor: int
@@ -360,7 +442,8 @@ class OptimizeCartSplitResponse(_message.Message):
     keep_points: bool
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[DegradedReason]
-    def __init__(self, points_used: _Optional[int] = ..., cash_minor: _Optional[int] = ..., order_total_minor: _Optional[int] = ..., points_value_minor: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[LineAllocation, _Mapping]]] = ..., binding_rule: _Optional[_Union[BindingRule, str]] = ..., buckets: _Optional[_Iterable[_Union[ExpiryBucketUse, _Mapping]]] = ..., advice: _Optional[str] = ..., keep_points: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ...) -> None: ...
+    verification: Verification
+    def __init__(self, points_used: _Optional[int] = ..., cash_minor: _Optional[int] = ..., order_total_minor: _Optional[int] = ..., points_value_minor: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[LineAllocation, _Mapping]]] = ..., binding_rule: _Optional[_Union[BindingRule, str]] = ..., buckets: _Optional[_Iterable[_Union[ExpiryBucketUse, _Mapping]]] = ..., advice: _Optional[str] = ..., keep_points: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ...) -> None: ...
 
 class Driver(_message.Message):
     __slots__ = ("feature", "contribution")
@@ -431,3 +514,57 @@ class BatchGetChurnRiskResponse(_message.Message):
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[DegradedReason]
     def __init__(self, risks: _Optional[_Iterable[_Union[ChurnRisk, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ...) -> None: ...
+
+class Nudge(_message.Message):
+    __slots__ = ("kind", "points", "expires_at", "options", "unlock", "message")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    UNLOCK_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    kind: NudgeKind
+    points: int
+    expires_at: _timestamp_pb2.Timestamp
+    options: _containers.RepeatedCompositeFieldContainer[RedemptionOption]
+    unlock: CategoryUnlock
+    message: str
+    def __init__(self, kind: _Optional[_Union[NudgeKind, str]] = ..., points: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., options: _Optional[_Iterable[_Union[RedemptionOption, _Mapping]]] = ..., unlock: _Optional[_Union[CategoryUnlock, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetNudgesRequest(_message.Message):
+    __slots__ = ("member_id", "channel", "context", "dry_run")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    member_id: int
+    channel: Channel
+    context: RequestContext
+    dry_run: bool
+    def __init__(self, member_id: _Optional[int] = ..., channel: _Optional[_Union[Channel, str]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class CappedNudge(_message.Message):
+    __slots__ = ("kind", "cap")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    kind: NudgeKind
+    cap: str
+    def __init__(self, kind: _Optional[_Union[NudgeKind, str]] = ..., cap: _Optional[str] = ...) -> None: ...
+
+class GetNudgesResponse(_message.Message):
+    __slots__ = ("nudges", "capped", "experiment_arm", "model_version", "degraded", "degraded_reasons", "verification")
+    NUDGES_FIELD_NUMBER: _ClassVar[int]
+    CAPPED_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ARM_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    nudges: _containers.RepeatedCompositeFieldContainer[Nudge]
+    capped: _containers.RepeatedCompositeFieldContainer[CappedNudge]
+    experiment_arm: str
+    model_version: str
+    degraded: bool
+    degraded_reasons: _containers.RepeatedScalarFieldContainer[DegradedReason]
+    verification: Verification
+    def __init__(self, nudges: _Optional[_Iterable[_Union[Nudge, _Mapping]]] = ..., capped: _Optional[_Iterable[_Union[CappedNudge, _Mapping]]] = ..., experiment_arm: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ...) -> None: ...

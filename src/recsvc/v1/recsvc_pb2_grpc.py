@@ -65,6 +65,11 @@ class RedemptionServiceStub:
                 request_serializer=recsvc_dot_v1_dot_recsvc__pb2.BatchGetChurnRiskRequest.SerializeToString,
                 response_deserializer=recsvc_dot_v1_dot_recsvc__pb2.BatchGetChurnRiskResponse.FromString,
                 _registered_method=True)
+        self.GetNudges = channel.unary_unary(
+                '/recsvc.v1.RedemptionService/GetNudges',
+                request_serializer=recsvc_dot_v1_dot_recsvc__pb2.GetNudgesRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recsvc__pb2.GetNudgesResponse.FromString,
+                _registered_method=True)
 
 
 class RedemptionServiceServicer:
@@ -113,6 +118,15 @@ class RedemptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNudges(self, request, context):
+        """GetNudges: the reminders due to a member now on one channel (expiring points, low
+        balance, a category unlock within reach), within the programme's frequency caps. Each
+        nudge returned counts against its caps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RedemptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +159,11 @@ def add_RedemptionServiceServicer_to_server(servicer, server):
                     servicer.BatchGetChurnRisk,
                     request_deserializer=recsvc_dot_v1_dot_recsvc__pb2.BatchGetChurnRiskRequest.FromString,
                     response_serializer=recsvc_dot_v1_dot_recsvc__pb2.BatchGetChurnRiskResponse.SerializeToString,
+            ),
+            'GetNudges': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNudges,
+                    request_deserializer=recsvc_dot_v1_dot_recsvc__pb2.GetNudgesRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recsvc__pb2.GetNudgesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +329,33 @@ class RedemptionService:
             '/recsvc.v1.RedemptionService/BatchGetChurnRisk',
             recsvc_dot_v1_dot_recsvc__pb2.BatchGetChurnRiskRequest.SerializeToString,
             recsvc_dot_v1_dot_recsvc__pb2.BatchGetChurnRiskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNudges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RedemptionService/GetNudges',
+            recsvc_dot_v1_dot_recsvc__pb2.GetNudgesRequest.SerializeToString,
+            recsvc_dot_v1_dot_recsvc__pb2.GetNudgesResponse.FromString,
             options,
             channel_credentials,
             insecure,
