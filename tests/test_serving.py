@@ -534,6 +534,37 @@ def test_overload_is_shed_with_resource_exhausted(trained: Any) -> None:
         grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
+def test_a_lone_caller_of_long_calls_is_never_shed(trained: Any) -> None:
+    """Each call holds the loop longer than the overload lag, but nothing queues behind it."""
+    member = _sample(trained)[0]
+    source = SlowSource(FeastSource(trained.store), delay=0.12)
+    request = pb.GetChurnRiskRequest(member_id=member)
+
+    def calls(stub: Any) -> list[Any]:
+        return [_outcome(lambda: stub.GetChurnRisk(request, timeout=30)) for _ in range(6)]
+
+    codes, _ = _serve_threads(trained, source, 0.05, calls)
+    assert codes == [grpc.StatusCode.OK] * 6
+
+
+def test_late_ticks_are_overload_only_with_calls_queued_behind() -> None:
+    from recsvc.serving.servicer import LoadShedder
+
+    async def lateness(received: int) -> bool:
+        shedder = LoadShedder(max_lag_s=0.04, interval_s=0.005, in_flight=lambda: received)
+        task = asyncio.create_task(shedder.run())
+        for _ in range(5):  # every tick comes late, each after one 80 ms call
+            time.sleep(0.08)
+            shedder.observe(0.08)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
+        task.cancel()
+        return shedder.overloaded
+
+    assert not asyncio.run(lateness(1))  # only the caller's own call: a lone caller
+    assert asyncio.run(lateness(3))  # two calls queued: 160 ms of wait > 40 ms
+
+
 def test_one_late_tick_is_not_overload_but_sustained_lateness_is() -> None:
     from recsvc.serving.servicer import LoadShedder
 

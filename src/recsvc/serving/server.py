@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Callable
 
 import grpc
+from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -32,9 +35,7 @@ async def create_server(
     memory); with `overload_lag_s`, a worker whose loop falls that far behind refuses new
     calls with RESOURCE_EXHAUSTED instead of letting them queue past their deadlines.
     """
-    if overload_lag_s is not None:
-        servicer.shedder = LoadShedder(overload_lag_s)
-        _background.add(asyncio.create_task(servicer.shedder.run()))
+    servers_before = _channelz_servers()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1),
                                       # connections end after ~5 min (callers reconnect), so
                                       # servers added by an autoscaler get their share
@@ -49,10 +50,40 @@ async def create_server(
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
+    if overload_lag_s is not None:
+        ours = _channelz_servers() - servers_before
+        servicer.shedder = LoadShedder(
+            overload_lag_s, in_flight=_in_flight(ours.pop()) if len(ours) == 1 else None)
+        if servicer.shedder.in_flight is None:
+            log.warning("channelz cannot tell this server apart: load shedding falls back to "
+                        "event-loop lateness alone")
+        _background.add(asyncio.create_task(servicer.shedder.run()))
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     return server, port, health_servicer
+
+
+def _channelz_servers() -> set[int]:
+    """The ids channelz knows servers of this process by (empty when channelz is off)."""
+    try:
+        found = json.loads(cygrpc.channelz_get_servers(0)).get("server", [])
+    except Exception:  # channelz disabled or its format changed: no in-flight count
+        return set()
+    return {int(s["ref"]["serverId"]) for s in found}
+
+
+def _in_flight(server_id: int) -> Callable[[], int | None]:
+    """Calls the server has received and not yet answered, the ones grpc still queues
+    included (channelz counts a call from its first headers)."""
+    def count() -> int | None:
+        try:
+            data = json.loads(cygrpc.channelz_get_server(server_id))["server"]["data"]
+        except Exception:
+            return None
+        return int(data.get("callsStarted", 0)) - int(data.get("callsSucceeded", 0)) - int(
+            data.get("callsFailed", 0))
+    return count
 
 
 async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:

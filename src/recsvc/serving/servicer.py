@@ -20,27 +20,43 @@ T = TypeVar("T")
 
 
 class LoadShedder:
-    """Watches how late the event loop runs a tick every `interval_s`: after `sustained` ticks
-    in a row more than `max_lag_s` late, new calls are refused with RESOURCE_EXHAUSTED until a
-    tick comes on time again. Refusing costs microseconds, so a backlog drains, and callers get
-    a fast answer to back off on instead of a timeout. One long call makes one tick late and is
-    not overload.
+    """Refuses new calls with RESOURCE_EXHAUSTED while calls wait longer than `max_lag_s`.
 
-    Limitation: grpc.aio keeps waiting calls in its core, where asyncio cannot see them, and it
-    hands the loop one call at a time, so a backlog and one caller sending calls longer than
-    `max_lag_s` back to back (1,000-member batches) look the same here: the latter can be
-    refused too. Callers retry RESOURCE_EXHAUSTED with backoff."""
+    A tick every `interval_s` measures how late the event loop runs. A late tick alone is not
+    overload: one long call (a 1,000-member batch) makes the next tick late too. grpc.aio keeps
+    the calls that wait in its C core, out of asyncio's sight, so on a late tick the shedder
+    asks `in_flight()` (channelz: calls the server received and has not answered, queued ones
+    included) and estimates the wait of a new call as the calls queued behind the running one
+    times the mean call time. After `sustained` late ticks in a row whose estimated wait
+    exceeds `max_lag_s`, calls are refused until a tick comes on time again. Refusing costs
+    microseconds, so a backlog drains, and callers get a fast answer to back off on instead of
+    a timeout. Without `in_flight` (channelz off) sustained lateness alone decides, and a lone
+    caller of long calls can be refused."""
 
-    def __init__(self, max_lag_s: float, interval_s: float = 0.01, sustained: int = 3) -> None:
+    def __init__(self, max_lag_s: float, interval_s: float = 0.01, sustained: int = 3,
+                 in_flight: Callable[[], int | None] | None = None) -> None:
         self.max_lag_s = max_lag_s
         self.interval_s = interval_s
         self.sustained = sustained
+        self.in_flight = in_flight
         self.lag = 0.0
         self.late_ticks = 0
+        self.call_s = 0.0  # mean duration of a call's work (exponentially weighted)
 
     @property
     def overloaded(self) -> bool:
         return self.late_ticks >= self.sustained
+
+    def observe(self, seconds: float) -> None:
+        """Record one call's duration."""
+        self.call_s = seconds if self.call_s == 0 else self.call_s + 0.1 * (seconds - self.call_s)
+
+    def queued_wait(self) -> float | None:
+        """Estimated seconds a new call waits behind those already received (None: unknown)."""
+        received = self.in_flight() if self.in_flight is not None else None
+        if received is None:
+            return None
+        return max(received - 1, 0) * self.call_s
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -48,7 +64,11 @@ class LoadShedder:
             start = loop.time()
             await asyncio.sleep(self.interval_s)
             self.lag = max(loop.time() - start - self.interval_s, 0.0)
-            self.late_ticks = self.late_ticks + 1 if self.lag > self.max_lag_s else 0
+            late = self.lag > self.max_lag_s
+            if late:  # only then: asking channelz costs ~0.1 ms
+                wait = self.queued_wait()
+                late = wait is None or wait > self.max_lag_s
+            self.late_ticks = self.late_ticks + 1 if late else 0
 
 
 class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
@@ -84,8 +104,11 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             await errors.abort(context, exc, rpc)
             raise  # abort raises; this keeps type checkers and readers certain of it
         finally:
+            took = time.perf_counter() - start
             self.metrics.requests.labels(rpc, errors.code_name(failure)).inc()
-            self.metrics.latency.labels(rpc).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(rpc).observe(took)
+            if self.shedder is not None:
+                self.shedder.observe(took)
 
     async def GetRedemptionHint(self, request: Any,
                                 context: Any) -> pb.GetRedemptionHintResponse:
