@@ -57,8 +57,17 @@ def burn_fifo(buckets: IntArray, amount: A) -> tuple[IntArray, IntArray]:
     held = buckets.sum(axis=-1)
     if np.any(want > held):
         raise ValueError("burn amount exceeds the points held")
+    return take_earliest(buckets, want)
+
+
+N = TypeVar("N", IntArray, npt.NDArray[np.float64])
+
+
+def take_earliest(buckets: N, amount: N) -> tuple[N, N]:
+    """FIFO without the checks, for integer points and for expected (fractional) points alike:
+    (remaining buckets, taken per bucket). `amount` must lie within [0, the points held]."""
     cum = np.cumsum(buckets, axis=-1)
-    left_cum = np.maximum(cum - want[..., None], 0)
+    left_cum = np.maximum(cum - amount[..., None], 0)
     remaining = np.diff(left_cum, axis=-1, prepend=0)
     return remaining, buckets - remaining
 

@@ -155,6 +155,7 @@ class Hint:
     spend_to_close_gap_minor: int
     points_cash: PointsCash
     reasons: tuple[Reason, ...]
+    in_stock: bool = True
 
 
 def hint(
@@ -175,6 +176,7 @@ def hint(
     propensity: float | None = None,
     high_propensity: float = HIGH_PROPENSITY,
     cold_start: bool = False,
+    in_stock: bool = True,
 ) -> Hint:
     """The product-page answer: is paying with points the better deal here, and why."""
     rules = programme.index
@@ -203,5 +205,7 @@ def hint(
         reasons.append(Reason.ON_PROMOTION)
     if cold_start:
         reasons.append(Reason.COLD_START)
+    if not in_stock:
+        reasons.append(Reason.OUT_OF_STOCK)
     return Hint(better, factors, threshold, bool(factors.vacuum), affordable, gap,
-                spend_to_earn(programme, gap, tier_multiplier), best, tuple(reasons))
+                spend_to_earn(programme, gap, tier_multiplier), best, tuple(reasons), in_stock)
