@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
 .PHONY: help install lock lint prometheus-tools proto run test features train retrain score-batch bench \
-        bench-features bench-models clean
+        bench-features bench-models clean fraud-flags catalogue-report nudges liability-report
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -76,6 +76,7 @@ prometheus-tools: ## install prometheus and promtool (Debian's prometheus packag
 run: $(STAMP) ## serve on 127.0.0.1:50051 (metrics :9464); builds features and models if missing
 	$(VENV)/bin/recsvc features --members $(SIM_MEMBERS) --days $(SIM_DAYS) --seed $(SIM_SEED)
 	@$(VENV)/bin/recsvc models list churn | grep -q '^\*' || $(VENV)/bin/recsvc train
+	@test -d $(RECSVC_DATA_DIR)/scores/member_fraud_flags || $(VENV)/bin/recsvc fraud-flags
 	$(VENV)/bin/recsvc serve
 
 # the Node.js client of the contract (clients/node), run by the tests against the real server
@@ -98,6 +99,23 @@ retrain: $(STAMP) ## the scheduled job: refresh features, train, gate, promote (
 
 score-batch: $(STAMP) ## churn score, band, segment and action for every member (OUT=file.csv)
 	$(VENV)/bin/recsvc score-batch $(if $(AS_OF),--as-of $(AS_OF)) $(if $(OUT),--out $(OUT))
+
+catalogue-report: $(STAMP) ## forecast, safety level, turnover and inventory flags per item (AS_OF=, OUT=dir)
+	$(VENV)/bin/recsvc catalogue-report $(if $(AS_OF),--as-of $(AS_OF)) $(if $(OUT),--out $(OUT))
+
+# Without AS_OF the forecast starts HORIZON whole months before the end of the last whole month
+# of data, so every forecast month can be compared with what the ledger did (--backtest).
+liability-report: $(STAMP) ## points-liability forecast with backtest (AS_OF=YYYY-MM-DD, HORIZON=12, OUT=dir)
+	$(VENV)/bin/recsvc liability-report --backtest $(if $(AS_OF),--as-of $(AS_OF)) \
+	  $(if $(HORIZON),--horizon-months $(HORIZON)) $(if $(OUT),--out $(OUT))
+
+fraud-flags: $(STAMP) ## points-fraud flags per member: rules + isolation forest, online (AS_OF=, OUT=file.csv)
+	$(VENV)/bin/recsvc fraud-flags $(if $(AS_OF),--as-of $(AS_OF)) $(if $(OUT),--out $(OUT))
+
+nudges: $(STAMP) ## every member's due nudges within the caps (AS_OF=YYYY-MM-DD required, OUT=file.csv, CHANNEL=, DRY_RUN=1)
+	@test -n "$(AS_OF)" || { echo "make nudges: AS_OF=YYYY-MM-DD is required" >&2; exit 2; }
+	$(VENV)/bin/recsvc nudges --as-of $(AS_OF) --out $(or $(OUT),nudges-$(AS_OF).csv) \
+	  $(if $(CHANNEL),--channel $(CHANNEL)) $(if $(DRY_RUN),--dry-run)
 
 bench: $(STAMP) ## gRPC serving: latency and req/s per RPC vs an echo floor and Feast (BENCH_ARGS=--quick); others: bench-features, bench-models
 	$(PY) training/bench_serving.py $(BENCH_ARGS)

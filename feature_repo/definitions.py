@@ -198,6 +198,24 @@ member_churn_scores = FeatureView(
 )
 
 
+member_fraud_flags = FeatureView(
+    name="member_fraud_flags",
+    entities=[member],
+    ttl=SCORES_TTL,
+    source=_source("member_fraud_flags", root="scores"),
+    online=True,
+    description="Points-fraud flags of the batch job (recsvc fraud-flags): a flagged member's "
+                "redemptions ask for a second verification.",
+    schema=[
+        Field(name="fraud_flags", dtype=String,
+              description="comma-joined, in this order, of redemption_burst, balance_drain, "
+                          "earn_burn_loop, anomaly; empty: none"),
+        Field(name="anomaly_score", dtype=Float64,
+              description="isolation-forest anomaly score in (0, 1]; higher = more anomalous"),
+    ],
+)
+
+
 # ============================================================================================
 # Feature services: one per model version, named in the model's manifest
 # ============================================================================================
@@ -215,13 +233,20 @@ churn_v1 = FeatureService(
 
 redemption_v1 = FeatureService(
     name="redemption_v1",
-    features=[member_activity, member_points, member_expiry],
-    description="A member's context for recommendations and cart splits: every member feature "
-                "propensity_v1 reads, plus the expiring lots.",
+    features=[member_activity, member_points, member_expiry, member_fraud_flags],
+    description="A member's context for every answer about their points (hints, "
+                "recommendations, cart splits, nudges): every member feature propensity_v1 "
+                "reads, the expiring lots and the points-fraud flags.",
 )
 
 churn_scores_v1 = FeatureService(
     name="churn_scores_v1",
     features=[member_churn_scores],
     description="The latest batch churn scores of a member.",
+)
+
+fraud_v1 = FeatureService(
+    name="fraud_v1",
+    features=[member_fraud_flags],
+    description="The latest points-fraud flags of a member.",
 )

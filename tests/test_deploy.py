@@ -439,7 +439,7 @@ def test_the_commands_are_real_recsvc_commands(
         assert out.returncode == 0 and out.stdout.startswith(
             f"usage: recsvc {container['args'][0]}"), f"{name}: {out.stdout}{out.stderr}"
         subcommands.add(container["args"][0])
-    assert subcommands == {"serve", "retrain", "score-batch"}
+    assert subcommands == {"serve", "retrain", "score-batch", "fraud-flags"}
     for job in _cronjobs(docs):
         assert job["spec"]["concurrencyPolicy"] == "Forbid", job["metadata"]["name"]
         spec = job["spec"]["jobTemplate"]["spec"]

@@ -71,7 +71,8 @@ def test_models_cli_on_an_empty_registry(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_every_job_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("simulate", "import-transactions", "features", "train", "retrain",
-                    "score-batch", "models"):
+                    "score-batch", "models", "nudges", "fraud-flags", "catalogue-report",
+                    "liability-report"):
         with pytest.raises(SystemExit) as exit_:
             cli.main([command, "--help"])
         assert exit_.value.code == 0

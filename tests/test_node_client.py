@@ -19,7 +19,7 @@ from test_server_processes import _ids, recsvc_serve, serve_env
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "clients" / "node"
 RPCS = ["GetRedemptionHint", "BatchGetRedemptionHints", "RecommendRedemptions",
-        "OptimizeCartSplit", "GetChurnRisk", "BatchGetChurnRisk"]
+        "OptimizeCartSplit", "GetChurnRisk", "BatchGetChurnRisk", "GetNudges"]
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,8 @@ def test_recsvc_serve_answers_every_rpc_through_the_client_and_drains_on_sigterm
         trained: Any) -> None:
     env = serve_env(trained)
     member, item = _ids(trained, "members", "member_id")[0], _ids(trained, "items", "item_id")[0]
-    with recsvc_serve(env, "--metrics-port", "0") as (address, proc):
+    metrics = _free_port()
+    with recsvc_serve(env, "--metrics-port", str(metrics)) as (address, proc):
         one = client(env, address, "churn", str(member))
         assert one["risk"]["memberId"] == str(member)
         assert one["modelVersion"] == trained.registry.production("churn")
@@ -109,6 +110,15 @@ def test_recsvc_serve_answers_every_rpc_through_the_client_and_drains_on_sigterm
         assert split["lines"][1]["points"] == "0"
         bad = client(env, address, "recommend", str(member), "--limit", "999", ok=False)
         assert "INVALID_ARGUMENT" in bad and "limit" in bad
+        # 50 points are a low balance; a preview counts nothing, the second reminder is capped
+        nudges = ("nudges", str(member), "--balance", "50", "--channel", "sms")
+        for args in ((*nudges, "--dry-run"), nudges):
+            got = client(env, address, *args)
+            assert "NUDGE_KIND_LOW_BALANCE" in [n["kind"] for n in got["nudges"]]
+        again = client(env, address, *nudges)
+        assert {"kind": "NUDGE_KIND_LOW_BALANCE", "cap": "low_balance_weekly"} in again["capped"]
+        assert _metric(metrics, "recsvc_nudges_capped_total",
+                       {"kind": "low_balance", "cap": "low_balance_weekly"}) == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
 

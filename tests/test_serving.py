@@ -587,3 +587,45 @@ def test_one_late_tick_is_not_overload_but_sustained_lateness_is() -> None:
         task.cancel()
 
     asyncio.run(main())
+
+
+def test_a_flagged_members_answers_ask_for_verification(trained: Any) -> None:
+    """The fraud job's flags, read from the online store, mark every answer about the
+    member's points; nothing is refused, and an unflagged member's answers are unmarked."""
+    import pyarrow.parquet as pq
+
+    from recsvc.models.fraud import run_fraud_flags
+
+    run = run_fraud_flags(trained.settings, trained.programme, say=lambda _: None)
+    table = pq.read_table(run.offline)
+    names = dict(zip(table["member_id"].to_pylist(), table["fraud_flags"].to_pylist(),
+                     strict=True))
+    flagged = next(m for m, f in names.items() if f)
+    clean = next(m for m, f in names.items() if not f)
+    want = [converters.FRAUD_FLAGS[f] for f in names[flagged].split(",")]
+    item = _items(trained)[0]
+    line = pb.CartLine(item_id=item, unit_price_minor=30_000, quantity=1, points_eligible=True)
+
+    async def check(stub: Any, _: Any, __: Any, registry: CollectorRegistry) -> None:
+        for member, required in ((flagged, True), (clean, False)):
+            answers = [
+                await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=member,
+                                                                         item_id=item)),
+                await stub.BatchGetRedemptionHints(pb.BatchGetRedemptionHintsRequest(
+                    member_id=member, item_ids=[item, item])),
+                await stub.RecommendRedemptions(pb.RecommendRedemptionsRequest(
+                    member_id=member, limit=5)),
+                await stub.OptimizeCartSplit(pb.OptimizeCartSplitRequest(member_id=member,
+                                                                         lines=[line])),
+                await stub.GetNudges(pb.GetNudgesRequest(member_id=member, dry_run=True)),
+            ]
+            for got in answers:
+                assert got.verification.required is required
+                assert list(got.verification.flags) == (want if required else [])
+        # the cart still splits: verification is asked for, nothing is blocked
+        assert answers[3].points_value_minor + answers[3].cash_minor == 30_000
+        first = names[flagged].split(",")[0]
+        assert registry.get_sample_value("recsvc_verification_required_total", {
+            "rpc": "OptimizeCartSplit", "flag": first}) == 1
+
+    _serve(trained, check)

@@ -10,7 +10,9 @@
 - `recsvc serve` on SQLite, then on Redis (the same data dir materialised under a Feast project
   of the benchmark's own, whose keys are deleted afterwards; never FLUSHDB, Redis is shared):
   GetRedemptionHint at 500/s and saturated, RecommendRedemptions (limit 200) at 100/s,
-  OptimizeCartSplit (3 lines) at 200/s, BatchGetChurnRisk (1,000 members) at 10/s;
+  OptimizeCartSplit (3 lines) at 200/s, BatchGetChurnRisk (1,000 members) at 10/s, GetNudges
+  (in-app, a live balance that makes a low-balance or unlock nudge due, caps counted: a member
+  asked again within the week is capped) at 200/s;
 - Feast's own `get_online_features` in process, for 1 member (churn_v1) and 1 member + 200
   items (propensity_v1), the reads a recommendation needs.
 
@@ -406,6 +408,14 @@ def build_requests(data_dir: Path, seed: int, quick: bool) -> dict[str, list[byt
         "churn": [pb.BatchGetChurnRiskRequest(
             member_ids=rng.sample(members, min(CHURN_BATCH, len(members)))).SerializeToString()
             for _ in range(50)],
+        # a live balance from the caller: the simulated points have lapsed by the server's
+        # clock, and these make every call due a nudge (low balance: ranked options; close to
+        # the 2,000 unlock: none), counted in the caps (a member asked again: capped)
+        "nudges": [pb.GetNudgesRequest(
+            member_id=rng.choice(members), channel=pb.CHANNEL_IN_APP,
+            context=pb.RequestContext(points_balance=rng.choice(
+                [rng.randint(1, 99), rng.randint(1_600, 1_999)]))).SerializeToString()
+            for _ in range(n)],
     }
 
 
@@ -472,7 +482,7 @@ def probe(address: str, sc: Scenario) -> dict[str, Any]:
         reply = sc.response.FromString(raw)
         if getattr(reply, "degraded", False):
             out["degraded"] = [pb.DegradedReason.Name(r) for r in reply.degraded_reasons]
-        for name in ("options", "risks", "lines"):
+        for name in ("options", "risks", "lines", "nudges"):
             if hasattr(reply, name):
                 out[name] = len(getattr(reply, name))
     return out
@@ -490,6 +500,8 @@ def scenarios(requests: dict[str, list[bytes]], concurrency: int) -> list[Scenar
                  response=pb.OptimizeCartSplitResponse),
         Scenario("churn_1000_10", "BatchGetChurnRisk", "10/s, 1,000 members", requests["churn"],
                  rate=10, response=pb.BatchGetChurnRiskResponse),
+        Scenario("nudges_200", "GetNudges", "200/s, caps counted", requests["nudges"],
+                 rate=200, response=pb.GetNudgesResponse),
     ]
 
 
@@ -684,7 +696,7 @@ def markdown(result: dict[str, Any]) -> str:
             if pr.get("later"):
                 notes.append(f"one caller alone, call {pr['later']['call']}: "
                              f"{pr['later']['code']}: {pr['later']['details']}")
-            for k in ("options", "risks"):
+            for k in ("options", "risks", "nudges"):
                 if k in pr:
                     notes.append(f"{pr[k]} {k}")
             if "single_ms" in pr:
@@ -882,10 +894,13 @@ def main() -> None:
     finally:
         if redis_client is not None:
             from recsvc.features import store
+            from recsvc.serving.caps import RedisCapStore
 
             gone = store.delete_project_keys(redis_client, redis_project)
+            caps = RedisCapStore(redis_client, redis_project).delete_all()
             redis_client.close()
-            print(f"redis: deleted {gone:,} keys of {redis_project}")
+            print(f"redis: deleted {gone:,} keys and {caps:,} frequency-cap keys of "
+                  f"{redis_project}")
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     save_results(args.out, "serving", result, markdown)

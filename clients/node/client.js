@@ -166,6 +166,10 @@ async function smoke({ address, member, item, deadlineMs, tls }) {
       { member_ids: [member, member] },
       (r) => check(r.risks.length === 2 && r.risks.every((k) => k.member_id === member),
         "one risk per requested member, in order")],
+    ["GetNudges",
+      { member_id: member, dry_run: true },  // a preview: nothing counts against the caps
+      (r) => check(r.experiment_arm !== "" && Array.isArray(r.nudges),
+        "the nudges due (possibly none), with the experiment arm named")],
   ];
   let failed = false;
   try {

@@ -21,7 +21,11 @@ COMMAND_MODULES = (
     "recsvc.data.importer",
     "recsvc.features.jobs",
     "recsvc.models.jobs",
+    "recsvc.models.fraud",
     "recsvc.serving.main",
+    "recsvc.serving.nudges_job",
+    "recsvc.reports.catalogue",
+    "recsvc.reports.liability",
 )
 
 

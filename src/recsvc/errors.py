@@ -46,6 +46,11 @@ class FeatureStoreUnavailable(FeatureStoreError):
     """The online store (Redis or the SQLite file) did not answer; callers may degrade."""
 
 
+class CapStoreUnavailable(RecsvcError):
+    """The frequency-cap store (Redis or the SQLite file) did not answer in time: nudges are
+    withheld rather than risk exceeding a cap."""
+
+
 class NotFound(RecsvcError):
     """A named thing (an item, a model version) does not exist."""
 

@@ -8,7 +8,7 @@ node_exporter's textfile collector (or a Pushgateway relay) publishes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +53,38 @@ class ServiceMetrics:
                                    "Points the cart splits told members to use, by experiment "
                                    "arm and the rule that bound.", ["arm", "binding_rule"],
                                    registry=registry)
+        self.verification = Counter("recsvc_verification_required_total",
+                                    "Answers that asked for a second verification (a member "
+                                    "with points-fraud flags), by RPC and flag.",
+                                    ["rpc", "flag"], registry=registry)
         self.model_reloads = Counter("recsvc_model_reloads_total",
                                      "Model reload attempts, by outcome.", ["model", "outcome"],
                                      registry=registry)
+        # dry runs (previews) count in neither: nothing was delivered or withheld
+        self.nudges = Counter("recsvc_nudges_total",
+                              "Nudges delivered, by kind, channel and experiment arm.",
+                              ["kind", "channel", "arm"], registry=registry)
+        self.nudges_capped = Counter("recsvc_nudges_capped_total",
+                                     "Nudges due but withheld by a frequency cap, by kind and "
+                                     "the cap (its name in the programme).", ["kind", "cap"],
+                                     registry=registry)
+        self.nudge_options_capped = Counter(
+            "recsvc_nudge_options_capped_total",
+            "Items dropped from a delivered nudge's options by an item frequency cap, by nudge "
+            "kind and the cap.", ["kind", "cap"], registry=registry)
+
+    def prime_nudges(self, kinds: Sequence[str], channels: Sequence[str], arms: Sequence[str],
+                     capped: Sequence[tuple[str, str]],
+                     options_capped: Sequence[tuple[str, str]]) -> None:
+        """Every nudge series at 0 from the start; the capped ones as (kind, cap name)."""
+        for kind in kinds:
+            for channel in channels:
+                for arm in arms:
+                    self.nudges.labels(kind, channel, arm)
+        for kind, cap in capped:
+            self.nudges_capped.labels(kind, cap)
+        for kind, cap in options_capped:
+            self.nudge_options_capped.labels(kind, cap)
 
 
 def write_job_metrics(

@@ -127,6 +127,15 @@ ORACLE_CHURN = pa.schema(
         ("alive", pa.bool_()),
     ]
 )
+# The points abusers the simulator planted, one row per abuser that acted (recsvc.core.fraud).
+ORACLE_ABUSERS = pa.schema(
+    [
+        ("member_id", pa.int64()),
+        ("kind", pa.string()),  # "redemption_burst" | "balance_drain" | "earn_burn_loop"
+        ("from_ts", TS),  # the first abusive redemption
+        ("to_ts", TS),  # the last one
+    ]
+)
 
 
 def tables_dir(data_dir: Path) -> Path:

@@ -8,6 +8,12 @@ probability given by a *known* function (`redeem_logit`) of the index factors, t
 to expire and latent traits. The true probabilities go to a separate oracle directory that no
 training code reads.
 
+A few members (0.3 % by default) are planted points abusers of three kinds, one per fraud rule
+of recsvc.core.fraud: burst redeemers, balance drainers and earn-then-burn loopers. They act
+through the ordinary tables (orders, ledger, exposures, redemptions, with the same balance,
+stock and pricing rules), draw on a random stream of their own, and are written to the oracle
+(`abusers`) so that the fraud flags can be judged.
+
 Time runs day by day over all members at once (numpy vectors), because stock is shared between
 members. Within a day, orders fall in [00:00, 12:00) and the visits with their exposures and
 redemptions in [12:00, 24:00), in rounds, so every balance check sees every earlier event.
@@ -70,6 +76,10 @@ ROUNDS = 4  # exposures per visit at most
 SECONDS_PER_DAY = 86_400
 US = 1_000_000
 NULL = np.iinfo(np.int64).min  # stands for a null in integer and timestamp columns
+ABUSER_SHARE = 0.003  # share of members planted as points abusers
+ABUSER_KINDS = ("redemption_burst", "balance_drain", "earn_burn_loop")
+ABUSE_STREAM = 0xF4A0D  # the abusers' own random stream, so normal members draw as before
+ABUSE_SLOT_S = 39_600  # abusers act in [11:00, 12:00): after the orders, before the visits
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class SimulationSummary:
     days: int
     rows: dict[str, int]
     seconds: float
+    abusers: int = 0  # planted abusers that acted (oracle/abusers)
 
     @property
     def total_rows(self) -> int:
@@ -236,6 +247,70 @@ def make_catalogue(
 
 
 # --------------------------------------------------------------------------------------------
+# Planted points abusers.
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Abusers:
+    """The planted abusers and their schedules (day offsets; -1: nothing planned).
+
+    Every kind repeats its episode until the end of the simulation, so an abuser is active in
+    any window of a few weeks after its start:
+    - redemption_burst: 5-8 redemptions of cheap items within 10-45 minutes, every 14-28 days,
+      each burst funded by a large order 2-5 days before;
+    - balance_drain: one points + cash redemption of an item priced above the balance, taking
+      all of it, every 15-30 days, the balance first brought to 4,000-9,000 points by a large
+      order 3-10 days before;
+    - earn_burn_loop: an order, then within 5-40 minutes a redemption of an item priced about
+      the points it earned, every 3-8 days.
+    """
+
+    member: I64
+    kind: I64  # index into ABUSER_KINDS
+    episode_day: I64
+    fund_day: I64
+    fund_target: I64  # balance a funding order tops up to, points
+    from_us: I64  # the first abusive redemption (NULL: none yet)
+    to_us: I64  # the last one
+
+    @property
+    def n(self) -> int:
+        return len(self.member)
+
+
+def plant_abusers(rng: np.random.Generator, m: Members, days: int, share: float) -> Abusers:
+    """Choose about `share` of the members (alive, joined well before their start) as abusers,
+    kinds in turn, each starting on a day in [days/2, days - 21); they never drop out."""
+    first = days // 2
+    candidates = np.flatnonzero(m.alive & (m.signup_day < first))
+    n = min(round(share * m.n), len(candidates))
+    member = np.sort(rng.choice(candidates, size=n, replace=False)) if n else candidates[:0]
+    kind = rng.permutation(np.arange(n) % len(ABUSER_KINDS))
+    start = rng.integers(first, max(first + 1, days - 21), n)
+    m.dropout[member] = 0.0  # a fraudster keeps the account alive
+    abusers = Abusers(member, kind, np.full(n, -1), np.full(n, -1), np.zeros(n, np.int64),
+                      np.full(n, NULL), np.full(n, NULL))
+    for i in range(n):
+        _schedule(rng, abusers, i, int(start[i]), first=True)
+    return abusers
+
+
+def _schedule(rng: np.random.Generator, a: Abusers, i: int, day: int, first: bool) -> None:
+    """Plan abuser i's next episode from `day` (its funding order first, where it needs one)."""
+    kind = ABUSER_KINDS[a.kind[i]]
+    if kind == "earn_burn_loop":
+        a.episode_day[i] = day + (0 if first else int(rng.integers(3, 9)))
+        return
+    if kind == "redemption_burst":
+        gap, lead, target = rng.integers(14, 29), rng.integers(2, 6), rng.integers(5000, 9001)
+    else:
+        gap, lead, target = rng.integers(15, 31), rng.integers(3, 11), rng.integers(4000, 9001)
+    fund = day if first else day + int(gap) - int(lead)
+    a.fund_day[i] = fund
+    a.episode_day[i] = fund + int(lead)
+    a.fund_target[i] = int(target)
+
+
+# --------------------------------------------------------------------------------------------
 # The simulation.
 # --------------------------------------------------------------------------------------------
 class _Buffers:
@@ -273,9 +348,12 @@ class Simulator:
         seed: int,
         start: dt.date = DEFAULT_START,
         items: int | None = None,
+        abusers: float = ABUSER_SHARE,
     ) -> None:
         if members <= 0 or days <= 0:
             raise ValueError("members and days must be positive")
+        if not 0 <= abusers <= 0.5:
+            raise ValueError("abusers must be a share of the members within [0, 0.5]")
         self.p = programme
         self.days = days
         self.start = start
@@ -308,6 +386,10 @@ class Simulator:
         self.ids = dict.fromkeys(("order", "entry", "exposure", "redemption"), 0)
         self.buf = _Buffers()
         self.season = season(np.arange(days + 100), programme, start)
+        # drawn after everything above, from a stream of their own
+        self.abuse_rng = np.random.default_rng([seed, ABUSE_STREAM])
+        self.abusers = plant_abusers(self.abuse_rng, self.m, days, abusers)
+        self.last_order_us = np.full(members, NULL)  # each member's latest order instant
 
     def _next_ids(self, kind: str, n: int) -> I64:
         first = self.ids[kind]
@@ -414,6 +496,7 @@ class Simulator:
             )
             m.cum_spend[who] += amount
             m.last_order_day[who] = day
+            self.last_order_us[who] = ts
             self.orders_ring[who, day % 90] += 1
             # buy till you die: after each order a member may drop out for good
             m.alive[who] &= rng.random(n) >= m.dropout[who]
@@ -532,6 +615,150 @@ class Simulator:
             )
             self.buf.add("oracle_exposures", exposure_id=eid, p_redeem_7d=prob)
 
+    # -- planted abusers ---------------------------------------------------------------------
+    def _abuse(self, day: int, date: dt.date) -> None:
+        """Today's abusive orders and redemptions, all in [11:00, 12:00) and carried out in
+        time order, so every balance and stock check sees every earlier event."""
+        a, rng = self.abusers, self.abuse_rng
+        due = np.flatnonzero((a.fund_day == day) | (a.episode_day == day))
+        if len(due) == 0:
+            return
+        slot = int(_ts(self.start, day, np.array([ABUSE_SLOT_S]))[0])
+        minute = 60 * US
+        actions: list[tuple[int, int, str, int]] = []  # (instant, abuser, action, argument)
+        for i in (int(i) for i in due):
+            member = a.member[i]
+            if self.last_order_us[member] >= slot:  # a late order of its own: act tomorrow
+                if a.fund_day[i] == day:
+                    a.fund_day[i] += 1
+                a.episode_day[i] += 1
+                continue
+            t0 = slot + int(rng.integers(0, 10 * minute))
+            kind = ABUSER_KINDS[a.kind[i]]
+            balance = int(self.buckets[member].sum())
+            if a.fund_day[i] == day:
+                actions.append((t0, i, "order", max(int(a.fund_target[i]) - balance, 0)))
+            if a.episode_day[i] != day:
+                continue
+            if kind == "earn_burn_loop":
+                actions.append((t0, i, "order", int(rng.integers(300, 1501))))
+                actions.append((t0 + int(rng.integers(5, 41)) * minute, i, "loop", 0))
+            elif kind == "redemption_burst":
+                k = int(rng.integers(5, 9))
+                offsets = np.sort(rng.integers(0, int(rng.integers(10, 46)) * minute + 1, k))
+                actions += [(t0 + int(o), i, "burst", balance // k) for o in offsets]
+            else:
+                actions.append((t0 + int(rng.integers(0, 40 * minute)), i, "drain", 0))
+        earned: dict[int, int] = {}
+        for ts, i, action, arg in sorted(actions):
+            member = int(a.member[i])
+            if action == "order":
+                if arg > 0:
+                    earned[i] = self._abuse_order(member, ts, day, date, arg)
+                continue
+            item = self._abuse_item(member, action, arg if action == "burst" else earned.get(i, 0))
+            if item is None:
+                if action == "drain":  # nothing to drain into today: try again tomorrow
+                    a.episode_day[i] = day + 1
+                continue
+            self._abuse_redeem(member, item, ts, day)
+            a.from_us[i] = ts if a.from_us[i] == NULL else a.from_us[i]
+            a.to_us[i] = ts
+        for i in (int(i) for i in due):
+            if a.episode_day[i] == day:
+                _schedule(rng, a, i, day, first=False)
+
+    def _abuse_order(self, member: int, ts: int, day: int, date: dt.date, points: int) -> int:
+        """An order of the abuser earning about `points`, by the programme rules; the points
+        it earned."""
+        m = self.m
+        cat = np.array([int((m.cat_pref[member].cumsum() > self.abuse_rng.random()).argmax())])
+        tier = ledger.tier_for_spend(self.p, m.cum_spend[[member]])
+        campaign = ledger.campaign_multiplier(self.p, date)
+        rate = float(self.tier_mult[tier][0] * self.cat_mult[cat][0] * campaign
+                     * self.p.earning.points_per_unit)
+        if rate <= 0:
+            return 0
+        amount = np.array([int(np.ceil(points / rate * self.p.currency.minor_per_unit))])
+        pts = ledger.points_earned(self.p, amount, self.tier_mult[tier], self.cat_mult[cat],
+                                   campaign)
+        who, when = np.array([member]), np.array([ts])
+        oid = self._next_ids("order", 1)
+        self.buf.add("orders", order_id=oid, member_id=who, ts=when, amount_minor=amount,
+                     quantity=np.ones(1, np.int64),
+                     category=np.array(CATEGORIES, dtype=object)[cat], points_earned=pts)
+        if pts[0] > 0:
+            col = ledger.month_index(date) + self.tier_months[tier] - self.base_month
+            self.buckets[member, col[0]] += pts[0]
+            self._ledger(who, when, "earn", pts, self._expiry_us(col), oid)
+        m.cum_spend[member] += amount[0]
+        m.last_order_day[member] = day
+        self.last_order_us[member] = ts
+        self.orders_ring[member, day % 90] += 1
+        return int(pts[0])
+
+    def _abuse_item(self, member: int, action: str, arg: int) -> int | None:
+        """The item an abusive redemption takes (in stock), or None when none fits.
+
+        burst: priced at most `arg` points (the burst's budget per item); drain: priced at
+        least the balance (points + cash takes all of it), else at least 90 % of it; loop:
+        affordable and priced within half to one and a half times the `arg` points just earned,
+        else the cheapest affordable one."""
+        c = self.cat
+        balance = int(self.buckets[member].sum())
+        if balance < self.p.burning.min_points_step:
+            return None
+        price = c.points_price
+        stocked = c.stock > 0
+        if action == "burst":
+            fits = stocked & (price <= min(arg, balance))
+        elif action == "drain":
+            fits = stocked & (price >= balance)
+            if not fits.any():
+                fits = stocked & (price >= 0.9 * balance) & (price <= balance)
+        else:
+            fits = stocked & (price <= balance) & (price >= arg // 2) & (price <= arg * 3 // 2)
+            if not fits.any():
+                cheap = np.flatnonzero(stocked & (price <= balance))
+                return int(cheap[np.argmin(price[cheap])]) if len(cheap) else None
+        pool = np.flatnonzero(fits)
+        if len(pool) == 0:
+            return None
+        weights = c.popularity[pool] / c.popularity[pool].sum()
+        return int(pool[self.abuse_rng.choice(len(pool), p=weights)])
+
+    def _abuse_redeem(self, member: int, item: int, ts: int, day: int) -> None:
+        """A redemption as the visits make them: shown on the points centre, points first,
+        the rest in cash, FIFO by expiry; its exposure's true P(redeem) is 1."""
+        c, step = self.cat, self.p.burning.min_points_step
+        who, ri, when = np.array([member]), np.array([item]), np.array([ts])
+        balance = self.buckets[who].sum(1)
+        burn = np.minimum(c.points_price[ri], balance // step * step)
+        cash_price = np.round(c.price_minor[ri] * c.discount[ri]).astype(np.int64)
+        cash = redemption.cash_for_remainder(c.points_price[ri], cash_price, burn)
+        self.buckets[who], _ = ledger.burn_fifo(self.buckets[who], burn)
+        c.stock[item] -= 1
+        self.m.last_redeem_day[member] = day
+        eid, rid = self._next_ids("exposure", 1), self._next_ids("redemption", 1)
+        self.buf.add("redemptions", redemption_id=rid, member_id=who, item_id=ri,
+                     exposure_id=eid, ts=when, points=burn, cash_minor=cash)
+        self._ledger(who, when, "burn", -burn, ref=rid)
+        self.buf.add("exposures", exposure_id=eid, member_id=who, item_id=ri, ts=when,
+                     surface=np.array(["points_centre"], dtype=object), balance=balance,
+                     redeemed=np.ones(1, bool), redemption_id=rid)
+        self.buf.add("oracle_exposures", exposure_id=eid, p_redeem_7d=np.ones(1))
+
+    def _write_abusers(self, oracle: schema.TableSetWriter) -> int:
+        a = self.abusers
+        acted = a.from_us != NULL
+        oracle.write("abusers", _arrow(dict(
+            member_id=a.member[acted],
+            kind=np.array(ABUSER_KINDS, dtype=object)[a.kind[acted]],
+            from_ts=a.from_us[acted],
+            to_ts=a.to_us[acted],
+        ), schema.ORACLE_ABUSERS))
+        return int(acted.sum())
+
     def _catalogue_day(self, day: int, date: dt.date) -> None:
         c, rng = self.cat, self.rng
         c.promo_left = np.maximum(c.promo_left - 1, 0)
@@ -576,7 +803,8 @@ class Simulator:
     def run(self, data_dir: Path, show_progress: bool = True) -> SimulationSummary:
         watch = Stopwatch()
         rows: dict[str, int] = {}
-        oracle_schemas = {"exposures": schema.ORACLE_EXPOSURES, "churn": schema.ORACLE_CHURN}
+        oracle_schemas = {"exposures": schema.ORACLE_EXPOSURES, "churn": schema.ORACLE_CHURN,
+                          "abusers": schema.ORACLE_ABUSERS}
         with (
             schema.atomic_tables(schema.tables_dir(data_dir)) as out,
             schema.atomic_tables(schema.oracle_dir(data_dir), oracle_schemas) as oracle,
@@ -601,15 +829,17 @@ class Simulator:
                     self._oracle_churn(day, date)
                     self._catalogue_day(day, date)
                     self._orders(day, date)
+                    self._abuse(day, date)
                     self._visits(day, date)
                     self._item_days(day)
                     if (date + dt.timedelta(days=1)).day == 1 or day == self.days - 1:
                         flush()
                     bar.update(1)
             self._write_members(out)
+            acted = self._write_abusers(oracle)
         rows["members"] = self.m.n
         rows["items"] = self.cat.n
-        return SimulationSummary(self.m.n, self.cat.n, self.days, rows, watch.seconds)
+        return SimulationSummary(self.m.n, self.cat.n, self.days, rows, watch.seconds, acted)
 
     def _write_items(self, out: schema.TableSetWriter) -> None:
         c = self.cat
@@ -683,9 +913,12 @@ def run_simulation(
     start: dt.date = DEFAULT_START,
     items: int | None = None,
     show_progress: bool = True,
+    abusers: float = ABUSER_SHARE,
 ) -> SimulationSummary:
-    """Simulate a programme and write its tables (and the oracle) under `data_dir`."""
-    sim = Simulator(programme, members=members, days=days, seed=seed, start=start, items=items)
+    """Simulate a programme and write its tables (and the oracle) under `data_dir`;
+    `abusers` is the share of members planted as points abusers."""
+    sim = Simulator(programme, members=members, days=days, seed=seed, start=start, items=items,
+                    abusers=abusers)
     return sim.run(Path(data_dir), show_progress)
 
 
@@ -700,7 +933,8 @@ def register(sub: Any) -> None:
             "Simulate members of a loyalty-points programme day by day and write the canonical "
             "tables (members, items, item_days, orders, ledger, redemptions, exposures) under "
             "OUT/tables, and the true probabilities under OUT/oracle (P(redeem) per exposure, "
-            "P(no order in 90 days) per member at each month start). Members buy till they die "
+            "P(no order in 90 days) per member at each month start, the planted points abusers). "
+            "Members buy till they die "
             "(latent purchase rate and drop-out), earn points by the programme rules, lose "
             "them at month ends after the expiry period, and redeem shown items with a known "
             "probability. The same seed gives the same data."
@@ -727,7 +961,23 @@ def register(sub: Any) -> None:
         default=None,
         help="data directory to write (default $RECSVC_DATA_DIR or ./data)",
     )
+    p.add_argument(
+        "--abusers",
+        type=_share,
+        default=ABUSER_SHARE,
+        help=f"share of members planted as points abusers (default {ABUSER_SHARE})",
+    )
     p.set_defaults(func=_main)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 0.5, got {value}")
+    return value
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -744,6 +994,7 @@ def _main(args: argparse.Namespace) -> int:
         programme=programme,
         start=args.start,
         items=args.items,
+        abusers=args.abusers,
     )
     total = summary.total_rows
     print(
@@ -752,6 +1003,7 @@ def _main(args: argparse.Namespace) -> int:
     )
     for name, n in sorted(summary.rows.items()):
         print(f"  {name:12s} {n:>12,}")
+    print(f"  planted points abusers: {summary.abusers} (oracle/abusers)")
     rate = total / max(summary.seconds, 1e-9)
     print(f"{total:,} rows in {summary.seconds:.1f} s ({rate:,.0f} rows/s)")
     return 0

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from recsvc.config import Programme
 from recsvc.core import ledger
+from recsvc.core.catalogue import turnover_days
 from recsvc.data import schema
 from recsvc.errors import DataMissing
 from recsvc.progress import Stopwatch, progress
@@ -643,7 +644,7 @@ def _item_tables(tables: Mapping[str, pa.Table], history_start: int,
         _int(v30), _int(v90), _int(r30), _int(r90),
         _float(r30 / np.maximum(v30, 1), v30 > 0),
         _float(r90 / np.maximum(v90, 1), v90 > 0),
-        _float(stock / (np.maximum(r30, 1) / 30.0), (r30 > 0) & d_has),
+        _float(turnover_days(stock, r30, 30.0), (r30 > 0) & d_has),
     ], schema=ITEM_STATS)
     return catalogue, stats
 

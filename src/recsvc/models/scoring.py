@@ -132,21 +132,29 @@ def features_as_of(data_dir: Path) -> dt.datetime:
         raise DataMissing(f"no features under {path.parent}: run `make features`") from None
 
 
+def version_as_of(registry: Any, model: str, as_of: dt.datetime) -> str | None:
+    """The version of `model` that saw nothing after `as_of`: production if its training data
+    ends by then, else the newest registered one that does, else None."""
+    production = registry.production(model)
+    eligible = [v for v in reversed(registry.versions(model))
+                if registry.manifest(model, v).training_window.end <= as_of]
+    if production in eligible:
+        return str(production)
+    return str(eligible[0]) if eligible else None
+
+
 def model_as_of(ctx: Any, as_of: dt.datetime, horizon_days: int, say: Any = print) -> str:
     """A churn version that saw nothing after `as_of`: production if its training data ends by
     then, else the newest registered one that does, else one trained now (not promoted)."""
     from recsvc.models.training import TrainOptions, train_model
 
     reg = ctx.registry
-    production = reg.production("churn")
-    eligible = [v for v in reversed(reg.versions("churn"))
-                if reg.manifest("churn", v).training_window.end <= as_of]
-    if production in eligible:
-        return str(production)
-    if eligible:
-        say(f"score-batch: production churn model saw data after {as_of:%Y-%m-%d}; using "
-            f"{eligible[0]}, trained on data up to then")
-        return str(eligible[0])
+    version = version_as_of(reg, "churn", as_of)
+    if version is not None:
+        if version != reg.production("churn"):
+            say(f"score-batch: production churn model saw data after {as_of:%Y-%m-%d}; using "
+                f"{version}, trained on data up to then")
+        return version
     say(f"score-batch: no churn model trained on data up to {as_of:%Y-%m-%d}; training one "
         "now (registered, not promoted)")
     result = train_model("churn", Path(ctx.settings.data_dir), ctx.programme, ctx.history, reg,

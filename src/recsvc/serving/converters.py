@@ -7,8 +7,10 @@ from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from recsvc.core import cart, index, ranking
+from recsvc.core import cart, fraud, index, ranking
+from recsvc.core.catalogue import Alternate
 from recsvc.core.redemption import PointsCash, Reason
+from recsvc.errors import InvalidArgument
 from recsvc.serving import dataplane
 from recsvc.v1 import recsvc_pb2 as pb
 
@@ -21,6 +23,7 @@ SEGMENTS = {"loyal": pb.SEGMENT_LOYAL, "potential": pb.SEGMENT_POTENTIAL,
 DEGRADED: dict[str, pb.DegradedReason] = {
     dataplane.FEATURE_STORE_UNAVAILABLE: pb.DEGRADED_REASON_FEATURE_STORE_UNAVAILABLE,
     dataplane.NO_MODEL: pb.DEGRADED_REASON_NO_MODEL,
+    dataplane.CAP_STORE_UNAVAILABLE: pb.DEGRADED_REASON_CAP_STORE_UNAVAILABLE,
 }
 
 
@@ -35,6 +38,18 @@ def churn_risk(risk: dataplane.Risk) -> pb.ChurnRisk:
 
 def degraded_reasons(reasons: tuple[str, ...]) -> list[pb.DegradedReason]:
     return [DEGRADED[r] for r in reasons]
+
+
+FRAUD_FLAGS = {name: pb.FraudFlag.Value(f"FRAUD_FLAG_{name.upper()}") for name in fraud.FLAG_NAMES}
+
+
+def verification(flags: tuple[str, ...]) -> pb.Verification | None:
+    """Set (required) for a flagged member only; a flag this contract has no number for still
+    requires verification."""
+    if not flags:
+        return None
+    return pb.Verification(required=True,
+                           flags=[FRAUD_FLAGS.get(f, pb.FRAUD_FLAG_UNSPECIFIED) for f in flags])
 
 
 BINDING = {rule: pb.BindingRule.Value(f"BINDING_RULE_{rule.upper()}")
@@ -111,9 +126,18 @@ def redemption_hint(item: dataplane.ItemHint) -> pb.RedemptionHint:
         vacuum_zone=h.vacuum, affordable=h.affordable, points_gap=h.points_gap,
         spend_to_close_gap_minor=h.spend_to_close_gap_minor,
         points_cash=_points_cash(h.points_cash), points_price=item.points_price,
-        reasons=_reasons(h.reasons))
+        reasons=_reasons(h.reasons), in_stock=h.in_stock,
+        alternates=[_alternate(a) for a in item.alternates])
     if item.propensity is not None:
         msg.propensity = item.propensity
+    return msg
+
+
+def _alternate(a: Alternate) -> pb.Alternate:
+    msg = pb.Alternate(item_id=a.item_id, points_price=a.points_price, category=a.category,
+                       similarity=a.similarity, reasons=_reasons(a.reasons))
+    if a.propensity is not None:
+        msg.propensity = a.propensity
     return msg
 
 
@@ -139,13 +163,11 @@ def _fill_option(msg: pb.RedemptionOption, o: ranking.Option) -> None:
 
 def recommendations(answer: dataplane.RecommendAnswer) -> pb.RecommendRedemptionsResponse:
     msg = pb.RecommendRedemptionsResponse(
-        unlocks=[pb.CategoryUnlock(category=u.category, unlock_points=u.unlock_points,
-                                   points_gap=u.points_gap,
-                                   spend_to_unlock_minor=u.spend_to_unlock_minor)
-                 for u in answer.unlocks],
+        unlocks=[_unlock(u) for u in answer.unlocks],
         points_balance=answer.points_balance, expiring_points=answer.expiring_points,
         experiment_arm=answer.arm, model_version=answer.model_version,
-        degraded=bool(answer.degraded), degraded_reasons=degraded_reasons(answer.degraded))
+        degraded=bool(answer.degraded), degraded_reasons=degraded_reasons(answer.degraded),
+        verification=verification(answer.verification))
     for option in answer.options:
         _fill_option(msg.options.add(), option)
     if answer.next_expiry is not None:
@@ -167,4 +189,47 @@ def cart_split(answer: dataplane.CartAnswer) -> pb.OptimizeCartSplitResponse:
                  pb.ExpiryBucketUse(expires_at=_timestamp(when), points=points)
                  for when, points in s.buckets_used],
         advice=s.advice or "", keep_points=s.keep_points, degraded=bool(answer.degraded),
-        degraded_reasons=degraded_reasons(answer.degraded))
+        degraded_reasons=degraded_reasons(answer.degraded),
+        verification=verification(answer.verification))
+
+
+# -- GetNudges --------------------------------------------------------------------------------
+CHANNELS = {pb.CHANNEL_UNSPECIFIED: "in_app", pb.CHANNEL_IN_APP: "in_app",
+            pb.CHANNEL_PUSH: "push", pb.CHANNEL_EMAIL: "email", pb.CHANNEL_SMS: "sms"}
+NUDGE_KINDS: dict[str, pb.NudgeKind] = {
+    "expiry_urgent": pb.NUDGE_KIND_EXPIRY_URGENT, "expiry": pb.NUDGE_KIND_EXPIRY,
+    "low_balance": pb.NUDGE_KIND_LOW_BALANCE, "unlock_close": pb.NUDGE_KIND_UNLOCK_CLOSE}
+
+
+def nudge_request(request: pb.GetNudgesRequest) -> dataplane.NudgeRequest:
+    channel = CHANNELS.get(request.channel)
+    if channel is None:
+        raise InvalidArgument("channel", f"unknown channel {request.channel}")
+    c = _context(request.context, "points_centre")
+    return dataplane.NudgeRequest(member_id=request.member_id, channel=channel,
+                                  points_balance=c.points_balance, arm=c.arm,
+                                  dry_run=request.dry_run, surface=c.surface)
+
+
+def _unlock(u: ranking.Unlock) -> pb.CategoryUnlock:
+    return pb.CategoryUnlock(category=u.category, unlock_points=u.unlock_points,
+                             points_gap=u.points_gap,
+                             spend_to_unlock_minor=u.spend_to_unlock_minor)
+
+
+def nudges(answer: dataplane.NudgeAnswer) -> pb.GetNudgesResponse:
+    msg = pb.GetNudgesResponse(
+        capped=[pb.CappedNudge(kind=NUDGE_KINDS[c.kind], cap=c.cap) for c in answer.capped],
+        experiment_arm=answer.arm, model_version=answer.model_version,
+        degraded=bool(answer.degraded), degraded_reasons=degraded_reasons(answer.degraded),
+        verification=verification(answer.verification))
+    for n in answer.nudges:
+        out = msg.nudges.add()
+        out.kind, out.points, out.message = NUDGE_KINDS[n.kind], n.points, n.message
+        if n.expires_at is not None:
+            out.expires_at.CopyFrom(_timestamp(n.expires_at))
+        for option in n.options:
+            _fill_option(out.options.add(), option)
+        if n.unlock is not None:
+            out.unlock.CopyFrom(_unlock(n.unlock))
+    return msg

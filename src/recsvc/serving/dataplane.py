@@ -12,20 +12,30 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.config import Arm, Programme
-from recsvc.core import cart, ranking, redemption, segments
+from recsvc.config import CHANNELS, Arm, Programme
+from recsvc.core import cart, fraud, ranking, redemption, segments
+from recsvc.core import catalogue as core_catalogue
+from recsvc.core import nudges as core_nudges
 from recsvc.core.experiments import ArmAssigner, hint_threshold
 from recsvc.core.redemption import Reason
-from recsvc.errors import FeatureStoreUnavailable, InvalidArgument, NotFound
+from recsvc.errors import (
+    CapStoreUnavailable,
+    FeatureStoreUnavailable,
+    InvalidArgument,
+    NotFound,
+)
 from recsvc.metrics import ServiceMetrics
 from recsvc.models import inputs
 from recsvc.models.scoring import ChurnScorer
 from recsvc.serving.models import ModelHolder, Served
+
+if TYPE_CHECKING:
+    from recsvc.serving.caps import CapStore
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,7 @@ WANTED_ITEMS = 5  # the cart's advice compares the points' value here with these
 TOP_DRIVERS = 3
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 NO_MODEL = "no_model"
+CAP_STORE_UNAVAILABLE = "cap_store_unavailable"
 
 
 class FeatureSource(Protocol):
@@ -60,14 +71,19 @@ class FeastSource:
         from recsvc.features import store as fstore
 
         with fstore.feast_errors(f"read {service!r} online"):
-            fs = self.store.get_feature_service(service, allow_cache=True)
-            refs = [f"{p.name_to_use()}:{f.name}" for p in fs.feature_view_projections
-                    if [c.name for c in self.store.get_feature_view(p.name).entity_columns]
-                    == [entity_key] for f in p.features]
             got = self.store.get_online_features(
-                features=refs, entity_rows=[{entity_key: int(i)} for i in ids],
+                features=self.refs(service, entity_key),
+                entity_rows=[{entity_key: int(i)} for i in ids],
                 full_feature_names=True).to_dict()
         return {k: v for k, v in got.items() if k != entity_key}
+
+    def refs(self, service: str, entity_key: str) -> list[str]:
+        """"<view>:<feature>" of the service's views keyed by `entity_key` only (Feast errors
+        are the caller's to map)."""
+        fs = self.store.get_feature_service(service, allow_cache=True)
+        return [f"{p.name_to_use()}:{f.name}" for p in fs.feature_view_projections
+                if [c.name for c in self.store.get_feature_view(p.name).entity_columns]
+                == [entity_key] for f in p.features]
 
 
 @dataclass(frozen=True)
@@ -101,11 +117,13 @@ def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndar
 @dataclass(frozen=True)
 class Items:
     """One load of the catalogue: every item's features as columns (by feature name, in
-    `core.item_id` order), and the arrays the ranking core works on."""
+    `core.item_id` order), the arrays the ranking core works on, and what the alternates'
+    similarity looks at (prepared here, once a load, not per hint)."""
 
     position: dict[int, int]
     columns: dict[str, npt.NDArray[Any]]
     core: ranking.Catalogue
+    similar: core_catalogue.Attributes
 
     @classmethod
     def build(cls, ids: Sequence[int], raw: dict[str, list[Any]]) -> Items:
@@ -126,7 +144,10 @@ class Items:
             perceived_discount=num("perceived_discount", 1.0),
             discount_coefficient=num("discount_coefficient", 1.0),
             stock=num("stock", 0).astype(np.int64))
-        return cls({int(i): k for k, i in enumerate(item_id)}, cols, core)
+        similar = core_catalogue.Attributes.build(
+            item_id, core.category, cols.get("points_class", np.full(n, None, dtype=object)),
+            core.points_price, core.stock)
+        return cls({int(i): k for k, i in enumerate(item_id)}, cols, core, similar)
 
     def take(self, positions: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]]:
         return {name: values[positions] for name, values in self.columns.items()}
@@ -159,6 +180,8 @@ class Context:
     member: ranking.Member
     points: cart.PointsBalance
     tier: str | None
+    flags: tuple[str, ...] = ()
+    """Points-fraud flags: the answers ask for a second verification (nothing is blocked)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +199,7 @@ class ItemHint:
     points_price: int
     hint: redemption.Hint
     propensity: float | None
+    alternates: tuple[core_catalogue.Alternate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +208,7 @@ class HintAnswer:
     arm: str
     model_version: str
     degraded: tuple[str, ...] = field(default_factory=tuple)
+    verification: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,6 +233,7 @@ class RecommendAnswer:
     arm: str
     model_version: str
     degraded: tuple[str, ...] = field(default_factory=tuple)
+    verification: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,6 +249,27 @@ class CartAnswer:
     split: cart.CartSplit
     arm: str
     degraded: tuple[str, ...] = field(default_factory=tuple)
+    verification: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NudgeRequest:
+    member_id: int
+    channel: str = "in_app"
+    points_balance: int | None = None
+    arm: str = ""
+    dry_run: bool = False
+    surface: str = "points_centre"  # what the propensity model is told the options are shown on
+
+
+@dataclass(frozen=True)
+class NudgeAnswer:
+    nudges: list[core_nudges.Nudge]
+    capped: list[core_nudges.Capped]
+    arm: str
+    model_version: str
+    degraded: tuple[str, ...] = field(default_factory=tuple)
+    verification: tuple[str, ...] = ()
 
 
 class Dataplane:
@@ -230,6 +277,7 @@ class Dataplane:
                  metrics: ServiceMetrics, *, programme: Programme | None = None,
                  propensity: ModelHolder | None = None,
                  catalogue: Catalogue | None = None,
+                 caps: CapStore | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.features = features
         self.churn = churn
@@ -237,6 +285,7 @@ class Dataplane:
         self.programme = programme
         self.propensity = propensity
         self.catalogue = catalogue
+        self.caps = caps
         self.clock = clock
         self.arms = ArmAssigner(programme.experiments) if programme else None
 
@@ -293,7 +342,7 @@ class Dataplane:
         points = cart.PointsBalance.reconcile(lots, live, now, same_snapshot=balance is None)
         if balance is None and points.total != live:  # lots lapsed since the snapshot
             member = dataclasses.replace(member, balance=points.total)
-        return Context(f, cold, member, points, tier)
+        return Context(f, cold, member, points, tier, fraud.split_flags(f.get("fraud_flags")))
 
     def _propensity(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
                     surface: str, served: Served) -> npt.NDArray[np.float64]:
@@ -329,7 +378,7 @@ class Dataplane:
                 raise NotFound(f"item_ids[{k}]: no item {item}")
             positions[k] = at
         degraded: list[str] = []
-        ctx = self._context(req.member_id, "propensity_v1", req.points_balance, degraded, rpc)
+        ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
         served = self.propensity.current if self.propensity else None
         probabilities: list[float | None] = [None] * len(positions)
         if served is None:
@@ -339,8 +388,12 @@ class Dataplane:
                                                                 req.surface, served)]
         threshold = hint_threshold(arm, p.index)
         m, c = ctx.member, items.core
+        # alternates only for the items out of stock, so an in-stock hint costs nothing more
+        empty = np.flatnonzero(c.stock[positions] <= 0)
+        alternates = dict(zip(empty.tolist(), self._alternates(
+            ctx, items, positions[empty], req.surface, served), strict=True)) if len(empty) else {}
         out = []
-        for k, prob in zip(positions.tolist(), probabilities, strict=True):
+        for j, (k, prob) in enumerate(zip(positions.tolist(), probabilities, strict=True)):
             h = redemption.hint(
                 p, market_price_minor=int(c.market_price_minor[k]),
                 perceived_discount=float(c.perceived_discount[k]),
@@ -349,11 +402,25 @@ class Dataplane:
                 orders_90d=m.orders_90d, days_since_last_order=m.days_since_last_order,
                 young=m.young, high_spender=m.high_spender, threshold=threshold,
                 tier_multiplier=m.tier_multiplier, expiring_points=m.expiring_points,
-                propensity=prob, cold_start=ctx.cold)
+                propensity=prob, cold_start=ctx.cold, in_stock=bool(c.stock[k] > 0))
             self.metrics.hints.labels(arm.name, str(h.points_better).lower()).inc()
-            out.append(ItemHint(int(c.item_id[k]), int(c.points_price[k]), h, prob))
+            out.append(ItemHint(int(c.item_id[k]), int(c.points_price[k]), h, prob,
+                                alternates.get(j, ())))
         return HintAnswer(out, arm.name, served.version if served else "",
-                          self._count(rpc, degraded))
+                          self._count(rpc, degraded), self._verify(rpc, ctx))
+
+    def _alternates(self, ctx: Context, items: Items, targets: npt.NDArray[np.int64],
+                    surface: str, served: Served | None,
+                    ) -> list[tuple[core_catalogue.Alternate, ...]]:
+        """In-stock alternates for the out-of-stock items at `targets`, with the member's
+        propensity for them when a model answers."""
+        assert self.programme is not None
+        scorer: core_catalogue.Propensity | None = None
+        if served is not None:
+            def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+                return self._propensity(ctx, items, positions, surface, served)
+        return core_catalogue.alternates(self.programme, items.similar, targets,
+                                         propensity=scorer)
 
     def recommend(self, req: RecommendRequest, rpc: str) -> RecommendAnswer:
         """The best ways to spend the member's points: ranked, explained options."""
@@ -386,7 +453,7 @@ class Dataplane:
         return RecommendAnswer(
             options, ranking.unlocks_in_reach(p, ctx.member), ctx.member.balance,
             ctx.member.expiring_points, dated[0][0] if dated else None, arm.name,
-            served.version if served else "", self._count(rpc, degraded))
+            served.version if served else "", self._count(rpc, degraded), self._verify(rpc, ctx))
 
     def cart_split(self, req: CartRequest, rpc: str) -> CartAnswer:
         """The order's points/cash split under every rule, points taken earliest-lapsing first,
@@ -405,7 +472,65 @@ class Dataplane:
         split = cart.optimize_cart(p, req.lines, ctx.points,
                                    keep_value_per_point=max(worth) if worth else None)
         self.metrics.cart_points.labels(arm.name, split.binding_rule).inc(split.points_used)
-        return CartAnswer(split, arm.name, self._count(rpc, degraded))
+        return CartAnswer(split, arm.name, self._count(rpc, degraded), self._verify(rpc, ctx))
+
+    def nudges(self, req: NudgeRequest, rpc: str) -> NudgeAnswer:
+        """The reminders due to the member now on one channel, most urgent first, within the
+        frequency caps: each one delivered counts against its caps (unless a dry run). A cap
+        store that does not answer withholds them all (degraded), never a cap exceeded."""
+        p, catalogue, arms = self._configured()
+        arm = self._arm(arms, req.member_id, req.arm)
+        if req.channel not in CHANNELS:
+            raise InvalidArgument("channel", f"must be one of {list(CHANNELS)}, got "
+                                             f"{req.channel!r}")
+        items = catalogue.items
+        degraded: list[str] = []
+        ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
+        served = self.propensity.current if self.propensity else None
+        scorer: ranking.Propensity | None = None
+        if served is None:
+            degraded.append(NO_MODEL)  # index-only ranking
+        else:
+            # each nudge ranks with its own budget: score an item once, whichever ranks it
+            known = np.full(len(items.core), np.nan)
+
+            def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+                todo = positions[np.isnan(known[positions])]
+                if len(todo):
+                    known[todo] = self._propensity(ctx, items, todo, req.surface, served)
+                return known[positions]
+
+        def rank(member: ranking.Member, affordable_only: bool,
+                 limit: int) -> list[ranking.Option]:
+            return ranking.recommend(p, arm, member, items.core, scorer, limit=limit,
+                                     affordable_only=affordable_only)
+
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        due = core_nudges.due(p, ctx.member, ctx.points, now, rank)
+        model = served.version if served else ""
+        if not due:
+            return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded), ctx.flags)
+        try:
+            if self.caps is None:
+                raise CapStoreUnavailable("no frequency-cap store is configured")
+            outcomes = self.caps.reserve(
+                req.member_id, [core_nudges.reservation(p, n, req.channel) for n in due], now,
+                dry_run=req.dry_run)
+        except CapStoreUnavailable as exc:
+            log.warning("%s: frequency caps unavailable, %d nudge(s) withheld: %s", rpc,
+                        len(due), exc)
+            degraded.append(CAP_STORE_UNAVAILABLE)
+            return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded), ctx.flags)
+        delivered, withheld, dropped = core_nudges.apply(due, outcomes)
+        if not req.dry_run:
+            for n in delivered:
+                self.metrics.nudges.labels(n.kind, req.channel, arm.name).inc()
+            for c in withheld:
+                self.metrics.nudges_capped.labels(c.kind, c.cap).inc()
+            for c in dropped:
+                self.metrics.nudge_options_capped.labels(c.kind, c.cap).inc()
+        return NudgeAnswer(delivered, withheld, arm.name, model, self._count(rpc, degraded),
+                           self._verify(rpc, ctx))
 
     def churn_risk(self, member_ids: Sequence[int], rpc: str) -> ChurnAnswer:
         if not member_ids:
@@ -457,6 +582,12 @@ class Dataplane:
         band, segment = "medium", "ordinary"
         return Risk(int(member), 0.5, band, segment, (),
                     segments.recommended_action(segment, band), bool(cold))
+
+    def _verify(self, rpc: str, ctx: Context) -> tuple[str, ...]:
+        """The member's points-fraud flags, counted: the answer asks for verification."""
+        for flag in ctx.flags:
+            self.metrics.verification.labels(rpc, flag).inc()
+        return ctx.flags
 
     def _count(self, rpc: str, reasons: list[str]) -> tuple[str, ...]:
         for reason in reasons:

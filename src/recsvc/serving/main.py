@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from recsvc.config import CHANNELS
 from recsvc.errors import RecsvcError
 from recsvc.settings import load_settings
 
@@ -35,6 +36,7 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     from recsvc.metrics import ServiceMetrics
     from recsvc.models.jobs import open_context
     from recsvc.models.scoring import ChurnScorer, PropensityScorer
+    from recsvc.serving.caps import open_cap_store
     from recsvc.serving.dataplane import Catalogue, Dataplane
     from recsvc.serving.models import ModelHolder
     from recsvc.serving.server import create_server, mark_serving, refresh_models
@@ -72,8 +74,10 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
 
     catalogue = Catalogue(reader, item_ids)
     catalogue.refresh()
+    # the frequency caps: the online store's Redis, else a SQLite file the workers share
+    caps = open_cap_store(settings, ctx.store)
     plane = Dataplane(reader, churn, metrics, programme=ctx.programme, propensity=propensity,
-                      catalogue=catalogue)
+                      catalogue=catalogue, caps=caps)
     server, port, health = await create_server(address, RedemptionServicer(plane, metrics),
                                                max_concurrent_rpcs=settings.max_concurrent_rpcs,
                                                overload_lag_s=settings.overload_lag_ms / 1000)
@@ -105,6 +109,7 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     for task in tasks:
         task.cancel()
     await server.stop(GRACE_SECONDS)
+    caps.close()
     return 0
 
 
@@ -280,15 +285,19 @@ def _request(args: argparse.Namespace) -> tuple[str, Any]:
     from recsvc.v1 import recsvc_pb2 as pb
 
     if args.call == "churn":
-        if len(args.member_ids) == 1:
-            return "GetChurnRisk", pb.GetChurnRiskRequest(member_id=args.member_ids[0])
-        return "BatchGetChurnRisk", pb.BatchGetChurnRiskRequest(member_ids=args.member_ids)
+        return (("GetChurnRisk", pb.GetChurnRiskRequest(member_id=args.member_ids[0]))
+                if len(args.member_ids) == 1 else
+                ("BatchGetChurnRisk", pb.BatchGetChurnRiskRequest(member_ids=args.member_ids)))
     if args.call == "hint":
         if len(args.item_ids) == 1:
             return "GetRedemptionHint", pb.GetRedemptionHintRequest(
                 member_id=args.member_id, item_id=args.item_ids[0], context=_context(args))
         return "BatchGetRedemptionHints", pb.BatchGetRedemptionHintsRequest(
             member_id=args.member_id, item_ids=args.item_ids, context=_context(args))
+    if args.call == "nudges":
+        return "GetNudges", pb.GetNudgesRequest(
+            member_id=args.member_id, context=_context(args), dry_run=args.dry_run,
+            channel=pb.Channel.Value(f"CHANNEL_{args.channel.upper()}"))
     if args.call == "recommend":
         return "RecommendRedemptions", pb.RecommendRedemptionsRequest(
             member_id=args.member_id, limit=args.limit, context=_context(args),
@@ -355,13 +364,15 @@ def register(sub: Any) -> None:
         calls.add_parser("recommend", help="RecommendRedemptions: the best ways to spend "
                                            "the member's points"),
         calls.add_parser("cart", help="OptimizeCartSplit: the points/cash split of an order"),
+        calls.add_parser("nudges", help="GetNudges: the reminders due to the member now, "
+                                        "within the frequency caps"),
     )
     for call in member_calls:
         call.add_argument("member_id", type=int)
         call.add_argument("--balance", type=int, default=None,
                           help="the member's live points balance (default: the store's)")
         call.add_argument("--arm", default="", help="force an experiment arm")
-    hint, recommend, cart = member_calls
+    hint, recommend, cart, nudge = member_calls
     hint.add_argument("item_ids", type=int, nargs="+")
     recommend.add_argument("--limit", type=int, default=0, help="1-200 (default 20)")
     recommend.add_argument("--category", action="append", help="only this category (repeat)")
@@ -370,4 +381,7 @@ def register(sub: Any) -> None:
     cart.add_argument("lines", type=_cart_line, nargs="+",
                       metavar="ITEM:UNIT_PRICE_MINOR[:QUANTITY[:cash]]",
                       help='an order line; ":cash" marks a line points may not pay for')
+    nudge.add_argument("--channel", choices=CHANNELS, default="in_app")
+    nudge.add_argument("--dry-run", action="store_true",
+                       help="preview: do not count the nudges against their caps")
     c.set_defaults(func=_cmd_client)

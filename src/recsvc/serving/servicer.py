@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from recsvc.config import CHANNELS
+from recsvc.core import nudges as core_nudges
 from recsvc.errors import DeadlineExceeded, Overloaded
 from recsvc.metrics import ServiceMetrics
 from recsvc.serving import converters, errors
@@ -72,7 +74,7 @@ class LoadShedder:
 
 
 class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
-    """The six RPCs: each converts its request, calls the dataplane once, converts back."""
+    """The RPCs: each converts its request, calls the dataplane once, converts back."""
 
     def __init__(self, dataplane: Dataplane, metrics: ServiceMetrics) -> None:
         self.dataplane = dataplane
@@ -85,6 +87,10 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 metrics.requests.labels(rpc, code)
             for reason in converters.DEGRADED:
                 metrics.degraded.labels(rpc, reason)
+        if dataplane.programme is not None:
+            p = dataplane.programme
+            metrics.prime_nudges(core_nudges.KINDS, CHANNELS, [a.name for a in p.experiments.arms],
+                                 *core_nudges.cap_series(p))
 
     async def _call(self, rpc: str, context: grpc.aio.ServicerContext,
                     work: Callable[[], T]) -> T:
@@ -118,7 +124,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             return pb.GetRedemptionHintResponse(
                 hint=converters.redemption_hint(answer.hints[0]), experiment_arm=answer.arm,
                 model_version=answer.model_version, degraded=bool(answer.degraded),
-                degraded_reasons=converters.degraded_reasons(answer.degraded))
+                degraded_reasons=converters.degraded_reasons(answer.degraded),
+                verification=converters.verification(answer.verification))
 
         return await self._call("GetRedemptionHint", context, work)
 
@@ -132,7 +139,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 hints=[converters.redemption_hint(h) for h in answer.hints],
                 experiment_arm=answer.arm, model_version=answer.model_version,
                 degraded=bool(answer.degraded),
-                degraded_reasons=converters.degraded_reasons(answer.degraded))
+                degraded_reasons=converters.degraded_reasons(answer.degraded),
+                verification=converters.verification(answer.verification))
 
         return await self._call("BatchGetRedemptionHints", context, work)
 
@@ -172,3 +180,10 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 degraded_reasons=converters.degraded_reasons(answer.degraded))
 
         return await self._call("BatchGetChurnRisk", context, work)
+
+    async def GetNudges(self, request: Any, context: Any) -> pb.GetNudgesResponse:
+        def work() -> pb.GetNudgesResponse:
+            return converters.nudges(self.dataplane.nudges(converters.nudge_request(request),
+                                                           "GetNudges"))
+
+        return await self._call("GetNudges", context, work)

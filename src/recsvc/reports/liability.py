@@ -1,0 +1,790 @@
+"""`recsvc liability-report`: the points-liability forecast from the ledger and the churn model,
+with a backtest against the months the tables hold beyond the as-of instant.
+
+This module owns the I/O: it reads the tables (the forecast uses only rows before the as-of
+instant), scores churn with a model that saw nothing later, and writes liability.md,
+liability.json and PNG plots. The arithmetic is `recsvc.core.liability`.
+
+Ledger rows are assigned to months by their timestamp, except lapses and opening balances: the
+ledger stamps the points lapsing at the end of a month at the first instant of the next one, so
+an `expire` row belongs to the month that ends at its timestamp, and an `opening` row stamped at
+a month start is part of that month's opening balance. The same rule serves the member's history
+(the rates) and the backtest's actual months, so forecast and actuals count alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recsvc.cliargs import date_arg, end_of_day, int_in
+from recsvc.config import Programme
+from recsvc.core import ledger
+from recsvc.core import liability as li
+from recsvc.data import schema
+from recsvc.errors import DataMissing, RecsvcError
+from recsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+US = 1_000_000
+DAY_US = 86_400 * US
+NULL = np.iinfo(np.int64).min
+KINDS = ("earn", "burn", "expire", "opening")
+KIND_EARN, KIND_BURN, KIND_EXPIRE, KIND_OPENING, KIND_OTHER = 0, 1, 2, 3, 4
+CHURN_HORIZON_DAYS = 90  # the horizon of a churn model trained on the fly (as score-batch)
+SEED = 20240601  # the bootstrap's seed: the same data gives the same interval
+REPORT = "liability"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the tables.
+# --------------------------------------------------------------------------------------------
+def _us(col: pa.ChunkedArray) -> I64:
+    return np.asarray(col.cast(pa.int64()).fill_null(NULL).to_numpy(), dtype=np.int64)
+
+
+def _i64(col: pa.ChunkedArray) -> I64:
+    return np.asarray(col.fill_null(0).to_numpy(), dtype=np.int64)
+
+
+def _instant(us: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(us / US, tz=dt.UTC)
+
+
+def _to_us(when: dt.datetime) -> int:
+    return int(when.timestamp()) * US + when.microsecond
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The ledger rows of the members who joined before the as-of instant (all of time)."""
+
+    mi: I64  # member index
+    ts: I64
+    kind: I64
+    points: I64
+    expires: I64  # NULL for rows without a lapse instant
+
+    @property
+    def key(self) -> I64:
+        """The instant that decides a row's month: a lapse belongs to the month ending at it,
+        and an opening balance is held from its instant on (a month starting then opens
+        with it, so its burn share is not taken on an empty balance)."""
+        edge = (self.kind == KIND_EXPIRE) | (self.kind == KIND_OPENING)
+        return np.where(edge, self.ts - 1, self.ts)
+
+    def select(self, keep: npt.NDArray[np.bool_]) -> Ledger:
+        return Ledger(self.mi[keep], self.ts[keep], self.kind[keep], self.points[keep],
+                      self.expires[keep])
+
+
+@dataclass(frozen=True)
+class Book:
+    """The members the forecast covers and what the tables say about them."""
+
+    ids: I64
+    signup: I64  # µs; NULL when unknown (taken as before the history)
+    ledger: Ledger
+    orders: tuple[I64, I64, I64]  # member index, ts, amount (minor units)
+    first_event: int  # µs: the earliest event in the tables
+    last_event: int  # µs: the latest
+
+    def joined_before(self, t_us: int) -> npt.NDArray[np.bool_]:
+        return (self.signup == NULL) | (self.signup < t_us)
+
+    def spend_before(self, t_us: int) -> I64:
+        o_mi, o_ts, amount = self.orders
+        sel = o_ts < t_us
+        return np.bincount(o_mi[sel], weights=amount[sel], minlength=len(self.ids)).astype(
+            np.int64)
+
+    def recency_days(self, t_us: int) -> F64:
+        """Days from each member's last order before `t_us` to it; NaN: none yet."""
+        o_mi, o_ts, _ = self.orders
+        sel = o_ts < t_us
+        last = np.full(len(self.ids), NULL)
+        np.maximum.at(last, o_mi[sel], o_ts[sel])
+        return np.where(last == NULL, np.nan, (t_us - last) / DAY_US)
+
+    def ordered_within(self, a_us: int, b_us: int) -> npt.NDArray[np.bool_]:
+        o_mi, o_ts, _ = self.orders
+        sel = (o_ts >= a_us) & (o_ts < b_us)
+        return np.bincount(o_mi[sel], minlength=len(self.ids)) > 0
+
+
+def read_book(data_dir: Path, as_of: dt.datetime) -> Book:
+    """Members who joined before `as_of`, their ledger and their spend before it."""
+    t = _to_us(as_of)
+    members = schema.read_table(data_dir, "members", ["member_id", "signup_at"])
+    signup_all = _us(members["signup_at"])
+    keep = (signup_all == NULL) | (signup_all < t)
+    ids_all = _i64(members["member_id"])
+    order = np.argsort(ids_all[keep], kind="stable")
+    ids = ids_all[keep][order]
+    signup = signup_all[keep][order]
+    if len(ids) == 0:
+        raise DataMissing(f"no members joined before {as_of:%Y-%m-%d %H:%M} UTC")
+
+    led = schema.read_table(data_dir, "ledger", ["member_id", "ts", "kind", "points",
+                                                 "expires_at"])
+    kind = np.full(led.num_rows, KIND_OTHER, dtype=np.int64)
+    for code, name in enumerate(KINDS):
+        kind[np.asarray(pc.equal(led["kind"], name).fill_null(False).to_numpy(
+            zero_copy_only=False), dtype=bool)] = code
+    mi, found = _index(ids, _i64(led["member_id"]))
+    ledger_rows = Ledger(mi[found], _us(led["ts"])[found], kind[found],
+                         _i64(led["points"])[found], _us(led["expires_at"])[found])
+
+    orders = schema.read_table(data_dir, "orders", ["member_id", "ts", "amount_minor"])
+    o_mi, o_found = _index(ids, _i64(orders["member_id"]))
+    o_ts = _us(orders["ts"])
+    o_found &= o_ts != NULL
+    book_orders = (o_mi[o_found], o_ts[o_found], _i64(orders["amount_minor"])[o_found])
+    stamps = np.concatenate([ledger_rows.ts, book_orders[1]])
+    stamps = stamps[stamps != NULL]
+    if len(stamps) == 0:
+        raise DataMissing("the ledger and the orders of these members are empty")
+    return Book(ids, signup, ledger_rows, book_orders, int(stamps.min()), int(stamps.max()))
+
+
+def _index(ids_sorted: I64, ids: I64) -> tuple[I64, npt.NDArray[np.bool_]]:
+    pos = np.minimum(np.searchsorted(ids_sorted, ids), len(ids_sorted) - 1)
+    return pos, ids_sorted[pos] == ids
+
+
+def period_sums(mi: I64, key: I64, values: I64 | F64, bounds_us: I64, n: int) -> F64:
+    """(members, periods): the sum of `values` of rows whose key lies in each period."""
+    w = np.searchsorted(bounds_us, key, side="right") - 1
+    inside = (w >= 0) & (w < len(bounds_us) - 1)
+    periods = len(bounds_us) - 1
+    flat = np.bincount(mi[inside] * periods + w[inside], weights=values[inside],
+                       minlength=n * periods)
+    return np.asarray(flat.reshape(n, periods), dtype=np.float64)
+
+
+def balances_at(book: Book, bounds_us: I64) -> F64:
+    """(members, bounds): points held at each bound, lapses stamped at it already applied."""
+    led = book.ledger
+    key = led.key
+    n = len(book.ids)
+    before = np.bincount(led.mi[key < bounds_us[0]], weights=led.points[key < bounds_us[0]],
+                         minlength=n)
+    net = period_sums(led.mi, key, led.points.astype(np.float64), bounds_us, n)
+    return np.concatenate([before[:, None], before[:, None] + np.cumsum(net, axis=1)], axis=1)
+
+
+def flows(book: Book, bounds_us: I64) -> dict[str, F64]:
+    """(members, periods): points earned, redeemed (burnt) and expired in each period."""
+    led = book.ledger
+    key = led.key
+    n = len(book.ids)
+    out = {}
+    for name, code in (("earned", KIND_EARN), ("redeemed", KIND_BURN), ("expired", KIND_EXPIRE)):
+        sel = led.kind == code
+        out[name] = np.abs(period_sums(led.mi[sel], key[sel], led.points[sel].astype(np.float64),
+                                       bounds_us, n))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The member's state at the as-of instant.
+# --------------------------------------------------------------------------------------------
+def months_since_epoch(us: I64) -> I64:
+    """`ledger.month_index` of µs instants, vectorised."""
+    return np.asarray(np.asarray(us, dtype="datetime64[us]").astype("datetime64[M]")
+                      .astype(np.int64))
+
+
+def lots_at(book: Book, as_of: dt.datetime) -> tuple[F64, F64, I64]:
+    """(lots (members, C): column c lapses at the end of forecast month c; points that never
+    lapse; points lapsing at the as-of instant itself, already gone) from the FIFO replay."""
+    from recsvc.features.compute import expiring_points
+
+    t = _to_us(as_of)
+    led = book.ledger.select(book.ledger.ts < t)
+    n = len(book.ids)
+    replay = expiring_points(led.mi, led.ts, led.points, led.expires, led.kind == KIND_EXPIRE,
+                             np.arange(n, dtype=np.int64), np.full(n, t, dtype=np.int64), n, 0)
+    counts = np.diff(replay.offsets)
+    row = np.repeat(np.arange(n, dtype=np.int64), counts)
+    # a lot lapsing at instant L lapses at the end of the month holding L - 1 µs
+    col = months_since_epoch(replay.expiry_us - 1) - ledger.month_index(as_of)
+    gone = col < 0  # lapsing exactly at the as-of instant (a month start): already lapsed
+    lapsing_now = np.bincount(row[gone], weights=replay.points[gone], minlength=n)
+    width = int(col.max()) + 1 if len(col) and not gone.all() else 0
+    lots = np.zeros((n, width))
+    np.add.at(lots, (row[~gone], col[~gone]), replay.points[~gone])
+    balance = np.bincount(led.mi, weights=led.points, minlength=n)
+    no_expiry = np.maximum(balance - lots.sum(axis=1) - lapsing_now, 0.0)
+    return lots, no_expiry, lapsing_now.astype(np.int64)
+
+
+def lapse_months(book: Book, programme: Programme, as_of: dt.datetime) -> I64:
+    """Months after the month earned at whose end new points lapse, by the tier at as-of."""
+    spend = book.spend_before(_to_us(as_of))
+    tier = np.asarray(ledger.tier_for_spend(programme, spend), dtype=np.int64)
+    by_tier = np.array([ledger.expiry_months_for_tier(programme, name)
+                        for name in programme.tiers.order], dtype=np.int64)
+    return by_tier[np.atleast_1d(tier)]
+
+
+@dataclass(frozen=True)
+class History:
+    bounds: list[dt.datetime]
+    rates: li.Rates
+    orders_per_day: F64  # the member's order rate while a customer (shrunk)
+    months: F64  # exposure months per member
+
+
+def history(book: Book, as_of: dt.datetime, months: int) -> History:
+    """The member's monthly earning and burn share over the `months` before `as_of`."""
+    bounds = li.history_bounds(as_of, months)
+    b_us = np.array([_to_us(b) for b in bounds], dtype=np.int64)
+    fractions = li.month_fractions(bounds)
+    start = np.where(book.signup == NULL, book.first_event, book.signup)
+    start = np.maximum(start, book.first_event)  # no exposure before the tables begin
+    lo, hi = b_us[:-1][None, :], b_us[1:][None, :]
+    joined = np.clip((hi - np.maximum(lo, start[:, None])) / (hi - lo), 0.0, 1.0)
+    exposure = joined * fractions[None, :]
+    f = flows(book, b_us)
+    opening = balances_at(book, b_us)[:, :-1]
+    rates = li.estimate_rates(f["earned"], f["redeemed"], opening, exposure, fractions)
+    months_in = exposure.sum(axis=1)
+    o_mi, o_ts, _ = book.orders
+    sel = (o_ts >= b_us[0]) & (o_ts < b_us[-1])
+    orders = np.bincount(o_mi[sel], minlength=len(book.ids)).astype(np.float64)
+    per_month = li.shrunk_rate(orders, months_in, li.PRIOR_MONTHS)
+    return History(bounds, rates, per_month / li.DAYS_PER_MONTH, months_in)
+
+
+# --------------------------------------------------------------------------------------------
+# Churn.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Churn:
+    """Who is still a customer: the churn probabilities now and one horizon earlier (members
+    who had joined by then)."""
+
+    probability: F64  # P(no order within horizon_days) at the as-of instant
+    probability_before: F64  # the same one horizon earlier, for the `earlier` members
+    earlier: npt.NDArray[np.bool_]  # members who had joined one horizon before the as-of
+    horizon_days: float
+    source: str  # "model" | "history"
+    model_version: str | None
+    note: str
+
+
+def churn_from_history(book: Book, as_of: dt.datetime, horizon_days: float, why: str) -> Churn:
+    """The fallback: the recency table (`core.liability.recency_churn`) fitted on the horizon
+    just before the as-of instant."""
+    t = _to_us(as_of)
+    cut = t - int(horizon_days * DAY_US)
+    earlier = book.joined_before(cut)
+    if cut <= book.first_event or not earlier.any():
+        raise DataMissing(f"less than {horizon_days:.0f} days of history before the as-of "
+                          "instant: cannot estimate who is still a customer")
+    at_cut = book.recency_days(cut)[earlier]
+    after = book.ordered_within(cut, t)[earlier]
+    now = li.recency_churn(at_cut, after, book.recency_days(t))
+    before = li.recency_churn(at_cut, after, at_cut)
+    return Churn(now, before, earlier, horizon_days, "history", None,
+                 f"no churn model used ({why}): P(no order in {horizon_days:.0f} days) by "
+                 "recency bucket (days since the last order: "
+                 f"{', '.join(f'{e:g}' for e in li.RECENCY_EDGES_DAYS)}, never), the share of "
+                 f"the bucket's members {horizon_days:.0f} days before the as-of instant who "
+                 "then placed no order")
+
+
+def churn_from_model(settings: Settings, book: Book, as_of: dt.datetime,
+                     say: Callable[[str], None]) -> Churn:
+    """Churn probabilities of the book's members as of `as_of` and one horizon earlier: a
+    model that saw nothing after `as_of` (production, else the newest that qualifies, else one
+    trained now, as score-batch picks) on the features known at each instant."""
+    import pandas as pd
+
+    from recsvc.models import inputs
+    from recsvc.models.jobs import open_context
+    from recsvc.models.scoring import ChurnScorer, features_as_of, model_as_of
+    from recsvc.models.training import with_features
+
+    built = features_as_of(Path(settings.data_dir))
+    if built < as_of:
+        raise DataMissing(f"the features end at {built:%Y-%m-%d}, before the as-of instant: "
+                          "run `recsvc features`")
+    ctx = open_context(settings)
+    version = model_as_of(ctx, as_of, CHURN_HORIZON_DAYS, say)
+    scorer = ChurnScorer(ctx.registry.load("churn", version, known_features=ctx.known_features))
+    cut = as_of - dt.timedelta(days=scorer.horizon)
+    earlier = book.joined_before(_to_us(cut))
+    entity = pd.DataFrame({
+        "member_id": np.concatenate([book.ids, book.ids[earlier]]),
+        "event_timestamp": [pd.Timestamp(as_of)] * len(book.ids)
+                           + [pd.Timestamp(cut)] * int(earlier.sum())})
+    feats = with_features(ctx.history, "churn_v1", entity)
+    prob = np.asarray(scorer.score(inputs.frame_columns(feats), num_threads=0).probability,
+                      dtype=np.float64)
+    n = len(book.ids)
+    return Churn(prob[:n], prob[n:], earlier, scorer.horizon, "model", scorer.version,
+                 f"churn model {scorer.version}: P(no order in {scorer.horizon:.0f} days) on "
+                 "the features known at the as-of instant (and one horizon earlier)")
+
+
+@dataclass(frozen=True)
+class Activity:
+    alive: F64  # P(a customer at the as-of instant)
+    hazard: float  # share of customers lost per churn horizon
+
+
+def activity(book: Book, churn: Churn, hist: History, as_of: dt.datetime,
+             history_months: int) -> Activity:
+    """P(alive now) per member and the rate customers are lost at, from the churn
+    probabilities now and one horizon earlier (`core.liability.alive_now`, `customer_hazard`),
+    each with the order rate known at its instant."""
+    alive = li.alive_now(churn.probability, hist.orders_per_day, churn.horizon_days)
+    cut = as_of - dt.timedelta(days=churn.horizon_days)
+    if not churn.earlier.any() or _to_us(cut) <= book.first_event:
+        return Activity(alive, 0.0)
+    before = history(book, cut, history_months)
+    alive_then = li.alive_now(churn.probability_before, before.orders_per_day[churn.earlier],
+                              churn.horizon_days)
+    return Activity(alive, li.customer_hazard(alive[churn.earlier], alive_then))
+
+
+@dataclass
+class Forecast:
+    as_of: dt.datetime
+    bounds: list[dt.datetime]
+    members: int
+    churn: Churn
+    hist: History
+    active: Activity
+    projection: li.Projection
+    bands: dict[str, li.Band]
+    lapsing_at_as_of: int
+    actual: dict[str, F64] = field(default_factory=dict)
+    errors: dict[str, li.BacktestError] = field(default_factory=dict)
+
+
+def forecast(settings: Settings, programme: Programme, as_of: dt.datetime, horizon: int, *,
+             use_model: bool = True, history_months: int = li.HISTORY_MONTHS,
+             backtest: bool = False, say: Callable[[str], None] = print) -> Forecast:
+    data_dir = Path(settings.data_dir)
+    book = read_book(data_dir, as_of)
+    say(f"liability-report: {len(book.ids):,} members joined before {as_of:%Y-%m-%d %H:%M} UTC")
+    hist = history(book, as_of, history_months)
+    if use_model:
+        try:
+            churn = churn_from_model(settings, book, as_of, say)
+        except RecsvcError as exc:
+            say(f"liability-report: churn model unavailable ({exc}); using the history-based "
+                "fallback")
+            churn = churn_from_history(book, as_of, CHURN_HORIZON_DAYS, str(exc))
+    else:
+        churn = churn_from_history(book, as_of, CHURN_HORIZON_DAYS, "--no-model")
+    act = activity(book, churn, hist, as_of, history_months)
+    bounds = li.forecast_bounds(as_of, horizon)
+    fractions = li.month_fractions(bounds)
+    active = li.active_probability(act.alive, act.hazard, churn.horizon_days,
+                                   li.mid_days(bounds))
+    lots, no_expiry, lapsing = lots_at(book, as_of)
+    projection = li.project(lots, no_expiry, active, hist.rates.earn_per_month,
+                            hist.rates.burn_share, lapse_months(book, programme, as_of),
+                            fractions)
+    lc = programme.liability
+    bands = li.bootstrap(projection, samples=lc.bootstrap_samples, level=lc.interval, seed=SEED)
+    out = Forecast(as_of, bounds, len(book.ids), churn, hist, act, projection, bands,
+                   int(lapsing.sum()))
+    if backtest:
+        out.actual = actuals(book, bounds)
+        if out.actual:
+            out.errors = li.backtest(bands, out.actual)
+        else:
+            say("liability-report: --backtest: the tables hold no whole month after the as-of "
+                "instant; nothing to compare")
+    return out
+
+
+def actuals(book: Book, bounds: list[dt.datetime]) -> dict[str, F64]:
+    """What the ledger did in each forecast month the tables cover whole (totals over the same
+    members): points earned, burnt, lapsed, and held at the month's end."""
+    data_end = (book.last_event // DAY_US + 1) * DAY_US  # the end of the last day with data
+    b_us = np.array([_to_us(b) for b in bounds], dtype=np.int64)
+    whole = int((b_us[1:] <= data_end).sum())
+    if whole == 0:
+        return {}
+    b_us = b_us[: whole + 1]
+    out = {name: v.sum(axis=0) for name, v in flows(book, b_us).items()}
+    out["outstanding"] = balances_at(book, b_us)[:, 1:].sum(axis=0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Writing.
+# --------------------------------------------------------------------------------------------
+def _points(v: float) -> int:
+    return int(li.whole_points(v))
+
+
+def _money(programme: Programme, points: float) -> int:
+    return int(li.liability_minor(max(_points(points), 0), programme.currency.minor_per_unit,
+                                  programme.burning.points_per_unit))
+
+
+def to_json(fc: Forecast, programme: Programme) -> dict[str, Any]:
+    months = []
+    for m, (a, b) in enumerate(zip(fc.bounds[:-1], fc.bounds[1:], strict=True)):
+        row: dict[str, Any] = {"month": f"{a:%Y-%m}", "start": a.isoformat(),
+                               "end": b.isoformat(),
+                               "fraction": round(float(li.month_fractions([a, b])[0]), 6)}
+        for q in li.QUANTITIES:
+            band = fc.bands[q]
+            row[q] = {"points": _points(band.point[m]), "low": _points(band.low[m]),
+                      "high": _points(band.high[m])}
+        out = fc.bands["outstanding"]
+        row["liability_minor"] = {"value": _money(programme, out.point[m]),
+                                  "low": _money(programme, out.low[m]),
+                                  "high": _money(programme, out.high[m])}
+        months.append(row)
+    totals: dict[str, Any] = {}
+    for q in li.QUANTITIES:
+        band = fc.bands[q]
+        totals[q] = {"points": _points(band.total), "low": _points(band.total_low),
+                     "high": _points(band.total_high),
+                     "value_minor": _money(programme, band.total),
+                     "value_minor_low": _money(programme, band.total_low),
+                     "value_minor_high": _money(programme, band.total_high)}
+    red, exp = fc.bands["redeemed"].total, fc.bands["expired"].total
+    totals["breakage_rate"] = round(exp / (red + exp), 6) if red + exp > 0 else None
+    opening = float(fc.projection.opening.sum())
+    lc = programme.liability
+    doc: dict[str, Any] = {
+        "report": REPORT,
+        "as_of": fc.as_of.isoformat(),
+        "horizon_months": len(fc.bounds) - 1,
+        "members": fc.members,
+        "opening": {"points": _points(opening), "liability_minor": _money(programme, opening),
+                    "lapsing_at_as_of": fc.lapsing_at_as_of},
+        "method": {
+            "churn": {"source": fc.churn.source, "model_version": fc.churn.model_version,
+                      "horizon_days": fc.churn.horizon_days, "note": fc.churn.note,
+                      "mean_probability": round(float(np.mean(fc.churn.probability)), 6),
+                      "mean_alive": round(float(np.mean(fc.active.alive)), 6),
+                      "hazard_per_horizon": round(fc.active.hazard, 6)},
+            "history_months": len(fc.hist.bounds) - 1,
+            "history_start": fc.hist.bounds[0].isoformat(),
+            "prior_months": li.PRIOR_MONTHS,
+            "population_earn_per_month": round(fc.hist.rates.population_earn, 3),
+            "population_burn_share": round(fc.hist.rates.population_burn, 6),
+            "bootstrap_samples": lc.bootstrap_samples,
+            "interval": lc.interval,
+            "seed": SEED,
+            "minor_per_unit": programme.currency.minor_per_unit,
+            "points_per_unit": programme.burning.points_per_unit,
+            "expiry_months": {"ordinary": programme.expiry.ordinary_months,
+                              "high_value": programme.expiry.high_value_months,
+                              "high_value_tiers": list(programme.expiry.high_value_tiers)},
+        },
+        "months": months,
+        "totals": totals,
+        "backtest": None,
+    }
+    if fc.actual:
+        k = len(next(iter(fc.actual.values())))
+        doc["backtest"] = {
+            "months": k,
+            "actual": [{"month": f"{fc.bounds[m]:%Y-%m}",
+                        **{q: _points(fc.actual[q][m]) for q in li.QUANTITIES}}
+                       for m in range(k)],
+            "errors": {q: _rounded(e.as_dict()) for q, e in fc.errors.items()},
+        }
+    return doc
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:+.1f} %"
+
+
+def _mape(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def _num(v: float | int) -> str:
+    return f"{v:,.0f}"
+
+
+def to_markdown(doc: dict[str, Any], plots: list[str]) -> str:
+    m, t = doc["method"], doc["totals"]
+    lvl = f"{100 * m['interval']:.0f} %"
+    unit = m["minor_per_unit"]
+    lines = [
+        f"# Points liability forecast as of {doc['as_of']}",
+        "",
+        f"{doc['members']:,} members who joined before the as-of instant; "
+        f"{doc['horizon_months']} months ahead. Opening balance "
+        f"{_num(doc['opening']['points'])} points = liability "
+        f"{doc['opening']['liability_minor'] / unit:,.2f} currency units"
+        + (f" ({_num(doc['opening']['lapsing_at_as_of'])} points lapsed at the as-of instant "
+           "itself and are not in it)." if doc["opening"]["lapsing_at_as_of"] else "."),
+        "",
+        "## Totals over the horizon",
+        "",
+        f"| quantity | points | {lvl} interval | value (currency units) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for q, label in (("earned", "earned"), ("redeemed", "redeemed"),
+                     ("expired", "expired (breakage)"),
+                     ("outstanding", "outstanding at the end")):
+        v = t[q]
+        lines.append(f"| {label} | {_num(v['points'])} | {_num(v['low'])} – {_num(v['high'])} "
+                     f"| {v['value_minor'] / unit:,.2f} |")
+    if t["breakage_rate"] is not None:
+        lines += ["", f"Breakage rate (expired / (redeemed + expired)): "
+                      f"{100 * t['breakage_rate']:.1f} %."]
+    lines += ["", "## By month", "",
+              f"Expected points; the {lvl} interval in brackets. Liability = outstanding points "
+              f"at the burn rate ({m['points_per_unit']} points = 1 unit).", "",
+              "| month | earned | redeemed | expired | outstanding | liability (units) |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in doc["months"]:
+        cells = [f"{_num(row[q]['points'])} [{_num(row[q]['low'])}–{_num(row[q]['high'])}]"
+                 for q in li.QUANTITIES]
+        frac = "" if row["fraction"] == 1 else f" ({row['fraction']:.2f})"
+        lines.append(f"| {row['month']}{frac} | " + " | ".join(cells)
+                     + f" | {row['liability_minor']['value'] / unit:,.2f} |")
+    bt = doc["backtest"]
+    if bt:
+        lines += ["", f"## Backtest: the forecast against the {bt['months']} following months",
+                  "", "What the same members' ledger did in each whole month after the as-of "
+                  "instant.", "",
+                  "| quantity | forecast | actual | error of the total | monthly MAPE "
+                  "| months inside the interval |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for q, e in bt["errors"].items():
+            lines.append(f"| {q} | {_num(e['total_forecast'])} | {_num(e['total_actual'])} | "
+                         f"{_pct(e['total_error'])} | "
+                         f"{_mape(e['mape'])} | "
+                         f"{e['months_inside_interval']} / {e['months']} |")
+        lines += ["", "For `outstanding` the totals are the balance at the end of the last month "
+                      "compared. The interval covers the sampling of members only (not the "
+                      "model's own error), so actuals can fall outside it.",
+                  "", "| month | " + " | ".join(f"{q} actual" for q in li.QUANTITIES) + " |",
+                  "| --- |" + " ---: |" * len(li.QUANTITIES)]
+        for row in bt["actual"]:
+            lines.append(f"| {row['month']} | "
+                         + " | ".join(_num(row[q]) for q in li.QUANTITIES) + " |")
+    lines += ["", "## Method", "",
+              f"- **Activity.** {m['churn']['note']} (mean p = "
+              f"{m['churn']['mean_probability']:.3f}). A customer orders within the horizon "
+              "with probability 1 − exp(−λ·horizon) (λ: the member's own order rate), so "
+              "P(a customer now) = (1 − p) / (1 − exp(−λ·horizon)), clipped to [0, 1] (mean "
+              f"{m['churn']['mean_alive']:.3f}): a member who rarely orders is not taken for a "
+              "lost one. Customers are then lost at a constant rate, "
+              f"{100 * m['churn']['hazard_per_horizon']:.1f} % per horizon: 1 − Σ P(customer "
+              "now) / Σ P(customer one horizon earlier) over the same members, the same reading "
+              "one horizon back. Taken at the middle of each month; a member who churns stops "
+              "earning and redeeming.",
+              f"- **Earning.** Points per month from the member's own ledger over the "
+              f"{m['history_months']} months before the as-of instant (from "
+              f"{m['history_start'][:10]}), shrunk toward the population's "
+              f"{m['population_earn_per_month']:,.1f} points per member-month with a prior worth "
+              f"{m['prior_months']:g} months: (earned + k·R) / (months + k). New points lapse at "
+              f"the end of the month {m['expiry_months']['ordinary']} months after they are "
+              f"earned ({m['expiry_months']['high_value']} for the tiers "
+              f"{', '.join(m['expiry_months']['high_value_tiers'])}, by the tier at the as-of "
+              "instant).",
+              "- **Redemption propensity.** The share of held points the member burns per "
+              "month: burnt / Σ(held at the month start + half of that month's earning), shrunk "
+              f"toward the population's {100 * m['population_burn_share']:.2f} % with a prior "
+              f"worth {m['prior_months']:g} average member-months of held points. Burns take the "
+              "earliest-expiring lots first (FIFO); what a lot still holds at the end of its "
+              "lapse month expires (breakage).",
+              f"- **Interval.** Members resampled with replacement {m['bootstrap_samples']} "
+              f"times (seed {m['seed']}); the {lvl} interval of each monthly total.",
+              "- **Rounding.** Expected points are rounded to whole points (half to even); "
+              "money is whole points × minor_per_unit / points_per_unit rounded half up in "
+              "integer arithmetic.",
+              "", "## Assumptions and limits", "",
+              "- Only members who joined before the as-of instant: members who join later, and "
+              "their points, are not in the forecast (nor in the backtest's actuals).",
+              "- Rates are the member's recent averages: no seasonality, campaigns or tier "
+              "changes after the as-of instant; burn amounts are not limited by the catalogue "
+              "or the deduction caps.",
+              "- The figures are expectations per member added up; the interval reflects which "
+              "members the programme happens to have, not the forecast's model error.",
+              "- The churn probability spreads over customers and lost members alike: customers "
+              "are under-weighted and lost members over-weighted, and since customers do most "
+              "of the redeeming, redemptions tend to come out low and the outstanding balance "
+              "high (on simulated data 4–29 % and 13–31 % over 12 months; "
+              "tests/test_liability.py).",
+              "- Members abusing the programme are not set apart: earn-and-burn loops add to "
+              "earned and redeemed alike."]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def plot(fc: Forecast, out_dir: Path, level: float) -> list[str]:
+    from matplotlib.figure import Figure
+
+    months = [b.strftime("%Y-%m") for b in fc.bounds[:-1]]
+    x = np.arange(len(months))
+    names = ["liability.png"]
+    fig = Figure(figsize=(10.0, 4.5), layout="constrained")
+    ax_flow, ax_level = fig.subplots(1, 2)
+    for q, colour in (("earned", "tab:green"), ("redeemed", "tab:blue"),
+                      ("expired", "tab:red")):
+        band = fc.bands[q]
+        ax_flow.plot(x, band.point, color=colour, label=f"{q} (forecast)")
+        ax_flow.fill_between(x, band.low, band.high, color=colour, alpha=0.2)
+    out = fc.bands["outstanding"]
+    ax_level.plot(x, out.point, color="tab:purple", label="outstanding (forecast)")
+    ax_level.fill_between(x, out.low, out.high, color="tab:purple", alpha=0.2)
+    if fc.actual:
+        k = len(fc.actual["redeemed"])
+        for q, colour in (("earned", "tab:green"), ("redeemed", "tab:blue"),
+                          ("expired", "tab:red")):
+            ax_flow.plot(x[:k], fc.actual[q], color=colour, ls="--", marker="o", ms=3,
+                         label=f"{q} (actual)")
+        ax_level.plot(x[:k], fc.actual["outstanding"], color="tab:purple", ls="--", marker="o",
+                      ms=3, label="outstanding (actual)")
+    for ax, title in ((ax_flow, "points per month"), (ax_level, "points held at month end")):
+        ax.set_title(title)
+        ax.set_xticks(x, months, rotation=60, fontsize=7)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Points liability as of {fc.as_of:%Y-%m-%d} "
+                 f"({100 * level:.0f} % bootstrap interval)")
+    fig.savefig(out_dir / "liability.png", format="png", dpi=110, bbox_inches="tight")
+    if fc.errors:
+        fig = Figure(figsize=(11.0, 4.0), layout="constrained")
+        axes = fig.subplots(1, len(li.QUANTITIES))
+        k = len(fc.actual["redeemed"])
+        for ax, q in zip(axes, li.QUANTITIES, strict=True):
+            band = fc.bands[q]
+            ax.fill_between(x[:k], band.low[:k], band.high[:k], alpha=0.25, color="tab:gray")
+            ax.plot(x[:k], band.point[:k], label="forecast")
+            ax.plot(x[:k], fc.actual[q], ls="--", marker="o", ms=3, label="actual")
+            err = fc.errors[q]
+            ax.set_title(f"{q}: total {_pct(err.total_error)}", fontsize=9)
+            ax.set_xticks(x[:k], months[:k], rotation=60, fontsize=6)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle("Backtest: forecast against what the ledger did")
+        fig.savefig(out_dir / "backtest.png", format="png", dpi=110, bbox_inches="tight")
+        names.append("backtest.png")
+    return names
+
+
+def write_report(fc: Forecast, programme: Programme, out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = to_json(fc, programme)
+    plots = plot(fc, out_dir, programme.liability.interval)
+    (out_dir / "liability.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "liability.md").write_text(to_markdown(doc, plots), encoding="utf-8")
+    return doc
+
+
+# --------------------------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------------------------
+def default_as_of(data_dir: Path, horizon: int, backtest: bool) -> dt.datetime:
+    """Without --backtest: the end of the data. With it: the month start `horizon` whole months
+    before the end of the last whole month in the tables, so every forecast month is known."""
+    ts = schema.read_table(data_dir, "ledger", ["ts"])["ts"]
+    if len(ts) == ts.null_count:
+        raise DataMissing("the ledger is empty: nothing to forecast")
+    mm = pc.min_max(ts.cast(pa.int64()))
+    first, last = int(mm["min"].as_py()), int(mm["max"].as_py())
+    end = (last // DAY_US + 1) * DAY_US
+    if not backtest:
+        return _instant(end)
+    end_dt = _instant(end)
+    # the last whole month ends at the start of the month holding `end` (or at `end` itself)
+    as_of = ledger.month_start(ledger.month_index(end_dt) - horizon)
+    if _to_us(as_of) <= first:
+        raise DataMissing(f"the tables span {_instant(first):%Y-%m-%d} .. {end_dt:%Y-%m-%d}: too "
+                          f"short for a {horizon}-month backtest; give --as-of or fewer "
+                          "--horizon-months")
+    return as_of
+
+
+def run(settings: Settings, programme: Programme, *, as_of: dt.date | None,
+        horizon: int | None, out_dir: Path | None, backtest: bool, use_model: bool = True,
+        say: Callable[[str], None] = print) -> tuple[Forecast, dict[str, Any], Path]:
+    data_dir = Path(settings.data_dir)
+    horizon = horizon or programme.liability.horizon_months
+    instant = (end_of_day(as_of) if as_of is not None
+               else default_as_of(data_dir, horizon, backtest))
+    fc = forecast(settings, programme, instant, horizon, use_model=use_model,
+                  backtest=backtest, say=say)
+    target = out_dir or data_dir / "reports" / REPORT
+    doc = write_report(fc, programme, target)
+    t = doc["totals"]
+    say(f"liability-report: as of {instant:%Y-%m-%d %H:%M} UTC, {horizon} months: redeemed "
+        f"{t['redeemed']['points']:,}, expired {t['expired']['points']:,}, outstanding at the end "
+        f"{t['outstanding']['points']:,} points (churn: {fc.churn.source})")
+    for q, e in fc.errors.items():
+        say(f"liability-report: backtest {q}: total {_pct(e.total_error)}, monthly MAPE "
+            f"{_mape(e.mape)} over {e.months} months, "
+            f"{e.inside} inside the interval")
+    say(f"liability-report: wrote {target}/liability.md, liability.json and plots")
+    return fc, doc, target
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from recsvc.config import load_programme
+    from recsvc.metrics import recorded_job
+    from recsvc.settings import load_settings
+
+    settings = load_settings()
+    programme = load_programme(settings.programme)
+    with recorded_job(settings.job_metrics_dir / "recsvc_liability_report.prom",
+                      "liability_report") as job:
+        fc, _, _ = run(settings, programme, as_of=args.as_of, horizon=args.horizon_months,
+                       out_dir=args.out, backtest=args.backtest, use_model=not args.no_model)
+        job.rows = fc.members
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "liability-report", help="forecast the points liability (redeemed, expired, "
+                                 "outstanding per month) with a backtest",
+        description="Project every member's points month by month from the as-of instant: "
+                    "earning and redemption at the member's own (shrunk) historical rates while "
+                    "still a customer (the churn model's probability), burns FIFO by expiry, "
+                    "breakage when lots lapse. Writes liability.md, liability.json and plots "
+                    "with a bootstrap interval over members to DATA_DIR/reports/liability/. "
+                    "--backtest compares the forecast with the months the tables hold beyond "
+                    "the as-of instant.")
+    p.add_argument("--as-of", type=date_arg, default=None,
+                   help="forecast from the end of this day, YYYY-MM-DD (default: the end of the "
+                        "data; with --backtest, the month start --horizon-months whole months "
+                        "before the end of the last whole month of data)")
+    p.add_argument("--horizon-months", type=int_in(1, 60), default=None,
+                   help="months ahead (default [liability] horizon_months)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default DATA_DIR/reports/liability)")
+    p.add_argument("--backtest", action="store_true",
+                   help="compare with what the tables did after the as-of instant")
+    p.add_argument("--no-model", action="store_true",
+                   help="skip the churn model: history-based activity (stated in the report)")
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,223 @@
+"""`recsvc nudges`: every member's due nudges as of a date, through the service's own path.
+
+The answers are `Dataplane.nudges`, the code GetNudges runs, over the members as they were at
+the as-of instant: their features and the catalogue come from Feast's point-in-time retrieval
+at that instant (what the online store showed then, as `recsvc score-batch --as-of` scores),
+"now" is the as-of instant (points lapse, caps count in its windows), and the propensity model
+is one that saw nothing after it (production when it qualifies, else the newest registered one
+that does, else the index ranks alone and the run says so). Caps are counted in the service's
+own store (Redis or the SQLite file, as the settings say) unless --dry-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsvc.cliargs import date_arg, end_of_day
+from recsvc.config import CHANNELS
+from recsvc.errors import DataMissing
+from recsvc.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+RPC = "nudges_batch"  # the label its degraded answers are counted under
+COLUMNS = ("member_id", "kind", "points", "expires_at", "option_item_ids", "unlock_category",
+           "spend_to_unlock_minor", "message")
+
+
+class AsOfSource:
+    """A feature source (`dataplane.FeatureSource`) over point-in-time features at one instant:
+    each (service, entity key) is retrieved once for all its ids (`ids[entity key]`) through
+    Feast's historical retrieval, then served by id: the latest snapshot at or before the
+    instant, within the views' ttl, as the online store held it then."""
+
+    def __init__(self, feast_store: Any, as_of: dt.datetime,
+                 ids: Mapping[str, Sequence[int]]) -> None:
+        self.store = feast_store
+        self.as_of = as_of
+        self.ids = ids
+        self._tables: dict[tuple[str, str], tuple[dict[int, int], dict[str, list[Any]]]] = {}
+
+    def _load(self, service: str, entity_key: str
+              ) -> tuple[dict[int, int], dict[str, list[Any]]]:
+        import pandas as pd
+
+        from recsvc.features import store as fstore
+        from recsvc.serving.dataplane import FeastSource
+
+        ids = [int(i) for i in self.ids[entity_key]]
+        frame = pd.DataFrame({entity_key: ids, "event_timestamp": pd.Timestamp(self.as_of)})
+        with fstore.feast_errors(f"read {service!r} as of {self.as_of:%Y-%m-%d}"):
+            refs = [r for r in FeastSource(self.store).refs(service, entity_key)
+                    if self._has_data(r.split(":", 1)[0])]
+            if not refs:
+                return {}, {}
+            got = self.store.get_historical_features(
+                entity_df=frame, features=refs, full_feature_names=True).to_df()
+        rows = {int(k): n for n, k in enumerate(got[entity_key].tolist())}
+        columns = {name: [_value(v) for v in got[name].tolist()] for name in got.columns
+                   if "__" in name}
+        return rows, columns
+
+    def _has_data(self, view: str) -> bool:
+        """False for a view whose Parquet files do not exist yet (a batch job's output never
+        written): its features are missing, as the online store would answer, instead of the
+        whole retrieval failing."""
+        import glob
+
+        from feast.infra.offline_stores.file_source import FileSource
+
+        source = self.store.get_feature_view(view).batch_source
+        return not isinstance(source, FileSource) or bool(glob.glob(source.path))
+
+    def read_service(self, service: str, entity_key: str,
+                     ids: Sequence[int]) -> dict[str, list[Any]]:
+        key = (service, entity_key)
+        if key not in self._tables:
+            self._tables[key] = self._load(service, entity_key)
+        rows, columns = self._tables[key]
+        at = [rows.get(int(i)) for i in ids]
+        return {name: [None if n is None else values[n] for n in at]
+                for name, values in columns.items()}
+
+
+def _value(v: Any) -> Any:
+    """A retrieved value as the online reader gives it: None for missing, lists for arrays."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(v, np.ndarray | list | tuple):
+        return [x.item() if isinstance(x, np.generic) else x for x in v]
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+@dataclass(frozen=True)
+class NudgesRun:
+    members: int
+    rows: int
+    capped: Counter[tuple[str, str]]
+    degraded: Counter[str]
+    seconds: float
+    model_version: str
+    out: Path
+
+
+def run_nudges(ctx: Any, *, as_of: dt.datetime, out: Path, channel: str = "push",
+               dry_run: bool = False, say: Callable[[str], None] = print) -> NudgesRun:
+    """Write every member's due nudges as of `as_of` to `out` (CSV, one row per nudge)."""
+    from prometheus_client import CollectorRegistry
+
+    from recsvc.data import schema
+    from recsvc.metrics import ServiceMetrics
+    from recsvc.models.scoring import PropensityScorer, features_as_of, version_as_of
+    from recsvc.progress import Stopwatch, progress
+    from recsvc.serving.caps import open_cap_store
+    from recsvc.serving.dataplane import Catalogue, Dataplane, NudgeRequest
+    from recsvc.serving.models import ModelHolder, Served
+
+    data_dir = Path(ctx.settings.data_dir)
+    known = features_as_of(data_dir)
+    if as_of > known:
+        raise DataMissing(f"features end at {known:%Y-%m-%d %H:%M} UTC: nudges as of "
+                          f"{as_of:%Y-%m-%d %H:%M} would miss what happened since; run "
+                          "`recsvc features` first")
+    members = schema.read_table(data_dir, "members", ["member_id", "signup_at"]).to_pandas()
+    member_ids = members.member_id[members.signup_at < as_of].astype(int).tolist()
+    item_ids = schema.read_table(data_dir, "items", ["item_id"])["item_id"].to_pylist()
+    metrics = ServiceMetrics(CollectorRegistry())
+    propensity = ModelHolder("propensity", ctx.registry, lambda loaded: loaded, metrics)
+    version = version_as_of(ctx.registry, "propensity", as_of)
+    if version is None:
+        say(f"nudges: no propensity model trained on data up to {as_of:%Y-%m-%d}: options "
+            "ranked by the index alone")
+    else:
+        loaded = ctx.registry.load("propensity", version, known_features=ctx.known_features)
+        propensity.current = Served(version, PropensityScorer(loaded, ctx.programme.index))
+    source = AsOfSource(ctx.store, as_of, {"member_id": member_ids, "item_id": item_ids})
+    catalogue = Catalogue(source, lambda: item_ids)
+    watch = Stopwatch()
+    catalogue.refresh()
+    caps = open_cap_store(ctx.settings, ctx.store)
+    plane = Dataplane(source, ModelHolder("churn", ctx.registry, lambda x: x, metrics), metrics,
+                      programme=ctx.programme, propensity=propensity, catalogue=catalogue,
+                      caps=caps, clock=as_of.timestamp)
+    say(f"nudges: {len(member_ids):,} members as of {as_of:%Y-%m-%d %H:%M} UTC on {channel}"
+        f"{' (dry run: caps checked, nothing counted)' if dry_run else ''}")
+    capped: Counter[tuple[str, str]] = Counter()
+    degraded: Counter[str] = Counter()
+    rows = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as handle, \
+                progress("nudges", len(member_ids), unit="members") as bar:
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            for member in member_ids:
+                answer = plane.nudges(NudgeRequest(member, channel=channel, dry_run=dry_run),
+                                      RPC)
+                for n in answer.nudges:
+                    writer.writerow([
+                        member, n.kind, n.points,
+                        n.expires_at.isoformat() if n.expires_at else "",
+                        " ".join(str(o.item_id) for o in n.options),
+                        n.unlock.category if n.unlock else "",
+                        n.unlock.spend_to_unlock_minor if n.unlock else "", n.message])
+                rows += len(answer.nudges)
+                capped.update((c.kind, c.cap) for c in answer.capped)
+                degraded.update(answer.degraded)
+                bar.update(1)
+        tmp.replace(out)  # a reader never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
+        caps.close()
+    say(watch.summary("nudges", len(member_ids), "members") + f"; {rows:,} nudge"
+        f"{'s' if rows != 1 else ''} ({rows / max(watch.seconds, 1e-9):,.0f} rows/s) to {out}")
+    if capped:
+        say("nudges: withheld by caps: " + ", ".join(
+            f"{kind} by {cap} {count:,}" for (kind, cap), count in sorted(capped.items())))
+    for reason, count in sorted(degraded.items()):
+        say(f"nudges: {count:,} answers degraded: {reason}")
+    return NudgesRun(len(member_ids), rows, capped, degraded, watch.seconds, version or "", out)
+
+
+def _cmd_nudges(args: argparse.Namespace) -> int:
+    from recsvc.metrics import recorded_job
+    from recsvc.models.jobs import open_context
+
+    settings = load_settings()
+    with recorded_job(settings.job_metrics_dir / "recsvc_nudges.prom", "nudges") as run:
+        ctx = open_context(settings)
+        result = run_nudges(ctx, as_of=end_of_day(args.as_of), out=args.out,
+                            channel=args.channel, dry_run=args.dry_run)
+        run.rows = result.rows
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "nudges", help="every member's due nudges (expiry, low balance, unlocks) as of a date",
+        description="Decide every member's nudges as of the end of a day with the code GetNudges "
+                    "runs: features and catalogue as Feast knew them at that instant, points "
+                    "lapsing by then, a propensity model that saw nothing later, and the "
+                    "frequency caps (counted in the service's cap store, that instant being "
+                    "'now', unless --dry-run). Writes a CSV with columns "
+                    + ",".join(COLUMNS) + " (option_item_ids space-separated).")
+    p.add_argument("--as-of", type=date_arg, required=True,
+                   help="decide as of the end of this day, YYYY-MM-DD")
+    p.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    p.add_argument("--channel", choices=CHANNELS, default="push",
+                   help="the channel the nudges go out on (default push)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the caps without counting the nudges against them")
+    p.set_defaults(func=_cmd_nudges)

@@ -1,0 +1,146 @@
+"""Hints on out-of-stock items over the real grpc.aio server: in_stock, OUT_OF_STOCK, alternates.
+
+The feature store and the propensity model are adapters swapped for small in-memory ones, so
+every expected number is worked out here from the catalogue below and the stated similarity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from recsvc.config import load_programme
+from recsvc.metrics import ServiceMetrics
+from recsvc.serving.dataplane import Catalogue, Dataplane
+from recsvc.serving.models import Served
+from recsvc.serving.server import create_server, mark_serving
+from recsvc.serving.servicer import RedemptionServicer
+from recsvc.v1 import recsvc_pb2 as pb
+from recsvc.v1 import recsvc_pb2_grpc
+
+P = load_programme()
+# item: category, points class, points price, stock
+ITEMS = {10: ("toys", "base", 800, 0), 11: ("toys", "base", 700, 4),
+         12: ("toys", "growth", 900, 2), 13: ("books", "base", 800, 0),
+         14: ("books", "luxury", 2000, 7), 15: ("home", "base", 50, 3)}
+MEMBER = 7
+
+
+class TableSource:
+    """Online features from the dicts above (the feature source adapter, swapped)."""
+
+    def read_service(self, service: str, entity_key: str,
+                     ids: Sequence[int]) -> dict[str, list[Any]]:
+        if entity_key == "member_id":
+            return {"member_points__points_balance": [5000 for _ in ids],
+                    "member_activity__orders_90d": [2.0 for _ in ids]}
+        rows = [ITEMS.get(int(i)) for i in ids]
+        cols = {"category": [r and r[0] for r in rows], "points_class": [r and r[1] for r in rows],
+                "points_price": [r and r[2] for r in rows], "stock": [r and r[3] for r in rows],
+                "market_price_minor": [r and r[2] * 10 for r in rows],
+                "perceived_discount": [r and 0.9 for r in rows],
+                "discount_coefficient": [r and 1.0 for r in rows]}
+        return {f"item_catalogue__{k}": v for k, v in cols.items()}
+
+
+class PriceScorer:
+    """A propensity 'model': points price / 10,000 (so 0.2 for the 2,000-point item)."""
+
+    def score(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        assert (cols["surface"] == "product_page").all()
+        return np.asarray(cols["points_price"], dtype=np.float64) / 10_000
+
+
+class Holder:
+    """The model holder adapter: whatever `current` it is given."""
+
+    def __init__(self, current: Served | None) -> None:
+        self.current = current
+
+
+def expected(item: int, other: int, propensity: float | None) -> float:
+    """The similarity of SPEC-issue 7 as recsvc.core.catalogue states it, written out."""
+    (c1, k1, p1, _), (c2, k2, p2, _) = ITEMS[item], ITEMS[other]
+
+    def band(p: int) -> int:
+        return 0 if p < 100 else 2 if p > 500 else 1
+
+    close = max(0.0, 1 - abs(math.log(p2 / p1)) / math.log(4))
+    s = 0.4 * (c1 == c2) + 0.2 * (k1 == k2) + 0.25 * (0.5 * (band(p1) == band(p2)) + 0.5 * close)
+    return s + 0.15 * propensity if propensity is not None else s / 0.85
+
+
+def serve(check: Callable[[Any], Awaitable[None]], model: bool = True) -> None:
+    async def main() -> None:
+        metrics = ServiceMetrics(CollectorRegistry())
+        catalogue = Catalogue(TableSource(), lambda: list(ITEMS))
+        catalogue.refresh()
+        plane = Dataplane(TableSource(), Holder(None), metrics,  # type: ignore[arg-type]
+                          programme=P, catalogue=catalogue,
+                          propensity=Holder(Served("v-test", PriceScorer()) if model else None))
+        server, port, health = await create_server("127.0.0.1:0",
+                                                   RedemptionServicer(plane, metrics))
+        try:
+            await mark_serving(health)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await check(recsvc_pb2_grpc.RedemptionServiceStub(channel))
+        finally:
+            await server.stop(grace=None)
+
+    asyncio.run(main())
+
+
+def test_an_out_of_stock_item_gets_in_stock_alternates_with_reasons() -> None:
+    async def check(stub: Any) -> None:
+        got = await stub.BatchGetRedemptionHints(pb.BatchGetRedemptionHintsRequest(
+            member_id=MEMBER, item_ids=[10, 11, 13]))
+        toys, stocked, books = got.hints
+        assert not stocked.alternates and stocked.in_stock
+        assert pb.REASON_CODE_OUT_OF_STOCK not in stocked.reasons
+        for h in (toys, books):
+            assert not h.in_stock and pb.REASON_CODE_OUT_OF_STOCK in h.reasons
+            assert 2 <= len(h.alternates) <= 3
+            assert all(ITEMS[a.item_id][3] > 0 and a.item_id != h.item_id for a in h.alternates)
+            for a in h.alternates:
+                assert a.propensity == pytest.approx(ITEMS[a.item_id][2] / 10_000)
+                assert a.similarity == pytest.approx(expected(h.item_id, a.item_id,
+                                                              a.propensity), abs=1e-12)
+                assert a.points_price == ITEMS[a.item_id][2]
+                assert a.category == ITEMS[a.item_id][0]
+        # toys 800: 11 (same category, class, band, 8/7 the price), 12 (same category and
+        # band), then 15 (same class) just ahead of 14 (same band; a propensity of 0.2)
+        assert [a.item_id for a in toys.alternates] == [11, 12, 15]
+        assert list(toys.alternates[0].reasons) == [
+            pb.REASON_CODE_SAME_CATEGORY, pb.REASON_CODE_SAME_POINTS_CLASS,
+            pb.REASON_CODE_SIMILAR_POINTS_PRICE]
+        assert list(toys.alternates[2].reasons) == [pb.REASON_CODE_SAME_POINTS_CLASS]
+        # books 800: 14 (same category, a propensity of 0.2), 11, 12
+        assert [a.item_id for a in books.alternates] == [14, 11, 12]
+        assert list(books.alternates[0].reasons) == [pb.REASON_CODE_SAME_CATEGORY,
+                                                     pb.REASON_CODE_HIGH_PROPENSITY]
+        one = await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=MEMBER,
+                                                                       item_id=10))
+        assert one.hint.alternates == toys.alternates and not one.hint.in_stock
+
+    serve(check)
+
+
+def test_without_a_model_alternates_come_from_the_catalogue_alone() -> None:
+    async def check(stub: Any) -> None:
+        got = await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=MEMBER,
+                                                                       item_id=13))
+        assert got.degraded and list(got.degraded_reasons) == [pb.DEGRADED_REASON_NO_MODEL]
+        alts = got.hint.alternates
+        assert [a.item_id for a in alts] == [14, 11, 12]
+        assert all(not a.HasField("propensity") for a in alts)
+        assert [a.similarity for a in alts] == pytest.approx(
+            [expected(13, a.item_id, None) for a in alts], abs=1e-12)
+
+    serve(check, model=False)
