@@ -439,13 +439,7 @@ class Dataplane:
                 raise InvalidArgument(f"filters.categories[{k}]", f"no category {category!r}")
         degraded: list[str] = []
         ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
-        served = self.propensity.current if self.propensity else None
-        scorer: ranking.Propensity | None = None
-        if served is None:
-            degraded.append(NO_MODEL)  # index-only ranking
-        else:
-            def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-                return self._propensity(ctx, items, positions, req.surface, served)
+        served, scorer = self._scorer(ctx, items, req.surface, degraded)
         options = ranking.recommend(
             p, arm, ctx.member, items.core, scorer, limit=limit, categories=req.categories,
             max_points_price=req.max_points_price, affordable_only=req.affordable_only)
@@ -454,6 +448,33 @@ class Dataplane:
             options, ranking.unlocks_in_reach(p, ctx.member), ctx.member.balance,
             ctx.member.expiring_points, dated[0][0] if dated else None, arm.name,
             served.version if served else "", self._count(rpc, degraded), self._verify(rpc, ctx))
+
+    def _scorer(self, ctx: Context, items: Items, surface: str, degraded: list[str], *,
+                memo: bool = False) -> tuple[Served | None, ranking.Propensity | None]:
+        """The propensity model being served and the ranking's scorer over item positions;
+        (None, None), degraded, when there is no model: the index ranks alone. With `memo`,
+        an item is scored once however often the call ranks it (each nudge ranks with its own
+        budget)."""
+        served = self.propensity.current if self.propensity else None
+        if served is None:
+            degraded.append(NO_MODEL)
+            return None, None
+        model = served
+
+        def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+            return self._propensity(ctx, items, positions, surface, model)
+
+        if not memo:
+            return served, scorer
+        known = np.full(len(items.core), np.nan)
+
+        def remembered(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+            todo = positions[np.isnan(known[positions])]
+            if len(todo):
+                known[todo] = scorer(todo)
+            return known[positions]
+
+        return served, remembered
 
     def cart_split(self, req: CartRequest, rpc: str) -> CartAnswer:
         """The order's points/cash split under every rule, points taken earliest-lapsing first,
@@ -486,19 +507,7 @@ class Dataplane:
         items = catalogue.items
         degraded: list[str] = []
         ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
-        served = self.propensity.current if self.propensity else None
-        scorer: ranking.Propensity | None = None
-        if served is None:
-            degraded.append(NO_MODEL)  # index-only ranking
-        else:
-            # each nudge ranks with its own budget: score an item once, whichever ranks it
-            known = np.full(len(items.core), np.nan)
-
-            def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-                todo = positions[np.isnan(known[positions])]
-                if len(todo):
-                    known[todo] = self._propensity(ctx, items, todo, req.surface, served)
-                return known[positions]
+        served, scorer = self._scorer(ctx, items, req.surface, degraded, memo=True)
 
         def rank(member: ranking.Member, affordable_only: bool,
                  limit: int) -> list[ranking.Option]:
