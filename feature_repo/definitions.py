@@ -239,6 +239,13 @@ redemption_v1 = FeatureService(
                 "reads, the expiring lots and the points-fraud flags.",
 )
 
+hint_v1 = FeatureService(
+    name="hint_v1",
+    features=[member_activity, member_points, member_fraud_flags],
+    description="A member's context for product-page hints: propensity_v1's member features "
+                "and the points-fraud flags, without the expiry lots a hint does not use.",
+)
+
 churn_scores_v1 = FeatureService(
     name="churn_scores_v1",
     features=[member_churn_scores],

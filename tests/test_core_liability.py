@@ -247,3 +247,48 @@ def test_backtest_errors() -> None:
     assert level.total_forecast == 300.0 and level.total_actual == 300.0  # a level: the last
     with pytest.raises(ValueError):
         li.backtest_error("redeemed", band, np.zeros(4))
+
+
+def test_recency_churn_split_by_frequency_shrinks_cells_to_their_bucket() -> None:
+    # one recency bucket (< 30 days) at the cut-off: four frequent buyers (3 orders) who all
+    # ordered again, four occasional ones (1 order) who all stopped: the bucket's share is 1/2
+    at_cut = np.full(8, 10.0)
+    after = np.array([True] * 4 + [False] * 4)
+    freq_cut = np.array([3.0] * 4 + [1.0] * 4)
+    now = np.array([10.0, 10.0, 10.0])
+    freq_now = np.array([3.0, 1.0, 5.0])
+    got = li.recency_churn(at_cut, after, now, edges=(30.0,), frequency_at_cut=freq_cut,
+                           frequency=freq_now, frequency_edges=(2.0, 4.0))
+    k = li.CELL_PRIOR
+    # cell (0 lost of 4) and (4 of 4) pulled to 1/2 by k members; 5 orders: an empty cell
+    assert got.tolist() == pytest.approx([(0 + k / 2) / (4 + k), (4 + k / 2) / (4 + k), 0.5])
+    # without the frequencies: the recency bucket alone
+    assert li.recency_churn(at_cut, after, now, edges=(30.0,)).tolist() == [0.5] * 3
+
+
+def test_fit_factor_solves_proportional_and_bounded_responses() -> None:
+    assert li.fit_factor(lambda f: 200.0 * f, 300.0) == pytest.approx(1.5)
+    # a response that saturates at a balance of 100: 60·f capped at 100
+    f = li.fit_factor(lambda f: min(60.0 * f, 100.0) + 20.0 * f, 110.0, iterations=50)
+    assert min(60.0 * f, 100.0) + 20.0 * f == pytest.approx(110.0)
+    assert li.fit_factor(lambda f: 10.0 * f, 1000.0) == li.FACTOR_RANGE[1]  # clipped
+    assert li.fit_factor(lambda f: 0.0, 50.0) == 1.0  # nothing projected: no correction
+    assert li.fit_factor(lambda f: 10.0 * f, 0.0) == 1.0  # nothing happened: none either
+    with pytest.raises(ValueError, match="limits"):
+        li.fit_factor(lambda f: f, 1.0, limits=(1.5, 2.0))
+
+
+def test_calibrate_fits_earning_first_then_burning_on_a_projection() -> None:
+    # one member holding 1,000 points, earning 100 a month, burning 10 % a month: 3 months
+    def run(earn: float, burn: float) -> dict[str, float]:
+        p = _one([], no_expiry=1000.0, earn=100.0 * earn, share=0.1 * burn, months=3)
+        return {"earned": float(p.earned.sum()), "redeemed": float(p.redeemed.sum())}
+
+    # what "happened": earning 120 a month and burning 15 % a month
+    truth = _one([], no_expiry=1000.0, earn=120.0, share=0.15, months=3)
+    actual = {"earned": float(truth.earned.sum()), "redeemed": float(truth.redeemed.sum())}
+    cal = li.calibrate(run, actual, ["2025-03-01"])
+    assert cal.earn == pytest.approx(1.2)
+    assert cal.burn == pytest.approx(1.5, rel=1e-4)  # six fixed-point steps
+    assert cal.projected["earned"] == pytest.approx(300.0)
+    assert li.calibrate(run, actual, []) == li.NO_CALIBRATION  # no origin: no correction

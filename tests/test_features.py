@@ -58,7 +58,7 @@ def test_snapshots_have_the_columns_and_types_the_feast_views_declare(tmp_path: 
     assert {v.name for v in defs.views} == {*compute.VIEWS, "member_churn_scores",
                                             "member_fraud_flags"}
     assert {s.name for s in defs.services} == {"propensity_v1", "churn_v1", "churn_scores_v1",
-                                               "redemption_v1", "fraud_v1"}
+                                               "redemption_v1", "fraud_v1", "hint_v1"}
     for view in (v for v in defs.views if v.name in compute.VIEWS):
         arrow = compute.VIEWS[view.name]
         key = compute.ENTITY_KEY[view.name]

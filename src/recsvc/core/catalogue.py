@@ -351,24 +351,12 @@ def price_cut(programme: Programme, points_price: Any, market_price_minor: Any,
     disc = np.asarray(perceived_discount, dtype=np.float64)
     nearest = np.floor(p * (1.0 - cut) / step + 0.5).astype(np.int64) * step
     new = np.minimum(nearest, (p - 1) // step * step)
-    if rules.vacuum_threshold > 0:
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            # a hair of tolerance: a price exactly at the threshold (30.00 / 0.03 = 1,000) is
-            # allowed; the check below steps down where rounding let one through
-            most = np.floor(market * disc * rules.campaign_multiplier / rules.vacuum_threshold
-                            / step + 1e-9)
-        most = np.where(np.isfinite(most), np.clip(most, -1, 2**53), -1).astype(np.int64)
-        new = np.minimum(new, most * step)
+    new = np.minimum(new, idx.max_points_price(rules, market, disc, step))
 
     def vc_at(price: I64) -> F64:
         return np.asarray(idx.value_coefficient(market, disc, price, rules.campaign_multiplier),
                           dtype=np.float64)
 
-    for _ in range(2):  # rounding at the boundary: one step lower keeps it out of the zone
-        low = (new >= step) & idx.in_vacuum_zone(rules, vc_at(new))
-        if not low.any():
-            break
-        new = np.where(low, new - step, new)
     ok = (p > 0) & (new >= step)
     new = np.where(ok, new, 0)
     return new, np.where(ok, vc_at(np.where(ok, new, 1)), np.nan)

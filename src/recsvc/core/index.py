@@ -109,6 +109,33 @@ def in_vacuum_zone(rules: IndexRules, value_coeff: FloatLike) -> FloatLike:
     return flag if flag.ndim else bool(flag)
 
 
+def max_points_price(rules: IndexRules, market_price: FloatLike, perceived_discount: FloatLike,
+                     step: int) -> npt.NDArray[np.int64]:
+    """The highest points price, in whole `step`s, that keeps the value per point at or above the
+    vacuum threshold: `value_coefficient` solved for the points price, then checked with it
+    (its 12-decimal rounding decides at the boundary). 0 when no price of at least one step
+    qualifies; no limit (the largest int64 step multiple) when the threshold is 0.
+
+    >>> int(max_points_price(IndexRules(), 30.0, 1.0, 100))  # 30.00 / 0.03 = 1,000 points
+    1000
+    """
+    market = np.asarray(market_price, dtype=np.float64)
+    disc = np.asarray(perceived_discount, dtype=np.float64)
+    if rules.vacuum_threshold <= 0:
+        return np.full(np.broadcast(market, disc).shape, 2**62 // step * step, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        steps = np.floor(market * disc * rules.campaign_multiplier / rules.vacuum_threshold
+                         / step + 1e-9)
+    price = np.where(np.isfinite(steps), np.clip(steps, 0, 2**53), 0).astype(np.int64) * step
+    for _ in range(2):  # the solved price rounded past the boundary: one step lower
+        vc = value_coefficient(market, disc, price, rules.campaign_multiplier)
+        low = (price >= step) & np.asarray(in_vacuum_zone(rules, vc))
+        if not low.any():
+            break
+        price = np.where(low, price - step, price)
+    return price
+
+
 def points_better(index: FloatLike, threshold: float) -> FloatLike:
     """The hint rule: paying with points is the better deal when the index exceeds the threshold."""
     if isinstance(index, float):

@@ -25,6 +25,13 @@ member did, d the exposure (months as a member; points held × months), R = Σx 
 population rate and k the prior strength, worth PRIOR_MONTHS months of an average member. A
 member with no history gets the population's rate; one with a long history mostly their own.
 
+Back-fit calibration (`calibrate`, used by the report only when asked): re-run this
+projection from origins 3-6 months before the as-of month, with only what was known at each,
+over the months up to the as-of instant, and scale e_i and r_i by the factors that make it
+reproduce what the ledger did then (earning first, then burning with the earn factor applied).
+Measured, it does not carry over from the origins to the as-of instant reliably (see the
+report's method section), so it is off by default.
+
 The figures are expectations (fractional points). Totals are rounded to whole points (half to
 even) and the liability in minor units is whole points × minor_per_unit / points_per_unit,
 rounded half up in integer arithmetic, so money stays exact.
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,13 +153,24 @@ def active_probability(alive: F64, hazard: float, horizon_days: float, at_days: 
 RECENCY_EDGES_DAYS = (30.0, 60.0, 90.0, 180.0, 365.0)
 
 
+FREQUENCY_EDGES = (2.0, 4.0)  # orders in the horizon before the instant: <2, 2-3, 4+
+CELL_PRIOR = 10.0  # a recency-by-frequency cell's share is pulled to its recency bucket's
+
+
 def recency_churn(recency_at_cut: F64, ordered_after: npt.NDArray[np.bool_],
-                  recency: F64, edges: Sequence[float] = RECENCY_EDGES_DAYS) -> F64:
+                  recency: F64, edges: Sequence[float] = RECENCY_EDGES_DAYS, *,
+                  frequency_at_cut: F64 | None = None, frequency: F64 | None = None,
+                  frequency_edges: Sequence[float] = FREQUENCY_EDGES) -> F64:
     """A churn probability from history alone, for when no churn model is at hand: members are
     put in recency buckets (days since their last order, `edges`; NaN: never ordered), and a
     bucket's P(no order within the horizon) is the share of the members in it at a cut-off one
     horizon back who then placed none (`ordered_after`). Returns it for `recency`; a bucket
-    nobody was in at the cut-off gets the overall share."""
+    nobody was in at the cut-off gets the overall share.
+
+    With `frequency_at_cut` and `frequency` (orders in the horizon before each instant) the
+    buckets are split further by `frequency_edges`, so a frequent buyer is not given the loss
+    rate of the occasional ones who last ordered as recently; a cell's share is shrunk toward
+    its recency bucket's with a prior worth CELL_PRIOR members."""
     def bucket(days: F64) -> I64:
         d = np.asarray(days, dtype=np.float64)
         return np.where(np.isnan(d), len(edges) + 1,
@@ -166,7 +184,18 @@ def recency_churn(recency_at_cut: F64, ordered_after: npt.NDArray[np.bool_],
     overall = float(none_after.mean()) if len(none_after) else 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(count > 0, lost / np.where(count > 0, count, 1.0), overall)
-    return np.asarray(share[bucket(recency)])
+    now = bucket(recency)
+    if frequency_at_cut is None or frequency is None:
+        return np.asarray(share[now])
+    width = len(frequency_edges) + 1
+    fe = np.asarray(frequency_edges, dtype=np.float64)
+    cell_cut = at_cut * width + np.searchsorted(fe, frequency_at_cut, side="right")
+    cell_now = now * width + np.searchsorted(fe, frequency, side="right")
+    c_count = np.bincount(cell_cut, minlength=size * width).astype(np.float64)
+    c_lost = np.bincount(cell_cut, weights=none_after, minlength=size * width)
+    prior = np.repeat(share, width)
+    cell = (c_lost + CELL_PRIOR * prior) / (c_count + CELL_PRIOR)
+    return np.asarray(cell[cell_now])
 
 
 def shrunk_rate(num: F64, den: F64, strength: float) -> F64:
@@ -272,6 +301,63 @@ def project(lots: F64, no_expiry: F64, active: F64, earn_per_month: F64, burn_sh
         held[:, m] = 0.0
         out["outstanding"][:, m] = held.sum(axis=1)
     return Projection(opening=opening, **out)
+
+
+# --------------------------------------------------------------------------------------------
+# Back-fit calibration: the same projection from earlier origins against what happened since.
+# --------------------------------------------------------------------------------------------
+FACTOR_RANGE = (0.25, 4.0)  # a back-fit that asks for more than this is not trusted further
+
+
+def fit_factor(evaluate: Callable[[float], float], target: float, *, iterations: int = 6,
+               limits: tuple[float, float] = FACTOR_RANGE) -> float:
+    """The factor f with evaluate(f) = target, by the fixed point f <- f · target / evaluate(f)
+    from f = 1, clipped to `limits`. Exact in one step when evaluate is proportional to f (the
+    earning); a few steps when it bends (burns are bounded by the balance). 1 when there is
+    nothing to compare (target or evaluate(1) not positive)."""
+    lo, hi = limits
+    if not 0 < lo <= 1 <= hi:
+        raise ValueError("limits must satisfy 0 < low <= 1 <= high")
+    f = 1.0
+    if target <= 0:
+        return f
+    for _ in range(iterations):
+        got = evaluate(f)
+        if got <= 0:
+            return f
+        step = float(np.clip(f * target / got, lo, hi))
+        if abs(step - f) <= 1e-9 * f:
+            return step
+        f = step
+    return f
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Correction factors for the earn and burn rates from back-fits, with what they saw."""
+
+    earn: float
+    burn: float
+    origins: tuple[str, ...]  # the origins used (ISO instants)
+    actual: Mapping[str, float]  # totals over the back-fit months, all origins together
+    projected: Mapping[str, float]  # the uncalibrated projection's totals, likewise
+
+
+NO_CALIBRATION = Calibration(1.0, 1.0, (), {}, {})
+
+
+def calibrate(run: Callable[[float, float], Mapping[str, float]], actual: Mapping[str, float],
+              origins: Sequence[str]) -> Calibration:
+    """Factors for the earn and burn rates that make the back-fit projection `run(earn, burn)`
+    (totals of 'earned' and 'redeemed' over the back-fit months) reproduce the `actual` totals:
+    first the earning (redeemed depends on it through the balance), then the burning with the
+    earn factor applied. Breakage is not fitted: it follows from the two."""
+    raw = dict(run(1.0, 1.0))
+    if not origins:
+        return NO_CALIBRATION
+    earn = fit_factor(lambda f: float(run(f, 1.0)["earned"]), float(actual["earned"]))
+    burn = fit_factor(lambda f: float(run(earn, f)["redeemed"]), float(actual["redeemed"]))
+    return Calibration(earn, burn, tuple(origins), dict(actual), raw)
 
 
 # --------------------------------------------------------------------------------------------

@@ -378,7 +378,7 @@ class Dataplane:
                 raise NotFound(f"item_ids[{k}]: no item {item}")
             positions[k] = at
         degraded: list[str] = []
-        ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
+        ctx = self._context(req.member_id, "hint_v1", req.points_balance, degraded, rpc)
         served = self.propensity.current if self.propensity else None
         probabilities: list[float | None] = [None] * len(positions)
         if served is None:
@@ -518,7 +518,8 @@ class Dataplane:
         due = core_nudges.due(p, ctx.member, ctx.points, now, rank)
         model = served.version if served else ""
         if not due:
-            return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded), ctx.flags)
+            return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded),
+                               self._verify(rpc, ctx))
         try:
             if self.caps is None:
                 raise CapStoreUnavailable("no frequency-cap store is configured")
@@ -529,7 +530,8 @@ class Dataplane:
             log.warning("%s: frequency caps unavailable, %d nudge(s) withheld: %s", rpc,
                         len(due), exc)
             degraded.append(CAP_STORE_UNAVAILABLE)
-            return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded), ctx.flags)
+            return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded),
+                               self._verify(rpc, ctx))
         delivered, withheld, dropped = core_nudges.apply(due, outcomes)
         if not req.dry_run:
             for n in delivered:
@@ -593,9 +595,12 @@ class Dataplane:
                     segments.recommended_action(segment, band), bool(cold))
 
     def _verify(self, rpc: str, ctx: Context) -> tuple[str, ...]:
-        """The member's points-fraud flags, counted: the answer asks for verification."""
+        """The member's points-fraud flags, counted: the answer asks for verification. A flag
+        the code does not know (a newer job's) is counted as "other": label values come from
+        this list, never from stored data."""
         for flag in ctx.flags:
-            self.metrics.verification.labels(rpc, flag).inc()
+            self.metrics.verification.labels(
+                rpc, flag if flag in fraud.FLAG_NAMES else "other").inc()
         return ctx.flags
 
     def _count(self, rpc: str, reasons: list[str]) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from recsvc.errors import (
+    CapStoreUnavailable,
     DeadlineExceeded,
     FeatureStoreUnavailable,
     InvalidArgument,
@@ -27,6 +28,7 @@ TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (FeatureStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (CapStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (RecsvcError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 INTERNAL_MESSAGE = "internal error"

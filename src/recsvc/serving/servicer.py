@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from recsvc.config import CHANNELS
+from recsvc.core import fraud
 from recsvc.core import nudges as core_nudges
 from recsvc.errors import DeadlineExceeded, Overloaded
 from recsvc.metrics import ServiceMetrics
@@ -19,6 +20,9 @@ from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
 
 T = TypeVar("T")
+# the RPCs whose answers carry `verification` (a flagged member's points activity)
+VERIFIED = ("GetRedemptionHint", "BatchGetRedemptionHints", "RecommendRedemptions",
+            "OptimizeCartSplit", "GetNudges")
 
 
 class LoadShedder:
@@ -87,6 +91,9 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 metrics.requests.labels(rpc, code)
             for reason in converters.DEGRADED:
                 metrics.degraded.labels(rpc, reason)
+            if rpc in VERIFIED:
+                for flag in (*fraud.FLAG_NAMES, "other"):
+                    metrics.verification.labels(rpc, flag)
         if dataplane.programme is not None:
             p = dataplane.programme
             metrics.prime_nudges(core_nudges.KINDS, CHANNELS, [a.name for a in p.experiments.arms],
