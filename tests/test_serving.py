@@ -550,8 +550,8 @@ def test_a_lone_caller_of_long_calls_is_never_shed(trained: Any) -> None:
 def test_late_ticks_are_overload_only_with_calls_queued_behind() -> None:
     from recsvc.serving.servicer import LoadShedder
 
-    async def lateness(received: int) -> bool:
-        shedder = LoadShedder(max_lag_s=0.04, interval_s=0.005, in_flight=lambda: received)
+    async def lateness(queued: int) -> bool:
+        shedder = LoadShedder(max_lag_s=0.04, interval_s=0.005, waiting=lambda: queued)
         task = asyncio.create_task(shedder.run())
         for _ in range(5):  # every tick comes late, each after one 80 ms call
             time.sleep(0.08)
@@ -561,8 +561,8 @@ def test_late_ticks_are_overload_only_with_calls_queued_behind() -> None:
         task.cancel()
         return shedder.overloaded
 
-    assert not asyncio.run(lateness(1))  # only the caller's own call: a lone caller
-    assert asyncio.run(lateness(3))  # two calls queued: 160 ms of wait > 40 ms
+    assert not asyncio.run(lateness(0))  # nothing waits behind the call: a lone caller
+    assert asyncio.run(lateness(2))  # two calls queued: 160 ms of wait > 40 ms
 
 
 def test_one_late_tick_is_not_overload_but_sustained_lateness_is() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc._cython import cygrpc
@@ -36,7 +37,8 @@ async def create_server(
     calls with RESOURCE_EXHAUSTED instead of letting them queue past their deadlines.
     """
     servers_before = _channelz_servers()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1),
+    dispatched = _Dispatched()
+    server = grpc.aio.server(interceptors=[dispatched], options=[("grpc.so_reuseport", 1),
                                       # connections end after ~5 min (callers reconnect), so
                                       # servers added by an autoscaler get their share
                                       ("grpc.max_connection_age_ms", 300_000),
@@ -53,8 +55,8 @@ async def create_server(
     if overload_lag_s is not None:
         ours = _channelz_servers() - servers_before
         servicer.shedder = LoadShedder(
-            overload_lag_s, in_flight=_in_flight(ours.pop()) if len(ours) == 1 else None)
-        if servicer.shedder.in_flight is None:
+            overload_lag_s, waiting=_waiting(ours.pop(), dispatched) if len(ours) == 1 else None)
+        if servicer.shedder.waiting is None:
             log.warning("channelz cannot tell this server apart: load shedding falls back to "
                         "event-loop lateness alone")
         _background.add(asyncio.create_task(servicer.shedder.run()))
@@ -73,16 +75,27 @@ def _channelz_servers() -> set[int]:
     return {int(s["ref"]["serverId"]) for s in found}
 
 
-def _in_flight(server_id: int) -> Callable[[], int | None]:
-    """Calls the server has received and not yet answered, the ones grpc still queues
-    included (channelz counts a call from its first headers)."""
+class _Dispatched(grpc.aio.ServerInterceptor):
+    """Counts the calls grpc.aio has taken from its queue and handed to a handler (every
+    service's: health and reflection included)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        self.count += 1
+        return await continuation(details)
+
+
+def _waiting(server_id: int, dispatched: _Dispatched) -> Callable[[], int | None]:
+    """Calls the server received that no handler has taken yet: channelz counts a call from
+    its first headers, the interceptor when grpc.aio dispatches it."""
     def count() -> int | None:
         try:
             data = json.loads(cygrpc.channelz_get_server(server_id))["server"]["data"]
         except Exception:
             return None
-        return int(data.get("callsStarted", 0)) - int(data.get("callsSucceeded", 0)) - int(
-            data.get("callsFailed", 0))
+        return max(int(data.get("callsStarted", 0)) - dispatched.count, 0)
     return count
 
 

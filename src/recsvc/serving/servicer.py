@@ -31,20 +31,20 @@ class LoadShedder:
     A tick every `interval_s` measures how late the event loop runs. A late tick alone is not
     overload: one long call (a 1,000-member batch) makes the next tick late too. grpc.aio keeps
     the calls that wait in its C core, out of asyncio's sight, so on a late tick the shedder
-    asks `in_flight()` (channelz: calls the server received and has not answered, queued ones
-    included) and estimates the wait of a new call as the calls queued behind the running one
-    times the mean call time. After `sustained` late ticks in a row whose estimated wait
-    exceeds `max_lag_s`, calls are refused until a tick comes on time again. Refusing costs
-    microseconds, so a backlog drains, and callers get a fast answer to back off on instead of
-    a timeout. Without `in_flight` (channelz off) sustained lateness alone decides, and a lone
-    caller of long calls can be refused."""
+    asks `waiting()` (calls the server received that no handler has taken yet: channelz's
+    count of calls received less the calls dispatched) and estimates a new call's wait as
+    their number times the mean call time. After `sustained` late ticks in a row whose
+    estimated wait exceeds `max_lag_s`, calls are refused until a tick comes on time again.
+    Refusing costs microseconds, so a backlog drains, and callers get a fast answer to back
+    off on instead of a timeout. Without `waiting` (channelz off) sustained lateness alone
+    decides, and a lone caller of long calls can be refused."""
 
     def __init__(self, max_lag_s: float, interval_s: float = 0.01, sustained: int = 3,
-                 in_flight: Callable[[], int | None] | None = None) -> None:
+                 waiting: Callable[[], int | None] | None = None) -> None:
         self.max_lag_s = max_lag_s
         self.interval_s = interval_s
         self.sustained = sustained
-        self.in_flight = in_flight
+        self.waiting = waiting
         self.lag = 0.0
         self.late_ticks = 0
         self.call_s = 0.0  # mean duration of a call's work (exponentially weighted)
@@ -59,10 +59,8 @@ class LoadShedder:
 
     def queued_wait(self) -> float | None:
         """Estimated seconds a new call waits behind those already received (None: unknown)."""
-        received = self.in_flight() if self.in_flight is not None else None
-        if received is None:
-            return None
-        return max(received - 1, 0) * self.call_s
+        queued = self.waiting() if self.waiting is not None else None
+        return None if queued is None else queued * self.call_s
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
