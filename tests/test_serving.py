@@ -564,6 +564,29 @@ def test_late_ticks_are_overload_only_with_calls_queued_behind() -> None:
     assert not asyncio.run(lateness(0))  # nothing waits behind the call: a lone caller
     assert asyncio.run(lateness(2))  # two calls queued: 160 ms of wait > 40 ms
 
+    async def after_cancelled_calls() -> bool:
+        """Calls cancelled while they waited stay in channelz's count of calls received and
+        never reach a handler: the drift seen on ticks that came on time is taken off."""
+        unread = [100]  # cancelled while queued, earlier
+        shedder = LoadShedder(max_lag_s=0.04, interval_s=0.005, waiting=lambda: unread[0])
+        task = asyncio.create_task(shedder.run())
+        await asyncio.sleep(0.05)  # on time: the drift is sampled
+        for _ in range(5):  # a lone caller's long calls: every tick late, nothing more waits
+            time.sleep(0.08)
+            shedder.observe(0.08)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
+        lone = shedder.overloaded
+        unread[0] = 102  # now two calls really wait
+        for _ in range(5):
+            time.sleep(0.08)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
+        task.cancel()
+        return not lone and shedder.overloaded
+
+    assert asyncio.run(after_cancelled_calls())
+
 
 def test_one_late_tick_is_not_overload_but_sustained_lateness_is() -> None:
     from recsvc.serving.servicer import LoadShedder

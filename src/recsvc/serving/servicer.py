@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -33,7 +34,10 @@ class LoadShedder:
     the calls that wait in its C core, out of asyncio's sight, so on a late tick the shedder
     asks `waiting()` (calls the server received that no handler has taken yet: channelz's
     count of calls received less the calls dispatched) and estimates a new call's wait as
-    their number times the mean call time. After `sustained` late ticks in a row whose
+    their number times the mean call time. Calls a caller cancels while they wait are never
+    dispatched, so that count drifts up by them: on ticks that come on time (nothing really
+    waits then) it is sampled once a second, and the least of the last samples is the drift
+    taken off. After `sustained` late ticks in a row whose
     estimated wait exceeds `max_lag_s`, calls are refused until a tick comes on time again.
     Refusing costs microseconds, so a backlog drains, and callers get a fast answer to back
     off on instead of a timeout. Without `waiting` (channelz off) sustained lateness alone
@@ -48,6 +52,8 @@ class LoadShedder:
         self.lag = 0.0
         self.late_ticks = 0
         self.call_s = 0.0  # mean duration of a call's work (exponentially weighted)
+        self.drift: collections.deque[int] = collections.deque(maxlen=5)
+        self._sampled = -1e9
 
     @property
     def overloaded(self) -> bool:
@@ -60,7 +66,9 @@ class LoadShedder:
     def queued_wait(self) -> float | None:
         """Estimated seconds a new call waits behind those already received (None: unknown)."""
         queued = self.waiting() if self.waiting is not None else None
-        return None if queued is None else queued * self.call_s
+        if queued is None:
+            return None
+        return max(queued - min(self.drift, default=0), 0) * self.call_s
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -69,9 +77,14 @@ class LoadShedder:
             await asyncio.sleep(self.interval_s)
             self.lag = max(loop.time() - start - self.interval_s, 0.0)
             late = self.lag > self.max_lag_s
-            if late:  # only then: asking channelz costs ~0.1 ms
+            if late:  # only then, or once a second: asking channelz costs ~0.1 ms
                 wait = self.queued_wait()
                 late = wait is None or wait > self.max_lag_s
+            elif self.waiting is not None and loop.time() - self._sampled >= 1.0:
+                self._sampled = loop.time()
+                drift = self.waiting()
+                if drift is not None:
+                    self.drift.append(drift)
             self.late_ticks = self.late_ticks + 1 if late else 0
 
 
