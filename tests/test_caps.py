@@ -3,6 +3,8 @@ windows that slide and expire, keys that do not outlive them, a dead store repor
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import multiprocessing
 import os
@@ -207,17 +209,102 @@ def test_worker_processes_sharing_the_sqlite_file_never_exceed_a_cap(tmp_path: P
 # --------------------------------------------------------------------------------------------
 # Nothing grows forever.
 # --------------------------------------------------------------------------------------------
+def _keys(store: SqliteCapStore) -> list[str]:
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        return sorted(k for (k,) in conn.execute("SELECT key FROM cap_events"))
+
+
 def test_sqlite_rows_are_pruned_once_out_of_their_window(tmp_path: Path) -> None:
     store = SqliteCapStore(tmp_path / "caps.sqlite")
     store.reserve(41, [urgent(1, 2), expiry(3)], T0)
-    with sqlite3.connect(store.path) as conn:
-        rows = sorted(k for (k,) in conn.execute("SELECT key FROM cap_events"))
-    assert rows == ["41:expiry_weekly", "41:same_item_daily:1", "41:same_item_daily:2",
-                    "41:same_item_daily:3", "41:urgent_daily"]
-    store.reserve(42, [expiry()], T0 + 24 * HOUR)  # another member's call prunes them too
-    with sqlite3.connect(store.path) as conn:
-        rows = sorted(k for (k,) in conn.execute("SELECT key FROM cap_events"))
-    assert rows == ["41:expiry_weekly", "42:expiry_weekly"]  # the 24 h ones are gone
+    assert _keys(store) == ["41:expiry_weekly", "41:same_item_daily:1", "41:same_item_daily:2",
+                            "41:same_item_daily:3", "41:urgent_daily"]
+    # another member's call prunes only its own keys: its cost does not grow with the table
+    store.reserve(42, [expiry()], T0 + 24 * HOUR)
+    assert _keys(store) == ["41:expiry_weekly", "41:same_item_daily:1", "41:same_item_daily:2",
+                            "41:same_item_daily:3", "41:urgent_daily", "42:expiry_weekly"]
+    # the member's own next call prunes the keys it counts (and no other of its own)
+    assert store.reserve(41, [urgent(1)], T0 + 24 * HOUR, dry_run=True) == [CapOutcome(True)]
+    assert _keys(store) == ["41:expiry_weekly", "41:same_item_daily:2", "41:same_item_daily:3",
+                            "42:expiry_weekly"]
+    store.close()
+
+
+def test_sqlite_sweeps_the_rows_of_members_never_seen_again_a_bounded_batch_at_a_time(
+        tmp_path: Path) -> None:
+    store = SqliteCapStore(tmp_path / "caps.sqlite", sweep_interval_s=3600.0, sweep_rows=2)
+    store.reserve(43, [urgent(1, 2, 3)], T0)  # the first call sweeps (nothing yet)
+    assert len(_keys(store)) == 4
+    store.reserve(44, [expiry()], T0 + 24 * HOUR)
+    assert len(_keys(store)) == 5  # no sweep within the interval: 43's rows stay
+    store._next_sweep = 0.0  # the interval has passed
+    store.reserve(44, [expiry()], T0 + 24 * HOUR)
+    assert len(_keys(store)) == 3  # two of 43's four expired rows swept, no more
+    # the sweep hit its bound, so the backlog goes on the next calls, a batch each
+    store.reserve(44, [expiry()], T0 + 24 * HOUR)
+    assert _keys(store) == ["44:expiry_weekly"]
+    store.reserve(45, [urgent(1)], T0 + 48 * HOUR)  # within the interval again: no sweep
+    assert _keys(store) == ["44:expiry_weekly", "45:same_item_daily:1", "45:urgent_daily"]
+    store.close()
+
+
+def test_sqlite_reserve_async_waits_for_the_lock_off_the_event_loop(tmp_path: Path) -> None:
+    store = SqliteCapStore(tmp_path / "caps.sqlite", timeout_s=5.0)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another process holding the write lock a while
+        with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as c:
+            c.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(10)
+            c.execute("ROLLBACK")
+
+    async def main() -> tuple[list[CapOutcome], float, int]:
+        loop = asyncio.get_running_loop()
+        call = asyncio.ensure_future(store.reserve_async(91, [expiry(1)], T0))
+        ticks, gap, last = 0, 0.0, loop.time()
+        while not call.done():  # the loop keeps turning while the call waits
+            await asyncio.sleep(0.005)
+            gap, last, ticks = max(gap, loop.time() - last), loop.time(), ticks + 1
+            if ticks == 40:
+                release.set()
+        return await call, gap, ticks
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        got, gap, ticks = asyncio.run(main())
+    finally:
+        release.set()
+        holder.join()
+    assert got == [CapOutcome(True)]
+    assert ticks >= 40 and gap < 0.1  # ~0.2 s waiting on the lock, the loop never held
+    store.close()
+
+
+def test_sqlite_reserve_async_refuses_a_call_that_waited_past_its_timeout(
+        tmp_path: Path) -> None:
+    store = SqliteCapStore(tmp_path / "caps.sqlite", timeout_s=0.2)
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    async def main() -> list[BaseException | list[CapOutcome]]:
+        return await asyncio.gather(*(store.reserve_async(92 + k, [expiry(1)], T0)
+                                      for k in range(3)), return_exceptions=True)
+
+    try:
+        start = time.monotonic()
+        got = asyncio.run(main())
+        took = time.monotonic() - start
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # the first waits its 0.2 s on the lock; the two queued behind it are past theirs by then
+    assert all(isinstance(g, CapStoreUnavailable) for g in got)
+    assert "behind earlier calls" in str(got[2])
+    assert took < 0.6  # not 3 x 0.2 s one after the other
+    assert asyncio.run(store.reserve_async(92, [expiry(1)], T0)) == [CapOutcome(True)]
     store.close()
 
 

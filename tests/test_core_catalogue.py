@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsvc.config import load_programme, parse_programme
+from recsvc.config import Programme, load_programme, parse_programme
 from recsvc.core import catalogue as cat
 from recsvc.core import index as idx
 from recsvc.core.redemption import Reason, hint
@@ -42,6 +42,29 @@ def test_gift_band_and_price_closeness() -> None:
     got = cat.price_closeness([800, 1600, 400, 3200, 0, 1131], 800)
     np.testing.assert_allclose(got, [1.0, 0.5, 0.5, 0.0, 0.0,
                                      1 - math.log(1131 / 800) / math.log(4)])
+
+
+def test_gift_bands_are_worked_out_once_per_catalogue_and_thresholds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    items = attributes()
+    calls: list[int] = []
+    real = cat.gift_band
+
+    def counted(programme: Programme, points_price: object) -> cat.I64:
+        calls.append(1)
+        return real(programme, points_price)
+
+    monkeypatch.setattr(cat, "gift_band", counted)
+    first = cat.alternates(P, items, [0])
+    assert cat.alternates(P, items, [0, 3])[:1] == first and len(calls) == 1
+    band = items.gift_band(P)
+    assert band.tolist() == real(P, items.points_price).tolist() and not band.flags.writeable
+    # other thresholds (another programme) get their own bands; a new load works them out anew
+    wider = parse_programme({"gifts": {"low_below": 1000, "high_above": 2000}})
+    assert items.gift_band(wider).tolist() == [0, 0, 1, 0, 0, 0, 0, 2]
+    assert items.gift_band(P) is band and len(calls) == 2
+    cat.alternates(P, attributes(), [0])
+    assert len(calls) == 3
 
 
 def test_alternates_most_similar_in_stock_first_with_reasons() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import datetime as dt
 import shutil
+import sqlite3
 import subprocess
 import threading
 import uuid
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -259,12 +261,91 @@ def test_items_over_their_cap_are_dropped_from_a_nudge(tiny: Settings, online: A
                    cap="item_once") == 2
 
 
+class HeldCapsLock:
+    """Another worker process holding the caps file's write lock until `release`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.locked, self.release = threading.Event(), threading.Event()
+
+    def _hold(self) -> None:
+        holder = sqlite3.connect(self.path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        self.locked.set()
+        self.release.wait(10)
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    async def take(self) -> None:
+        threading.Thread(target=self._hold).start()
+        assert await asyncio.to_thread(self.locked.wait, 10)
+
+
+def serve_with_held_caps(tiny: Settings, online: Any, tmp_path: Path,
+                         check: Callable[[Any, CollectorRegistry, HeldCapsLock],
+                                         Awaitable[None]]) -> None:
+    store = SqliteCapStore(tmp_path / "caps.sqlite", timeout_s=5.0)
+    dataplane, registry = plane(tiny, online, store, Clock(JAN_30))
+    held = HeldCapsLock(store.path)
+    try:
+        serve(dataplane, registry, lambda stub, reg: check(stub, reg, held))
+    finally:
+        held.release.set()
+        store.close()
+
+
+def test_get_nudges_waits_on_a_locked_sqlite_cap_store_off_the_event_loop(
+        tiny: Settings, online: Any, tmp_path: Path) -> None:
+    # another worker process holds the lock for 0.3 s: the call waits for it (within its
+    # timeout) while the server's event loop keeps serving
+    async def check(stub: Any, registry: CollectorRegistry, held: HeldCapsLock) -> None:
+        loop = asyncio.get_running_loop()
+        await held.take()
+        loop.call_later(0.3, held.release.set)
+        call = asyncio.ensure_future(stub.GetNudges(pb.GetNudgesRequest(member_id=1)))
+        gap, last, start = 0.0, loop.time(), loop.time()
+        while not call.done():
+            await asyncio.sleep(0.005)
+            gap, last = max(gap, loop.time() - last), loop.time()
+        got = await call
+        assert loop.time() - start >= 0.25  # it did wait on the lock ...
+        assert gap < 0.1  # ... and the loop kept turning meanwhile (not ~0.3 s held)
+        assert [n.kind for n in got.nudges] == [pb.NUDGE_KIND_EXPIRY_URGENT,
+                                                pb.NUDGE_KIND_EXPIRY]
+        assert list(got.degraded_reasons) == [pb.DEGRADED_REASON_NO_MODEL]
+
+    serve_with_held_caps(tiny, online, tmp_path, check)
+
+
+def test_a_call_whose_caller_leaves_while_it_waits_on_the_caps_is_counted_cancelled(
+        tiny: Settings, online: Any, tmp_path: Path) -> None:
+    async def check(stub: Any, registry: CollectorRegistry, held: HeldCapsLock) -> None:
+        await held.take()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetNudges(pb.GetNudgesRequest(member_id=1), timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        cancelled = {"rpc": "GetNudges", "code": "CANCELLED"}
+        for _ in range(100):  # the server side sees the cancellation a moment later
+            if registry.get_sample_value("recsvc_requests_total", cancelled):
+                break
+            await asyncio.sleep(0.02)
+        assert registry.get_sample_value("recsvc_requests_total", cancelled) == 1
+        assert registry.get_sample_value("recsvc_requests_total",
+                                         {"rpc": "GetNudges", "code": "OK"}) == 0
+
+    serve_with_held_caps(tiny, online, tmp_path, check)
+
+
 class DownCaps:
     """A cap store that does not answer (an adapter swapped in, no patching)."""
 
     def reserve(self, member_id: int, reservations: Sequence[Any], now: dt.datetime, *,
                 dry_run: bool = False) -> list[Any]:
         raise CapStoreUnavailable("Redis cap store: Timeout reading from socket")
+
+    async def reserve_async(self, member_id: int, reservations: Sequence[Any],
+                            now: dt.datetime, *, dry_run: bool = False) -> list[Any]:
+        return self.reserve(member_id, reservations, now, dry_run=dry_run)
 
     def close(self) -> None:
         pass
@@ -349,12 +430,17 @@ def test_options_are_ranked_with_the_propensity_model_as_recommendations_are(
                           metrics, programme=trained.programme, propensity=propensity,
                           catalogue=catalogue, caps=SqliteCapStore(tmp_path / "caps.sqlite"),
                           clock=now.timestamp)
-    # a member with points lapsing within the reminder window
+    # the member with the most points lapsing within the reminder window (enough to buy
+    # something with, so the nudge has options to rank)
     ids = _member_ids(trained)[:400]
-    lots = reader.read_service("redemption_v1", "member_id", ids)["member_expiry__expiry_at_s"]
+    read = reader.read_service("redemption_v1", "member_id", ids)
     until = (now + dt.timedelta(days=30)).timestamp()
-    member = next(m for m, at in zip(ids, lots, strict=True)
-                  if any(now.timestamp() < t <= until for t in at or []))
+    lapsing = [sum(p for t, p in zip(at or [], pts or [], strict=True)
+                   if now.timestamp() < t <= until)
+               for at, pts in zip(read["member_expiry__expiry_at_s"],
+                                  read["member_expiry__expiry_points"], strict=True)]
+    member = ids[int(np.argmax(lapsing))]
+    assert max(lapsing) > 0
     got = dataplane.nudges(NudgeRequest(member, dry_run=True), "GetNudges")
     assert got.degraded == () and got.model_version == trained.registry.production("propensity")
     weight = {a.name: a.propensity_weight for a in trained.programme.experiments.arms}[got.arm]

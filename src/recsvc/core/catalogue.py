@@ -141,6 +141,9 @@ class Attributes:
     category_code: I64
     class_code: I64
     log_price: F64
+    _bands: dict[tuple[int, int], I64] = field(default_factory=dict, init=False, repr=False,
+                                               compare=False)
+    """gift_band of the items per (gifts.low_below, gifts.high_above), its only other inputs."""
 
     @classmethod
     def build(cls, item_id: Any, category: Any, points_class: Any, points_price: Any,
@@ -154,6 +157,18 @@ class Attributes:
 
     def __len__(self) -> int:
         return len(self.item_id)
+
+    def gift_band(self, programme: Programme) -> I64:
+        """`gift_band` of every item (read-only), worked out once per catalogue load and gift
+        thresholds rather than on every `alternates` call."""
+        g = programme.gifts
+        key = (g.low_below, g.high_above)
+        band = self._bands.get(key)
+        if band is None:  # two threads may both work it out: the same array either way
+            band = gift_band(programme, self.points_price)
+            band.flags.writeable = False
+            self._bands[key] = band
+        return band
 
 
 def alternates(
@@ -181,7 +196,7 @@ def alternates(
     if len(t) == 0 or count <= 0 or n == 0:
         return [() for _ in t]
     w = weights
-    band = gift_band(programme, items.points_price)
+    band = items.gift_band(programme)
     margin = 0.0 if propensity is None else w.propensity
     # targets a block at a time: a (100 x 3,000) matrix is fresh memory the kernel has to map
     # (milliseconds); a block of ~64k cells is reused from the allocator's cache

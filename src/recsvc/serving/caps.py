@@ -23,7 +23,10 @@ for the same member (several workers, several replicas) never exceed a cap. Two 
   data directory, each reservation one `BEGIN IMMEDIATE` transaction (SQLite's write lock, taken
   before the counts are read), so worker processes sharing the file are serialised. WAL
   journal: readers never wait, and a commit does not fsync (the cost of a power cut is a
-  reminder sent once more, never a call failing).
+  reminder sent once more, never a call failing). A call prunes the expired rows of the keys
+  it counts, as the Lua script does; the rows of members never asked about again go in a
+  bounded sweep at most once a minute. The service calls `reserve_async`, which runs the
+  transaction on the store's own thread: waiting on the file lock never stalls the event loop.
 
 "now" is the caller's clock (the service's, or a batch job's as-of instant), so a batch for a
 past date counts in that date's windows. A store that does not answer within its timeout
@@ -32,12 +35,15 @@ raises `CapStoreUnavailable`: the caller withholds the nudges rather than risk a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +55,13 @@ from recsvc.settings import Settings
 SQLITE_FILE = Path("caps") / "nudge_caps.sqlite"
 """Where the embedded store keeps its file, under the data directory."""
 SETUP_TIMEOUT_S = 10.0
+SWEEP_INTERVAL_S = 60.0
+"""How often (at most) a SQLite store sweeps the expired rows of keys no call touched."""
+SWEEP_ROWS = 1000
+"""Most rows one sweep deletes (the rest on the next calls: a backlog never stalls one)."""
+STALL_GRACE_S = 1.0
+"""How much longer than its timeout `reserve_async` waits on a SQLite store that is stuck
+(a stalled disk, not a lock) before giving up on it."""
 
 
 class CapStore(Protocol):
@@ -58,6 +71,12 @@ class CapStore(Protocol):
                 *, dry_run: bool = False) -> list[CapOutcome]:
         """The outcome of each reservation, in order (`core.nudges.decide`), recording the
         granted ones unless `dry_run`; atomic per call. Raises CapStoreUnavailable."""
+        ...
+
+    async def reserve_async(self, member_id: int, reservations: Sequence[Reservation],
+                            now: dt.datetime, *, dry_run: bool = False) -> list[CapOutcome]:
+        """`reserve` for a caller on an event loop (the grpc.aio service): never holds the
+        loop longer than one network round trip within the store's timeout."""
         ...
 
     def close(self) -> None: ...
@@ -211,6 +230,12 @@ class RedisCapStore:
                        CapOutcome(False, by_index[stop][0]))
         return out
 
+    async def reserve_async(self, member_id: int, reservations: Sequence[Reservation],
+                            now: dt.datetime, *, dry_run: bool = False) -> list[CapOutcome]:
+        """`reserve`, inline: one round trip, failing within the client's socket timeout
+        (50 ms), as the online-store reads on the loop do; a thread hop would cost more."""
+        return self.reserve(member_id, reservations, now, dry_run=dry_run)
+
     def delete_all(self) -> int:
         """Delete every cap key of the project (tests and benchmarks on a shared Redis)."""
         gone = 0
@@ -243,14 +268,32 @@ CREATE INDEX IF NOT EXISTS cap_events_until ON cap_events (until_ms);
 
 
 class SqliteCapStore:
-    """Caps in a SQLite file shared by the worker processes; one connection per thread."""
+    """Caps in a SQLite file shared by the worker processes.
 
-    def __init__(self, path: Path, timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+    Connections: one per thread (a `threading.local`), so callers on several threads (the
+    batch job's, tests', the store's own worker) never share one; `check_same_thread=False`
+    only so `close` can close them all from its thread once they are idle. Across threads and
+    processes the `BEGIN IMMEDIATE` of each call serialises them on the file's write lock.
+
+    `reserve_async` runs the same transaction on a worker thread of the store's own (one:
+    SQLite takes one writer at a time anyway, and a queue in order is fairer than threads
+    polling the lock in its busy handler). Its timeout covers the wait in that queue too: a
+    call that waited past it is refused before touching the file, and the file lock is then
+    waited on only for what is left.
+    """
+
+    def __init__(self, path: Path, timeout_s: float = SQLITE_BUSY_TIMEOUT_S, *,
+                 sweep_interval_s: float = SWEEP_INTERVAL_S, sweep_rows: int = SWEEP_ROWS
+                 ) -> None:
         self.path = Path(path)
         self.timeout_s = timeout_s
+        self.sweep_interval_s = sweep_interval_s
+        self.sweep_rows = sweep_rows
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._worker: ThreadPoolExecutor | None = None
+        self._next_sweep = -float("inf")  # time.monotonic(): the first call sweeps
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # workers starting together may wait on each other here: not a request's time
@@ -280,16 +323,59 @@ class SqliteCapStore:
 
     def reserve(self, member_id: int, reservations: Sequence[Reservation], now: dt.datetime,
                 *, dry_run: bool = False) -> list[CapOutcome]:
+        """On the calling thread (the batch job, tools): blocks up to the timeout on the lock."""
         if not reservations:
             return []
+        return self._reserve(member_id, reservations, now, dry_run, None)
+
+    async def reserve_async(self, member_id: int, reservations: Sequence[Reservation],
+                            now: dt.datetime, *, dry_run: bool = False) -> list[CapOutcome]:
+        """`reserve` on the store's worker thread: the event loop goes on meanwhile."""
+        if not reservations:
+            return []
+        deadline = time.monotonic() + self.timeout_s
+        with self._lock:  # not while `close` shuts the worker down
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1,
+                                                  thread_name_prefix="recsvc-caps")
+            job = self._worker.submit(self._reserve, member_id, reservations, now, dry_run,
+                                      deadline)
+        try:
+            # cancelling (the caller's deadline, the stall limit) takes a job not yet started
+            # off the queue; one already in its transaction finishes, and what it recorded
+            # counts against the caps though it is not delivered: never a cap exceeded
+            return await asyncio.wait_for(asyncio.wrap_future(job),
+                                          self.timeout_s + STALL_GRACE_S)
+        except TimeoutError:
+            raise CapStoreUnavailable(f"SQLite cap store {self.path}: no answer within "
+                                      f"{self.timeout_s + STALL_GRACE_S:g} s") from None
+
+    def _reserve(self, member_id: int, reservations: Sequence[Reservation], now: dt.datetime,
+                 dry_run: bool, deadline: float | None) -> list[CapOutcome]:
+        """The transaction. `deadline` (time.monotonic()): refuse once past it, and wait on
+        the lock no longer than what is left of it; None: wait up to the timeout."""
         keys = _indexed(reservations)
         names = {key: self._key(member_id, key) for key in keys}
         now_ms = _ms(now)
+        if deadline is None:
+            wait_s = self.timeout_s
+        else:
+            wait_s = deadline - time.monotonic()
+            if wait_s <= 0:
+                raise CapStoreUnavailable(f"SQLite cap store {self.path}: waited over "
+                                          f"{self.timeout_s:g} s behind earlier calls")
+        sweep = self._sweep_due()
+        swept = 0
         try:
             conn = self._conn()
+            conn.execute(f"PRAGMA busy_timeout = {max(round(wait_s * 1000), 1)}")
             conn.execute("BEGIN IMMEDIATE")  # the write lock first: counts cannot go stale
             try:
-                conn.execute("DELETE FROM cap_events WHERE until_ms <= ?", (now_ms,))
+                # only this call's keys, as the Lua script does: the cost of a call does not
+                # grow with the table (and a sweep below catches the keys nobody asks about)
+                conn.execute(f"DELETE FROM cap_events WHERE key IN "
+                             f"({', '.join('?' * len(names))}) AND until_ms <= ?",
+                             (*names.values(), now_ms))
                 counts: dict[CapKey, int] = {}
                 for key, (_, cap) in keys.items():
                     (counts[key],) = conn.execute(
@@ -301,6 +387,12 @@ class SqliteCapStore:
                         "INSERT INTO cap_events (key, at_ms, until_ms) VALUES (?, ?, ?)",
                         [(names[k], now_ms, now_ms + _window_ms(keys[k][1].window_hours))
                          for k in record])
+                if sweep:
+                    # members never asked about again would leave their rows forever: an
+                    # occasional bounded sweep of anyone's expired rows (the until_ms index)
+                    swept = conn.execute(
+                        "DELETE FROM cap_events WHERE rowid IN (SELECT rowid FROM cap_events "
+                        "WHERE until_ms <= ? LIMIT ?)", (now_ms, self.sweep_rows)).rowcount
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -308,9 +400,25 @@ class SqliteCapStore:
                 raise
         except sqlite3.Error as exc:
             raise CapStoreUnavailable(f"SQLite cap store {self.path}: {exc}") from exc
+        if swept >= self.sweep_rows:  # more left: the next call sweeps on
+            with self._lock:
+                self._next_sweep = -float("inf")
         return outcomes
 
+    def _sweep_due(self) -> bool:
+        """Whether this call sweeps (at most one call per sweep_interval_s in a process)."""
+        at = time.monotonic()
+        with self._lock:
+            if at < self._next_sweep:
+                return False
+            self._next_sweep = at + self.sweep_interval_s
+            return True
+
     def close(self) -> None:
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=True)  # its connection is idle after this
         with self._lock:
             for conn in self._all:
                 conn.close()

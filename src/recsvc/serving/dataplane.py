@@ -272,6 +272,21 @@ class NudgeAnswer:
     verification: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class _PendingNudges:
+    """A GetNudges call between its due nudges and the cap store's answer."""
+
+    req: NudgeRequest
+    rpc: str
+    arm: Arm
+    ctx: Context
+    model: str
+    degraded: list[str]
+    now: dt.datetime
+    due: list[core_nudges.Nudge]
+    reservations: list[core_nudges.Reservation]
+
+
 class Dataplane:
     def __init__(self, features: FeatureSource, churn: ModelHolder,
                  metrics: ServiceMetrics, *, programme: Programme | None = None,
@@ -498,7 +513,39 @@ class Dataplane:
     def nudges(self, req: NudgeRequest, rpc: str) -> NudgeAnswer:
         """The reminders due to the member now on one channel, most urgent first, within the
         frequency caps: each one delivered counts against its caps (unless a dry run). A cap
-        store that does not answer withholds them all (degraded), never a cap exceeded."""
+        store that does not answer withholds them all (degraded), never a cap exceeded.
+
+        Blocks on the cap store: the batch job's way. The service's is `nudges_async`."""
+        pending = self._due_nudges(req, rpc)
+        if isinstance(pending, NudgeAnswer):
+            return pending
+        try:
+            outcomes = self._cap_store().reserve(req.member_id, pending.reservations,
+                                                 pending.now, dry_run=req.dry_run)
+        except CapStoreUnavailable as exc:
+            return self._capped_nudges(pending, exc)
+        return self._capped_nudges(pending, outcomes)
+
+    async def nudges_async(self, req: NudgeRequest, rpc: str) -> NudgeAnswer:
+        """`nudges` for the event loop: the cap store is awaited (`CapStore.reserve_async`:
+        SQLite's transaction on its own thread), so other calls go on while it waits."""
+        pending = self._due_nudges(req, rpc)
+        if isinstance(pending, NudgeAnswer):
+            return pending
+        try:
+            outcomes = await self._cap_store().reserve_async(
+                req.member_id, pending.reservations, pending.now, dry_run=req.dry_run)
+        except CapStoreUnavailable as exc:
+            return self._capped_nudges(pending, exc)
+        return self._capped_nudges(pending, outcomes)
+
+    def _cap_store(self) -> CapStore:
+        if self.caps is None:
+            raise CapStoreUnavailable("no frequency-cap store is configured")
+        return self.caps
+
+    def _due_nudges(self, req: NudgeRequest, rpc: str) -> _PendingNudges | NudgeAnswer:
+        """The nudges due and their cap reservations; the answer itself when none is due."""
         p, catalogue, arms = self._configured()
         arm = self._arm(arms, req.member_id, req.arm)
         if req.channel not in CHANNELS:
@@ -520,19 +567,22 @@ class Dataplane:
         if not due:
             return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded),
                                self._verify(rpc, ctx))
-        try:
-            if self.caps is None:
-                raise CapStoreUnavailable("no frequency-cap store is configured")
-            outcomes = self.caps.reserve(
-                req.member_id, [core_nudges.reservation(p, n, req.channel) for n in due], now,
-                dry_run=req.dry_run)
-        except CapStoreUnavailable as exc:
+        return _PendingNudges(req, rpc, arm, ctx, model, degraded, now, due,
+                              [core_nudges.reservation(p, n, req.channel) for n in due])
+
+    def _capped_nudges(self, pending: _PendingNudges,
+                       outcomes: list[core_nudges.CapOutcome] | CapStoreUnavailable
+                       ) -> NudgeAnswer:
+        """The answer from the cap store's outcomes, or its failure (all withheld)."""
+        req, rpc, arm, ctx = pending.req, pending.rpc, pending.arm, pending.ctx
+        degraded = pending.degraded
+        if isinstance(outcomes, CapStoreUnavailable):
             log.warning("%s: frequency caps unavailable, %d nudge(s) withheld: %s", rpc,
-                        len(due), exc)
+                        len(pending.due), outcomes)
             degraded.append(CAP_STORE_UNAVAILABLE)
-            return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded),
+            return NudgeAnswer([], [], arm.name, pending.model, self._count(rpc, degraded),
                                self._verify(rpc, ctx))
-        delivered, withheld, dropped = core_nudges.apply(due, outcomes)
+        delivered, withheld, dropped = core_nudges.apply(pending.due, outcomes)
         if not req.dry_run:
             for n in delivered:
                 self.metrics.nudges.labels(n.kind, req.channel, arm.name).inc()
@@ -540,8 +590,8 @@ class Dataplane:
                 self.metrics.nudges_capped.labels(c.kind, c.cap).inc()
             for c in dropped:
                 self.metrics.nudge_options_capped.labels(c.kind, c.cap).inc()
-        return NudgeAnswer(delivered, withheld, arm.name, model, self._count(rpc, degraded),
-                           self._verify(rpc, ctx))
+        return NudgeAnswer(delivered, withheld, arm.name, pending.model,
+                           self._count(rpc, degraded), self._verify(rpc, ctx))
 
     def churn_risk(self, member_ids: Sequence[int], rpc: str) -> ChurnAnswer:
         if not member_ids:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -30,6 +31,9 @@ TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (FeatureStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (CapStoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (RecsvcError, grpc.StatusCode.FAILED_PRECONDITION),
+    # the caller went away (cancelled, or its deadline passed) while the work awaited: nothing
+    # is sent back, the row only names the outcome in the metrics
+    (asyncio.CancelledError, grpc.StatusCode.CANCELLED),
 )
 INTERNAL_MESSAGE = "internal error"
 CODE_NAMES = ("OK", *dict.fromkeys(code.name for _, code in TABLE), "INTERNAL")

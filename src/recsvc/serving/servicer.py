@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -113,6 +113,14 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
     async def _call(self, rpc: str, context: grpc.aio.ServicerContext,
                     work: Callable[[], T]) -> T:
         """Run one RPC's work with its metrics; errors leave through the one error table."""
+        async def run() -> T:
+            return work()
+
+        return await self._call_async(rpc, context, run)
+
+    async def _call_async(self, rpc: str, context: grpc.aio.ServicerContext,
+                          work: Callable[[], Awaitable[T]]) -> T:
+        """`_call` for work that awaits (a store it must not block the event loop on)."""
         start = time.perf_counter()
         failure: BaseException | None = None
         try:
@@ -122,7 +130,10 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:  # waited past the caller's deadline:
                 raise DeadlineExceeded(f"{rpc}: the deadline passed before the work started")
-            return work()
+            return await work()
+        except asyncio.CancelledError as exc:
+            failure = exc
+            raise
         except Exception as exc:
             failure = exc
             await errors.abort(context, exc, rpc)
@@ -200,8 +211,9 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
         return await self._call("BatchGetChurnRisk", context, work)
 
     async def GetNudges(self, request: Any, context: Any) -> pb.GetNudgesResponse:
-        def work() -> pb.GetNudgesResponse:
-            return converters.nudges(self.dataplane.nudges(converters.nudge_request(request),
-                                                           "GetNudges"))
+        async def work() -> pb.GetNudgesResponse:
+            # awaits the cap store: a SQLite one waits on its file lock off the event loop
+            return converters.nudges(await self.dataplane.nudges_async(
+                converters.nudge_request(request), "GetNudges"))
 
-        return await self._call("GetNudges", context, work)
+        return await self._call_async("GetNudges", context, work)
