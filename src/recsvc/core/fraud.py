@@ -36,21 +36,22 @@ import numpy as np
 import numpy.typing as npt
 
 from recsvc.config import Fraud
+from recsvc.core.ledger import DAY_US, KIND_CODES, US
+
+# The ledger's kind codes (recsvc.core.ledger.KIND_CODES) under the names this module exports.
+from recsvc.core.ledger import KIND_BURN as BURN
+from recsvc.core.ledger import KIND_EARN as EARN
+from recsvc.core.ledger import KIND_EXPIRE as EXPIRE
+from recsvc.core.ledger import KIND_OPENING as OPENING
 
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
 F64 = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]
 
-US_PER_SECOND = 1_000_000
-US_PER_MINUTE = 60 * US_PER_SECOND
+US_PER_MINUTE = 60 * US
 US_PER_HOUR = 60 * US_PER_MINUTE
-US_PER_DAY = 24 * US_PER_HOUR
 NO_TIME = np.iinfo(np.int64).min  # stands for "no instant" in evidence columns
-
-# Ledger kinds (schema.LEDGER "kind") as the small codes the core works with.
-OPENING, EARN, BURN, EXPIRE = 0, 1, 2, 3
-KIND_CODES: dict[str, int] = {"opening": OPENING, "earn": EARN, "burn": BURN, "expire": EXPIRE}
 
 # The flag names of the contract, in the order they are joined (recsvc.v1 FraudFlag).
 FLAG_NAMES: tuple[str, ...] = ("redemption_burst", "balance_drain", "earn_burn_loop", "anomaly")
@@ -84,6 +85,11 @@ class LedgerEvents:
         n = len(self.member)
         if not len(self.ts_us) == len(self.kind) == len(self.points) == n:
             raise ValueError("member, ts_us, kind and points must have the same length")
+
+    def take(self, rows: npt.NDArray[np.intp] | B) -> LedgerEvents:
+        """The entries at `rows` (indices or a mask), in that order."""
+        return LedgerEvents(self.member[rows], self.ts_us[rows], self.kind[rows],
+                            self.points[rows])
 
     @classmethod
     def of(cls, member: Sequence[int] | I64, ts_us: Sequence[int] | I64,
@@ -136,23 +142,39 @@ class _Sorted:
     members: I64  # ascending unique member ids
 
 
-def _sorted_before(events: LedgerEvents, as_of_us: int) -> _Sorted:
+def in_order(events: LedgerEvents, as_of_us: int) -> LedgerEvents:
+    """The entries before `as_of_us`, sorted by (member, instant, ledger order): the order the
+    rules read them in. `evaluate_rules` and `member_day_features` do not sort such events
+    again, so a job can sort the whole ledger once and hand them slices of it."""
+    if _is_in_order(events, as_of_us):
+        return events
     keep = np.flatnonzero(events.ts_us < as_of_us)
     # by member, then instant; ledger order (the position) breaks ties
-    order = keep[np.lexsort((keep, events.ts_us[keep], events.member[keep]))]
-    member, ts = events.member[order], events.ts_us[order]
-    points = events.points[order]
-    members, group = np.unique(member, return_inverse=True)
-    group = group.reshape(-1).astype(np.int64)
+    return events.take(keep[np.lexsort((keep, events.ts_us[keep], events.member[keep]))])
+
+
+def _is_in_order(events: LedgerEvents, as_of_us: int) -> bool:
+    """All entries before `as_of_us` and sorted by (member, instant): sorting them again, ties
+    broken by their positions, would leave them as they are."""
+    m, t = events.member, events.ts_us
+    ascending = (m[1:] > m[:-1]) | ((m[1:] == m[:-1]) & (t[1:] >= t[:-1]))
+    return bool((t < as_of_us).all() and ascending.all())
+
+
+def _sorted_before(events: LedgerEvents, as_of_us: int) -> _Sorted:
+    e = in_order(events, as_of_us)
+    member, points = e.member, e.points
+    first = np.ones(len(member), dtype=bool)  # the member's first entry
+    first[1:] = member[1:] != member[:-1]
+    group = np.cumsum(first, dtype=np.int64) - 1
     cum = np.cumsum(points)
-    first = np.r_[0, np.flatnonzero(np.diff(group)) + 1] if len(group) else np.zeros(0, np.int64)
-    before_group = (cum[first] - points[first])[group] if len(group) else cum
-    balance_before = cum - points - before_group
-    return _Sorted(member, ts, events.kind[order], points, balance_before, group, members)
+    start = np.flatnonzero(first)
+    balance_before = cum - points - (cum[start] - points[start])[group]
+    return _Sorted(member, e.ts_us, e.kind, points, balance_before, group, member[first])
 
 
 def _window_mask(s: _Sorted, as_of_us: int, lookback_days: int) -> B:
-    return s.ts_us >= as_of_us - lookback_days * US_PER_DAY
+    return s.ts_us >= as_of_us - lookback_days * DAY_US
 
 
 def _burst(group: I64, ts: I64, n_members: int, window_us: int) -> tuple[I64, I64]:
@@ -271,8 +293,8 @@ def member_day_features(events: LedgerEvents, as_of_us: int, lookback_days: int,
     s = _sorted_before(events, as_of_us)
     n = len(s.members)
     recent = _window_mask(s, as_of_us, lookback_days)
-    start_us = as_of_us - lookback_days * US_PER_DAY
-    day = (s.ts_us - start_us) // US_PER_DAY
+    start_us = as_of_us - lookback_days * DAY_US
+    day = (s.ts_us - start_us) // DAY_US
     is_burn = recent & (s.kind == BURN)
     is_earn = recent & (s.kind == EARN)
     key = s.group * (lookback_days + 1) + np.clip(day, 0, lookback_days)  # member-day id
@@ -339,6 +361,7 @@ __all__ = [
     "LedgerEvents",
     "RuleResult",
     "evaluate_rules",
+    "in_order",
     "join_flags",
     "kind_codes",
     "member_day_features",

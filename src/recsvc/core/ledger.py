@@ -5,6 +5,10 @@ points are therefore held in buckets keyed by *expiry month* (months since 1970-
 burn draws on the earliest-expiring bucket first. The functions work on one member (1-D bucket
 vector, scalar amount) and on many at once (2-D matrix, one row per member) with the same code,
 so the simulator, the importer and the service share one definition.
+
+It also holds the ledger's vocabulary every layer shares (pure, so the core can use it too): the
+µs instants of the tables (US, DAY_US, `instant`, `epoch_us`) and the kind codes (KIND_CODES);
+`recsvc.data.columns` turns the tables' Arrow columns into them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,27 @@ IntArray = npt.NDArray[np.int64]
 A = TypeVar("A", int, IntArray)
 
 EPOCH_YEAR = 1970
+EPOCH = dt.datetime(EPOCH_YEAR, 1, 1, tzinfo=dt.UTC)
+
+# Instants: the tables' timestamps, held as int64 microseconds since the epoch (UTC).
+US = 1_000_000  # µs per second
+DAY_US = 86_400 * US
+
+# The ledger's kinds (schema.LEDGER "kind") as the small codes array code compares; a value that
+# is none of these (the tables hold none) is KIND_OTHER.
+KIND_EARN, KIND_BURN, KIND_EXPIRE, KIND_OPENING, KIND_OTHER = 0, 1, 2, 3, 4
+KIND_CODES: dict[str, int] = {"earn": KIND_EARN, "burn": KIND_BURN, "expire": KIND_EXPIRE,
+                              "opening": KIND_OPENING}
+
+
+def instant(us: int) -> dt.datetime:
+    """The aware UTC datetime of µs since the epoch."""
+    return dt.datetime.fromtimestamp(us / US, tz=dt.UTC)
+
+
+def epoch_us(when: dt.datetime) -> int:
+    """µs since the epoch of an aware datetime, exactly (no float rounding)."""
+    return (when - EPOCH) // dt.timedelta(microseconds=1)
 
 
 def month_index(when: dt.date | dt.datetime) -> int:

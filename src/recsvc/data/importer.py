@@ -73,9 +73,6 @@ Mask = npt.NDArray[np.bool_]
 REQUIRED = ("customer_id", "timestamp", "amount")
 OPTIONAL = ("quantity", "category")
 MAX_LISTED = 20
-US_PER_DAY = 86_400_000_000
-US_PER_SECOND = 1_000_000
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MIN_YEAR, END_YEAR = 1900, 2200  # plausible purchase years; also keeps pandas' ns range safe
 MAX_INT_DIGITS = 12  # amounts below 10^12 units stay exact as float64 minor units
 
@@ -376,7 +373,7 @@ def _us_datetimes(text: pa.Array) -> tuple[I64, Mask]:
     day = month.astype("datetime64[D]") + np.where(ok, d - 1, 0)
     ok &= day.astype("datetime64[M]") == month  # rejects 2/30 instead of rolling it over
     secs = (num["h"] * 60 + num["mi"]) * 60 + num["s"]
-    wall = day.astype("datetime64[us]").astype(np.int64) + secs * US_PER_SECOND
+    wall = day.astype("datetime64[us]").astype(np.int64) + secs * ledger.US
     return np.where(ok, wall, 0), ok
 
 
@@ -500,14 +497,10 @@ def _sorted_codes(values: pa.Array) -> tuple[I64, list[str]]:
 
 def _per_day(ts_us: I64, fn: Callable[[dt.date], Any]) -> npt.NDArray[Any]:
     """`fn` of each timestamp's UTC date, computed once per distinct day."""
-    days, inverse = np.unique(ts_us // US_PER_DAY, return_inverse=True)
+    days, inverse = np.unique(ts_us // ledger.DAY_US, return_inverse=True)
     epoch = dt.date(1970, 1, 1)
     table = np.array([fn(epoch + dt.timedelta(days=int(d))) for d in days])
     return table[inverse]
-
-
-def _us(when: dt.datetime) -> int:
-    return (when - EPOCH) // dt.timedelta(microseconds=1)
 
 
 @dataclass
@@ -559,7 +552,8 @@ def _earn(o: _Orders, firsts: I64, categories: list[str], programme: Programme
     points = ledger.points_earned(programme, o.amount, tier_mult, cat_mult, campaign)
     expiry_month = _per_day(o.ts, ledger.month_index).astype(np.int64) + tier_months[tier]
     months, inverse = np.unique(expiry_month, return_inverse=True)
-    instants = np.array([_us(ledger.expiry_instant(int(m))) for m in months], dtype=np.int64)
+    instants = np.array([ledger.epoch_us(ledger.expiry_instant(int(m))) for m in months],
+                        dtype=np.int64)
     return points, expiry_month, instants[inverse]
 
 

@@ -74,7 +74,7 @@ LEDGER = pa.schema(
         ("entry_id", pa.int64()),
         ("member_id", pa.int64()),
         ("ts", TS),
-        ("kind", pa.string()),  # "earn" | "burn" | "expire" | "opening"
+        ("kind", pa.string()),  # "earn" | "burn" | "expire" | "opening" (codes: ledger.KIND_CODES)
         ("points", pa.int64()),  # signed: earn/opening > 0, burn/expire < 0
         ("expires_at", TS),  # earn/opening: when these points lapse; null otherwise
         ("ref_id", pa.int64()),  # order_id (earn), redemption_id (burn), null otherwise

@@ -25,13 +25,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from recsvc.cliargs import date_arg, end_of_day
 from recsvc.config import Fraud, Programme
 from recsvc.core import fraud
+from recsvc.core.ledger import DAY_US, epoch_us, instant
 from recsvc.data import schema
+from recsvc.data.columns import NULL_US, as_i64, as_us
 from recsvc.errors import DataMissing
 from recsvc.progress import Stopwatch, progress
 
@@ -113,20 +116,18 @@ def rule_pass(events: fraud.LedgerEvents, members: I64, rules: Fraud, as_of_us: 
               on_members: Callable[[int], Any] | None = None,
               ) -> tuple[I64, fraud.RuleResult, F64]:
     """The rules and the member-day aggregates of `members` (any order; returned sorted) as of
-    `as_of_us` (µs since the epoch), on chunks of CHUNK_MEMBERS members at a time (their
-    entries sorted by member first, which bounds the member-day matrices)."""
+    `as_of_us` (µs since the epoch), on chunks of CHUNK_MEMBERS members at a time (which
+    bounds the member-day matrices). The entries are sorted once, as the rules read them
+    (`fraud.in_order`), and each chunk is a slice of them the rules do not sort again."""
     members = np.unique(np.asarray(members, dtype=np.int64))
-    order = np.argsort(events.member, kind="stable")  # keeps ledger order within a member
-    sorted_member = events.member[order]
+    events = fraud.in_order(events, as_of_us)
     parts, aggregates = [], []
     for a in range(0, len(members), CHUNK_MEMBERS):
         chunk = members[a:a + CHUNK_MEMBERS]
-        lo = np.searchsorted(sorted_member, chunk[0], side="left")
-        hi = np.searchsorted(sorted_member, chunk[-1], side="right")
-        rows = order[lo:hi]
-        rows = rows[np.isin(events.member[rows], chunk)]  # not members who joined later
-        sub = fraud.LedgerEvents(events.member[rows], events.ts_us[rows], events.kind[rows],
-                                 events.points[rows])
+        lo = np.searchsorted(events.member, chunk[0], side="left")
+        hi = np.searchsorted(events.member, chunk[-1], side="right")
+        rows = lo + np.flatnonzero(np.isin(events.member[lo:hi], chunk))  # not later joiners
+        sub = events.take(rows)
         parts.append(_aligned(fraud.evaluate_rules(sub, rules, as_of_us), chunk))
         aggregates.append(fraud.member_day_features(sub, as_of_us, rules.lookback_days, chunk))
         if on_members is not None:
@@ -152,9 +153,9 @@ def compute_flags(events: fraud.LedgerEvents, members: I64, rules: Fraud, as_of_
 def active_abusers(abusers: pa.Table, as_of_us: int, lookback_days: int) -> pa.Table:
     """Planted abusers who abused within the lookback before the as-of instant (their
     abusive redemptions span [from_ts, to_ts]): what the flags as of then can see."""
-    start = as_of_us - lookback_days * fraud.US_PER_DAY
-    frm = abusers["from_ts"].cast(pa.int64()).to_numpy()
-    to = abusers["to_ts"].cast(pa.int64()).to_numpy()
+    start = as_of_us - lookback_days * DAY_US
+    frm = as_us(abusers["from_ts"])
+    to = as_us(abusers["to_ts"])
     return abusers.filter(pa.array((frm < as_of_us) & (to >= start)))
 
 
@@ -224,13 +225,15 @@ class FraudRun:
 
 
 def read_events(data_dir: Path) -> fraud.LedgerEvents:
-    """The whole ledger as core events, in ledger order."""
+    """The whole ledger as core events, in ledger order (rows without a member or an instant,
+    which the tables never hold, are not entries the rules can place: left out)."""
     table = schema.read_table(data_dir, "ledger", ["entry_id", "member_id", "ts", "kind",
                                                    "points"]).sort_by("entry_id")
+    table = table.filter(pc.and_(pc.is_valid(table["member_id"]), pc.is_valid(table["ts"])))
     return fraud.LedgerEvents(
-        table["member_id"].to_numpy(), table["ts"].cast(pa.int64()).to_numpy(),
+        as_i64(table["member_id"]), as_us(table["ts"]),
         fraud.kind_codes(table["kind"].to_numpy(zero_copy_only=False)),
-        table["points"].to_numpy())
+        as_i64(table["points"]))
 
 
 def read_abusers(data_dir: Path) -> pa.Table | None:
@@ -245,7 +248,7 @@ def default_as_of(events: fraud.LedgerEvents) -> dt.datetime:
     """The end of the UTC day of the latest ledger entry."""
     if len(events.ts_us) == 0:
         raise DataMissing("the ledger is empty: nothing to flag")
-    last = dt.datetime.fromtimestamp(int(events.ts_us.max()) / 1e6, tz=dt.UTC)
+    last = instant(int(events.ts_us.max()))
     return end_of_day(last.date())
 
 
@@ -258,10 +261,11 @@ def run_fraud_flags(settings: Any, programme: Programme, *, as_of: dt.datetime |
     data_dir = Path(settings.data_dir)
     events = read_events(data_dir)
     as_of = as_of or default_as_of(events)
-    as_of_us = int(as_of.timestamp() * 1_000_000)
+    as_of_us = epoch_us(as_of)
     joined = schema.read_table(data_dir, "members", ["member_id", "signup_at"])
-    signup = joined["signup_at"].cast(pa.int64()).to_numpy()
-    members = np.unique(joined["member_id"].to_numpy()[signup < as_of_us])
+    signup = as_us(joined["signup_at"])
+    # a member whose signup is unknown is not flagged
+    members = np.unique(as_i64(joined["member_id"])[(signup != NULL_US) & (signup < as_of_us)])
     rules = programme.fraud
     say(f"fraud-flags: {len(members):,} members, {int((events.ts_us < as_of_us).sum()):,} ledger "
         f"entries before {as_of:%Y-%m-%d %H:%M} UTC; rules over the last {rules.lookback_days} "

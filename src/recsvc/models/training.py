@@ -36,6 +36,7 @@ import pyarrow.dataset as pads
 
 from recsvc.config import Programme
 from recsvc.core import segments
+from recsvc.core.ledger import US, instant
 from recsvc.data import schema
 from recsvc.errors import DataMissing
 from recsvc.features.compute import month_start_instants
@@ -47,7 +48,6 @@ from recsvc.progress import Stopwatch
 log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
-US = 1_000_000
 DAY = dt.timedelta(days=1)
 PROPENSITY = "propensity"
 CHURN = "churn"
@@ -127,10 +127,6 @@ def _us(ts: pd.Series) -> npt.NDArray[np.int64]:
     return np.asarray(ts.astype("datetime64[us, UTC]").astype("int64"), dtype=np.int64)
 
 
-def _to_dt(us: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(us / US, tz=dt.UTC)
-
-
 def data_limit(data_dir: Path, as_of: dt.datetime | None) -> dt.datetime:
     """The instant nothing at or after which may be used: `as_of`, else the end of the data."""
     if as_of is not None:
@@ -180,7 +176,7 @@ def churn_frame(
     first = orders.ts.min().to_pydatetime() + dt.timedelta(days=opts.min_history_days)
     starts = month_start_instants(int(first.timestamp() * US),
                                   int((limit - horizon).timestamp() * US))
-    cutoffs = [_to_dt(int(us)) for us in starts]
+    cutoffs = [instant(int(us)) for us in starts]
     train, valid, test = split_cutoffs(cutoffs, horizon)
     member = orders.member_id.to_numpy()
     ts = _us(orders.ts)
@@ -470,7 +466,7 @@ def train_model(
     feats = with_features(history, service, frame)
     say(f"{name}: point-in-time features from {service!r} in {step.seconds:.1f} s")
     split = Split(feats, feats.part.to_numpy(), feats.label.to_numpy().astype(np.int64),
-                  (_to_dt(int(_us(feats.event_timestamp).min())), limit), bounds)
+                  (instant(int(_us(feats.event_timestamp).min())), limit), bounds)
     cols = inputs.frame_columns(feats)
     prep = (_prepare_propensity(cols, split, programme) if name == PROPENSITY
             else _prepare_churn(cols, split, opts))

@@ -19,30 +19,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from recsvc.cliargs import date_arg, end_of_day, positive_int
 from recsvc.config import Programme, load_programme
 from recsvc.core import catalogue as core
+from recsvc.core.ledger import DAY_US, instant
 from recsvc.data import schema
+from recsvc.data.columns import as_i64, as_us
 from recsvc.settings import load_settings
 
 I64 = npt.NDArray[np.int64]
-US = 1_000_000
-DAY_US = 86_400 * US
 MONTH_US = core.MONTH_DAYS * DAY_US
 REPORT_DIR = Path("reports") / "catalogue"
 TOP = 10
-
-
-def _us(col: pa.ChunkedArray | pa.Array) -> I64:
-    """Timestamps as int64 microseconds (nulls: int64 min, before everything)."""
-    arr = pc.fill_null(col.cast(pa.int64()), np.iinfo(np.int64).min)
-    return np.asarray(arr.to_numpy(), dtype=np.int64)
-
-
-def _i64(col: pa.ChunkedArray | pa.Array) -> I64:
-    return np.asarray(pc.fill_null(col, 0).to_numpy(), dtype=np.int64)
 
 
 def _distinct(cell: I64, member: I64, size: int) -> I64:
@@ -81,20 +70,20 @@ def load_history(data_dir: Path, programme: Programme, as_of: dt.datetime | None
     span = max(months, programme.inventory.delist_months)
 
     items = schema.read_table(data_dir, "items").sort_by("item_id")
-    created = _us(items["created_at"])
+    created = as_us(items["created_at"])
     items = items.filter(pa.array(created < end))
     created = created[created < end]
-    ids = _i64(items["item_id"])
+    ids = as_i64(items["item_id"])
     n = len(ids)
     listed = np.maximum(-(-(end - created) // MONTH_US), 1)
 
     def positions(table: pa.Table) -> tuple[I64, I64]:
         """Catalogue position of each row's item (-1: not listed) and its instant."""
-        item = _i64(table["item_id"])
+        item = as_i64(table["item_id"])
         if n == 0:
-            return np.full(len(item), -1, dtype=np.int64), _us(table["ts"])
+            return np.full(len(item), -1, dtype=np.int64), as_us(table["ts"])
         at = np.minimum(np.searchsorted(ids, item), n - 1)
-        return np.where(ids[at] == item, at, -1), _us(table["ts"])
+        return np.where(ids[at] == item, at, -1), as_us(table["ts"])
 
     def monthly(name: str) -> tuple[I64, I64]:
         """Rows per (item, month), distinct members per (item, month), as (n, span) arrays."""
@@ -102,7 +91,7 @@ def load_history(data_dir: Path, programme: Programme, as_of: dt.datetime | None
         back = (end - ts) // MONTH_US
         ok = (pos >= 0) & (ts < end) & (back < span)
         cell = pos[ok] * span + (span - 1 - back[ok])
-        member = _i64(tables[name]["member_id"])[ok]
+        member = as_i64(tables[name]["member_id"])[ok]
         rows = np.bincount(cell, minlength=n * span).reshape(n, span)
         return rows.astype(np.int64), _distinct(cell, member, n * span).reshape(n, span)
 
@@ -112,7 +101,7 @@ def load_history(data_dir: Path, programme: Programme, as_of: dt.datetime | None
     days = schema.read_table(data_dir, "item_days", ["item_id", "ts", "stock"])
     pos, ts = positions(days)
     ok = (pos >= 0) & (ts <= end)  # a day's row is the state at its end: the as-of day counts
-    pos, ts, level = pos[ok], ts[ok], _i64(days["stock"])[ok]
+    pos, ts, level = pos[ok], ts[ok], as_i64(days["stock"])[ok]
     stock = np.zeros(n, dtype=np.int64)
     order = np.lexsort((ts, pos))
     if len(order):
@@ -131,13 +120,13 @@ def load_history(data_dir: Path, programme: Programme, as_of: dt.datetime | None
 
     history = core.ItemHistory(
         item_id=ids, category=obj("category"), points_class=obj("points_class"),
-        points_price=_i64(items["points_price"]),
-        market_price_minor=_i64(items["market_price_minor"]),
+        points_price=as_i64(items["points_price"]),
+        market_price_minor=as_i64(items["market_price_minor"]),
         perceived_discount=np.asarray(items["perceived_discount"].to_numpy(), dtype=np.float64),
         stock=stock, mean_stock=mean_stock, days_in_stock=stocked,
         months_listed=listed.astype(np.int64), redemptions=redemptions, views=views,
         viewers=viewers, redeemers=redeemers)
-    return Loaded(dt.datetime.fromtimestamp(end / US, dt.UTC), span, obj("name"), history)
+    return Loaded(instant(end), span, obj("name"), history)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,7 +32,17 @@ from recsvc.cliargs import date_arg, end_of_day, int_in
 from recsvc.config import Programme
 from recsvc.core import ledger
 from recsvc.core import liability as li
+from recsvc.core.ledger import (
+    DAY_US,
+    KIND_BURN,
+    KIND_EARN,
+    KIND_EXPIRE,
+    KIND_OPENING,
+    epoch_us,
+    instant,
+)
 from recsvc.data import schema
+from recsvc.data.columns import NULL_US, as_i64, as_us, kind_codes
 from recsvc.errors import DataMissing, RecsvcError
 from recsvc.settings import Settings
 
@@ -40,11 +50,6 @@ log = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-US = 1_000_000
-DAY_US = 86_400 * US
-NULL = np.iinfo(np.int64).min
-KINDS = ("earn", "burn", "expire", "opening")
-KIND_EARN, KIND_BURN, KIND_EXPIRE, KIND_OPENING, KIND_OTHER = 0, 1, 2, 3, 4
 CHURN_HORIZON_DAYS = 90  # the horizon of a churn model trained on the fly (as score-batch)
 SEED = 20240601  # the bootstrap's seed: the same data gives the same interval
 REPORT = "liability"
@@ -53,22 +58,6 @@ REPORT = "liability"
 # --------------------------------------------------------------------------------------------
 # Reading the tables.
 # --------------------------------------------------------------------------------------------
-def _us(col: pa.ChunkedArray) -> I64:
-    return np.asarray(col.cast(pa.int64()).fill_null(NULL).to_numpy(), dtype=np.int64)
-
-
-def _i64(col: pa.ChunkedArray) -> I64:
-    return np.asarray(col.fill_null(0).to_numpy(), dtype=np.int64)
-
-
-def _instant(us: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(us / US, tz=dt.UTC)
-
-
-def _to_us(when: dt.datetime) -> int:
-    return int(when.timestamp()) * US + when.microsecond
-
-
 @dataclass(frozen=True)
 class Ledger:
     """The ledger rows of the members who joined before the as-of instant (all of time)."""
@@ -77,7 +66,7 @@ class Ledger:
     ts: I64
     kind: I64
     points: I64
-    expires: I64  # NULL for rows without a lapse instant
+    expires: I64  # NULL_US for rows without a lapse instant
 
     @property
     def key(self) -> I64:
@@ -97,14 +86,14 @@ class Book:
     """The members the forecast covers and what the tables say about them."""
 
     ids: I64
-    signup: I64  # µs; NULL when unknown (taken as before the history)
+    signup: I64  # µs; NULL_US when unknown (taken as before the history)
     ledger: Ledger
     orders: tuple[I64, I64, I64]  # member index, ts, amount (minor units)
     first_event: int  # µs: the earliest event in the tables
     last_event: int  # µs: the latest
 
     def joined_before(self, t_us: int) -> npt.NDArray[np.bool_]:
-        return (self.signup == NULL) | (self.signup < t_us)
+        return (self.signup == NULL_US) | (self.signup < t_us)
 
     def spend_before(self, t_us: int) -> I64:
         o_mi, o_ts, amount = self.orders
@@ -116,9 +105,9 @@ class Book:
         """Days from each member's last order before `t_us` to it; NaN: none yet."""
         o_mi, o_ts, _ = self.orders
         sel = o_ts < t_us
-        last = np.full(len(self.ids), NULL)
+        last = np.full(len(self.ids), NULL_US)
         np.maximum.at(last, o_mi[sel], o_ts[sel])
-        return np.where(last == NULL, np.nan, (t_us - last) / DAY_US)
+        return np.where(last == NULL_US, np.nan, (t_us - last) / DAY_US)
 
     def subset(self, keep: npt.NDArray[np.bool_]) -> Book:
         """The members `keep` marks (renumbered), with their ledger rows and orders."""
@@ -143,11 +132,11 @@ class Book:
 
 def read_book(data_dir: Path, as_of: dt.datetime) -> Book:
     """Members who joined before `as_of`, their ledger and their spend before it."""
-    t = _to_us(as_of)
+    t = epoch_us(as_of)
     members = schema.read_table(data_dir, "members", ["member_id", "signup_at"])
-    signup_all = _us(members["signup_at"])
-    keep = (signup_all == NULL) | (signup_all < t)
-    ids_all = _i64(members["member_id"])
+    signup_all = as_us(members["signup_at"])
+    keep = (signup_all == NULL_US) | (signup_all < t)
+    ids_all = as_i64(members["member_id"])
     order = np.argsort(ids_all[keep], kind="stable")
     ids = ids_all[keep][order]
     signup = signup_all[keep][order]
@@ -156,21 +145,18 @@ def read_book(data_dir: Path, as_of: dt.datetime) -> Book:
 
     led = schema.read_table(data_dir, "ledger", ["member_id", "ts", "kind", "points",
                                                  "expires_at"])
-    kind = np.full(led.num_rows, KIND_OTHER, dtype=np.int64)
-    for code, name in enumerate(KINDS):
-        kind[np.asarray(pc.equal(led["kind"], name).fill_null(False).to_numpy(
-            zero_copy_only=False), dtype=bool)] = code
-    mi, found = _index(ids, _i64(led["member_id"]))
-    ledger_rows = Ledger(mi[found], _us(led["ts"])[found], kind[found],
-                         _i64(led["points"])[found], _us(led["expires_at"])[found])
+    kind = kind_codes(led["kind"])
+    mi, found = _index(ids, as_i64(led["member_id"]))
+    ledger_rows = Ledger(mi[found], as_us(led["ts"])[found], kind[found],
+                         as_i64(led["points"])[found], as_us(led["expires_at"])[found])
 
     orders = schema.read_table(data_dir, "orders", ["member_id", "ts", "amount_minor"])
-    o_mi, o_found = _index(ids, _i64(orders["member_id"]))
-    o_ts = _us(orders["ts"])
-    o_found &= o_ts != NULL
-    book_orders = (o_mi[o_found], o_ts[o_found], _i64(orders["amount_minor"])[o_found])
+    o_mi, o_found = _index(ids, as_i64(orders["member_id"]))
+    o_ts = as_us(orders["ts"])
+    o_found &= o_ts != NULL_US
+    book_orders = (o_mi[o_found], o_ts[o_found], as_i64(orders["amount_minor"])[o_found])
     stamps = np.concatenate([ledger_rows.ts, book_orders[1]])
-    stamps = stamps[stamps != NULL]
+    stamps = stamps[stamps != NULL_US]
     if len(stamps) == 0:
         raise DataMissing("the ledger and the orders of these members are empty")
     return Book(ids, signup, ledger_rows, book_orders, int(stamps.min()), int(stamps.max()))
@@ -229,7 +215,7 @@ def lots_at(book: Book, as_of: dt.datetime) -> tuple[F64, F64, I64]:
     lapse; points lapsing at the as-of instant itself, already gone) from the FIFO replay."""
     from recsvc.features.compute import expiring_points
 
-    t = _to_us(as_of)
+    t = epoch_us(as_of)
     led = book.ledger.select(book.ledger.ts < t)
     n = len(book.ids)
     replay = expiring_points(led.mi, led.ts, led.points, led.expires, led.kind == KIND_EXPIRE,
@@ -250,7 +236,7 @@ def lots_at(book: Book, as_of: dt.datetime) -> tuple[F64, F64, I64]:
 
 def lapse_months(book: Book, programme: Programme, as_of: dt.datetime) -> I64:
     """Months after the month earned at whose end new points lapse, by the tier at as-of."""
-    spend = book.spend_before(_to_us(as_of))
+    spend = book.spend_before(epoch_us(as_of))
     tier = np.asarray(ledger.tier_for_spend(programme, spend), dtype=np.int64)
     by_tier = np.array([ledger.expiry_months_for_tier(programme, name)
                         for name in programme.tiers.order], dtype=np.int64)
@@ -268,9 +254,9 @@ class History:
 def history(book: Book, as_of: dt.datetime, months: int) -> History:
     """The member's monthly earning and burn share over the `months` before `as_of`."""
     bounds = li.history_bounds(as_of, months)
-    b_us = np.array([_to_us(b) for b in bounds], dtype=np.int64)
+    b_us = np.array([epoch_us(b) for b in bounds], dtype=np.int64)
     fractions = li.month_fractions(bounds)
-    start = np.where(book.signup == NULL, book.first_event, book.signup)
+    start = np.where(book.signup == NULL_US, book.first_event, book.signup)
     start = np.maximum(start, book.first_event)  # no exposure before the tables begin
     lo, hi = b_us[:-1][None, :], b_us[1:][None, :]
     joined = np.clip((hi - np.maximum(lo, start[:, None])) / (hi - lo), 0.0, 1.0)
@@ -306,7 +292,7 @@ class Churn:
 def churn_from_history(book: Book, as_of: dt.datetime, horizon_days: float, why: str) -> Churn:
     """The fallback: the recency table (`core.liability.recency_churn`) fitted on the horizon
     just before the as-of instant."""
-    t = _to_us(as_of)
+    t = epoch_us(as_of)
     cut = t - int(horizon_days * DAY_US)
     earlier = book.joined_before(cut)
     if cut <= book.first_event or not earlier.any():
@@ -353,7 +339,7 @@ def churn_from_model(settings: Settings, book: Book, as_of: dt.datetime,
     version = model_as_of(ctx, as_of, CHURN_HORIZON_DAYS, say)
     scorer = ChurnScorer(ctx.registry.load("churn", version, known_features=ctx.known_features))
     cut = as_of - dt.timedelta(days=scorer.horizon)
-    earlier = book.joined_before(_to_us(cut))
+    earlier = book.joined_before(epoch_us(cut))
     entity = pd.DataFrame({
         "member_id": np.concatenate([book.ids, book.ids[earlier]]),
         "event_timestamp": [pd.Timestamp(as_of)] * len(book.ids)
@@ -380,7 +366,7 @@ def activity(book: Book, churn: Churn, hist: History, as_of: dt.datetime,
     each with the order rate known at its instant."""
     alive = li.alive_now(churn.probability, hist.orders_per_day, churn.horizon_days)
     cut = as_of - dt.timedelta(days=churn.horizon_days)
-    if not churn.earlier.any() or _to_us(cut) <= book.first_event:
+    if not churn.earlier.any() or epoch_us(cut) <= book.first_event:
         return Activity(alive, 0.0)
     before = history(book, cut, history_months)
     alive_then = li.alive_now(churn.probability_before, before.orders_per_day[churn.earlier],
@@ -434,7 +420,7 @@ def backfit(book: Book, programme: Programme, as_of: dt.datetime, history_months
     origins = []
     for k in BACKFIT_MONTHS:
         origin = ledger.month_start(ledger.month_index(as_of) - k)
-        sub = book.subset(book.joined_before(_to_us(origin)))
+        sub = book.subset(book.joined_before(epoch_us(origin)))
         if len(sub.ids) == 0:
             continue
         try:
@@ -444,7 +430,7 @@ def backfit(book: Book, programme: Programme, as_of: dt.datetime, history_months
         bounds = li.month_bounds(origin, as_of)
         runs.append((start_at(sub, programme, churn, origin, history_months), bounds,
                      churn.horizon_days))
-        done = flows(sub, np.array([_to_us(b) for b in bounds], dtype=np.int64))
+        done = flows(sub, np.array([epoch_us(b) for b in bounds], dtype=np.int64))
         for q in actual:
             actual[q] += float(done[q].sum())
         origins.append(origin.isoformat())
@@ -521,7 +507,7 @@ def actuals(book: Book, bounds: list[dt.datetime]) -> dict[str, F64]:
     """What the ledger did in each forecast month the tables cover whole (totals over the same
     members): points earned, burnt, lapsed, and held at the month's end."""
     data_end = (book.last_event // DAY_US + 1) * DAY_US  # the end of the last day with data
-    b_us = np.array([_to_us(b) for b in bounds], dtype=np.int64)
+    b_us = np.array([epoch_us(b) for b in bounds], dtype=np.int64)
     whole = int((b_us[1:] <= data_end).sum())
     if whole == 0:
         return {}
@@ -853,12 +839,12 @@ def default_as_of(data_dir: Path, horizon: int, backtest: bool) -> dt.datetime:
     first, last = int(mm["min"].as_py()), int(mm["max"].as_py())
     end = (last // DAY_US + 1) * DAY_US
     if not backtest:
-        return _instant(end)
-    end_dt = _instant(end)
+        return instant(end)
+    end_dt = instant(end)
     # the last whole month ends at the start of the month holding `end` (or at `end` itself)
     as_of = ledger.month_start(ledger.month_index(end_dt) - horizon)
-    if _to_us(as_of) <= first:
-        raise DataMissing(f"the tables span {_instant(first):%Y-%m-%d} .. {end_dt:%Y-%m-%d}: too "
+    if epoch_us(as_of) <= first:
+        raise DataMissing(f"the tables span {instant(first):%Y-%m-%d} .. {end_dt:%Y-%m-%d}: too "
                           f"short for a {horizon}-month backtest; give --as-of or fewer "
                           "--horizon-months")
     return as_of
