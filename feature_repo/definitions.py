@@ -124,6 +124,10 @@ member_points = FeatureView(
         Field(name="member_views_90d", dtype=Int64, description="items shown, 90 days"),
         Field(name="redemptions_365d", dtype=Int64),
         Field(name="member_views_365d", dtype=Int64, description="items shown, 365 days"),
+        Field(name="points_centre_views_90d", dtype=Int64,
+              description="items shown on the points centre, 90 days"),
+        Field(name="points_centre_views_365d", dtype=Int64,
+              description="items shown on the points centre, 365 days"),
     ],
 )
 

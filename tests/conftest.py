@@ -78,12 +78,12 @@ LEDGER = [
     (9, 3, "2025-03-05 10:00", "earn", 12, "2026-04-01 00:00", 5),
 ]
 EXPOSURES = [
-    # exposure_id, member_id, item_id, ts, redeemed, redemption_id
-    (1, 2, 10, "2025-01-10 14:00", False, None),
-    (2, 3, 11, "2025-01-21 13:00", False, None),
-    (3, 1, 10, "2025-02-15 11:00", True, 1),
-    (4, 2, 10, "2025-02-20 14:00", False, None),
-    (5, 1, 11, "2025-03-20 15:00", False, None),
+    # exposure_id, member_id, item_id, ts, redeemed, redemption_id, surface
+    (1, 2, 10, "2025-01-10 14:00", False, None, "product_page"),
+    (2, 3, 11, "2025-01-21 13:00", False, None, "cart"),
+    (3, 1, 10, "2025-02-15 11:00", True, 1, "points_centre"),
+    (4, 2, 10, "2025-02-20 14:00", False, None, "points_centre"),
+    (5, 1, 11, "2025-03-20 15:00", False, None, "product_page"),
 ]
 REDEMPTIONS = [
     # redemption_id, member_id, item_id, exposure_id, ts, points, cash_minor
@@ -138,7 +138,7 @@ def write_tiny_tables(data_dir: Path) -> Path:
         out.write("exposures", {
             "exposure_id": [x[0] for x in EXPOSURES], "member_id": [x[1] for x in EXPOSURES],
             "item_id": [x[2] for x in EXPOSURES], "ts": [at(x[3]) for x in EXPOSURES],
-            "surface": ["product_page"] * len(EXPOSURES), "balance": [0] * len(EXPOSURES),
+            "surface": [x[6] for x in EXPOSURES], "balance": [0] * len(EXPOSURES),
             "redeemed": [x[4] for x in EXPOSURES], "redemption_id": [x[5] for x in EXPOSURES]})
         out.write("redemptions", {
             "redemption_id": [r[0] for r in REDEMPTIONS],

@@ -111,13 +111,17 @@ def test_member_points_balance_fifo_expiry_and_90_day_windows(tiny_features: dic
     # the 80, so 30 are left to lapse; burning the latest-expiring first would leave 380
     assert at_("2025-02-16") == at_("2025-02-16") | {
         "points_balance": 330, "points_expiring_30d": 30, "points_earned_90d": 300,
-        "points_redeemed_90d": 350, "redemptions_90d": 1, "days_since_last_redemption": 0.5}
+        "points_redeemed_90d": 350, "redemptions_90d": 1, "days_since_last_redemption": 0.5,
+        "member_views_90d": 1, "points_centre_views_90d": 1, "points_centre_views_365d": 1}
     # the 30 lapse on 03-15; the 50 earned on 03-01 lapse in 2026
     assert at_("2025-03-16") == at_("2025-03-16") | {
         "points_balance": 350, "points_expiring_30d": 0, "points_earned_90d": 350}
     assert _row(pts, "member_id", 2, "2025-03-21") == _row(pts, "member_id", 2, "2025-03-21") | {
         "points_balance": 0, "points_expiring_30d": 0, "redemptions_90d": 0,
-        "days_since_last_redemption": None}
+        "days_since_last_redemption": None, "member_views_90d": 2, "points_centre_views_90d": 1}
+    # member 1 was shown items on the points centre (02-15) and on a product page (03-20)
+    assert _row(pts, "member_id", 1, "2025-03-21") == _row(pts, "member_id", 1, "2025-03-21") | {
+        "member_views_90d": 2, "points_centre_views_90d": 1}
 
 
 def test_member_expiry_lists_the_live_lots_earliest_first(tiny_features: dict) -> None:

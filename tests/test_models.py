@@ -101,6 +101,7 @@ def test_training_and_serving_use_the_one_index_definition() -> None:
         "top_category_3_share": np.array([np.nan]),
         "member_views_90d": np.array([10.0]), "redemptions_90d": np.array([1.0]),
         "member_views_365d": np.array([0.0]), "redemptions_365d": np.array([0.0]),
+        "points_centre_views_90d": np.array([4.0]), "points_centre_views_365d": np.array([0.0]),
     }
     got = inputs.index_inputs(cols, P.index)
     core = idx.index_factors(P.index, market_price=80.0, perceived_discount=0.85,
@@ -112,6 +113,8 @@ def test_training_and_serving_use_the_one_index_definition() -> None:
     assert got["category_affinity"][0] == 0.5
     assert got["member_redemption_rate_90d"][0] == 0.1
     assert np.isnan(got["member_redemption_rate_365d"][0])
+    assert got["points_centre_share_90d"][0] == 0.4
+    assert np.isnan(got["points_centre_share_365d"][0])
     assert inputs.idx is idx  # the module training imports is the core's
 
 

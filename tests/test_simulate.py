@@ -14,7 +14,7 @@ import pytest
 from recsvc.config import load_programme
 from recsvc.core import index as idx
 from recsvc.core import ledger, redemption
-from recsvc.data import schema
+from recsvc.data import schema, simulate
 from recsvc.data.simulate import CATEGORIES, run_simulation
 
 P = load_programme()
@@ -151,6 +151,36 @@ def test_redemption_rate_rises_with_value_per_point(sim: Path) -> None:
     rates = exp.groupby(pd.qcut(vc, 4), observed=True).redeemed.mean().to_numpy()
     assert np.all(np.diff(rates) > 0), rates
     assert rates[-1] > 3 * rates[0]
+
+
+def test_points_centre_share_follows_appetite() -> None:
+    """An average member sees the surfaces in SURFACE_P; a keener one is on the points centre
+    more often, the other two keep their ratio."""
+    rng = np.random.default_rng(3)
+    n = 200_000
+    for appetite, centre in ((-0.7, (0.13, 0.19)), (0.0, (0.29, 0.31)), (0.7, (0.47, 0.53))):
+        got = np.bincount(simulate._surfaces(rng, np.full(n, appetite)), minlength=3) / n
+        assert centre[0] < got[1] < centre[1], (appetite, got)
+        assert got[0] / got[2] == pytest.approx(0.5 / 0.2, rel=0.03)
+    assert np.allclose(np.bincount(simulate._surfaces(rng, np.zeros(n)), minlength=3) / n,
+                       simulate.SURFACE_P, atol=0.005)
+
+
+def test_points_centre_regulars_redeem_more_elsewhere_too(sim: Path) -> None:
+    """The points-centre share is an observable trace of appetite: members who are often there
+    also redeem more of what product pages show them."""
+    exp = _tables(sim)["exposures"]
+    exp = exp[~exp.member_id.isin(_abuser_ids(sim))]
+    by = exp.assign(centre=exp.surface == "points_centre").groupby("member_id")
+    share = by.centre.mean()[by.size() >= 20]
+    page = exp[(exp.surface == "product_page") & exp.member_id.isin(share.index)]
+    high = page.member_id.isin(share.index[share > share.median()])
+    assert page[high].redeemed.mean() > 1.3 * page[~high].redeemed.mean()
+
+
+def _abuser_ids(d: Path) -> set[int]:
+    ab = pads.dataset(schema.oracle_dir(d) / "abusers", format="parquet").to_table()
+    return set(ab.column("member_id").to_pylist())
 
 
 def test_oracle_is_separate_and_complete(sim: Path) -> None:

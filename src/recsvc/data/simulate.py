@@ -5,8 +5,9 @@ after every order, a latent chance of dropping out for good, so churn is real an
 predictable from behaviour. Orders earn points by the programme rules; points lapse at month
 ends (FIFO by expiry); members are shown catalogue items on three surfaces and redeem with a
 probability given by a *known* function (`redeem_logit`) of the index factors, the points about
-to expire and latent traits. The true probabilities go to a separate oracle directory that no
-training code reads.
+to expire and latent traits. Of those traits, the appetite for redeeming also shows in where a
+member browses: keener members are shown more items on the points centre (`_surfaces`). The
+true probabilities go to a separate oracle directory that no training code reads.
 
 A few members (0.3 % by default) are planted points abusers of three kinds, one per fraud rule
 of recsvc.core.fraud: burst redeemers, balance drainers and earn-then-burn loopers. They act
@@ -36,7 +37,9 @@ from recsvc.cliargs import date_arg, positive_int
 from recsvc.config import Programme, load_programme
 from recsvc.core import index as idx
 from recsvc.core import ledger, redemption
+from recsvc.core.ledger import US
 from recsvc.data import schema
+from recsvc.data.columns import NULL_US
 from recsvc.progress import Stopwatch, progress
 
 F64 = npt.NDArray[np.float64]
@@ -70,12 +73,15 @@ CATEGORY_PRICE_UNITS = {  # median market price of redeemable items, currency un
 AGE_BANDS = ("18-24", "25-34", "35-44", "45+")
 AGE_P = (0.2, 0.35, 0.25, 0.2)
 SURFACES = ("product_page", "points_centre", "cart")
-SURFACE_P = (0.5, 0.3, 0.2)
+SURFACE_P = (0.5, 0.3, 0.2)  # the mix of an average member (appetite 0)
+# Members with a taste for redeeming open the points centre more often: the log-odds of an
+# exposure being there rise by this much per unit of appetite (±1 sd moves the share from 30 %
+# to about 16 % / 50 %), the other surfaces keep their ratio. It is the one trace of appetite a
+# platform sees besides the redemptions themselves, as real ones see points-centre sessions.
+POINTS_CENTRE_APPETITE = 1.2
 SURFACE_EFFECT = np.array([0.0, 0.5, 0.2])
 ROUNDS = 4  # exposures per visit at most
 SECONDS_PER_DAY = 86_400
-US = 1_000_000
-NULL = np.iinfo(np.int64).min  # stands for a null in integer and timestamp columns
 ABUSER_SHARE = 0.003  # share of members planted as points abusers
 ABUSER_KINDS = ("redemption_burst", "balance_drain", "earn_burn_loop")
 ABUSE_STREAM = 0xF4A0D  # the abusers' own random stream, so normal members draw as before
@@ -133,6 +139,17 @@ def redeem_logit(
         - 2.2 * (~affordable)
         - 1.5 * vacuum
     )
+
+
+def _surfaces(rng: np.random.Generator, appetite: F64) -> I64:
+    """The surface (index into SURFACES) of each exposure: SURFACE_P, with the points-centre
+    share tilted by the member's appetite (POINTS_CENTRE_APPETITE)."""
+    base = SURFACE_P[1]
+    logit = np.log(base / (1.0 - base)) + POINTS_CENTRE_APPETITE * appetite
+    p_centre = 1.0 / (1.0 + np.exp(-logit))
+    p_page = (1.0 - p_centre) * SURFACE_P[0] / (SURFACE_P[0] + SURFACE_P[2])
+    u = rng.random(len(appetite))
+    return np.where(u < p_centre, 1, np.where(u < p_centre + p_page, 0, 2)).astype(np.int64)
 
 
 def season(days: I64 | int, programme: Programme, start: dt.date) -> F64:
@@ -269,7 +286,7 @@ class Abusers:
     episode_day: I64
     fund_day: I64
     fund_target: I64  # balance a funding order tops up to, points
-    from_us: I64  # the first abusive redemption (NULL: none yet)
+    from_us: I64  # the first abusive redemption (NULL_US: none yet)
     to_us: I64  # the last one
 
     @property
@@ -288,7 +305,7 @@ def plant_abusers(rng: np.random.Generator, m: Members, days: int, share: float)
     start = rng.integers(first, max(first + 1, days - 21), n)
     m.dropout[member] = 0.0  # a fraudster keeps the account alive
     abusers = Abusers(member, kind, np.full(n, -1), np.full(n, -1), np.zeros(n, np.int64),
-                      np.full(n, NULL), np.full(n, NULL))
+                      np.full(n, NULL_US), np.full(n, NULL_US))
     for i in range(n):
         _schedule(rng, abusers, i, int(start[i]), first=True)
     return abusers
@@ -389,7 +406,7 @@ class Simulator:
         # drawn after everything above, from a stream of their own
         self.abuse_rng = np.random.default_rng([seed, ABUSE_STREAM])
         self.abusers = plant_abusers(self.abuse_rng, self.m, days, abusers)
-        self.last_order_us = np.full(members, NULL)  # each member's latest order instant
+        self.last_order_us = np.full(members, NULL_US)  # each member's latest order instant
 
     def _next_ids(self, kind: str, n: int) -> I64:
         first = self.ids[kind]
@@ -415,8 +432,8 @@ class Simulator:
             ts=ts,
             kind=np.full(n, kind, dtype=object),
             points=points,
-            expires_at=expires_at if expires_at is not None else np.full(n, NULL),
-            ref_id=ref if ref is not None else np.full(n, NULL),
+            expires_at=expires_at if expires_at is not None else np.full(n, NULL_US),
+            ref_id=ref if ref is not None else np.full(n, NULL_US),
         )
 
     def _expiry_us(self, bucket_col: I64) -> I64:
@@ -458,8 +475,6 @@ class Simulator:
         active = np.flatnonzero(m.alive & (m.signup_day <= day))
         count = rng.poisson(m.rate[active] * self.season[day])
         self.orders_ring[:, day % 90] = 0
-        campaign = ledger.campaign_multiplier(self.p, date)
-        month = ledger.month_index(date)
         for k in range(1, int(count.max(initial=0)) + 1):  # k-th order of the day, in time order
             who = active[count >= k]
             n = len(who)
@@ -468,38 +483,32 @@ class Simulator:
             cat = (m.cat_pref[who].cumsum(1) > rng.random((n, 1))).argmax(1)
             amount = np.round(m.aov_minor[who] * np.exp(rng.normal(0, 0.5, n))).astype(np.int64)
             qty = 1 + rng.poisson(0.6, n)
-            tier = ledger.tier_for_spend(self.p, m.cum_spend[who])
-            pts = ledger.points_earned(
-                self.p, amount, self.tier_mult[tier], self.cat_mult[cat], campaign
-            )
-            oid = self._next_ids("order", n)
-            self.buf.add(
-                "orders",
-                order_id=oid,
-                member_id=who,
-                ts=ts,
-                amount_minor=amount,
-                quantity=qty,
-                category=np.array(CATEGORIES, dtype=object)[cat],
-                points_earned=pts,
-            )
-            col = month + self.tier_months[tier] - self.base_month
-            earned = pts > 0
-            np.add.at(self.buckets, (who[earned], col[earned]), pts[earned])
-            self._ledger(
-                who[earned],
-                ts[earned],
-                "earn",
-                pts[earned],
-                self._expiry_us(col[earned]),
-                oid[earned],
-            )
-            m.cum_spend[who] += amount
-            m.last_order_day[who] = day
-            self.last_order_us[who] = ts
-            self.orders_ring[who, day % 90] += 1
+            self._book_orders(who, ts, amount, qty, cat, day, date)
             # buy till you die: after each order a member may drop out for good
             m.alive[who] &= rng.random(n) >= m.dropout[who]
+
+    def _book_orders(self, who: I64, ts: I64, amount: I64, qty: I64, cat: I64, day: int,
+                     date: dt.date) -> I64:
+        """Orders of distinct members: written, earning points by the rules (tier, category,
+        campaign) into the expiry bucket of their tier; the points each earned."""
+        m = self.m
+        tier = ledger.tier_for_spend(self.p, m.cum_spend[who])
+        pts = ledger.points_earned(self.p, amount, self.tier_mult[tier], self.cat_mult[cat],
+                                   ledger.campaign_multiplier(self.p, date))
+        oid = self._next_ids("order", len(who))
+        self.buf.add("orders", order_id=oid, member_id=who, ts=ts, amount_minor=amount,
+                     quantity=qty, category=np.array(CATEGORIES, dtype=object)[cat],
+                     points_earned=pts)
+        col = ledger.month_index(date) + self.tier_months[tier] - self.base_month
+        earned = pts > 0
+        np.add.at(self.buckets, (who[earned], col[earned]), pts[earned])
+        self._ledger(who[earned], ts[earned], "earn", pts[earned], self._expiry_us(col[earned]),
+                     oid[earned])
+        m.cum_spend[who] += amount
+        m.last_order_day[who] = day
+        self.last_order_us[who] = ts
+        self.orders_ring[who, day % 90] += 1
+        return pts
 
     def _visits(self, day: int, date: dt.date) -> None:
         m, c, rng = self.m, self.cat, self.rng
@@ -525,7 +534,7 @@ class Simulator:
                 break
             weights = c.popularity[in_stock] / c.popularity[in_stock].sum()
             item = in_stock[rng.choice(len(in_stock), size=n, p=weights)]
-            surface = rng.choice(len(SURFACES), size=n, p=SURFACE_P)
+            surface = _surfaces(rng, m.appetite[who])
             balance = self.buckets[who].sum(1)
             expiring = self.buckets[who, soon - 1 : soon + 1].sum(1)
             f = idx.index_factors(
@@ -576,44 +585,41 @@ class Simulator:
                     balance, ts, redeem, prob = balance[keep], ts[keep], redeem[keep], prob[keep]
                     n = len(who)
             eid = self._next_ids("exposure", n)
-            rid = np.full(n, NULL)
+            rid = np.full(n, NULL_US)
             rw = np.flatnonzero(redeem)
             if len(rw):
-                rids = self._next_ids("redemption", len(rw))
-                rid[rw] = rids
-                rm, ri = who[rw], item[rw]
-                step = self.p.burning.min_points_step
-                burn = np.minimum(c.points_price[ri], balance[rw] // step * step)
-                cash_price = np.round(c.price_minor[ri] * c.discount[ri]).astype(np.int64)
-                cash = redemption.cash_for_remainder(c.points_price[ri], cash_price, burn)
-                self.buckets[rm], _ = ledger.burn_fifo(self.buckets[rm], burn)
-                np.subtract.at(c.stock, ri, 1)
-                m.last_redeem_day[rm] = day
-                # members who redeem stay longer: their dropout chance shrinks
-                m.dropout[rm] *= 0.85
-                self.buf.add(
-                    "redemptions",
-                    redemption_id=rids,
-                    member_id=rm,
-                    item_id=ri,
-                    exposure_id=eid[rw],
-                    ts=ts[rw],
-                    points=burn,
-                    cash_minor=cash,
-                )
-                self._ledger(rm, ts[rw], "burn", -burn, ref=rids)
-            self.buf.add(
-                "exposures",
-                exposure_id=eid,
-                member_id=who,
-                item_id=item,
-                ts=ts,
-                surface=np.array(SURFACES, dtype=object)[surface],
-                balance=balance,
-                redeemed=redeem,
-                redemption_id=rid,
-            )
-            self.buf.add("oracle_exposures", exposure_id=eid, p_redeem_7d=prob)
+                rid[rw] = self._book_redemptions(who[rw], item[rw], ts[rw], balance[rw], eid[rw],
+                                                 day)
+            self._book_exposures(eid, who, item, ts, surface, balance, redeem, rid, prob)
+
+    def _book_redemptions(self, who: I64, item: I64, ts: I64, balance: I64, eid: I64,
+                          day: int) -> I64:
+        """Redemptions of shown items by distinct members: as many whole steps of points as
+        the price takes and the balance holds, burned FIFO by expiry, the rest in cash; the
+        redemption ids."""
+        c, m, step = self.cat, self.m, self.p.burning.min_points_step
+        rid = self._next_ids("redemption", len(who))
+        burn = np.minimum(c.points_price[item], balance // step * step)
+        cash_price = np.round(c.price_minor[item] * c.discount[item]).astype(np.int64)
+        cash = redemption.cash_for_remainder(c.points_price[item], cash_price, burn)
+        self.buckets[who], _ = ledger.burn_fifo(self.buckets[who], burn)
+        np.subtract.at(c.stock, item, 1)
+        m.last_redeem_day[who] = day
+        # members who redeem stay longer: their dropout chance shrinks
+        m.dropout[who] *= 0.85
+        self.buf.add("redemptions", redemption_id=rid, member_id=who, item_id=item,
+                     exposure_id=eid, ts=ts, points=burn, cash_minor=cash)
+        self._ledger(who, ts, "burn", -burn, ref=rid)
+        return rid
+
+    def _book_exposures(self, eid: I64, who: I64, item: I64, ts: I64, surface: I64,
+                        balance: I64, redeemed: npt.NDArray[np.bool_], rid: I64,
+                        prob: F64) -> None:
+        """Items shown, with their outcome, and (to the oracle) their true P(redeem)."""
+        self.buf.add("exposures", exposure_id=eid, member_id=who, item_id=item, ts=ts,
+                     surface=np.array(SURFACES, dtype=object)[surface], balance=balance,
+                     redeemed=redeemed, redemption_id=rid)
+        self.buf.add("oracle_exposures", exposure_id=eid, p_redeem_7d=prob)
 
     # -- planted abusers ---------------------------------------------------------------------
     def _abuse(self, day: int, date: dt.date) -> None:
@@ -662,7 +668,7 @@ class Simulator:
                     a.episode_day[i] = day + 1
                 continue
             self._abuse_redeem(member, item, ts, day)
-            a.from_us[i] = ts if a.from_us[i] == NULL else a.from_us[i]
+            a.from_us[i] = ts if a.from_us[i] == NULL_US else a.from_us[i]
             a.to_us[i] = ts
         for i in (int(i) for i in due):
             if a.episode_day[i] == day:
@@ -680,21 +686,8 @@ class Simulator:
         if rate <= 0:
             return 0
         amount = np.array([int(np.ceil(points / rate * self.p.currency.minor_per_unit))])
-        pts = ledger.points_earned(self.p, amount, self.tier_mult[tier], self.cat_mult[cat],
-                                   campaign)
-        who, when = np.array([member]), np.array([ts])
-        oid = self._next_ids("order", 1)
-        self.buf.add("orders", order_id=oid, member_id=who, ts=when, amount_minor=amount,
-                     quantity=np.ones(1, np.int64),
-                     category=np.array(CATEGORIES, dtype=object)[cat], points_earned=pts)
-        if pts[0] > 0:
-            col = ledger.month_index(date) + self.tier_months[tier] - self.base_month
-            self.buckets[member, col[0]] += pts[0]
-            self._ledger(who, when, "earn", pts, self._expiry_us(col), oid)
-        m.cum_spend[member] += amount[0]
-        m.last_order_day[member] = day
-        self.last_order_us[member] = ts
-        self.orders_ring[member, day % 90] += 1
+        pts = self._book_orders(np.array([member]), np.array([ts]), amount,
+                                np.ones(1, np.int64), cat, day, date)
         return int(pts[0])
 
     def _abuse_item(self, member: int, action: str, arg: int) -> int | None:
@@ -728,29 +721,18 @@ class Simulator:
         return int(pool[self.abuse_rng.choice(len(pool), p=weights)])
 
     def _abuse_redeem(self, member: int, item: int, ts: int, day: int) -> None:
-        """A redemption as the visits make them: shown on the points centre, points first,
-        the rest in cash, FIFO by expiry; its exposure's true P(redeem) is 1."""
-        c, step = self.cat, self.p.burning.min_points_step
+        """A redemption as the visits make them, of an item shown on the points centre; its
+        exposure's true P(redeem) is 1."""
         who, ri, when = np.array([member]), np.array([item]), np.array([ts])
         balance = self.buckets[who].sum(1)
-        burn = np.minimum(c.points_price[ri], balance // step * step)
-        cash_price = np.round(c.price_minor[ri] * c.discount[ri]).astype(np.int64)
-        cash = redemption.cash_for_remainder(c.points_price[ri], cash_price, burn)
-        self.buckets[who], _ = ledger.burn_fifo(self.buckets[who], burn)
-        c.stock[item] -= 1
-        self.m.last_redeem_day[member] = day
-        eid, rid = self._next_ids("exposure", 1), self._next_ids("redemption", 1)
-        self.buf.add("redemptions", redemption_id=rid, member_id=who, item_id=ri,
-                     exposure_id=eid, ts=when, points=burn, cash_minor=cash)
-        self._ledger(who, when, "burn", -burn, ref=rid)
-        self.buf.add("exposures", exposure_id=eid, member_id=who, item_id=ri, ts=when,
-                     surface=np.array(["points_centre"], dtype=object), balance=balance,
-                     redeemed=np.ones(1, bool), redemption_id=rid)
-        self.buf.add("oracle_exposures", exposure_id=eid, p_redeem_7d=np.ones(1))
+        eid = self._next_ids("exposure", 1)
+        rid = self._book_redemptions(who, ri, when, balance, eid, day)
+        self._book_exposures(eid, who, ri, when, np.array([SURFACES.index("points_centre")]),
+                             balance, np.ones(1, bool), rid, np.ones(1))
 
     def _write_abusers(self, oracle: schema.TableSetWriter) -> int:
         a = self.abusers
-        acted = a.from_us != NULL
+        acted = a.from_us != NULL_US
         oracle.write("abusers", _arrow(dict(
             member_id=a.member[acted],
             kind=np.array(ABUSER_KINDS, dtype=object)[a.kind[acted]],
@@ -896,7 +878,7 @@ def _arrow(cols: dict[str, Any], sch: pa.Schema) -> pa.Table:
         values = cols[f.name]
         if pa.types.is_timestamp(f.type) or pa.types.is_integer(f.type):
             ints = values.astype(np.int64)
-            arr = pa.array(ints, type=pa.int64(), mask=ints == NULL)
+            arr = pa.array(ints, type=pa.int64(), mask=ints == NULL_US)
             arrays.append(arr.cast(f.type))
         else:
             arrays.append(pa.array(values, type=f.type))

@@ -39,7 +39,9 @@ import pyarrow.compute as pc
 from recsvc.config import Programme
 from recsvc.core import ledger
 from recsvc.core.catalogue import turnover_days
+from recsvc.core.ledger import DAY_US, US, instant
 from recsvc.data import schema
+from recsvc.data.columns import NULL_US, as_i64, as_us, kind_codes
 from recsvc.errors import DataMissing
 from recsvc.progress import Stopwatch, progress
 
@@ -49,8 +51,6 @@ I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]
 
-US = 1_000_000
-DAY_US = 86_400 * US
 SNAPSHOT_EVERY_DAYS = 7
 EXPIRING_WINDOW_DAYS = 30
 # Combined search key: (entity index << 40) | whole seconds since 1970. 2^40 s is ~34,800 years;
@@ -58,7 +58,7 @@ EXPIRING_WINDOW_DAYS = 30
 KEY_SHIFT = 40
 # Bump when a feature's definition changes: it is part of the fingerprint, so old snapshots
 # are recomputed rather than served under a new meaning.
-FEATURES_VERSION = 5
+FEATURES_VERSION = 6
 MANIFEST = "_manifest.json"
 PART_ROWS = 200_000  # rows per offline-store file
 # The member's favourite categories are named among the most ordered ones; a long tail of
@@ -88,7 +88,7 @@ MEMBER_POINTS = pa.schema([
     ("points_balance", I), ("points_expiring_30d", I), ("points_earned_90d", I),
     ("points_redeemed_90d", I), ("redemptions_90d", I),
     ("days_since_last_redemption", F), ("member_views_90d", I), ("redemptions_365d", I),
-    ("member_views_365d", I),
+    ("member_views_365d", I), ("points_centre_views_90d", I), ("points_centre_views_365d", I),
 ])
 # The member's live points by expiry instant, earliest first (what the cart burns FIFO): two
 # parallel lists, epoch seconds and points. Points that never expire are not listed.
@@ -131,7 +131,7 @@ INPUT_COLUMNS: dict[str, list[str]] = {
     "orders": ["member_id", "ts", "amount_minor", "category"],
     "ledger": ["member_id", "ts", "kind", "points", "expires_at"],
     "redemptions": ["member_id", "item_id", "ts"],
-    "exposures": ["member_id", "item_id", "ts"],
+    "exposures": ["member_id", "item_id", "ts", "surface"],
 }
 EVENT_TABLES = ("orders", "ledger", "redemptions", "exposures")
 
@@ -147,16 +147,6 @@ def view_dir(data_dir: Path, view: str) -> Path:
 # --------------------------------------------------------------------------------------------
 # Small array helpers.
 # --------------------------------------------------------------------------------------------
-def _us(col: pa.ChunkedArray | pa.Array) -> I64:
-    """Timestamps (or int64) as int64 microseconds, nulls as int64 min."""
-    arr = pc.fill_null(col.cast(pa.int64()), np.iinfo(np.int64).min)
-    return np.asarray(arr.to_numpy(), dtype=np.int64)
-
-
-def _i64(col: pa.ChunkedArray | pa.Array) -> I64:
-    return np.asarray(pc.fill_null(col, 0).to_numpy(), dtype=np.int64)
-
-
 def _day_end(us: I64) -> I64:
     """The end of the UTC day holding each instant (the next midnight)."""
     return (us // DAY_US + 1) * DAY_US
@@ -292,7 +282,7 @@ def expiring_points(
     lot = (points > 0) & ~is_lapse
     burn = (points < 0) & ~is_lapse
     never = np.iinfo(np.int64).max
-    exp_of_lot = np.where(expires == np.iinfo(np.int64).min, never, expires)
+    exp_of_lot = np.where(expires == NULL_US, never, expires)
     columns = np.unique(exp_of_lot[lot])  # lots are kept per distinct expiry, ascending
     if len(columns) == 0:
         return ExpiryReplay(out, np.zeros(len(snap_mi) + 1, dtype=np.int64), empty, empty)
@@ -383,12 +373,8 @@ class _MemberInputs:
     orders: tuple[I64, ...]  # member index, ts, amount, category code (-1: none or rare)
     ledger: tuple[I64, ...]  # member index, ts, points, expires_at, kind code
     redemptions: tuple[I64, ...]  # member index, ts
-    exposures: tuple[I64, ...]  # member index, ts
+    exposures: tuple[I64, ...]  # member index, ts, on the points centre (0/1)
     categories: list[str]  # category code -> name
-
-
-KIND_EARN, KIND_BURN, KIND_EXPIRE, KIND_OTHER = 0, 1, 2, 3
-KIND_CODES = {"earn": KIND_EARN, "burn": KIND_BURN, "expire": KIND_EXPIRE}
 
 
 def _by_member(mi: I64, *cols: I64) -> tuple[I64, ...]:
@@ -399,9 +385,9 @@ def _by_member(mi: I64, *cols: I64) -> tuple[I64, ...]:
 def _member_inputs(tables: Mapping[str, pa.Table], history_start: int,
                    as_of: int) -> _MemberInputs:
     members = tables["members"].sort_by("member_id")
-    ids = _i64(members["member_id"])
-    signup = _us(members["signup_at"])
-    signup_known = signup != np.iinfo(np.int64).min
+    ids = as_i64(members["member_id"])
+    signup = as_us(members["signup_at"])
+    signup_known = signup != NULL_US
     # an unknown signup is taken as "before the history", so the member still gets snapshots
     signup = np.where(signup_known, signup, history_start - DAY_US)
 
@@ -409,8 +395,8 @@ def _member_inputs(tables: Mapping[str, pa.Table], history_start: int,
 
     def events(name: str, *cols: str) -> tuple[I64, ...]:
         tab = tables[name]
-        ts = _us(tab["ts"])
-        mi, keep = _map_ids(ids, _i64(tab["member_id"]), name)
+        ts = as_us(tab["ts"])
+        mi, keep = _map_ids(ids, as_i64(tab["member_id"]), name)
         keep &= ts < as_of
         extra = [_events_col(tab, col, categories)[keep] for col in cols]
         return _by_member(mi[keep], ts[keep], *extra)
@@ -421,7 +407,7 @@ def _member_inputs(tables: Mapping[str, pa.Table], history_start: int,
         orders=events("orders", "amount_minor", "category"),
         ledger=events("ledger", "points", "expires_at", "kind"),
         redemptions=events("redemptions"),
-        exposures=events("exposures"),
+        exposures=events("exposures", "surface"),
         categories=categories,
     )
 
@@ -438,13 +424,12 @@ def _events_col(tab: pa.Table, name: str, categories: list[str]) -> I64:
         codes = pc.index_in(tab[name], value_set=pa.array(categories, type=pa.string()))
         return np.asarray(codes.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
     if name == "kind":
-        code = np.full(tab.num_rows, KIND_OTHER, dtype=np.int64)
-        for value, c in KIND_CODES.items():
-            code[_i64(pc.equal(tab[name], value).cast(pa.int64())) == 1] = c
-        return code
+        return kind_codes(tab[name])
+    if name == "surface":
+        return as_i64(pc.equal(tab[name], "points_centre").fill_null(False).cast(pa.int64()))
     if pa.types.is_timestamp(tab.schema.field(name).type):
-        return _us(tab[name])
-    return _i64(tab[name])
+        return as_us(tab[name])
+    return as_i64(tab[name])
 
 
 def _slice(cols: tuple[I64, ...], a: int, b: int) -> tuple[I64, ...]:
@@ -455,7 +440,7 @@ def _slice(cols: tuple[I64, ...], a: int, b: int) -> tuple[I64, ...]:
 
 def month_start_instants(first_us: int, last_us: int) -> I64:
     """Month-start instants (UTC midnight of each month's 1st, µs) in [first_us, last_us]."""
-    first = dt.datetime.fromtimestamp(first_us / US, tz=dt.UTC)
+    first = instant(first_us)
     y, m = first.year, first.month
     out: list[int] = []
     while True:
@@ -557,11 +542,11 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
         *_top_category_columns(o_mi, o_ts, o_cat, inp.categories, mi, t, n365),
     ], schema=MEMBER_ACTIVITY)
 
-    is_lapse = l_kind == KIND_EXPIRE
+    is_lapse = l_kind == ledger.KIND_EXPIRE
     led = _Timeline(l_mi, l_ts, {
         "points": l_points,
-        "earned": np.where(l_kind == KIND_EARN, l_points, 0),
-        "burned": np.where(l_kind == KIND_BURN, -l_points, 0),
+        "earned": np.where(l_kind == ledger.KIND_EARN, l_points, 0),
+        "burned": np.where(l_kind == ledger.KIND_BURN, -l_points, 0),
     })
     l_start = led.start(mi)
     l_hi, l_lo = led.windows(mi, t, (90,))
@@ -570,8 +555,9 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
     r_hi, r_lo = red.windows(mi, t, (90, 365))
     r_has = r_hi > r_start
     r_last = red.ts_at(r_hi - 1, r_has)
-    e_mi, e_ts = _slice(inp.exposures, a, b)
-    views_hi, views_lo = _Timeline(e_mi, e_ts).windows(mi, t, (90, 365))
+    e_mi, e_ts, e_centre = _slice(inp.exposures, a, b)
+    views = _Timeline(e_mi, e_ts, {"centre": e_centre})
+    views_hi, views_lo = views.windows(mi, t, (90, 365))
     replay = expiring_points(l_mi, l_ts, l_points, l_exp, is_lapse, mi, t, b - a,
                              EXPIRING_WINDOW_DAYS * DAY_US)
 
@@ -586,6 +572,8 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
         _int(views_hi - views_lo[90]),
         _int(r_hi - r_lo[365]),
         _int(views_hi - views_lo[365]),
+        _int(views.sum("centre", views_lo[90], views_hi)),
+        _int(views.sum("centre", views_lo[365], views_hi)),
     ], schema=MEMBER_POINTS)
     expiry = pa.Table.from_arrays([pa.array(ids, type=pa.int64()), ts, *replay.lists()],
                                   schema=MEMBER_EXPIRY)
@@ -598,8 +586,8 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
 def _item_tables(tables: Mapping[str, pa.Table], history_start: int,
                  as_of: int) -> tuple[pa.Table, pa.Table]:
     items = tables["items"].sort_by("item_id").combine_chunks()
-    ids = _i64(items["item_id"])
-    first = np.maximum(_day_end(_us(items["created_at"])), history_start)
+    ids = as_i64(items["item_id"])
+    first = np.maximum(_day_end(as_us(items["created_at"])), history_start)
     count = np.maximum((as_of - first) // DAY_US + 1, 0)
     ii = np.repeat(np.arange(len(ids), dtype=np.int64), count)
     offset = np.arange(count.sum(), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
@@ -607,8 +595,8 @@ def _item_tables(tables: Mapping[str, pa.Table], history_start: int,
 
     def timeline(name: str, values: tuple[str, ...] = (), inclusive: bool = False) -> _Timeline:
         tab = tables[name]
-        ts = _us(tab["ts"])
-        idx, ok = _map_ids(ids, _i64(tab["item_id"]), name)
+        ts = as_us(tab["ts"])
+        idx, ok = _map_ids(ids, as_i64(tab["item_id"]), name)
         keep = ok & (ts <= as_of if inclusive else ts < as_of)
         vals = {v: tab[v].to_numpy(zero_copy_only=False)[keep] for v in values}
         return _Timeline(idx[keep], ts[keep], vals, inclusive=inclusive)
@@ -664,10 +652,6 @@ def event_span(tables: Mapping[str, pa.Table]) -> tuple[int, int] | None:
     return (min(lows), max(highs)) if lows else None
 
 
-def _instant(us: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(us / US, tz=dt.UTC)
-
-
 @dataclass(frozen=True)
 class Span:
     history_start: int  # µs; the first snapshot instant anything may have
@@ -675,11 +659,11 @@ class Span:
 
     @property
     def as_of_dt(self) -> dt.datetime:
-        return _instant(self.as_of)
+        return instant(self.as_of)
 
     @property
     def history_start_dt(self) -> dt.datetime:
-        return _instant(self.history_start)
+        return instant(self.history_start)
 
 
 def snapshot_span(tables: Mapping[str, pa.Table], as_of: dt.datetime | None = None) -> Span:

@@ -34,7 +34,7 @@ MEMBER_ACTIVITY = (
 MEMBER_POINTS = (
     "points_balance", "points_expiring_30d", "points_earned_90d", "points_redeemed_90d",
     "redemptions_90d", "days_since_last_redemption", "member_views_90d", "redemptions_365d",
-    "member_views_365d",
+    "member_views_365d", "points_centre_views_90d", "points_centre_views_365d",
 )  # fmt: skip
 ITEM_CATALOGUE = (
     "market_price_minor", "points_price", "perceived_discount", "discount_coefficient",
@@ -51,7 +51,8 @@ SURFACES = ("product_page", "points_centre", "cart")
 INDEX_DERIVED = (
     "value_coefficient", "demand_match", "behaviour_weight", "discount_coefficient_eff",
     "recommendation_index", "vacuum_zone", "affordable", "expiring_share", "category_affinity",
-    "member_redemption_rate_90d", "member_redemption_rate_365d",
+    "member_redemption_rate_90d", "member_redemption_rate_365d", "points_centre_share_90d",
+    "points_centre_share_365d",
 )  # fmt: skip
 CHURN_DERIVED = ("bgnbd_p_alive", "bgnbd_expected_purchases", "recency_ratio")
 
@@ -151,6 +152,8 @@ def index_inputs(cols: Columns, rules: IndexRules) -> dict[str, F64]:
         with np.errstate(divide="ignore", invalid="ignore"):
             rates[f"member_redemption_rate_{days}d"] = np.where(
                 views > 0, _f(cols, f"redemptions_{days}d") / views, np.nan)
+            rates[f"points_centre_share_{days}d"] = np.where(
+                views > 0, _f(cols, f"points_centre_views_{days}d") / views, np.nan)
     return {
         "category_affinity": affinity,
         **rates,
