@@ -78,9 +78,11 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the environment once; a bad value fails with the variable's name."""
+    """Read the environment once; a bad value fails with the variable's name. An override
+    that is None (a command-line option not given) leaves the environment's value."""
+    given = {name: value for name, value in overrides.items() if value is not None}
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
         msgs = [f"RECSVC_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("\n".join(msgs)) from None

@@ -236,11 +236,7 @@ def register(sub: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-
-    overrides: dict[str, object] = {}
-    if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
-    settings = load_settings(**overrides)
+    settings = load_settings(data_dir=args.data_dir)
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("feast").setLevel(logging.WARNING)  # a line per registry refresh
     programme = load_programme(settings.programme)

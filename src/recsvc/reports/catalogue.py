@@ -388,10 +388,7 @@ def register(sub: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    overrides: dict[str, object] = {}
-    if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
-    settings = load_settings(**overrides)
+    settings = load_settings(data_dir=args.data_dir)
     programme = load_programme(settings.programme)
     report = catalogue_report(settings.data_dir, programme, as_of=args.as_of, out_dir=args.out,
                               popular_quantile=args.popular_quantile, cut=args.price_cut,
