@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 # as `recsvc` does (cli.main): LightGBM's spinning OpenMP threads crawl when CI shares the cores
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -29,6 +31,15 @@ DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 def at(text: str) -> dt.datetime:
     """An ISO instant in UTC: at("2025-02-15 12:00")."""
     return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+
+
+def bad_request_field(err: Any) -> str:
+    """The field a gRPC INVALID_ARGUMENT error names in its google.rpc.BadRequest detail."""
+    status = rpc_status.from_call(err)
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    return str(bad.field_violations[0].field)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,10 +18,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
+from conftest import bad_request_field
 from recsvc import cli
 from recsvc.config import Programme, load_programme, parse_programme
 from recsvc.errors import CapStoreUnavailable
@@ -237,11 +236,7 @@ def test_bad_input_is_invalid_argument_naming_the_field(tiny: Settings, online: 
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetNudges(request)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
-            status = rpc_status.from_call(err.value)
-            assert status is not None
-            bad = error_details_pb2.BadRequest()
-            assert status.details[0].Unpack(bad)
-            assert bad.field_violations[0].field == field
+            assert bad_request_field(err.value) == field
 
     serve(dataplane, registry, check)
 

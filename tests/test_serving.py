@@ -11,11 +11,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
+from conftest import bad_request_field
 from recsvc.errors import FeatureStoreUnavailable
 from recsvc.features import store as fstore
 from recsvc.metrics import ServiceMetrics
@@ -170,11 +169,7 @@ def test_bad_input_is_invalid_argument_naming_the_field(trained: Any) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call(request)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
-            status = rpc_status.from_call(err.value)
-            assert status is not None
-            bad = error_details_pb2.BadRequest()
-            assert status.details[0].Unpack(bad)
-            assert bad.field_violations[0].field == field
+            assert bad_request_field(err.value) == field
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=1, item_id=-7))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
