@@ -1,0 +1,140 @@
+"""Golden answers replayed: 1,000 random requests of every RPC through the real server, on
+SQLite and on the real Redis, answered as main answered them when the fixture was captured.
+
+The serving path is rebuilt for speed; this is what holds its answers still (tests/golden.py
+says how they are compared and how to capture them again)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.json_format import ParseDict
+from prometheus_client import CollectorRegistry
+
+import golden
+from recsvc.data import schema
+from recsvc.features import store as fstore
+from recsvc.features.jobs import run_features
+from recsvc.features.online import OnlineReader
+from recsvc.metrics import ServiceMetrics
+from recsvc.models.registry import MODEL_FILE
+from recsvc.models.scoring import ChurnScorer, PropensityScorer, features_as_of
+from recsvc.serving.caps import SqliteCapStore
+from recsvc.serving.dataplane import Catalogue, Dataplane
+from recsvc.serving.models import ModelHolder
+from recsvc.serving.server import create_server, mark_serving
+from recsvc.serving.servicer import RedemptionServicer
+from recsvc.settings import Settings
+from recsvc.v1 import recsvc_pb2 as pb
+from recsvc.v1 import recsvc_pb2_grpc
+
+CAPTURE = os.environ.get("RECSVC_GOLDEN_CAPTURE") == "1"
+pytestmark = pytest.mark.slow
+
+
+def _models(ctx: Any) -> dict[str, str]:
+    """The production version of each model and a digest of its trees: a replay is only
+    meaningful against the models the answers were captured with."""
+    out = {}
+    for name in ("churn", "propensity"):
+        version = ctx.registry.production(name)
+        loaded = ctx.registry.load(name, version)
+        out[name] = f"{version} " + hashlib.sha256(
+            (loaded.directory / MODEL_FILE).read_bytes()).hexdigest()[:16]
+    return out
+
+
+def _ids(ctx: Any, table: str, column: str) -> list[int]:
+    return [int(i) for i in schema.read_table(ctx.settings.data_dir, table,
+                                              [column])[column].to_numpy()]
+
+
+def _requests(ctx: Any) -> list[tuple[str, Any]]:
+    items = schema.read_table(ctx.settings.data_dir, "items", ["item_id", "category"])
+    return golden.requests(
+        _ids(ctx, "members", "member_id"), [int(i) for i in items["item_id"].to_numpy()],
+        sorted(set(items["category"].to_pylist())),
+        [a.name for a in ctx.programme.experiments.arms])
+
+
+def _replay(ctx: Any, feast_store: Any, caps: Path, calls: list[tuple[str, Any]],
+            ) -> list[dict[str, Any]]:
+    """Answers to `calls` from a server built as `recsvc serve` builds it (the direct online
+    reader, the catalogue in memory, the LightGBM boosters) at the features' as-of instant."""
+    async def main() -> list[dict[str, Any]]:
+        metrics = ServiceMetrics(CollectorRegistry())
+        churn = ModelHolder("churn", ctx.registry, ChurnScorer, metrics, ctx.known_features)
+        propensity = ModelHolder(
+            "propensity", ctx.registry,
+            lambda loaded: PropensityScorer(loaded, ctx.programme.index),
+            metrics, ctx.known_features)
+        churn.refresh()
+        propensity.refresh()
+        reader = OnlineReader.from_store(feast_store)
+        catalogue = Catalogue(reader, lambda: _ids(ctx, "items", "item_id"))
+        catalogue.refresh()
+        now = features_as_of(ctx.settings.data_dir).timestamp()
+        plane = Dataplane(reader, churn, metrics, programme=ctx.programme,
+                          propensity=propensity, catalogue=catalogue,
+                          caps=SqliteCapStore(caps), clock=lambda: now)
+        server, port, health = await create_server("127.0.0.1:0",
+                                                   RedemptionServicer(plane, metrics))
+        await mark_serving(health)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
+                return [await golden.answer(stub, rpc, request) for rpc, request in calls]
+        finally:
+            await server.stop(grace=None)
+            reader.close()
+
+    return asyncio.run(main())
+
+
+def _check(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert len(got) == len(want)
+    bad = []
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        diff = golden.differences(g, w["answer"])
+        if diff:
+            bad.append(f"#{k} {w['rpc']} {w['request']}: " + "; ".join(diff[:5]))
+    assert not bad, f"{len(bad)} answers changed, the first:\n" + "\n".join(bad[:10])
+
+
+def _calls(records: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    request_types = {m.name: m.input_type.name
+                     for m in pb.DESCRIPTOR.services_by_name["RedemptionService"].methods}
+    return [(r["rpc"], ParseDict(r["request"], getattr(pb, request_types[r["rpc"]])()))
+            for r in records]
+
+
+def test_sqlite_answers_match_the_golden_answers(trained: Any, tmp_path: Path) -> None:
+    if CAPTURE:
+        calls = _requests(trained)
+        answers = _replay(trained, trained.store, tmp_path / "capture-caps.sqlite", calls)
+        golden.save([{**golden.encode_request(rpc, req), "answer": a}
+                     for (rpc, req), a in zip(calls, answers, strict=True)], _models(trained))
+    fixture = golden.load()
+    assert fixture["models"] == _models(trained), "the session's trained models are not the " \
+        "ones the answers were captured with: training is no longer reproducible"
+    records = fixture["records"]
+    assert len(records) >= 7 * golden.PER_RPC
+    _check(_replay(trained, trained.store, tmp_path / "caps.sqlite", _calls(records)), records)
+
+
+@pytest.mark.redis
+def test_redis_answers_match_the_golden_answers(trained: Any, tmp_path: Path, redis_url: str,
+                                               redis_project: str) -> None:
+    settings = Settings(data_dir=trained.settings.data_dir, feast_project=redis_project,
+                        redis_url=redis_url)
+    run_features(settings, trained.programme, say=lambda _: None)  # the same snapshots
+    fixture = golden.load()
+    records = fixture["records"]
+    feast_store = fstore.open_store(settings)
+    _check(_replay(trained, feast_store, tmp_path / "caps.sqlite", _calls(records)), records)
