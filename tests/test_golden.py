@@ -72,7 +72,7 @@ def _replay(ctx: Any, feast_store: Any, caps: Path, calls: list[tuple[str, Any]]
         churn = ModelHolder("churn", ctx.registry, ChurnScorer, metrics, ctx.known_features)
         propensity = ModelHolder(
             "propensity", ctx.registry,
-            lambda loaded: PropensityScorer(loaded, ctx.programme.index),
+            lambda loaded: PropensityScorer(loaded, ctx.programme),
             metrics, ctx.known_features)
         churn.refresh()
         propensity.refresh()

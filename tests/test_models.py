@@ -103,7 +103,7 @@ def test_training_and_serving_use_the_one_index_definition() -> None:
         "member_views_365d": np.array([0.0]), "redemptions_365d": np.array([0.0]),
         "points_centre_views_90d": np.array([4.0]), "points_centre_views_365d": np.array([0.0]),
     }
-    got = inputs.index_inputs(cols, P.index)
+    got = inputs.index_inputs(cols, P)
     core = idx.index_factors(P.index, market_price=80.0, perceived_discount=0.85,
                              points_price=800.0, item_discount=0.8, balance=640.0,
                              orders_90d=3.0, days_since_last_order=10.0)
@@ -156,7 +156,7 @@ def test_propensity_from_online_features_matches_the_offline_store(trained: Cont
     member_cols = reader.read_service("propensity_v1", "member_id", pairs.member_id.tolist())
     item_cols = reader.read_service("propensity_v1", "item_id", pairs.item_id.tolist())
     online = inputs.feature_columns({**member_cols, **item_cols})
-    scorer = PropensityScorer(trained.registry.load("propensity"), P.index)
+    scorer = PropensityScorer(trained.registry.load("propensity"), P)
     for cols in (offline, online):
         cols["surface"] = np.full(len(pairs), "product_page", dtype=object)
     np.testing.assert_allclose(scorer.score(online), scorer.score(offline), atol=1e-9)

@@ -415,7 +415,7 @@ def test_options_are_ranked_with_the_propensity_model_as_recommendations_are(
     now = features_as_of(trained.settings.data_dir)
     metrics = ServiceMetrics(CollectorRegistry())
     propensity = ModelHolder("propensity", trained.registry,
-                             lambda loaded: PropensityScorer(loaded, trained.programme.index),
+                             lambda loaded: PropensityScorer(loaded, trained.programme),
                              metrics, trained.known_features)
     propensity.refresh()
     reader = OnlineReader.from_store(trained.store)

@@ -292,10 +292,11 @@ def test_entity_keys_are_feasts_serialisation() -> None:
 # --------------------------------------------------------------------------------------------
 # Faults: a store that does not answer is FeatureStoreUnavailable, quickly.
 # --------------------------------------------------------------------------------------------
-def _unavailable_within(reader: OnlineReader, seconds: float, match: str) -> None:
+def _unavailable_within(reader: OnlineReader, seconds: float, match: str,
+                        ids: tuple[int, ...] = (1, 2, 3)) -> None:
     start = time.perf_counter()
     with pytest.raises(FeatureStoreUnavailable, match=match):
-        reader.read_service("churn_v1", "member_id", [1, 2, 3])
+        reader.read_service("churn_v1", "member_id", list(ids))
     assert time.perf_counter() - start < seconds
 
 
@@ -310,7 +311,10 @@ def test_a_redis_that_stops_answering_fails_within_the_timeout(
 
     os.kill(proc.pid, signal.SIGSTOP)  # hung: connections open, nothing answers
     try:
-        _unavailable_within(reader, 0.5, "Redis.*[Tt]imeout")
+        # members read before are held by the client-side cache (a stopped Redis takes no
+        # writes, so they are what it holds); others must be asked for, and time out
+        assert reader.read_service("churn_v1", "member_id", [1, 2, 3]) == before
+        _unavailable_within(reader, 0.5, "Redis.*[Tt]imeout", (4, 5, 6))
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     # back by itself: the timed-out connection was dropped, the next read opens a new one
@@ -346,3 +350,42 @@ def test_a_locked_or_missing_sqlite_file_is_unavailable(data_dir: tuple[Path, st
     reader = OnlineReader.from_store(empty)
     _unavailable_within(reader, 0.5, "SQLite online store")
     reader.close()
+
+
+@pytest.mark.redis
+def test_redis_rows_are_cached_until_redis_announces_a_write(redis_store: Any,
+                                                           redis_url: str) -> None:
+    """Server-assisted client-side caching: a second read of a member is answered from
+    memory; a write by another client (here a raw HSET, not through Feast) or the loss of the
+    invalidation subscription is seen by the next read."""
+    import redis
+    from feast.infra.online_stores.helpers import _mmh3
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    reader = OnlineReader.from_store(redis_store)
+    assert isinstance(reader, online.RedisReader)
+    ids = [WRITTEN_MEMBER]
+    first = reader.read(MEMBER_VIEWS, "member_id", ids)
+    hits, misses, held = reader.cache_stats()
+    assert (hits, misses) == (0, 1) and held == 1
+    assert reader.read(MEMBER_VIEWS, "member_id", ids) == first
+    assert reader.cache_stats()[:2] == (1, 1)
+    other = redis.Redis.from_url(redis_url)
+    try:
+        key = reader._views["member_points"].codec.keys(ids)[0] + redis_store.project.encode()
+        balance = int(time.time() * 1000) + 7
+        other.hset(key, _mmh3("member_points:points_balance"),
+                   Value(int64_val=balance).SerializeToString())
+        after = reader.read(MEMBER_VIEWS, "member_id", ids)
+        assert after["member_points__points_balance"] == [balance]
+        assert reader.cache_stats()[:2] == (1, 2)  # the write dropped the row: a miss
+        # the subscription is killed: the cache is emptied and rebuilt, never stale
+        assert reader._tracking is not None and reader._tracking.subscriber_id is not None
+        other.client_kill_filter(_id=reader._tracking.subscriber_id)
+        other.hset(key, _mmh3("member_points:points_balance"),
+                   Value(int64_val=balance + 1).SerializeToString())
+        got = reader.read(MEMBER_VIEWS, "member_id", ids)
+        assert got["member_points__points_balance"] == [balance + 1]
+    finally:
+        other.close()
+        reader.close()

@@ -78,7 +78,7 @@ def _plane(ctx: Any, source: Any, churn: ModelHolder, metrics: ServiceMetrics,
     from recsvc.models.scoring import PropensityScorer
 
     propensity = ModelHolder("propensity", ctx.registry,
-                             lambda loaded: PropensityScorer(loaded, ctx.programme.index),
+                             lambda loaded: PropensityScorer(loaded, ctx.programme),
                              metrics, ctx.known_features)
     if with_model:
         propensity.refresh()

@@ -53,9 +53,11 @@ class TableSource:
 class PriceScorer:
     """A propensity 'model': points price / 10,000 (so 0.2 for the 2,000-point item)."""
 
-    def score(self, cols: dict[str, np.ndarray]) -> np.ndarray:
-        assert (cols["surface"] == "product_page").all()
-        return np.asarray(cols["points_price"], dtype=np.float64) / 10_000
+    def score_items(self, catalogue: object, item_columns: dict[str, np.ndarray], n_items: int,
+                    positions: np.ndarray, member: dict[str, Any], encoded: dict[str, Any],
+                    balance: float, surface: str, factors: Any) -> np.ndarray:
+        assert surface == "product_page"
+        return np.asarray(item_columns["points_price"][positions], dtype=np.float64) / 10_000
 
 
 class Holder:

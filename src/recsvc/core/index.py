@@ -20,6 +20,13 @@ from recsvc.config import IndexRules
 FloatLike = Any  # float | npt.NDArray[np.float64]; numpy's scalar/array union is not worth typing
 
 
+def per_item(values: Any, n: int, dtype: Any = np.float64) -> npt.NDArray[Any]:
+    """`values` (a scalar, or already one per item) as one value per item: the factors that
+    depend on the member alone come back as scalars. Cheaper than `np.broadcast_to`."""
+    a = np.asarray(values, dtype=dtype)
+    return a if a.shape == (n,) else np.full(n, a, dtype=dtype)
+
+
 def _out(x: npt.NDArray[np.float64]) -> FloatLike:
     return x if x.ndim else float(x)
 

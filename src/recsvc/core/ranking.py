@@ -84,6 +84,35 @@ class Option(NamedTuple):
     reasons: tuple[Reason, ...]
 
 
+def member_factors(programme: Programme, member: Member, items: Catalogue,
+                   positions: I64 | None = None) -> idx.IndexFactors:
+    """The index factors of the member for the items at `positions` (None: every item), one
+    value per item in every field: the one computation the hints, the ranking and the
+    propensity model's inputs share."""
+    if positions is None:
+        market, perceived, price, discount = (items.market_price_minor, items.perceived_discount,
+                                              items.points_price, items.discount_coefficient)
+    else:
+        market, perceived, price, discount = (
+            items.market_price_minor[positions], items.perceived_discount[positions],
+            items.points_price[positions], items.discount_coefficient[positions])
+    f = idx.index_factors(
+        programme.index, market_price=market / programme.currency.minor_per_unit,
+        perceived_discount=perceived, points_price=price, item_discount=discount,
+        balance=member.balance, orders_90d=member.orders_90d,
+        days_since_last_order=member.days_since_last_order, young=member.young,
+        high_spender=member.high_spender)
+    n = len(price)
+    # member-level factors come back as scalars: give every factor one value per item
+    vc, dm, bw, dc, index = (idx.per_item(v, n) for v in f[:5])
+    return idx.IndexFactors(vc, dm, bw, dc, index, idx.per_item(f.vacuum, n, bool))
+
+
+def take(factors: idx.IndexFactors, positions: I64) -> idx.IndexFactors:
+    """The factors of the items at `positions` (of factors over the whole catalogue)."""
+    return idx.IndexFactors(*(np.asarray(v)[positions] for v in factors))
+
+
 @dataclass(frozen=True)
 class Unlock:
     category: str
@@ -104,26 +133,18 @@ def recommend(
     max_points_price: int = 0,
     affordable_only: bool = False,
     shortlist: int = SHORTLIST,
+    factors: idx.IndexFactors | None = None,
 ) -> list[Option]:
     """The top `limit` options for the member, best first (ties: lower item id first).
 
     `propensity` is one probability per catalogue item, or a function scoring the shortlisted
-    positions only (see the module docstring); None ranks by the index alone.
+    positions only (see the module docstring); None ranks by the index alone. `factors`: the
+    member's `member_factors` over the whole catalogue, when the caller has them already.
     """
-    rules = programme.index
-    threshold = hint_threshold(arm, rules)
+    threshold = hint_threshold(arm, programme.index)
     n = len(items)
-    f = idx.index_factors(
-        rules, market_price=items.market_price_minor / programme.currency.minor_per_unit,
-        perceived_discount=items.perceived_discount, points_price=items.points_price,
-        item_discount=items.discount_coefficient, balance=np.full(n, member.balance),
-        orders_90d=member.orders_90d, days_since_last_order=member.days_since_last_order,
-        young=member.young, high_spender=member.high_spender)
-    # member-level factors come back as scalars: give every factor one value per item
-    vc, dm, bw, dc, index = (np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in (
-        f.value_coefficient, f.demand_match, f.behaviour_weight, f.discount_coefficient,
-        f.recommendation_index))
-    vacuum = np.broadcast_to(np.asarray(f.vacuum, dtype=bool), (n,))
+    vc, dm, bw, dc, index, vacuum = factors if factors is not None else member_factors(
+        programme, member, items)
     keep = items.stock > 0
     if categories:
         keep &= np.isin(items.category, list(categories))

@@ -179,33 +179,76 @@ def hint(
     in_stock: bool = True,
 ) -> Hint:
     """The product-page answer: is paying with points the better deal here, and why."""
-    rules = programme.index
-    threshold = rules.hint_threshold if threshold is None else threshold
     factors = idx.index_factors(
-        rules, market_price=market_price_minor / programme.currency.minor_per_unit,
-        perceived_discount=perceived_discount, points_price=points_price,
-        item_discount=item_discount, balance=balance, orders_90d=orders_90d,
-        days_since_last_order=days_since_last_order, young=young, high_spender=high_spender)
-    better = bool(idx.points_better(factors.recommendation_index, threshold))
-    affordable = balance >= points_price
-    gap = max(points_price - balance, 0)
-    cash_price = round(market_price_minor * item_discount)
-    options = points_cash_options(programme, points_price, cash_price, balance, limit=1)
-    best = options[0] if options else PointsCash(0, cash_price)
-    reasons = [Reason.INDEX_ABOVE_THRESHOLD if better else Reason.INDEX_BELOW_THRESHOLD]
-    if factors.vacuum:
-        reasons.append(Reason.VACUUM_ZONE)
-    if not affordable:
-        reasons.append(Reason.NOT_AFFORDABLE)
-    if expiring_points > 0 and best.points > 0:
-        reasons.append(Reason.USES_EXPIRING_POINTS)
-    if propensity is not None and propensity >= high_propensity:
-        reasons.append(Reason.HIGH_PROPENSITY)
-    if item_discount < 1.0:
-        reasons.append(Reason.ON_PROMOTION)
-    if cold_start:
-        reasons.append(Reason.COLD_START)
-    if not in_stock:
-        reasons.append(Reason.OUT_OF_STOCK)
-    return Hint(better, factors, threshold, bool(factors.vacuum), affordable, gap,
-                spend_to_earn(programme, gap, tier_multiplier), best, tuple(reasons), in_stock)
+        programme.index, market_price=np.array([market_price_minor]) /
+        programme.currency.minor_per_unit, perceived_discount=perceived_discount,
+        points_price=np.array([points_price]), item_discount=item_discount, balance=balance,
+        orders_90d=orders_90d, days_since_last_order=days_since_last_order, young=young,
+        high_spender=high_spender)
+    return hints(
+        programme, factors, market_price_minor=np.array([market_price_minor]),
+        points_price=np.array([points_price]), item_discount=np.array([item_discount]),
+        balance=balance, threshold=threshold, tier_multiplier=tier_multiplier,
+        expiring_points=expiring_points,
+        propensity=None if propensity is None else np.array([propensity]),
+        high_propensity=high_propensity, cold_start=cold_start,
+        in_stock=np.array([in_stock]))[0]
+
+
+def hints(
+    programme: Programme,
+    factors: idx.IndexFactors,
+    *,
+    market_price_minor: npt.NDArray[np.int64],
+    points_price: npt.NDArray[np.int64],
+    item_discount: npt.NDArray[np.float64],
+    balance: int,
+    threshold: float | None = None,
+    tier_multiplier: float = 1.0,
+    expiring_points: int = 0,
+    propensity: npt.NDArray[np.float64] | None = None,
+    high_propensity: float = HIGH_PROPENSITY,
+    cold_start: bool = False,
+    in_stock: npt.NDArray[np.bool_],
+) -> list[Hint]:
+    """`hint` for one member and many items, from the member's index factors for them
+    (`recsvc.core.ranking.member_factors`): the columns are computed first, the loop only
+    assembles the answers."""
+    threshold = programme.index.hint_threshold if threshold is None else threshold
+    n = len(points_price)
+    price = np.asarray(points_price, dtype=np.int64)
+    discount = np.asarray(item_discount, dtype=np.float64)
+    index = idx.per_item(factors.recommendation_index, n)
+    better = index > threshold
+    vacuum = idx.per_item(factors.vacuum, n, bool)
+    gap = np.maximum(price - balance, 0)
+    cash_price = np.rint(np.asarray(market_price_minor) * discount).astype(np.int64)
+    pay_points, pay_cash, count = points_cash_table(programme, price, cash_price, balance,
+                                                    limit=1)
+    best_points = np.where(count > 0, pay_points[:, 0], 0)
+    best_cash = np.where(count > 0, pay_cash[:, 0], cash_price)
+    spend = spend_to_earn(programme, gap, tier_multiplier)
+    high = (np.zeros(n, dtype=bool) if propensity is None
+            else np.asarray(propensity) >= high_propensity)
+    stock = idx.per_item(in_stock, n, bool)
+    flags = np.stack([better, ~better, vacuum, gap > 0, (best_points > 0) & (expiring_points > 0),
+                      high, discount < 1.0, np.full(n, cold_start), ~stock], axis=1)
+    bits = (flags.astype(np.int64) << np.arange(len(_HINT_REASONS))).sum(axis=1)
+    columns = [idx.per_item(v, n).tolist() for v in factors[:5]]
+    rows = zip(*columns, vacuum.tolist(), better.tolist(), gap.tolist(), spend.tolist(),
+               best_points.tolist(), best_cash.tolist(), bits.tolist(), stock.tolist(),
+               strict=True)
+    return [Hint(ok, idx.IndexFactors(vc, dm, bw, dc, ix, vac), threshold, vac, g == 0, g, sp,
+                 PointsCash(pts, cash), _hint_reasons(b), st)
+            for vc, dm, bw, dc, ix, vac, ok, g, sp, pts, cash, b, st in rows]
+
+
+_HINT_REASONS = (Reason.INDEX_ABOVE_THRESHOLD, Reason.INDEX_BELOW_THRESHOLD, Reason.VACUUM_ZONE,
+                 Reason.NOT_AFFORDABLE, Reason.USES_EXPIRING_POINTS, Reason.HIGH_PROPENSITY,
+                 Reason.ON_PROMOTION, Reason.COLD_START, Reason.OUT_OF_STOCK)
+
+
+@functools.lru_cache(maxsize=1 << len(_HINT_REASONS))
+def _hint_reasons(bits: int) -> tuple[Reason, ...]:
+    """The reasons whose bit (their place in _HINT_REASONS) is set, in that order."""
+    return tuple(r for j, r in enumerate(_HINT_REASONS) if bits >> j & 1)

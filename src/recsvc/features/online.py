@@ -25,6 +25,7 @@ import os
 import sqlite3
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ SQLITE_CHUNK = 512
 SQLITE_MMAP_BYTES = 1 << 30
 # Decoded entity rows kept per request shape and thread (0: no cache), see SqliteReader.
 SQLITE_CACHE_ROWS = 20_000
+# Decoded entity rows kept per request shape, invalidated by Redis (0: no cache), _Tracking.
+REDIS_CACHE_ROWS = 100_000
 
 Decoder = Callable[[Any], Any]
 
@@ -248,7 +251,7 @@ class EntityKeyCodec:
                                         entity_key_serialization_version=version)
 
         self._slow = feast_key
-        self._prefix: bytes | None = None
+        self._prefix: bytes | None = None  # what every key of this join key starts with
         if value_type.name == "INT64" and version >= 3:
             # v3 of one INT64 key is a fixed prefix (key count, name, value type and length)
             # followed by the 8-byte little-endian value; checked against Feast's own here
@@ -258,6 +261,11 @@ class EntityKeyCodec:
                 self._prefix = prefix
         self.keys: Callable[[Sequence[Any]], list[bytes]] = (
             self._fast_keys if self._prefix is not None else self._slow_keys)
+
+    @property
+    def prefix(self) -> bytes | None:
+        """The bytes every serialised key of this join key starts with (None: not known)."""
+        return self._prefix
 
     def _fast_keys(self, ids: Sequence[Any]) -> list[bytes]:
         prefix = self._prefix
@@ -295,7 +303,7 @@ class Column:
     view: ViewSpec
     feature: str
     decode: Decoder
-    scalar: bool  # its Python values are immutable, so they may be cached and shared
+    scalar: bool  # its Python values are immutable, so a cached row's may be shared
 
 
 @dataclass
@@ -321,6 +329,69 @@ class ProjectionSpec:
 
 # service name -> (its projections, whether it has precompute_online)
 Services = dict[str, tuple[tuple[ProjectionSpec, ...], bool]]
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+class RowCache:
+    """Decoded entity rows per request shape (plan), up to `limit` entities each.
+
+    Rows are shared between reads; values that are lists are copied out, so a caller that
+    changes what it got changes nothing held. A backend stores rows only while nothing it
+    knows of has changed since its fetch began (`stamp` unchanged), and drops what changes
+    (`clear`, `drop`)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.rows: dict[int, dict[bytes, tuple[Any, ...]]] = {}
+        self.stamp = 0  # bumped whenever rows are dropped
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self.rows = {}
+        self.stamp += 1
+
+    def drop(self, keys: Sequence[bytes]) -> None:
+        self.stamp += 1
+        for table in list(self.rows.values()):
+            for key in keys:
+                table.pop(key, None)
+
+    def size(self) -> int:
+        return sum(len(t) for t in list(self.rows.values()))
+
+    def read(self, plan: Plan, keys: list[bytes],
+             fetch: Callable[[Plan, list[bytes]], list[Any]]) -> dict[str, list[Any]]:
+        """The plan's columns for `keys`, fetching (and keeping) the rows not held."""
+        columns = plan.columns
+        table = self.rows.setdefault(id(plan), {})
+        stamp = self.stamp
+        held: dict[bytes, tuple[Any, ...]] = {}
+        missing = []
+        for k in dict.fromkeys(keys):
+            row = table.get(k)
+            if row is None:
+                missing.append(k)
+            else:
+                held[k] = row
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        if missing:
+            slots = fetch(plan, missing)
+            width = len(columns)
+            decoded = [list(map(c.decode, slots[j::width])) for j, c in enumerate(columns)]
+            fresh = dict(zip(missing, zip(*decoded, strict=True), strict=True))
+            if self.stamp == stamp:  # nothing was dropped while the fetch ran
+                if len(table) + len(missing) > self.limit:
+                    table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
+                table.update(fresh)
+            held.update(fresh)
+        rows = [held[k] for k in keys]
+        return {c.name: list(values) if c.scalar else [_copy(v) for v in values]
+                for c, values in zip(columns, zip(*rows, strict=True), strict=True)}
 
 
 class _BaseReader(OnlineReader):
@@ -418,9 +489,14 @@ class _BaseReader(OnlineReader):
         keys = plan.codec.keys(ids)
         with feast_errors(plan.action):
             slots = self._fetch(plan, keys)
-        # slots: len(ids) rows of len(columns) blobs, row-major, so a column is a stride
-        width = len(columns)
-        return {c.name: list(map(c.decode, slots[j::width])) for j, c in enumerate(columns)}
+        return self._decode(plan, slots)
+
+    @staticmethod
+    def _decode(plan: Plan, slots: list[Any]) -> dict[str, list[Any]]:
+        # slots: rows of len(columns) blobs, row-major, so a column is a stride
+        width = len(plan.columns)
+        return {c.name: list(map(c.decode, slots[j::width]))
+                for j, c in enumerate(plan.columns)}
 
     def _compile(self, plan: Plan) -> Any:
         raise NotImplementedError
@@ -481,6 +557,98 @@ class _RedisPlan:
     tail: bytes  # the project suffix of the key and the encoded field list
 
 
+class _Tracking:
+    """Redis's server-assisted client-side caching, for the rows a RedisReader keeps.
+
+    One connection subscribes to `__redis__:invalidate`; another turns tracking on in
+    broadcasting mode (every write to a key under the entity keys' prefixes is announced)
+    redirected to the first. Every read first takes the announcements that have arrived
+    (`drain`, a non-blocking poll of the socket) and drops those keys' rows, so a write that
+    completed before a read began is never answered from the cache: on one host Redis has
+    written the announcement before it acknowledges the write. If the subscription is lost the
+    cache is emptied and not used until tracking is set up again."""
+
+    CHANNEL = b"__redis__:invalidate"
+
+    def __init__(self, client: Any, prefixes: Sequence[bytes] | None, suffix: bytes,
+                 cache: RowCache) -> None:
+        pool = client.connection_pool
+        self._make = lambda: pool.connection_class(**pool.connection_kwargs)
+        self._prefixes = prefixes
+        self._suffix = suffix
+        self._cache = cache
+        self._lock = threading.Lock()
+        self._conns: tuple[Any, Any] | None = None
+        self._retry_at = 0.0
+        self.subscriber_id: int | None = None  # the subscribed connection's CLIENT ID
+
+    def _start(self) -> None:
+        sub, tracker = self._make(), self._make()
+        try:
+            sub.connect()
+            sub.send_command("CLIENT", "ID")
+            client_id = sub.read_response()
+            sub.send_command("SUBSCRIBE", self.CHANNEL)
+            sub.read_response()
+            tracker.connect()
+            args: list[Any] = ["CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST"]
+            for prefix in self._prefixes or ():
+                args += ["PREFIX", prefix]
+            tracker.send_command(*args)
+            tracker.read_response()
+        except Exception:
+            sub.disconnect()
+            tracker.disconnect()
+            raise
+        self._cache.clear()  # what was held before tracking began is not known to be fresh
+        self._conns = (sub, tracker)
+        self.subscriber_id = int(client_id)
+
+    def _stop(self) -> None:
+        conns, self._conns = self._conns, None
+        self._cache.clear()
+        for conn in conns or ():
+            conn.disconnect()
+
+    def drain(self) -> bool:
+        """Take the announcements that have arrived; True while the cache may be used."""
+        import redis
+
+        with self._lock:
+            if self._conns is None:
+                now = time.monotonic()
+                if now < self._retry_at:
+                    return False
+                self._retry_at = now + 1.0
+                try:
+                    self._start()
+                except redis.RedisError:
+                    return False
+            assert self._conns is not None
+            sub = self._conns[0]
+            try:
+                while sub.can_read(timeout=0):
+                    message = sub.read_response()
+                    if not (isinstance(message, list) and len(message) == 3
+                            and message[0] == b"message"):
+                        continue
+                    keys = message[2]
+                    if keys is None:  # FLUSHDB / FLUSHALL
+                        self._cache.clear()
+                        continue
+                    size = len(self._suffix)
+                    self._cache.drop([k[:-size] if size and k.endswith(self._suffix) else k
+                                      for k in keys])
+            except (redis.RedisError, OSError):
+                self._stop()
+                return False
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+
 class RedisReader(_BaseReader):
     """Feast's Redis layout read with redis-py.
 
@@ -492,13 +660,34 @@ class RedisReader(_BaseReader):
 
     def __init__(self, views: dict[str, ViewSpec],
                  services: Services, project: str,
-                 client: Any, *, use_pipeline: bool = False) -> None:
+                 client: Any, *, use_pipeline: bool = False,
+                 cache_rows: int = REDIS_CACHE_ROWS) -> None:
         import redis
 
         self._client = client
         self._suffix = project.encode("utf-8")
         self._raw = isinstance(client, redis.Redis) and not use_pipeline
+        self.cache = RowCache(cache_rows)
+        self._tracking: _Tracking | None = None
+        if cache_rows and isinstance(client, redis.Redis):  # a Cluster is read uncached
+            codecs = [v.codec for v in views.values() if v.codec is not None]
+            prefixes = None if any(c.prefix is None for c in codecs) else sorted(
+                {c.prefix for c in codecs if c.prefix is not None})
+            self._tracking = _Tracking(client, prefixes, self._suffix, self.cache)
         super().__init__(views, services, project)
+
+    def _read(self, plan: Plan, ids: Sequence[Any]) -> dict[str, list[Any]]:
+        if not ids or self._tracking is None:
+            return super()._read(plan, ids)
+        keys = plan.codec.keys(ids)
+        with feast_errors(plan.action):
+            if not self._tracking.drain():
+                return self._decode(plan, self._fetch(plan, keys))
+            return self.cache.read(plan, keys, self._fetch)
+
+    def cache_stats(self) -> tuple[int, int, int]:
+        """(hits, misses, rows held)."""
+        return self.cache.hits, self.cache.misses, self.cache.size()
 
     def _compile(self, plan: Plan) -> _RedisPlan:
         from feast.infra.online_stores.helpers import _mmh3
@@ -538,6 +727,8 @@ class RedisReader(_BaseReader):
         return list(itertools.chain.from_iterable(replies))
 
     def close(self) -> None:
+        if self._tracking is not None:
+            self._tracking.close()
         self._client.close()
 
 
@@ -606,7 +797,6 @@ class _SqlitePlan:
                 f"SELECT k.i * {width} + CASE t.feature_name {cases} END, t.value "
                 f"FROM k CROSS JOIN {table} AS t ON t.entity_key = k.key")
         self._sql: dict[int, str] = {}
-        self.cacheable = all(c.scalar for c in plan.columns)
 
     def sql(self, size: int) -> str:
         text = self._sql.get(size)
@@ -629,11 +819,11 @@ def _padded(n: int) -> int:
 class _SqliteThread:
     """One thread's connection, the database version it last saw, and its row caches."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, cache_rows: int) -> None:
         self.conn = conn
         self.pid = os.getpid()
         self.version: int | None = None
-        self.rows: dict[int, dict[bytes, tuple[Any, ...]]] = {}
+        self.cache = RowCache(cache_rows)
 
 
 class SqliteReader(_BaseReader):
@@ -658,6 +848,7 @@ class SqliteReader(_BaseReader):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
+        self._caches: list[RowCache] = []
         super().__init__(views, services, project)
 
     def _compile(self, plan: Plan) -> _SqlitePlan:
@@ -676,35 +867,29 @@ class SqliteReader(_BaseReader):
                 conn.execute(f"PRAGMA mmap_size={int(self._mmap_bytes)}")
             with self._lock:
                 self._conns.append(conn)
-            state = self._local.state = _SqliteThread(conn)
+            state = self._local.state = _SqliteThread(conn, self._cache_rows)
+            with self._lock:
+                self._caches.append(state.cache)
         return state
 
     def _read(self, plan: Plan, ids: Sequence[Any]) -> dict[str, list[Any]]:
-        columns = plan.columns
-        if not ids:
-            return {c.name: [] for c in columns}
-        if not self._cache_rows or not plan.backend.cacheable:
+        if not ids or not self._cache_rows:
             return super()._read(plan, ids)
         keys = plan.codec.keys(ids)
         with feast_errors(plan.action):
             state = self._thread()
             (version,) = state.conn.execute("PRAGMA data_version").fetchone()
             if version != state.version:
-                state.rows.clear()
+                state.cache.clear()
                 state.version = version
-            cache = state.rows.setdefault(id(plan), {})
-            missing = [k for k in dict.fromkeys(keys) if k not in cache]
-            if missing:
-                slots = self._fetch(plan, missing)
-        if missing:
-            width = len(columns)
-            decoded = [list(map(c.decode, slots[j::width])) for j, c in enumerate(columns)]
-            if len(cache) + len(missing) > self._cache_rows:
-                cache.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
-            cache.update(zip(missing, zip(*decoded, strict=True), strict=True))
-        rows = [cache[k] for k in keys]
-        return {c.name: list(values)
-                for c, values in zip(columns, zip(*rows, strict=True), strict=True)}
+            return state.cache.read(plan, keys, self._fetch)
+
+    def cache_stats(self) -> tuple[int, int, int]:
+        """(hits, misses, rows held) over every thread's cache."""
+        with self._lock:
+            caches = list(self._caches)
+        return (sum(c.hits for c in caches), sum(c.misses for c in caches),
+                sum(c.size() for c in caches))
 
     def _fetch(self, plan: Plan, keys: list[bytes]) -> list[Any]:
         sp: _SqlitePlan = plan.backend

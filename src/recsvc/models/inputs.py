@@ -11,6 +11,7 @@ manifest, so an unseen category is a missing value rather than a new meaning.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from pandas import isna as pd_isna
 
-from recsvc.config import IndexRules
+from recsvc.config import Programme
 from recsvc.core import index as idx
 
 F64 = npt.NDArray[np.float64]
@@ -117,18 +118,22 @@ def frame_columns(df: Any) -> dict[str, npt.NDArray[Any]]:
     return out
 
 
-def index_inputs(cols: Columns, rules: IndexRules) -> dict[str, F64]:
-    """The index factors of SPEC §2 for (member, item) rows, from the raw feature columns."""
+def index_inputs(cols: Columns, programme: Programme) -> dict[str, F64]:
+    """The index factors of SPEC §2 for (member, item) rows, from the raw feature columns
+    (training's way; the service computes the factors once per request and calls
+    `pair_inputs` and `member_rates` with them)."""
+    rules = programme.index
+    minor = programme.currency.minor_per_unit
     balance = _fill(_f(cols, "points_balance"), 0.0)
     points_price = _f(cols, "points_price")
     bands = frozenset(rules.young_age_bands)  # np.isin sorts object arrays: slow per call
     young = np.fromiter((v in bands for v in cols["age_band"]), dtype=bool,
                         count=len(cols["age_band"]))
     aov = _f(cols, "avg_order_value_365d_minor")
-    high = _fill(aov, 0.0) >= rules.high_spender_min_aov_units * 100
+    high = _fill(aov, 0.0) >= rules.high_spender_min_aov_units * minor
     factors = idx.index_factors(
         rules,
-        market_price=_f(cols, "market_price_minor") / 100.0,
+        market_price=_f(cols, "market_price_minor") / minor,
         perceived_discount=_f(cols, "perceived_discount"),
         points_price=points_price,
         item_discount=_fill(_f(cols, "discount_coefficient"), 1.0),
@@ -138,14 +143,23 @@ def index_inputs(cols: Columns, rules: IndexRules) -> dict[str, F64]:
         young=young,
         high_spender=high,
     )
-    expiring = _fill(_f(cols, "points_expiring_30d"), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        expiring_share = np.where(points_price > 0, expiring / points_price, 0.0)
-    item_category = np.asarray(cols["category"], dtype=object)
-    affinity = np.zeros(len(balance))
-    for j in (1, 2, 3):
-        same = np.asarray(cols[f"top_category_{j}"], dtype=object) == item_category
-        affinity = np.where(same, _fill(_f(cols, f"top_category_{j}_share"), 0.0), affinity)
+    tops = [(np.asarray(cols[f"top_category_{j}"], dtype=object),
+             _fill(_f(cols, f"top_category_{j}_share"), 0.0)) for j in (1, 2, 3)]
+    return {
+        **member_rates(cols),
+        **pair_inputs(factors, balance=balance, points_price=points_price,
+                      expiring=_fill(_f(cols, "points_expiring_30d"), 0.0),
+                      item_category=np.asarray(cols["category"], dtype=object), tops=tops),
+    }
+
+
+MEMBER_RATES = ("member_redemption_rate_90d", "member_redemption_rate_365d",
+                "points_centre_share_90d", "points_centre_share_365d")
+"""The derived inputs that depend on the member alone."""
+
+
+def member_rates(cols: Columns) -> dict[str, F64]:
+    """Redemptions per view and the points centre's share of views, over 90 and 365 days."""
     rates = {}
     for days in (90, 365):
         views = _f(cols, f"member_views_{days}d")
@@ -154,17 +168,37 @@ def index_inputs(cols: Columns, rules: IndexRules) -> dict[str, F64]:
                 views > 0, _f(cols, f"redemptions_{days}d") / views, np.nan)
             rates[f"points_centre_share_{days}d"] = np.where(
                 views > 0, _f(cols, f"points_centre_views_{days}d") / views, np.nan)
+    return rates
+
+
+def pair_inputs(factors: idx.IndexFactors, *, balance: Any, points_price: Any, expiring: Any,
+                item_category: npt.NDArray[np.object_],
+                tops: Sequence[tuple[Any, Any]]) -> dict[str, F64]:
+    """The derived inputs of (member, item) rows from their index factors: the factors
+    themselves, affordability, the share of the price the lapsing points cover, and the
+    member's share of orders in the item's category (`tops`: (category, share) of the
+    member's top three, NaN shares as 0). Member values may be scalars."""
+    n = len(item_category)
+    points_price = np.asarray(points_price, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expiring_share = np.where(points_price > 0, expiring / points_price, 0.0)
+    affinity = np.zeros(n)
+    for category, share in tops:
+        affinity = np.where(category == item_category, share, affinity)
+
+    def column(values: Any) -> F64:
+        return idx.per_item(values, n)
+
     return {
         "category_affinity": affinity,
-        **rates,
-        "value_coefficient": np.asarray(factors.value_coefficient, dtype=np.float64),
-        "demand_match": np.asarray(factors.demand_match, dtype=np.float64),
-        "behaviour_weight": np.asarray(factors.behaviour_weight, dtype=np.float64),
-        "discount_coefficient_eff": np.asarray(factors.discount_coefficient, dtype=np.float64),
-        "recommendation_index": np.asarray(factors.recommendation_index, dtype=np.float64),
-        "vacuum_zone": np.asarray(factors.vacuum, dtype=np.float64),
-        "affordable": (balance >= _fill(points_price, np.inf)).astype(np.float64),
-        "expiring_share": expiring_share,
+        "value_coefficient": column(factors.value_coefficient),
+        "demand_match": column(factors.demand_match),
+        "behaviour_weight": column(factors.behaviour_weight),
+        "discount_coefficient_eff": column(factors.discount_coefficient),
+        "recommendation_index": column(factors.recommendation_index),
+        "vacuum_zone": column(factors.vacuum),
+        "affordable": column(balance >= _fill(points_price, np.inf)),
+        "expiring_share": column(expiring_share),
     }
 
 
@@ -241,3 +275,94 @@ def matrix(
     for j, name in enumerate(names):
         out[:, j] = encode(cols[name], vocab[name]) if name in vocab else _f(cols, name)
     return out
+
+
+ITEM_FEATURES = frozenset(ITEM_CATALOGUE + ITEM_STATS)
+PAIR_DERIVED = tuple(n for n in INDEX_DERIVED if n not in MEMBER_RATES)
+
+
+class PropensityRows:
+    """The propensity model's input rows for one member and many catalogue items, compiled.
+
+    Built once per (model, catalogue load): the items' inputs are encoded into one block
+    (categoricals coded, missing values NaN) and every input's column in the model's order is
+    fixed. A member's inputs are encoded once per member read (`member`), and a request's rows
+    are the two blocks, the live balance, the surface and the (member, item) inputs derived
+    from the request's index factors written into one float matrix, as `matrix` would build
+    it from the same columns.
+    """
+
+    def __init__(self, names: Sequence[str], vocab: Mapping[str, Sequence[str]],
+                 item_columns: Mapping[str, Any], n_items: int) -> None:
+        self.width = len(names)
+        self.vocab = vocab
+        at = {name: j for j, name in enumerate(names)}
+        self.item_at = np.array([at[n] for n in names if n in ITEM_FEATURES], dtype=np.intp)
+        self.item_block = np.empty((n_items, len(self.item_at)))
+        for k, j in enumerate(self.item_at):
+            name = names[j]
+            values = item_columns.get(name)
+            if values is None:  # a feature the store does not have for items: missing
+                self.item_block[:, k] = np.nan
+            else:
+                self.item_block[:, k] = (encode(values, vocab[name]) if name in vocab
+                                         else _f({name: values}, name))
+        member = [n for n in names if n not in ITEM_FEATURES and n not in PAIR_DERIVED
+                  and n not in ("points_balance", "surface")]
+        self.member_names = tuple(member)
+        self.member_at = np.array([at[n] for n in member], dtype=np.intp)
+        self.pair_names = tuple(n for n in names if n in PAIR_DERIVED)
+        self.pair_at = [at[n] for n in self.pair_names]
+        self.balance_at = at.get("points_balance")
+        self.surface_at = at.get("surface")
+        # what the (member, item) inputs read of the items, as training reads it
+        self.points_price = _f({"p": item_columns.get("points_price", np.full(n_items, np.nan))},
+                               "p")
+        self.category = np.asarray(item_columns.get("category", np.full(n_items, None)),
+                                   dtype=object)
+
+    def member(self, features: Mapping[str, Any]) -> F64:
+        """The member's inputs (None or absent: missing), in `member_names` order."""
+        cols = {n: np.array([features.get(n)], dtype=object) for n in MEMBER_RATES_INPUTS}
+        rates = member_rates(cols)
+        out = np.empty(len(self.member_names))
+        for k, name in enumerate(self.member_names):
+            if name in rates:
+                out[k] = rates[name][0]
+                continue
+            value = features.get(name)
+            if name in self.vocab:
+                out[k] = _lookup(tuple(self.vocab[name])).get(value, np.nan)  # type: ignore[arg-type]
+            else:
+                out[k] = np.nan if value is None else float(value)
+        return out
+
+    def rows(self, positions: npt.NDArray[np.intp], features: Mapping[str, Any], member: F64,
+             balance: float, surface: str, factors: idx.IndexFactors) -> F64:
+        """The model matrix of the items at `positions` for the member (`features`, and their
+        encoding by `member(...)`), from the member's index factors for those items."""
+        pair = pair_inputs(
+            factors, balance=balance, points_price=self.points_price[positions],
+            expiring=_or0(features.get("points_expiring_30d")),
+            item_category=self.category[positions],
+            tops=[(features.get(f"top_category_{j}"), _or0(features.get(f"top_category_{j}_share")))
+                  for j in (1, 2, 3)])
+        X = np.empty((len(positions), self.width))
+        X[:, self.item_at] = self.item_block[positions]
+        X[:, self.member_at] = member
+        if self.balance_at is not None:
+            X[:, self.balance_at] = balance
+        if self.surface_at is not None:
+            X[:, self.surface_at] = _lookup(tuple(self.vocab["surface"])).get(surface, np.nan)
+        for j, name in zip(self.pair_at, self.pair_names, strict=True):
+            X[:, j] = pair[name]
+        return X
+
+
+def _or0(value: Any) -> float:
+    """A stored number, 0 where missing (None or NaN)."""
+    return 0.0 if value is None or math.isnan(value) else float(value)
+
+
+MEMBER_RATES_INPUTS = tuple(f"{kind}_{days}d" for days in (90, 365) for kind in (
+    "member_views", "redemptions", "points_centre_views"))

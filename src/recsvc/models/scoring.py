@@ -15,8 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsvc.config import IndexRules
+from recsvc.config import Programme
 from recsvc.core import segments
+from recsvc.core.index import IndexFactors
 from recsvc.data import schema
 from recsvc.errors import DataMissing
 from recsvc.models import inputs
@@ -82,19 +83,22 @@ class ChurnScorer:
 class PropensityScorer:
     """P(redeem within 7 days) for (member, item) rows from propensity_v1 features.
 
-    `cols` holds the member's and the items' features by name, `points_balance` being the live
-    balance when the caller passed one (as in training, where it is the balance at exposure),
-    and `surface` per row; the index factors are derived here exactly as in training.
+    `score(cols)` takes the member's and the items' features by name, `points_balance` being
+    the live balance when the caller passed one (as in training, where it is the balance at
+    exposure), and `surface` per row; the index factors are derived here exactly as in
+    training. The service builds its rows with `rows(...)` instead (compiled once per
+    catalogue load) and scores them with `score_matrix`.
     """
 
-    def __init__(self, loaded: Any, rules: IndexRules) -> None:
+    def __init__(self, loaded: Any, programme: Programme) -> None:
         manifest = loaded.manifest
         self.version: str = manifest.version
         self.features: list[str] = list(manifest.features)
         self.booster = loaded.booster
         self.vocab: dict[str, list[str]] = manifest.extra["vocabularies"]
         self.platt: dict[str, float] = manifest.extra["calibration"]["platt"]
-        self.rules = rules
+        self.programme = programme
+        self._rows: tuple[object, inputs.PropensityRows] | None = None
 
     def score(self, cols: Mapping[str, Any], num_threads: int = 1) -> F64:
         n = len(next(iter(cols.values())))
@@ -103,10 +107,32 @@ class PropensityScorer:
             if name not in full:
                 text = name in inputs.CATEGORICAL or name in inputs.NOT_INPUTS
                 full[name] = np.full(n, None, dtype=object) if text else np.full(n, np.nan)
-        full.update(inputs.index_inputs(full, self.rules))
-        X = inputs.matrix(full, self.features, self.vocab)
+        full.update(inputs.index_inputs(full, self.programme))
+        return self.score_matrix(inputs.matrix(full, self.features, self.vocab), num_threads)
+
+    def score_matrix(self, X: F64, num_threads: int = 1) -> F64:
         raw = np.asarray(self.booster.predict(X, raw_score=True, num_threads=num_threads))
         return calibrated(raw, self.platt)
+
+    def score_items(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
+                    positions: npt.NDArray[np.intp], member: Mapping[str, Any],
+                    encoded: dict[str, F64], balance: float, surface: str,
+                    factors: IndexFactors) -> F64:
+        """P(redeem) of one member for the catalogue items at `positions`, from rows compiled
+        once per catalogue load (`catalogue`: that load, by identity; `item_columns`: its
+        features) and the member's features (`member`), encoded once per member read into
+        `encoded` (by model version), with the member's index factors for those items."""
+        held = self._rows
+        if held is None or held[0] is not catalogue:
+            held = (catalogue, inputs.PropensityRows(self.features, self.vocab, item_columns,
+                                                     n_items))
+            self._rows = held  # one assignment: a concurrent reader sees old or new whole
+        rows = held[1]
+        values = encoded.get(self.version)
+        if values is None:
+            values = encoded[self.version] = rows.member(member)
+        return self.score_matrix(rows.rows(positions, member, values, balance, surface,
+                                           factors))
 
 
 def _num(values: Any) -> F64:

@@ -367,7 +367,7 @@ def _prepare_propensity(cols: dict[str, Any], split: Split, programme: Programme
     # the live balance when the item was shown, as callers pass it at request time
     cols["points_balance"] = np.where(np.isfinite(cols["balance"]), cols["balance"],
                                       cols["points_balance"])
-    cols.update(inputs.index_inputs(cols, programme.index))
+    cols.update(inputs.index_inputs(cols, programme))
     names = list(inputs.PROPENSITY_INPUTS)
     vocab = inputs.vocabularies({k: cols[k] for k in inputs.CATEGORICAL if k in cols})
     vocab["surface"] = list(inputs.SURFACES)

@@ -10,7 +10,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +22,7 @@ from recsvc.core import cart, fraud, ranking, redemption, segments
 from recsvc.core import catalogue as core_catalogue
 from recsvc.core import nudges as core_nudges
 from recsvc.core.experiments import ArmAssigner, hint_threshold
+from recsvc.core.index import IndexFactors
 from recsvc.core.redemption import Reason
 from recsvc.errors import (
     CapStoreUnavailable,
@@ -56,6 +57,16 @@ class FeatureSource(Protocol):
     def read_service(
         self, service: str, entity_key: str, ids: Sequence[int]
     ) -> dict[str, list[Any]]: ...
+
+
+class PropensityModel(Protocol):
+    """P(redeem within 7 days) of one member for catalogue items (models.scoring's
+    PropensityScorer; tests swap in their own)."""
+
+    def score_items(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
+                    positions: npt.NDArray[np.int64], member: Mapping[str, Any],
+                    encoded: dict[str, npt.NDArray[np.float64]], balance: float, surface: str,
+                    factors: IndexFactors) -> npt.NDArray[np.float64]: ...
 
 
 class FeastSource:
@@ -182,6 +193,8 @@ class Context:
     tier: str | None
     flags: tuple[str, ...] = ()
     """Points-fraud flags: the answers ask for a second verification (nothing is blocked)."""
+    model_inputs: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    """The member's propensity inputs by model version, encoded on first use."""
 
 
 @dataclass(frozen=True)
@@ -360,20 +373,19 @@ class Dataplane:
         return Context(f, cold, member, points, tier, fraud.split_flags(f.get("fraud_flags")))
 
     def _propensity(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
-                    surface: str, served: Served) -> npt.NDArray[np.float64]:
-        """P(redeem within 7 days) of the member for the items at `positions`."""
-        n = len(positions)
-        cols: dict[str, Any] = items.take(positions)
-        for name, value in ctx.features.items():
-            if not isinstance(value, list):  # the expiring lots are not a model input
-                cols[name] = np.full(n, value, dtype=object if isinstance(value, str) or
-                                     value is None else np.float64)
-        cols["points_balance"] = np.full(n, float(ctx.member.balance))
-        cols["surface"] = np.full(n, surface, dtype=object)
+                    surface: str, served: Served,
+                    factors: IndexFactors | None = None) -> npt.NDArray[np.float64]:
+        """P(redeem within 7 days) of the member for the items at `positions`, from the
+        member's index factors for them (computed here when the caller has none)."""
+        assert self.programme is not None
+        if factors is None:
+            factors = ranking.member_factors(self.programme, ctx.member, items.core, positions)
+        model: PropensityModel = served.scorer
         start = time.perf_counter()
-        got = served.scorer.score(cols)
+        got = model.score_items(items, items.columns, len(items.core), positions, ctx.features,
+                                ctx.model_inputs, float(ctx.member.balance), surface, factors)
         self.metrics.predict.labels("propensity").observe(time.perf_counter() - start)
-        return np.asarray(got, dtype=np.float64)
+        return got
 
     # -- the RPCs ------------------------------------------------------------------------------
     def hints(self, req: HintRequest, rpc: str) -> HintAnswer:
@@ -395,30 +407,30 @@ class Dataplane:
         degraded: list[str] = []
         ctx = self._context(req.member_id, "hint_v1", req.points_balance, degraded, rpc)
         served = self.propensity.current if self.propensity else None
-        probabilities: list[float | None] = [None] * len(positions)
+        c = items.core
+        factors = ranking.member_factors(p, ctx.member, c, positions)
+        probabilities = None
         if served is None:
             degraded.append(NO_MODEL)
         else:
-            probabilities = [float(x) for x in self._propensity(ctx, items, positions,
-                                                                req.surface, served)]
-        threshold = hint_threshold(arm, p.index)
-        m, c = ctx.member, items.core
+            probabilities = self._propensity(ctx, items, positions, req.surface, served,
+                                             factors)
+        stock = c.stock[positions]
+        hints = redemption.hints(
+            p, factors, market_price_minor=c.market_price_minor[positions],
+            points_price=c.points_price[positions],
+            item_discount=c.discount_coefficient[positions], balance=ctx.member.balance,
+            threshold=hint_threshold(arm, p.index), tier_multiplier=ctx.member.tier_multiplier,
+            expiring_points=ctx.member.expiring_points, propensity=probabilities,
+            cold_start=ctx.cold, in_stock=stock > 0)
         # alternates only for the items out of stock, so an in-stock hint costs nothing more
-        empty = np.flatnonzero(c.stock[positions] <= 0)
+        empty = np.flatnonzero(stock <= 0)
         alternates = dict(zip(empty.tolist(), self._alternates(
             ctx, items, positions[empty], req.surface, served), strict=True)) if len(empty) else {}
+        probs = [None] * len(positions) if probabilities is None else probabilities.tolist()
         out = []
-        for j, (k, prob) in enumerate(zip(positions.tolist(), probabilities, strict=True)):
-            h = redemption.hint(
-                p, market_price_minor=int(c.market_price_minor[k]),
-                perceived_discount=float(c.perceived_discount[k]),
-                points_price=int(c.points_price[k]),
-                item_discount=float(c.discount_coefficient[k]), balance=m.balance,
-                orders_90d=m.orders_90d, days_since_last_order=m.days_since_last_order,
-                young=m.young, high_spender=m.high_spender, threshold=threshold,
-                tier_multiplier=m.tier_multiplier, expiring_points=m.expiring_points,
-                propensity=prob, cold_start=ctx.cold, in_stock=bool(c.stock[k] > 0))
-            self.metrics.hints.labels(arm.name, str(h.points_better).lower()).inc()
+        for j, (k, h, prob) in enumerate(zip(positions.tolist(), hints, probs, strict=True)):
+            self.metrics.hints.labels(arm.name, "true" if h.points_better else "false").inc()
             out.append(ItemHint(int(c.item_id[k]), int(c.points_price[k]), h, prob,
                                 alternates.get(j, ())))
         return HintAnswer(out, arm.name, served.version if served else "",
@@ -454,10 +466,12 @@ class Dataplane:
                 raise InvalidArgument(f"filters.categories[{k}]", f"no category {category!r}")
         degraded: list[str] = []
         ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
-        served, scorer = self._scorer(ctx, items, req.surface, degraded)
+        factors = ranking.member_factors(p, ctx.member, items.core)
+        served, scorer = self._scorer(ctx, items, req.surface, degraded, factors=factors)
         options = ranking.recommend(
             p, arm, ctx.member, items.core, scorer, limit=limit, categories=req.categories,
-            max_points_price=req.max_points_price, affordable_only=req.affordable_only)
+            max_points_price=req.max_points_price, affordable_only=req.affordable_only,
+            factors=factors)
         dated = [(at, pts) for at, pts in ctx.points.buckets if at != cart.NO_EXPIRY]
         return RecommendAnswer(
             options, ranking.unlocks_in_reach(p, ctx.member), ctx.member.balance,
@@ -465,11 +479,12 @@ class Dataplane:
             served.version if served else "", self._count(rpc, degraded), self._verify(rpc, ctx))
 
     def _scorer(self, ctx: Context, items: Items, surface: str, degraded: list[str], *,
-                memo: bool = False) -> tuple[Served | None, ranking.Propensity | None]:
+                memo: bool = False, factors: IndexFactors | None = None,
+                ) -> tuple[Served | None, ranking.Propensity | None]:
         """The propensity model being served and the ranking's scorer over item positions;
         (None, None), degraded, when there is no model: the index ranks alone. With `memo`,
         an item is scored once however often the call ranks it (each nudge ranks with its own
-        budget)."""
+        budget). `factors`: the member's over the whole catalogue, when computed already."""
         served = self.propensity.current if self.propensity else None
         if served is None:
             degraded.append(NO_MODEL)
@@ -477,7 +492,8 @@ class Dataplane:
         model = served
 
         def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-            return self._propensity(ctx, items, positions, surface, model)
+            return self._propensity(ctx, items, positions, surface, model,
+                                    None if factors is None else ranking.take(factors, positions))
 
         if not memo:
             return served, scorer

@@ -61,7 +61,7 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
                         metrics, ctx.known_features)
     propensity = ModelHolder(
         "propensity", ctx.registry,
-        lambda loaded: PropensityScorer(native(loaded), ctx.programme.index),
+        lambda loaded: PropensityScorer(native(loaded), ctx.programme),
         metrics, ctx.known_features)
     for holder in (churn, propensity):
         holder.refresh()

@@ -142,7 +142,7 @@ def run_nudges(ctx: Any, *, as_of: dt.datetime, out: Path, channel: str = "push"
             "ranked by the index alone")
     else:
         loaded = ctx.registry.load("propensity", version, known_features=ctx.known_features)
-        propensity.current = Served(version, PropensityScorer(loaded, ctx.programme.index))
+        propensity.current = Served(version, PropensityScorer(loaded, ctx.programme))
     source = AsOfSource(ctx.store, as_of, {"member_id": member_ids, "item_id": item_ids})
     catalogue = Catalogue(source, lambda: item_ids)
     watch = Stopwatch()

@@ -1,0 +1,131 @@
+"""In-process cost of each answer: the dataplane called directly, no gRPC (the serving bench's
+server CPU per answer, split from the transport).
+
+    .venv/bin/python training/bench_dataplane.py [--calls 3000] [--profile hints]
+
+Reads the default data (`make features && make train`) through the SQLite online reader as
+`recsvc serve` does, with the production models (LightGBM boosters, or compiled with
+--compiled), and prints p50/p99 and mean µs per call of: a one-item hint, a 100-item batch of
+hints, 200 recommendations and a 1,000-member churn batch. Members are drawn at random from all
+members (a cold member cache), and again from 100 of them (a page asking for the same members).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import gc
+import os
+import pstats
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def build(compiled: bool) -> tuple[Any, list[int], list[int]]:
+    from recsvc.data import schema
+    from recsvc.features.online import OnlineReader
+    from recsvc.metrics import ServiceMetrics
+    from recsvc.models.jobs import open_context
+    from recsvc.models.scoring import ChurnScorer, PropensityScorer, features_as_of
+    from recsvc.serving.dataplane import Catalogue, Dataplane
+    from recsvc.serving.models import ModelHolder
+    from recsvc.settings import load_settings
+
+    settings = load_settings()
+    ctx = open_context(settings)
+    metrics = ServiceMetrics(CollectorRegistry())
+
+    def native(loaded: Any) -> Any:
+        if not compiled:
+            return loaded
+        from recsvc.models.compiled import CompiledModel
+        from recsvc.models.registry import MODEL_FILE
+
+        return dataclasses.replace(loaded, booster=CompiledModel(
+            loaded.directory / MODEL_FILE, booster=loaded.booster))
+
+    churn = ModelHolder("churn", ctx.registry, lambda m: ChurnScorer(native(m)), metrics,
+                        ctx.known_features)
+    propensity = ModelHolder("propensity", ctx.registry,
+                             lambda m: PropensityScorer(native(m), ctx.programme),
+                             metrics, ctx.known_features)
+    churn.refresh()
+    propensity.refresh()
+    reader = OnlineReader.from_store(ctx.store)
+    items = [int(i) for i in schema.read_table(settings.data_dir, "items", ["item_id"])
+             ["item_id"].to_pylist()]
+    catalogue = Catalogue(reader, lambda: items)
+    catalogue.refresh()
+    now = features_as_of(settings.data_dir).timestamp()
+    plane = Dataplane(reader, churn, metrics, programme=ctx.programme, propensity=propensity,
+                      catalogue=catalogue, clock=lambda: now)
+    members = [int(m) for m in schema.read_table(settings.data_dir, "members", ["member_id"])
+               ["member_id"].to_pylist()]
+    return plane, members, items
+
+
+def timed(fn: Callable[[int], Any], n: int) -> np.ndarray:
+    out = np.empty(n)
+    gc.collect()
+    gc.freeze()
+    for k in range(n):
+        start = time.perf_counter()
+        fn(k)
+        out[k] = time.perf_counter() - start
+    gc.unfreeze()
+    return out * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--compiled", action="store_true")
+    parser.add_argument("--profile", choices=["hint", "warm", "hints100", "recommend", "churn"])
+    args = parser.parse_args()
+    from recsvc.serving.dataplane import HintRequest, RecommendRequest
+
+    plane, members, items = build(args.compiled)
+    rng = np.random.default_rng(1)
+    n = args.calls
+    cold = rng.choice(members, n).tolist()
+    warm = rng.choice(rng.choice(members, 100, replace=False), n).tolist()
+    one = rng.choice(items, n).tolist()
+    many = [rng.choice(items, 100, replace=False).tolist() for _ in range(50)]
+    cases: dict[str, tuple[Callable[[int], Any], int]] = {
+        "hint": (lambda k: plane.hints(HintRequest(cold[k], [one[k]]), "bench"), n),
+        "warm": (lambda k: plane.hints(HintRequest(warm[k], [one[k]]), "bench"), n),
+        "hint, 100 members": (lambda k: plane.hints(HintRequest(warm[k], [one[k]]), "bench"),
+                              n),
+        "hints100": (lambda k: plane.hints(HintRequest(cold[k], many[k % 50]), "bench"),
+                     n // 10),
+        "recommend": (lambda k: plane.recommend(RecommendRequest(cold[k], limit=200),
+                                                "bench"), n // 10),
+        "churn": (lambda k: plane.churn_risk(cold[k * 1000 % n:][:1000] or cold[:1000],
+                                             "bench"), max(n // 100, 5)),
+    }
+    if args.profile:
+        fn, calls = cases[args.profile]
+        timed(fn, min(calls, 200))
+        prof = cProfile.Profile()
+        prof.enable()
+        timed(fn, calls)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+        return
+    print(f"{'answer':<20} {'calls':>6} {'p50 µs':>9} {'p99 µs':>9} {'mean µs':>9}")
+    for name, (fn, calls) in cases.items():
+        timed(fn, min(calls, 100))  # warm up
+        t = timed(fn, calls)
+        print(f"{name:<20} {calls:>6} {np.percentile(t, 50):>9.0f} "
+              f"{np.percentile(t, 99):>9.0f} {t.mean():>9.0f}")
+
+
+if __name__ == "__main__":
+    main()
