@@ -13,7 +13,6 @@ outrank one inside it if its propensity is higher by more than the index ratio t
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -29,6 +28,7 @@ from recsvc.core.redemption import (
     PointsCash,
     Reason,
     points_cash_table,
+    reasons_of,
     spend_to_earn,
 )
 
@@ -192,19 +192,13 @@ def recommend(
         options.append(Option(  # positional: the field order of Option and IndexFactors
             item, rank, sc, idx.IndexFactors(v, d, b, c, ix, vac), None if no_model else p,
             pp, tuple(map(PointsCash, pts[:k], cash[:k])), g, sp, used, str(category),
-            _reasons(bits)))
+            reasons_of(_FLAGGED, bits)))
     return options
 
 
 _FLAGGED = (Reason.INDEX_ABOVE_THRESHOLD, Reason.INDEX_BELOW_THRESHOLD, Reason.VACUUM_ZONE,
             Reason.NOT_AFFORDABLE, Reason.USES_EXPIRING_POINTS, Reason.HIGH_PROPENSITY,
             Reason.ON_PROMOTION)
-
-
-@functools.lru_cache(maxsize=1 << len(_FLAGGED))
-def _reasons(bits: int) -> tuple[Reason, ...]:
-    """The reasons whose bit (their place in _FLAGGED) is set, in that order."""
-    return tuple(r for j, r in enumerate(_FLAGGED) if bits >> j & 1)
 
 
 def unlocks_in_reach(

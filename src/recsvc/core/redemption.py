@@ -239,7 +239,7 @@ def hints(
                best_points.tolist(), best_cash.tolist(), bits.tolist(), stock.tolist(),
                strict=True)
     return [Hint(ok, idx.IndexFactors(vc, dm, bw, dc, ix, vac), threshold, vac, g == 0, g, sp,
-                 PointsCash(pts, cash), _hint_reasons(b), st)
+                 PointsCash(pts, cash), reasons_of(_HINT_REASONS, b), st)
             for vc, dm, bw, dc, ix, vac, ok, g, sp, pts, cash, b, st in rows]
 
 
@@ -248,7 +248,8 @@ _HINT_REASONS = (Reason.INDEX_ABOVE_THRESHOLD, Reason.INDEX_BELOW_THRESHOLD, Rea
                  Reason.ON_PROMOTION, Reason.COLD_START, Reason.OUT_OF_STOCK)
 
 
-@functools.lru_cache(maxsize=1 << len(_HINT_REASONS))
-def _hint_reasons(bits: int) -> tuple[Reason, ...]:
-    """The reasons whose bit (their place in _HINT_REASONS) is set, in that order."""
-    return tuple(r for j, r in enumerate(_HINT_REASONS) if bits >> j & 1)
+@functools.lru_cache(maxsize=4096)
+def reasons_of(table: tuple[Reason, ...], bits: int) -> tuple[Reason, ...]:
+    """The reasons of `table` whose bit (their place in it) is set in `bits`, in that order:
+    answers compute their reasons as bit columns, and make each combination's tuple once."""
+    return tuple(r for j, r in enumerate(table) if bits >> j & 1)
