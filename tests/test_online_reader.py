@@ -361,6 +361,9 @@ def test_redis_rows_are_cached_until_redis_announces_a_write(redis_store: Any,
     import redis
     from feast.infra.online_stores.helpers import _mmh3
     from feast.protos.feast.types.Value_pb2 import Value
+    from prometheus_client import CollectorRegistry
+
+    from recsvc.metrics import ServiceMetrics
 
     reader = OnlineReader.from_store(redis_store)
     assert isinstance(reader, online.RedisReader)
@@ -379,6 +382,14 @@ def test_redis_rows_are_cached_until_redis_announces_a_write(redis_store: Any,
         after = reader.read(MEMBER_VIEWS, "member_id", ids)
         assert after["member_points__points_balance"] == [balance]
         assert reader.cache_stats()[:2] == (1, 2)  # the write dropped the row: a miss
+        # what the server publishes every few seconds: increments, and the rows held
+        registry = CollectorRegistry()
+        metrics = ServiceMetrics(registry)
+        for _ in range(2):  # published twice: counted once
+            metrics.publish_cache(*reader.cache_stats())
+        assert [registry.get_sample_value("recsvc_feature_cache_lookups_total",
+                                          {"result": r}) for r in ("hit", "miss")] == [1, 2]
+        assert registry.get_sample_value("recsvc_feature_cache_rows") == 1
         # the subscription is killed: the cache is emptied and rebuilt, never stale
         assert reader._tracking is not None and reader._tracking.subscriber_id is not None
         other.client_kill_filter(_id=reader._tracking.subscriber_id)

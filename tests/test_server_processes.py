@@ -231,3 +231,32 @@ def test_a_redis_that_stops_answering_mid_run_degrades_answers_and_they_recover(
         assert gone["risk"]["coldStart"] is True
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+# what the serving process must never load: training, plotting, the offline store, reports
+# (LightGBM itself imports scikit-learn's base classes and metrics; its estimators are out)
+OFFLINE_MODULES = ("matplotlib", "duckdb", "ibis", "sklearn.linear_model", "sklearn.ensemble",
+                   "sklearn.pipeline", "sklearn.impute", "recsvc.models.training",
+                   "recsvc.models.evaluation", "recsvc.features.compute", "recsvc.reports",
+                   "recsvc.data.simulate", "recsvc.data.importer")
+_LOADED_WHEN_SERVING = """
+import asyncio, json, os, sys
+from recsvc.serving.main import serve_worker
+
+def announce(info):
+    banned = tuple(sys.argv[1:])
+    print(json.dumps(sorted(m for m in sys.modules if m.startswith(banned))), flush=True)
+    os._exit(0)  # what it loaded is all this test asks of it
+
+sys.exit(asyncio.run(serve_worker("127.0.0.1:0", announce)))
+"""
+
+
+def test_the_serving_process_loads_only_serving_code(trained: Any) -> None:
+    """A worker, once SERVING (models, catalogue and caps loaded), has imported nothing of
+    training, plotting, the offline store or the reports."""
+    done = subprocess.run([sys.executable, "-c", _LOADED_WHEN_SERVING, *OFFLINE_MODULES],
+                          check=False, env=serve_env(trained, RECSVC_COMPILED_MODELS="false"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from recsvc.models import inputs
 from recsvc.models.scoring import ChurnScorer, features_as_of
 from recsvc.serving import converters
 from recsvc.serving.dataplane import Catalogue, Dataplane, FeastSource
-from recsvc.serving.models import ModelHolder
+from recsvc.serving.models import ModelHolder, Served
 from recsvc.serving.server import create_server, mark_serving
 from recsvc.serving.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2 as pb
@@ -438,26 +439,37 @@ def test_cart_split_over_grpc(trained: Any) -> None:
     _serve(trained, down, source=DownSource())
 
 
-class SlowSource:
-    """The real store, answering only after `delay` seconds (blocking, as a hung read would)."""
+class SlowModel:
+    """The churn model taking `delay` seconds of the event loop per call, as a long
+    CPU-bound answer does (counting its calls): what calls queue behind."""
 
-    def __init__(self, inner: Any, delay: float) -> None:
-        self.inner, self.delay, self.reads = inner, delay, 0
+    def __init__(self, delay: float) -> None:
+        self.inner: Any = None  # the real model, set when the server loads it
+        self.delay, self.calls = delay, 0
 
-    def read_service(self, service: str, entity_key: str, ids: Sequence[int]) -> dict:
-        self.reads += 1
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def score(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
         time.sleep(self.delay)
-        return self.inner.read_service(service, entity_key, ids)
+        return self.inner.score(*args, **kwargs)
 
 
-def _serve_threads(ctx: Any, source: Any, overload_lag_s: float | None,
-                   calls: Callable[[Any], list[Any]]) -> tuple[list[Any], CollectorRegistry]:
-    """Serve on this thread's loop while `calls(sync_stub)` runs in another thread (so that
-    a request blocking the server does not block its callers); returns what it returned."""
+def _serve_threads(ctx: Any, slow: SlowModel, overload_lag_s: float | None,
+                   calls: Callable[[Any], list[Any]], source: Any = None,
+                   ) -> tuple[list[Any], CollectorRegistry]:
+    """Serve on this thread's loop, with `slow` wrapping the churn model, while
+    `calls(sync_stub)` runs in another thread (so that a request blocking the server does not
+    block its callers); returns what it returned."""
     async def main() -> tuple[list[Any], CollectorRegistry]:
         registry = CollectorRegistry()
         metrics = ServiceMetrics(registry)
-        plane = _plane(ctx, source, _holder(ctx, metrics), metrics, True)
+        holder = _holder(ctx, metrics)
+        assert holder.current is not None
+        slow.inner = holder.current.scorer
+        holder.current = Served(holder.current.version, slow)
+        plane = _plane(ctx, source or FeastSource(ctx.store), holder, metrics, True)
         server, port, health = await create_server(
             "127.0.0.1:0", RedemptionServicer(plane, metrics), overload_lag_s=overload_lag_s)
         await mark_serving(health)
@@ -479,30 +491,45 @@ def _outcome(call: Callable[[], Any]) -> grpc.StatusCode:
         return exc.code()
 
 
-def _behind_a_held_call(source: SlowSource, first: Callable[[], Any],
+def _behind_a_held_call(holding: Callable[[], int], first: Callable[[], Any],
                         then: list[Callable[[], Any]]) -> list[grpc.StatusCode]:
-    """Start `first`; once it holds the server (its slow read began), start `then` at once.
+    """Start `first`; once it holds the server (`holding()` > 0), start `then` at once.
     The status codes of all of them, `first`'s first."""
     with ThreadPoolExecutor(1 + len(then)) as pool:
         held = pool.submit(_outcome, first)
-        while source.reads == 0:
+        while holding() == 0:
             time.sleep(0.005)
         rest = [pool.submit(_outcome, call) for call in then]
         return [held.result(), *(f.result() for f in rest)]
 
 
+class CountingSource:
+    """The real store, counting its reads."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.reads = inner, 0
+
+    def read_service(self, service: str, entity_key: str, ids: Sequence[int]) -> dict:
+        self.reads += 1
+        return self.inner.read_service(service, entity_key, ids)
+
+
 def test_a_call_whose_deadline_passed_while_it_waited_is_not_worked_on(trained: Any) -> None:
     member = _sample(trained)[0]
-    source = SlowSource(FeastSource(trained.store), delay=0.4)
+    source = CountingSource(FeastSource(trained.store))
     request = pb.GetChurnRiskRequest(member_id=member)
 
+    model = SlowModel(0.4)
+
     def calls(stub: Any) -> list[Any]:
-        return _behind_a_held_call(source, lambda: stub.GetChurnRisk(request, timeout=10),
+        return _behind_a_held_call(lambda: model.calls,
+                                   lambda: stub.GetChurnRisk(request, timeout=10),
                                    [lambda: stub.GetChurnRisk(request, timeout=0.1)])
 
-    (slow, late), registry = _serve_threads(trained, source, None, calls)
+    (slow, late), registry = _serve_threads(trained, model, None, calls, source)
     assert (slow, late) == (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED)
-    assert source.reads == 1  # the expired call read nothing and scored nothing
+    # the expired call read nothing and scored nothing
+    assert source.reads == 1 and model.calls == 1
     answered = registry.get_sample_value("recsvc_requests_total",
                                          {"rpc": "GetChurnRisk", "code": "OK"})
     assert answered == 1
@@ -510,20 +537,23 @@ def test_a_call_whose_deadline_passed_while_it_waited_is_not_worked_on(trained: 
 
 def test_overload_is_shed_with_resource_exhausted(trained: Any) -> None:
     member = _sample(trained)[0]
-    source = SlowSource(FeastSource(trained.store), delay=0.3)
+    source = CountingSource(FeastSource(trained.store))
     request = pb.GetChurnRiskRequest(member_id=member)
+
+    model = SlowModel(0.3)
 
     def calls(stub: Any) -> list[Any]:
         def call() -> Any:
             return stub.GetChurnRisk(request, timeout=30)
 
-        return _behind_a_held_call(source, call, [call] * 8)
+        return _behind_a_held_call(lambda: model.calls, call, [call] * 8)
 
-    codes, registry = _serve_threads(trained, source, 0.05, calls)
+    codes, registry = _serve_threads(trained, model, 0.05, calls, source)
     assert codes[0] == grpc.StatusCode.OK
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
-    # a refused call did no work, and is counted under its code
-    assert source.reads == codes.count(grpc.StatusCode.OK)
+    # a refused call computed nothing (refused on arrival, or once its read came back from
+    # its thread and found the server behind), and is counted under its code
+    assert model.calls == codes.count(grpc.StatusCode.OK) <= source.reads
     assert registry.get_sample_value("recsvc_requests_total", {
         "rpc": "GetChurnRisk", "code": "RESOURCE_EXHAUSTED"}) == codes.count(
         grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -532,14 +562,56 @@ def test_overload_is_shed_with_resource_exhausted(trained: Any) -> None:
 def test_a_lone_caller_of_long_calls_is_never_shed(trained: Any) -> None:
     """Each call holds the loop longer than the overload lag, but nothing queues behind it."""
     member = _sample(trained)[0]
-    source = SlowSource(FeastSource(trained.store), delay=0.12)
     request = pb.GetChurnRiskRequest(member_id=member)
 
     def calls(stub: Any) -> list[Any]:
         return [_outcome(lambda: stub.GetChurnRisk(request, timeout=30)) for _ in range(6)]
 
-    codes, _ = _serve_threads(trained, source, 0.05, calls)
+    codes, _ = _serve_threads(trained, SlowModel(0.12), 0.05, calls)
     assert codes == [grpc.StatusCode.OK] * 6
+
+
+class HungSource:
+    """The real store, except that reads of one member hang until `release` is set."""
+
+    def __init__(self, inner: Any, member: int) -> None:
+        self.inner, self.member = inner, member
+        self.hung = threading.Event()
+        self.release = threading.Event()
+
+    def read_service(self, service: str, entity_key: str, ids: Sequence[int]) -> dict:
+        if self.member in ids:
+            self.hung.set()
+            self.release.wait(30)
+        return self.inner.read_service(service, entity_key, ids)
+
+
+def test_a_hung_store_read_holds_up_only_its_own_call(trained: Any) -> None:
+    """Reads run off the event loop: while one member's read hangs, calls for other members
+    are answered (a read on the loop would hold every call until it returned)."""
+    hung_member, *others = _sample(trained)[:6]
+    source = HungSource(FeastSource(trained.store), hung_member)
+
+    def calls(stub: Any) -> list[Any]:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(_outcome, lambda: stub.GetRedemptionHint(
+                pb.GetRedemptionHintRequest(member_id=hung_member, item_id=_items(trained)[0]),
+                timeout=30))
+            assert source.hung.wait(10)
+            rest = []
+            for member in others:  # one after another, each while the first still hangs
+                rest.append(_outcome(lambda m=member: stub.GetRedemptionHint(
+                    pb.GetRedemptionHintRequest(member_id=m, item_id=_items(trained)[0]),
+                    timeout=10)))
+                rest.append(_outcome(lambda m=member: stub.GetChurnRisk(
+                    pb.GetChurnRiskRequest(member_id=m), timeout=10)))
+            still_hung = not held.done()
+            source.release.set()
+            return [still_hung, held.result(), *rest]
+
+    still_hung, first, *rest = _serve_threads(trained, SlowModel(0.0), None, calls, source)[0]
+    assert still_hung and first == grpc.StatusCode.OK
+    assert rest == [grpc.StatusCode.OK] * 2 * len(others)
 
 
 def test_late_ticks_are_overload_only_with_calls_queued_behind() -> None:

@@ -73,6 +73,25 @@ class ServiceMetrics:
             "Items dropped from a delivered nudge's options by an item frequency cap, by nudge "
             "kind and the cap.", ["kind", "cap"], registry=registry)
 
+        self.feature_cache = Counter(
+            "recsvc_feature_cache_lookups_total",
+            "Entity rows the online reader looked up in its cache, by result (hit: answered "
+            "from memory; miss: read from the store).", ["result"], registry=registry)
+        self.feature_cache_rows = Gauge(
+            "recsvc_feature_cache_rows", "Entity rows the online reader's cache holds.",
+            registry=registry, multiprocess_mode="livesum")
+        for result in ("hit", "miss"):
+            self.feature_cache.labels(result)
+        self._cache_seen = (0, 0)
+
+    def publish_cache(self, hits: int, misses: int, rows: int) -> None:
+        """The online reader's cache counts since it opened (published as increments)."""
+        seen_hits, seen_misses = self._cache_seen
+        self.feature_cache.labels("hit").inc(max(hits - seen_hits, 0))
+        self.feature_cache.labels("miss").inc(max(misses - seen_misses, 0))
+        self._cache_seen = (hits, misses)
+        self.feature_cache_rows.set(rows)
+
     def prime_nudges(self, kinds: Sequence[str], channels: Sequence[str], arms: Sequence[str],
                      capped: Sequence[tuple[str, str]],
                      options_capped: Sequence[tuple[str, str]]) -> None:

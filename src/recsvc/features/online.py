@@ -363,6 +363,25 @@ class RowCache:
     def size(self) -> int:
         return sum(len(t) for t in list(self.rows.values()))
 
+    def peek(self, plan: Plan, keys: list[bytes]) -> dict[str, list[Any]] | None:
+        """The plan's columns for `keys` if every row is held, else None (nothing fetched)."""
+        table = self.rows.get(id(plan))
+        if table is None:
+            return None
+        rows = []
+        for k in keys:
+            row = table.get(k)
+            if row is None:
+                return None
+            rows.append(row)
+        self.hits += len(keys)
+        return self._columns(plan, rows)
+
+    @staticmethod
+    def _columns(plan: Plan, rows: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
+        return {c.name: list(values) if c.scalar else [_copy(v) for v in values]
+                for c, values in zip(plan.columns, zip(*rows, strict=True), strict=True)}
+
     def read(self, plan: Plan, keys: list[bytes],
              fetch: Callable[[Plan, list[bytes]], list[Any]]) -> dict[str, list[Any]]:
         """The plan's columns for `keys`, fetching (and keeping) the rows not held."""
@@ -389,9 +408,7 @@ class RowCache:
                     table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
                 table.update(fresh)
             held.update(fresh)
-        rows = [held[k] for k in keys]
-        return {c.name: list(values) if c.scalar else [_copy(v) for v in values]
-                for c, values in zip(columns, zip(*rows, strict=True), strict=True)}
+        return self._columns(plan, [held[k] for k in keys])
 
 
 class _BaseReader(OnlineReader):
@@ -610,12 +627,16 @@ class _Tracking:
         for conn in conns or ():
             conn.disconnect()
 
-    def drain(self) -> bool:
-        """Take the announcements that have arrived; True while the cache may be used."""
+    def drain(self, start: bool = True) -> bool:
+        """Take the announcements that have arrived; True while the cache may be used.
+        Without `start`, tracking that is not running is not (re)started here: connecting
+        may wait on the network."""
         import redis
 
         with self._lock:
             if self._conns is None:
+                if not start:
+                    return False
                 now = time.monotonic()
                 if now < self._retry_at:
                     return False
@@ -684,6 +705,22 @@ class RedisReader(_BaseReader):
             if not self._tracking.drain():
                 return self._decode(plan, self._fetch(plan, keys))
             return self.cache.read(plan, keys, self._fetch)
+
+    def peek(self, service_name: str, entity_key: str,
+             ids: Sequence[Any]) -> dict[str, list[Any]] | None:
+        """`read_service` answered from memory when every row is cached and Redis has
+        announced no write to them, else None: never waits on Redis (the announcements are
+        taken with a non-blocking poll), so a caller on an event loop may ask."""
+        if not ids or self._tracking is None:
+            return None
+        plan = self._service_plan(service_name, entity_key)
+        keys = plan.codec.keys(ids)
+        try:
+            if not self._tracking.drain(start=False):
+                return None
+        except Exception:  # whatever the subscription did, the store read will tell
+            return None
+        return self.cache.peek(plan, keys)
 
     def cache_stats(self) -> tuple[int, int, int]:
         """(hits, misses, rows held)."""

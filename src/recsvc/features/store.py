@@ -153,8 +153,9 @@ def registry_path(settings: Settings) -> Path:
     return feast_dir(settings.data_dir) / f"registry.{online_kind(settings)}.db"
 
 
-def repo_config_dict(settings: Settings) -> dict[str, Any]:
-    """feature_store.yaml with the settings applied (paths absolute), as a plain mapping."""
+def repo_config_dict(settings: Settings, *, offline: bool = True) -> dict[str, Any]:
+    """feature_store.yaml with the settings applied (paths absolute), as a plain mapping;
+    without `offline`, the serving process's store, which has no offline engine."""
     path = Path(settings.feature_repo) / REPO_YAML
     try:
         text = path.read_text(encoding="utf-8")
@@ -188,7 +189,8 @@ def repo_config_dict(settings: Settings) -> dict[str, Any]:
         "provider": raw.get("provider", "local"),
         "registry": _registry(registry, settings),
         "online_store": online,
-        "offline_store": raw.get("offline_store") or {"type": "file"},
+        "offline_store": (raw.get("offline_store") or {"type": "file"}) if offline
+        else {"type": "recsvc.features.serving_store.ServingOfflineStore"},
     }
 
 
@@ -202,11 +204,11 @@ def _registry(section: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return {**section, "registry_type": "file", "path": str(registry_path(settings))}
 
 
-def repo_config(settings: Settings) -> RepoConfig:
+def repo_config(settings: Settings, *, offline: bool = True) -> RepoConfig:
     from feast.repo_config import RepoConfig
 
     with feast_errors("configure the feature store"):
-        config = RepoConfig(**repo_config_dict(settings))
+        config = RepoConfig(**repo_config_dict(settings, offline=offline))
     config.repo_path = Path(settings.feature_repo).resolve()
     return config
 
@@ -232,14 +234,16 @@ def write_cli_config(settings: Settings) -> Path:
     return path
 
 
-def open_store(settings: Settings) -> FeatureStore:
-    """The Feast FeatureStore for these settings (SQLite or Redis online store)."""
+def open_store(settings: Settings, *, offline: bool = True) -> FeatureStore:
+    """The Feast FeatureStore for these settings (SQLite or Redis online store); without
+    `offline`, as the server opens it: online reads only, no offline engine loaded."""
     from feast import FeatureStore
 
-    config = repo_config(settings)
+    config = repo_config(settings, offline=offline)
     try:
-        write_cli_config(settings)
-    except OSError as exc:  # a read-only data volume in a server is fine: it is a convenience
+        if offline:  # the jobs write what the `feast` CLI needs; the server reads only
+            write_cli_config(settings)
+    except OSError as exc:  # a read-only data volume is fine: it is a convenience
         log.debug("not writing the CLI configuration: %s", exc)
     with feast_errors("open the feature store"):
         return FeatureStore(repo_path=str(config.repo_path), config=config)

@@ -71,12 +71,14 @@ class Context:
             return None
 
 
-def open_context(settings: Settings) -> Context:
+def open_context(settings: Settings, *, offline: bool = True) -> Context:
+    """Settings, programme, feature store and registry; without `offline`, as the server
+    opens them (no offline engine: `history` is refused)."""
     from recsvc.config import load_programme
     from recsvc.features import store as fstore
     from recsvc.models.registry import Registry
 
-    feast_store = fstore.open_store(settings)
+    feast_store = fstore.open_store(settings, offline=offline)
     registry = Registry(settings.registry_dir)
     return Context(settings, load_programme(settings.programme), feast_store, registry)
 

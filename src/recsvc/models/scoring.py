@@ -22,7 +22,7 @@ from recsvc.data import schema
 from recsvc.errors import DataMissing
 from recsvc.models import inputs
 from recsvc.models.attribution import PathAttribution
-from recsvc.models.training import calibrated, weekly_bgnbd
+from recsvc.models.runtime import calibrated, weekly_bgnbd
 from recsvc.progress import Stopwatch
 
 F64 = npt.NDArray[np.float64]

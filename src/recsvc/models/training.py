@@ -43,6 +43,7 @@ from recsvc.features.compute import month_start_instants
 from recsvc.models import evaluation, inputs
 from recsvc.models.btyd import BgNbd
 from recsvc.models.registry import Manifest, Registry
+from recsvc.models.runtime import WeeklyBgNbd, calibrated, weekly_bgnbd
 from recsvc.progress import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -296,11 +297,6 @@ def fit_platt(raw: F64, y: npt.NDArray[np.int64]) -> dict[str, float]:
     return {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
 
 
-def calibrated(raw: F64, platt: Mapping[str, float]) -> F64:
-    z = platt["a"] * raw + platt["b"]
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def logistic_baseline(X: F64, y: npt.NDArray[np.int64]) -> Any:
     """Logistic regression (median imputation, standardised) on the given columns."""
     from sklearn.impute import SimpleImputer
@@ -394,7 +390,7 @@ def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _P
     last = split.frame.event_timestamp.to_numpy() == split.frame.event_timestamp[train].max()
     ok &= last
     bgnbd = BgNbd.fit(x[ok], t_x[ok] / 7.0, T[ok] / 7.0)  # time in weeks, as usual
-    weekly = _WeeklyBgNbd(bgnbd)
+    weekly = WeeklyBgNbd(bgnbd)
     cols.update(inputs.churn_inputs(cols, weekly, opts.horizon_days))
     names = list(inputs.CHURN_INPUTS)
     vocab = inputs.vocabularies({k: cols[k] for k in inputs.CATEGORICAL if k in cols})
@@ -420,26 +416,6 @@ def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _P
              "band_cuts": list(segments.DEFAULT_BAND_CUTS), "prior_fallback": fallback}
     return _Prepared(names, list(inputs.CHURN_DERIVED), X, extra, baselines,
                      ["rfm_logistic_regression"], inputs.churn_prior_margin(cols, fallback))
-
-
-class _WeeklyBgNbd:
-    """A BG/NBD fitted in weeks, answering in days (the feature store's unit)."""
-
-    def __init__(self, model: BgNbd) -> None:
-        self.model = model
-
-    def p_alive(self, x: F64, t_x: F64, T: F64) -> F64:
-        return np.asarray(self.model.p_alive(x, t_x / 7.0, T / 7.0), dtype=np.float64)
-
-    def expected_purchases(self, t: float, x: F64, t_x: F64, T: F64) -> F64:
-        return np.asarray(self.model.expected_purchases(t / 7.0, x, t_x / 7.0, T / 7.0),
-                          dtype=np.float64)
-
-
-def weekly_bgnbd(extra: Mapping[str, Any]) -> _WeeklyBgNbd | None:
-    """The BG/NBD saved with a churn manifest, for serving the same derived inputs."""
-    params = extra.get("bgnbd_weekly")
-    return _WeeklyBgNbd(BgNbd.from_dict(params)) if params else None
 
 
 def train_model(

@@ -6,6 +6,7 @@ dependency failure becomes a degraded answer (with its reason) rather than a fai
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -40,10 +41,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# the feature services each answer reads a member's features from
+HINT_SERVICE = "hint_v1"
+MEMBER_SERVICE = "redemption_v1"
+CHURN_SERVICE = "churn_v1"
 MAX_CHURN_BATCH = 1000
 MAX_HINT_BATCH = 100
 DEFAULT_RECOMMENDATIONS = 20
 MAX_RECOMMENDATIONS = 200
+MEMBER_INPUTS_KEPT = 50_000  # members whose encoded model inputs are kept between calls
 WANTED_ITEMS = 5  # the cart's advice compares the points' value here with these items'
 TOP_DRIVERS = 3
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
@@ -98,6 +104,15 @@ class FeastSource:
 
 
 @dataclass(frozen=True)
+class Read:
+    """Online features read for an answer (ahead of it, off the event loop, by `read_async`):
+    {"<view>__<feature>": values}, empty when the store failed (`degraded` says so)."""
+
+    raw: dict[str, list[Any]]
+    degraded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Risk:
     member_id: int
     probability: float
@@ -113,6 +128,25 @@ class ChurnAnswer:
     risks: list[Risk]
     model_version: str
     degraded: tuple[str, ...] = field(default_factory=tuple)
+
+
+Admit = Callable[[], None]
+"""Raises when a call must not go on (the server is overloaded, the deadline passed)."""
+
+
+def _admitted() -> None:
+    """Every call goes on (outside a server)."""
+
+
+def _check_members(member_ids: Sequence[int]) -> None:
+    if not member_ids:
+        raise InvalidArgument("member_ids", "at least one member id is required")
+    if len(member_ids) > MAX_CHURN_BATCH:
+        raise InvalidArgument("member_ids", f"at most {MAX_CHURN_BATCH} per call, got "
+                                            f"{len(member_ids)}")
+    for i, member in enumerate(member_ids):
+        if member < 0:
+            raise InvalidArgument(f"member_ids[{i}]", f"must be >= 0, got {member}")
 
 
 def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -316,6 +350,8 @@ class Dataplane:
         self.caps = caps
         self.clock = clock
         self.arms = ArmAssigner(programme.experiments) if programme else None
+        self._encoded: dict[tuple[str, int], tuple[dict[str, Any],
+                                                   dict[str, npt.NDArray[np.float64]]]] = {}
 
     # -- what every member-facing answer shares ----------------------------------------------
     def _configured(self) -> tuple[Programme, Catalogue, ArmAssigner]:
@@ -331,24 +367,51 @@ class Dataplane:
             raise InvalidArgument("context.experiment_arm", f"no arm named {forced!r}")
         return arm
 
+    def read(self, service: str, ids: Sequence[int], rpc: str) -> Read:
+        """The members' features of `service`; a store that fails: none, degraded."""
+        start = time.perf_counter()
+        try:
+            got = Read(self.features.read_service(service, "member_id", ids))
+        except FeatureStoreUnavailable as exc:
+            log.warning("%s: online store unavailable, answering from defaults: %s", rpc, exc)
+            got = Read({}, (FEATURE_STORE_UNAVAILABLE,))
+        self.metrics.feature_read.labels(service).observe(time.perf_counter() - start)
+        return got
+
+    async def read_async(self, service: str, ids: Sequence[int], rpc: str) -> Read:
+        """`read` for the event loop: rows the source holds in memory are taken at once
+        (`peek`, when it has one); anything that needs the store is read on a thread, so a
+        store that hangs holds up only the calls that wait for it."""
+        peek = getattr(self.features, "peek", None)
+        held = peek(service, "member_id", ids) if peek is not None else None
+        if held is not None:
+            return Read(held)
+        return await asyncio.to_thread(self.read, service, ids, rpc)
+
     def _context(self, member_id: int, service: str, balance: int | None,
-                 degraded: list[str], rpc: str) -> Context:
-        """Read the member's features (a store failure: a cold start, degraded) and build the
-        profile the core works with; `balance` is the caller's live balance, if it sent one."""
+                 degraded: list[str], rpc: str, read: Read | None) -> Context:
+        """The profile the core works with from the member's features (`read`, or read now;
+        a store failure: a cold start, degraded); `balance` is the caller's live balance, if
+        it sent one."""
         assert self.programme is not None
         p = self.programme
         if balance is not None and balance < 0:
             raise InvalidArgument("context.points_balance", f"must be >= 0, got {balance}")
-        start = time.perf_counter()
-        try:
-            raw = self.features.read_service(service, "member_id", [member_id])
-        except FeatureStoreUnavailable as exc:
-            log.warning("%s: online store unavailable, member from defaults: %s", rpc, exc)
-            raw = {}
-            degraded.append(FEATURE_STORE_UNAVAILABLE)
-        self.metrics.feature_read.labels(service).observe(time.perf_counter() - start)
+        if read is None:
+            read = self.read(service, [member_id], rpc)
+        degraded.extend(read.degraded)
+        raw = read.raw
         f = {(k.split("__", 1)[1] if "__" in k else k): v[0] for k, v in raw.items()}
         cold = all(v is None for v in f.values())
+        # the member's encoded model inputs, kept while the features read are the same
+        held = self._encoded.get((service, member_id))
+        if held is not None and held[0] == f:
+            encoded = held[1]
+        else:
+            encoded = {}
+            if len(self._encoded) >= MEMBER_INPUTS_KEPT:
+                self._encoded.clear()  # bounded by clearing, as the readers' row caches
+            self._encoded[(service, member_id)] = (f, encoded)
 
         def num(name: str, default: float) -> float:
             value = f.get(name)
@@ -370,7 +433,8 @@ class Dataplane:
         points = cart.PointsBalance.reconcile(lots, live, now, same_snapshot=balance is None)
         if balance is None and points.total != live:  # lots lapsed since the snapshot
             member = dataclasses.replace(member, balance=points.total)
-        return Context(f, cold, member, points, tier, fraud.split_flags(f.get("fraud_flags")))
+        return Context(f, cold, member, points, tier, fraud.split_flags(f.get("fraud_flags")),
+                       encoded)
 
     def _propensity(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
                     surface: str, served: Served,
@@ -388,8 +452,9 @@ class Dataplane:
         return got
 
     # -- the RPCs ------------------------------------------------------------------------------
-    def hints(self, req: HintRequest, rpc: str) -> HintAnswer:
-        """Product-page hints for up to 100 items, in request order."""
+    def hints(self, req: HintRequest, rpc: str, read: Read | None = None) -> HintAnswer:
+        """Product-page hints for up to 100 items, in request order (`read`: the member's
+        hint_v1 features, when read ahead)."""
         p, catalogue, arms = self._configured()
         arm = self._arm(arms, req.member_id, req.arm)
         if not req.item_ids:
@@ -405,7 +470,7 @@ class Dataplane:
                 raise NotFound(f"item_ids[{k}]: no item {item}")
             positions[k] = at
         degraded: list[str] = []
-        ctx = self._context(req.member_id, "hint_v1", req.points_balance, degraded, rpc)
+        ctx = self._context(req.member_id, HINT_SERVICE, req.points_balance, degraded, rpc, read)
         served = self.propensity.current if self.propensity else None
         c = items.core
         factors = ranking.member_factors(p, ctx.member, c, positions)
@@ -449,7 +514,8 @@ class Dataplane:
         return core_catalogue.alternates(self.programme, items.similar, targets,
                                          propensity=scorer)
 
-    def recommend(self, req: RecommendRequest, rpc: str) -> RecommendAnswer:
+    def recommend(self, req: RecommendRequest, rpc: str,
+                  read: Read | None = None) -> RecommendAnswer:
         """The best ways to spend the member's points: ranked, explained options."""
         p, catalogue, arms = self._configured()
         arm = self._arm(arms, req.member_id, req.arm)
@@ -465,7 +531,8 @@ class Dataplane:
             if category not in known:
                 raise InvalidArgument(f"filters.categories[{k}]", f"no category {category!r}")
         degraded: list[str] = []
-        ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
+        ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
+                            read)
         factors = ranking.member_factors(p, ctx.member, items.core)
         served, scorer = self._scorer(ctx, items, req.surface, degraded, factors=factors)
         options = ranking.recommend(
@@ -507,7 +574,7 @@ class Dataplane:
 
         return served, remembered
 
-    def cart_split(self, req: CartRequest, rpc: str) -> CartAnswer:
+    def cart_split(self, req: CartRequest, rpc: str, read: Read | None = None) -> CartAnswer:
         """The order's points/cash split under every rule, points taken earliest-lapsing first,
         and advice when the member's wanted items would make more of the points."""
         p, catalogue, arms = self._configured()
@@ -515,7 +582,8 @@ class Dataplane:
         if not req.lines:
             raise InvalidArgument("lines", "at least one line is required")
         degraded: list[str] = []
-        ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
+        ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
+                            read)
         # "wanted": the member's best-ranked items the index says points are better for
         wanted = ranking.recommend(p, arm, ctx.member, catalogue.items.core,
                                    limit=WANTED_ITEMS, affordable_only=True)
@@ -542,10 +610,14 @@ class Dataplane:
             return self._capped_nudges(pending, exc)
         return self._capped_nudges(pending, outcomes)
 
-    async def nudges_async(self, req: NudgeRequest, rpc: str) -> NudgeAnswer:
-        """`nudges` for the event loop: the cap store is awaited (`CapStore.reserve_async`:
-        SQLite's transaction on its own thread), so other calls go on while it waits."""
-        pending = self._due_nudges(req, rpc)
+    async def nudges_async(self, req: NudgeRequest, rpc: str,
+                           admit: Admit = _admitted) -> NudgeAnswer:
+        """`nudges` for the event loop: the member's features (`read_async`) and the cap store
+        (`CapStore.reserve_async`: SQLite's transaction on its own thread) are awaited, so
+        other calls go on while they wait."""
+        read = await self.read_async(MEMBER_SERVICE, [req.member_id], rpc)
+        admit()
+        pending = self._due_nudges(req, rpc, read)
         if isinstance(pending, NudgeAnswer):
             return pending
         try:
@@ -560,7 +632,8 @@ class Dataplane:
             raise CapStoreUnavailable("no frequency-cap store is configured")
         return self.caps
 
-    def _due_nudges(self, req: NudgeRequest, rpc: str) -> _PendingNudges | NudgeAnswer:
+    def _due_nudges(self, req: NudgeRequest, rpc: str,
+                    read: Read | None = None) -> _PendingNudges | NudgeAnswer:
         """The nudges due and their cap reservations; the answer itself when none is due."""
         p, catalogue, arms = self._configured()
         arm = self._arm(arms, req.member_id, req.arm)
@@ -569,7 +642,8 @@ class Dataplane:
                                              f"{req.channel!r}")
         items = catalogue.items
         degraded: list[str] = []
-        ctx = self._context(req.member_id, "redemption_v1", req.points_balance, degraded, rpc)
+        ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
+                            read)
         served, scorer = self._scorer(ctx, items, req.surface, degraded, memo=True)
 
         def rank(member: ranking.Member, affordable_only: bool,
@@ -609,26 +683,17 @@ class Dataplane:
         return NudgeAnswer(delivered, withheld, arm.name, pending.model,
                            self._count(rpc, degraded), self._verify(rpc, ctx))
 
-    def churn_risk(self, member_ids: Sequence[int], rpc: str) -> ChurnAnswer:
-        if not member_ids:
-            raise InvalidArgument("member_ids", "at least one member id is required")
-        if len(member_ids) > MAX_CHURN_BATCH:
-            raise InvalidArgument("member_ids", f"at most {MAX_CHURN_BATCH} per call, got "
-                                                f"{len(member_ids)}")
-        for i, member in enumerate(member_ids):
-            if member < 0:
-                raise InvalidArgument(f"member_ids[{i}]", f"must be >= 0, got {member}")
+    def churn_risk(self, member_ids: Sequence[int], rpc: str,
+                   read: Read | None = None) -> ChurnAnswer:
+        """Churn risk, band, segment, drivers and action per member, in request order
+        (`read`: their churn_v1 features, when read ahead)."""
+        _check_members(member_ids)
         served = self.churn.current  # one version for the whole request
-        degraded: list[str] = []
         n = len(member_ids)
-        start = time.perf_counter()
-        try:
-            raw = self.features.read_service("churn_v1", "member_id", member_ids)
-        except FeatureStoreUnavailable as exc:
-            log.warning("%s: online store unavailable, answering from defaults: %s", rpc, exc)
-            raw = {}
-            degraded.append(FEATURE_STORE_UNAVAILABLE)
-        self.metrics.feature_read.labels("churn_v1").observe(time.perf_counter() - start)
+        if read is None:
+            read = self.read(CHURN_SERVICE, member_ids, rpc)
+        degraded = list(read.degraded)
+        raw = read.raw
         cols, cold = _columns(raw, n) if raw else ({}, np.ones(n, dtype=bool))
         if served is None:
             degraded.append(NO_MODEL)
@@ -653,6 +718,33 @@ class Dataplane:
                 action=segments.recommended_action(str(scores.segment[i]), str(scores.band[i])),
                 cold_start=bool(cold[i])))
         return ChurnAnswer(risks, served.version, self._count(rpc, degraded))
+
+    # -- the RPCs for the event loop: features read ahead (`read_async`), then the answer ------
+    # `admit` runs between the two: the read may have waited, and the answer takes the loop.
+    async def hints_async(self, req: HintRequest, rpc: str, admit: Admit = _admitted,
+                          ) -> HintAnswer:
+        read = await self.read_async(HINT_SERVICE, [req.member_id], rpc)
+        admit()
+        return self.hints(req, rpc, read)
+
+    async def recommend_async(self, req: RecommendRequest, rpc: str, admit: Admit = _admitted,
+                              ) -> RecommendAnswer:
+        read = await self.read_async(MEMBER_SERVICE, [req.member_id], rpc)
+        admit()
+        return self.recommend(req, rpc, read)
+
+    async def cart_split_async(self, req: CartRequest, rpc: str, admit: Admit = _admitted,
+                               ) -> CartAnswer:
+        read = await self.read_async(MEMBER_SERVICE, [req.member_id], rpc)
+        admit()
+        return self.cart_split(req, rpc, read)
+
+    async def churn_risk_async(self, member_ids: Sequence[int], rpc: str,
+                               admit: Admit = _admitted) -> ChurnAnswer:
+        _check_members(member_ids)  # before reading: a refused batch costs no read
+        read = await self.read_async(CHURN_SERVICE, member_ids, rpc)
+        admit()
+        return self.churn_risk(member_ids, rpc, read)
 
     def _default(self, member: int, cold: bool) -> Risk:
         """Without a model: an even chance, the middle band, and the ordinary action."""

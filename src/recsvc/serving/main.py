@@ -23,6 +23,7 @@ from recsvc.settings import load_settings
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 5.0
+CACHE_STATS_SECONDS = 5.0  # how often the online reader's cache counts reach the metrics
 
 
 async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None]) -> int:
@@ -39,11 +40,16 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     from recsvc.serving.caps import open_cap_store
     from recsvc.serving.dataplane import Catalogue, Dataplane
     from recsvc.serving.models import ModelHolder
-    from recsvc.serving.server import create_server, mark_serving, refresh_models
+    from recsvc.serving.server import (
+        create_server,
+        mark_serving,
+        publish_cache_stats,
+        refresh_models,
+    )
     from recsvc.serving.servicer import RedemptionServicer
 
     settings = load_settings()
-    ctx = open_context(settings)
+    ctx = open_context(settings, offline=False)  # online reads only: no offline engine loaded
     # values go to the supervisor's multiprocess directory; it serves them over HTTP
     metrics = ServiceMetrics(CollectorRegistry())
 
@@ -103,7 +109,8 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
 
     tasks = [asyncio.create_task(refresh_models([churn, propensity], catalogue,
                                                 settings.model_refresh_seconds)),
-             asyncio.create_task(orphaned())]
+             asyncio.create_task(orphaned()),
+             asyncio.create_task(publish_cache_stats(reader, metrics, CACHE_STATS_SECONDS))]
     await stop.wait()
     await health.enter_graceful_shutdown()  # NOT_SERVING first, so balancers drain us
     for task in tasks:

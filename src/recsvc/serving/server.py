@@ -13,6 +13,7 @@ from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsvc.metrics import ServiceMetrics
 from recsvc.serving.dataplane import Catalogue
 from recsvc.serving.models import ModelHolder
 from recsvc.serving.servicer import LoadShedder, RedemptionServicer
@@ -116,3 +117,14 @@ async def refresh_models(holders: list[ModelHolder], catalogue: Catalogue,
                 await asyncio.to_thread(job)
             except Exception:  # a failed refresh must never stop future ones
                 log.exception("refreshing %s failed", name)
+
+
+async def publish_cache_stats(reader: Any, metrics: ServiceMetrics, every_s: float) -> None:
+    """Copy the online reader's cache hits, misses and size into the metrics every `every_s`
+    (readers without a cache have no `cache_stats`)."""
+    stats = getattr(reader, "cache_stats", None)
+    if stats is None:
+        return
+    while True:
+        metrics.publish_cache(*stats())
+        await asyncio.sleep(every_s)

@@ -16,7 +16,7 @@ from recsvc.core import nudges as core_nudges
 from recsvc.errors import DeadlineExceeded, Overloaded
 from recsvc.metrics import ServiceMetrics
 from recsvc.serving import converters, errors
-from recsvc.serving.dataplane import Dataplane
+from recsvc.serving.dataplane import Admit, Dataplane
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
 
@@ -54,26 +54,47 @@ class LoadShedder:
         self.call_s = 0.0  # mean duration of a call's work (exponentially weighted)
         self.drift: collections.deque[int] = collections.deque(maxlen=5)
         self._sampled = -1e9
+        self.in_flight = 0  # calls being worked on (their reads awaited off the loop included)
+        self._due: float | None = None  # when the pending tick is due (time.monotonic)
 
     @property
     def overloaded(self) -> bool:
-        return self.late_ticks >= self.sustained
+        """Sustained late ticks; or, between ticks, a tick overdue for as long as `sustained`
+        late ones would take, with calls queued behind: calls whose reads came back while
+        the loop was busy run one after another in one pass of the loop, with no tick
+        between them to see it."""
+        if self.late_ticks >= self.sustained:
+            return True
+        if self._due is None:
+            return False
+        overdue = time.monotonic() - self._due
+        if overdue <= self.sustained * max(self.max_lag_s, self.interval_s):
+            return False
+        wait = self.queued_wait()
+        if wait is None or wait > self.max_lag_s:
+            self.lag = overdue
+            return True
+        return False
 
     def observe(self, seconds: float) -> None:
         """Record one call's duration."""
         self.call_s = seconds if self.call_s == 0 else self.call_s + 0.1 * (seconds - self.call_s)
 
     def queued_wait(self) -> float | None:
-        """Estimated seconds a new call waits behind those already received (None: unknown)."""
+        """Estimated seconds a new call waits behind those already received (None: unknown):
+        the calls no handler has taken yet, and those taken that wait for the loop again
+        after awaiting their reads (all in flight but the one running)."""
         queued = self.waiting() if self.waiting is not None else None
         if queued is None:
             return None
-        return max(queued - min(self.drift, default=0), 0) * self.call_s
+        behind = max(queued - min(self.drift, default=0), 0) + max(self.in_flight - 1, 0)
+        return behind * self.call_s
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             start = loop.time()
+            self._due = time.monotonic() + self.interval_s
             await asyncio.sleep(self.interval_s)
             self.lag = max(loop.time() - start - self.interval_s, 0.0)
             late = self.lag > self.max_lag_s
@@ -111,26 +132,25 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                                  *core_nudges.cap_series(p))
 
     async def _call(self, rpc: str, context: grpc.aio.ServicerContext,
-                    work: Callable[[], T]) -> T:
-        """Run one RPC's work with its metrics; errors leave through the one error table."""
-        async def run() -> T:
-            return work()
-
-        return await self._call_async(rpc, context, run)
-
-    async def _call_async(self, rpc: str, context: grpc.aio.ServicerContext,
-                          work: Callable[[], Awaitable[T]]) -> T:
-        """`_call` for work that awaits (a store it must not block the event loop on)."""
+                    work: Callable[[Admit], Awaitable[T]]) -> T:
+        """Run one RPC's work with its metrics; errors leave through the one error table.
+        The work awaits what it must not block the event loop on (stores), and calls
+        `admit` once that is done, before it takes the loop for the answer."""
         start = time.perf_counter()
         failure: BaseException | None = None
         try:
-            if self.shedder is not None and self.shedder.overloaded:
-                raise Overloaded(f"{rpc}: the server is {self.shedder.lag * 1000:.0f} ms "
-                                 "behind; retry with backoff")
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:  # waited past the caller's deadline:
-                raise DeadlineExceeded(f"{rpc}: the deadline passed before the work started")
-            return await work()
+            self._admit(rpc, context)
+
+            def admit() -> None:
+                self._admit(rpc, context)
+
+            if self.shedder is None:
+                return await work(admit)
+            self.shedder.in_flight += 1
+            try:
+                return await work(admit)
+            finally:
+                self.shedder.in_flight -= 1
         except asyncio.CancelledError as exc:
             failure = exc
             raise
@@ -145,11 +165,21 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             if self.shedder is not None:
                 self.shedder.observe(took)
 
+    def _admit(self, rpc: str, context: grpc.aio.ServicerContext) -> None:
+        """Refuse a call that must not take the event loop now: when it arrives, and again
+        after its reads were awaited, before the answer is computed."""
+        if self.shedder is not None and self.shedder.overloaded:
+            raise Overloaded(f"{rpc}: the server is {self.shedder.lag * 1000:.0f} ms "
+                             "behind; retry with backoff")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # waited past the caller's deadline:
+            raise DeadlineExceeded(f"{rpc}: the deadline passed before the work started")
+
     async def GetRedemptionHint(self, request: Any,
                                 context: Any) -> pb.GetRedemptionHintResponse:
-        def work() -> pb.GetRedemptionHintResponse:
+        async def work(admit: Admit) -> pb.GetRedemptionHintResponse:
             req = converters.hint_request(request.member_id, [request.item_id], request.context)
-            answer = self.dataplane.hints(req, "GetRedemptionHint")
+            answer = await self.dataplane.hints_async(req, "GetRedemptionHint", admit)
             return pb.GetRedemptionHintResponse(
                 hint=converters.redemption_hint(answer.hints[0]), experiment_arm=answer.arm,
                 model_version=answer.model_version, degraded=bool(answer.degraded),
@@ -160,10 +190,10 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
 
     async def BatchGetRedemptionHints(self, request: Any,
                                       context: Any) -> pb.BatchGetRedemptionHintsResponse:
-        def work() -> pb.BatchGetRedemptionHintsResponse:
+        async def work(admit: Admit) -> pb.BatchGetRedemptionHintsResponse:
             req = converters.hint_request(request.member_id, list(request.item_ids),
                                           request.context)
-            answer = self.dataplane.hints(req, "BatchGetRedemptionHints")
+            answer = await self.dataplane.hints_async(req, "BatchGetRedemptionHints", admit)
             return pb.BatchGetRedemptionHintsResponse(
                 hints=[converters.redemption_hint(h) for h in answer.hints],
                 experiment_arm=answer.arm, model_version=answer.model_version,
@@ -175,23 +205,24 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
 
     async def RecommendRedemptions(self, request: Any,
                                    context: Any) -> pb.RecommendRedemptionsResponse:
-        def work() -> pb.RecommendRedemptionsResponse:
-            return converters.recommendations(self.dataplane.recommend(
-                converters.recommend_request(request), "RecommendRedemptions"))
+        async def work(admit: Admit) -> pb.RecommendRedemptionsResponse:
+            return converters.recommendations(await self.dataplane.recommend_async(
+                converters.recommend_request(request), "RecommendRedemptions", admit))
 
         return await self._call("RecommendRedemptions", context, work)
 
     async def OptimizeCartSplit(self, request: Any,
                                 context: Any) -> pb.OptimizeCartSplitResponse:
-        def work() -> pb.OptimizeCartSplitResponse:
-            return converters.cart_split(self.dataplane.cart_split(
-                converters.cart_request(request), "OptimizeCartSplit"))
+        async def work(admit: Admit) -> pb.OptimizeCartSplitResponse:
+            return converters.cart_split(await self.dataplane.cart_split_async(
+                converters.cart_request(request), "OptimizeCartSplit", admit))
 
         return await self._call("OptimizeCartSplit", context, work)
 
     async def GetChurnRisk(self, request: Any, context: Any) -> pb.GetChurnRiskResponse:
-        def work() -> pb.GetChurnRiskResponse:
-            answer = self.dataplane.churn_risk([request.member_id], "GetChurnRisk")
+        async def work(admit: Admit) -> pb.GetChurnRiskResponse:
+            answer = await self.dataplane.churn_risk_async(
+                [request.member_id], "GetChurnRisk", admit)
             return pb.GetChurnRiskResponse(
                 risk=converters.churn_risk(answer.risks[0]), model_version=answer.model_version,
                 degraded=bool(answer.degraded),
@@ -201,8 +232,9 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
 
     async def BatchGetChurnRisk(self, request: Any,
                                 context: Any) -> pb.BatchGetChurnRiskResponse:
-        def work() -> pb.BatchGetChurnRiskResponse:
-            answer = self.dataplane.churn_risk(list(request.member_ids), "BatchGetChurnRisk")
+        async def work(admit: Admit) -> pb.BatchGetChurnRiskResponse:
+            answer = await self.dataplane.churn_risk_async(
+                list(request.member_ids), "BatchGetChurnRisk", admit)
             return pb.BatchGetChurnRiskResponse(
                 risks=[converters.churn_risk(r) for r in answer.risks],
                 model_version=answer.model_version, degraded=bool(answer.degraded),
@@ -211,9 +243,9 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
         return await self._call("BatchGetChurnRisk", context, work)
 
     async def GetNudges(self, request: Any, context: Any) -> pb.GetNudgesResponse:
-        async def work() -> pb.GetNudgesResponse:
+        async def work(admit: Admit) -> pb.GetNudgesResponse:
             # awaits the cap store: a SQLite one waits on its file lock off the event loop
             return converters.nudges(await self.dataplane.nudges_async(
-                converters.nudge_request(request), "GetNudges"))
+                converters.nudge_request(request), "GetNudges", admit))
 
-        return await self._call_async("GetNudges", context, work)
+        return await self._call("GetNudges", context, work)
