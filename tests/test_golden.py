@@ -38,6 +38,17 @@ CAPTURE = os.environ.get("RECSVC_GOLDEN_CAPTURE") == "1"
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def flagged(trained: Any) -> Any:
+    """The trained programme with the fraud job's flags online (as another test leaves it,
+    whichever runs first: the job gives the same flags every time), so verification is in
+    the answers too."""
+    from recsvc.models.fraud import run_fraud_flags
+
+    run_fraud_flags(trained.settings, trained.programme, say=lambda _: None)
+    return trained
+
+
 def _models(ctx: Any) -> dict[str, str]:
     """The production version of each model and a digest of its trees: a replay is only
     meaningful against the models the answers were captured with."""
@@ -114,7 +125,8 @@ def _calls(records: list[dict[str, Any]]) -> list[tuple[str, Any]]:
             for r in records]
 
 
-def test_sqlite_answers_match_the_golden_answers(trained: Any, tmp_path: Path) -> None:
+def test_sqlite_answers_match_the_golden_answers(flagged: Any, tmp_path: Path) -> None:
+    trained = flagged
     if CAPTURE:
         calls = _requests(trained)
         answers = _replay(trained, trained.store, tmp_path / "capture-caps.sqlite", calls)
@@ -129,11 +141,15 @@ def test_sqlite_answers_match_the_golden_answers(trained: Any, tmp_path: Path) -
 
 
 @pytest.mark.redis
-def test_redis_answers_match_the_golden_answers(trained: Any, tmp_path: Path, redis_url: str,
+def test_redis_answers_match_the_golden_answers(flagged: Any, tmp_path: Path, redis_url: str,
                                                redis_project: str) -> None:
+    from recsvc.models.fraud import run_fraud_flags
+
+    trained = flagged
     settings = Settings(data_dir=trained.settings.data_dir, feast_project=redis_project,
                         redis_url=redis_url)
     run_features(settings, trained.programme, say=lambda _: None)  # the same snapshots
+    run_fraud_flags(settings, trained.programme, say=lambda _: None)  # and flags
     fixture = golden.load()
     records = fixture["records"]
     feast_store = fstore.open_store(settings)

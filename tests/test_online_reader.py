@@ -400,3 +400,31 @@ def test_redis_rows_are_cached_until_redis_announces_a_write(redis_store: Any,
     finally:
         other.close()
         reader.close()
+
+
+def test_sqlite_reads_without_waiting_until_a_writer_holds_the_lock(
+        sqlite_store: Any) -> None:
+    """What the event loop may ask: rows held while no connection has committed since, the
+    file otherwise; None at once while a writer holds the file's lock."""
+    reader = OnlineReader.from_store(sqlite_store)
+    assert isinstance(reader, online.SqliteReader)
+    ids = [WRITTEN_MEMBER]
+    first = reader.read_nowait("churn_v1", "member_id", ids)
+    assert first == reader.read_service("churn_v1", "member_id", ids)
+    assert reader.read_nowait("churn_v1", "member_id", ids) == first
+    hits = reader.cache_stats()[0]
+    balance = int(time.time() * 1000) + 11
+    _write(sqlite_store, "member_points", WRITTEN_MEMBER, {"points_balance": balance},
+           dt.datetime.now(dt.UTC))
+    after = reader.read_nowait("churn_v1", "member_id", ids)  # a commit: read again
+    assert after is not None and after["member_points__points_balance"] == [balance]
+    assert reader.cache_stats()[0] == hits
+    writer = sqlite3.connect(online.sqlite_path(sqlite_store), isolation_level=None)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")  # a materialisation committing
+        assert reader.read_nowait("churn_v1", "member_id", ids) is None
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert reader.read_nowait("churn_v1", "member_id", ids) == after
+    reader.close()

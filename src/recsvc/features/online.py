@@ -47,8 +47,8 @@ SQLITE_BUSY_TIMEOUT_S = 0.2
 SQLITE_CHUNK = 512
 # Address space SQLite may map of the online store file (0: read() each page instead).
 SQLITE_MMAP_BYTES = 1 << 30
-# Decoded entity rows kept per request shape and thread (0: no cache), see SqliteReader.
-SQLITE_CACHE_ROWS = 20_000
+# Decoded entity rows kept per request shape (0: no cache), see SqliteReader.
+SQLITE_CACHE_ROWS = 100_000
 # Decoded entity rows kept per request shape, invalidated by Redis (0: no cache), _Tracking.
 REDIS_CACHE_ROWS = 100_000
 
@@ -385,9 +385,15 @@ class RowCache:
     def read(self, plan: Plan, keys: list[bytes],
              fetch: Callable[[Plan, list[bytes]], list[Any]]) -> dict[str, list[Any]]:
         """The plan's columns for `keys`, fetching (and keeping) the rows not held."""
-        columns = plan.columns
+        held, missing, stamp = self._lookup(plan, keys)
+        if missing:
+            self._keep(plan, held, missing, fetch(plan, missing), stamp)
+        return self._columns(plan, [held[k] for k in keys])
+
+    def _lookup(self, plan: Plan, keys: list[bytes],
+                ) -> tuple[dict[bytes, tuple[Any, ...]], list[bytes], int]:
+        """The rows held for `keys`, the keys missing, and the stamp the fetch starts at."""
         table = self.rows.setdefault(id(plan), {})
-        stamp = self.stamp
         held: dict[bytes, tuple[Any, ...]] = {}
         missing = []
         for k in dict.fromkeys(keys):
@@ -398,17 +404,21 @@ class RowCache:
                 held[k] = row
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
-        if missing:
-            slots = fetch(plan, missing)
-            width = len(columns)
-            decoded = [list(map(c.decode, slots[j::width])) for j, c in enumerate(columns)]
-            fresh = dict(zip(missing, zip(*decoded, strict=True), strict=True))
-            if self.stamp == stamp:  # nothing was dropped while the fetch ran
-                if len(table) + len(missing) > self.limit:
-                    table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
-                table.update(fresh)
-            held.update(fresh)
-        return self._columns(plan, [held[k] for k in keys])
+        return held, missing, self.stamp
+
+    def _keep(self, plan: Plan, held: dict[bytes, tuple[Any, ...]], missing: list[bytes],
+              slots: list[Any], stamp: int) -> None:
+        """Decode the fetched rows into `held`, and keep them unless rows were dropped while
+        the fetch ran (what was fetched may predate the change)."""
+        width = len(plan.columns)
+        decoded = [list(map(c.decode, slots[j::width])) for j, c in enumerate(plan.columns)]
+        fresh = dict(zip(missing, zip(*decoded, strict=True), strict=True))
+        if self.stamp == stamp:
+            table = self.rows.setdefault(id(plan), {})
+            if len(table) + len(missing) > self.limit:
+                table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
+            table.update(fresh)
+        held.update(fresh)
 
 
 class _BaseReader(OnlineReader):
@@ -706,8 +716,8 @@ class RedisReader(_BaseReader):
                 return self._decode(plan, self._fetch(plan, keys))
             return self.cache.read(plan, keys, self._fetch)
 
-    def peek(self, service_name: str, entity_key: str,
-             ids: Sequence[Any]) -> dict[str, list[Any]] | None:
+    def read_nowait(self, service_name: str, entity_key: str,
+                    ids: Sequence[Any]) -> dict[str, list[Any]] | None:
         """`read_service` answered from memory when every row is cached and Redis has
         announced no write to them, else None: never waits on Redis (the announcements are
         taken with a non-blocking poll), so a caller on an event loop may ask."""
@@ -721,6 +731,14 @@ class RedisReader(_BaseReader):
         except Exception:  # whatever the subscription did, the store read will tell
             return None
         return self.cache.peek(plan, keys)
+
+    def _packed(self, plan: Plan, keys: list[bytes]) -> bytes:
+        # "$<len of key + project>\r\n<key>" then the shared tail: the key's bulk string is
+        # split around the entity key bytes so the project and fields are encoded once
+        rp: _RedisPlan = plan.backend
+        size = len(self._suffix)
+        return b"".join([b"%b$%d\r\n%b%b" % (rp.head, len(k) + size, k, rp.tail)
+                         for k in keys])
 
     def cache_stats(self) -> tuple[int, int, int]:
         """(hits, misses, rows held)."""
@@ -743,12 +761,7 @@ class RedisReader(_BaseReader):
                     pipe.hmget(key + suffix, rp.fields)
                 replies = pipe.execute()
             return list(itertools.chain.from_iterable(replies))
-        # "$<len of key + project>\r\n<key>" then the shared tail: the key's bulk string is
-        # split around the entity key bytes so the project and fields are encoded once
-        size = len(self._suffix)
-        head = rp.head
-        tail = rp.tail
-        packed = b"".join([b"%b$%d\r\n%b%b" % (head, len(k) + size, k, tail) for k in keys])
+        packed = self._packed(plan, keys)
         pool = self._client.connection_pool
         conn = pool.get_connection()
         done = False
@@ -856,21 +869,21 @@ def _padded(n: int) -> int:
 class _SqliteThread:
     """One thread's connection, the database version it last saw, and its row caches."""
 
-    def __init__(self, conn: sqlite3.Connection, cache_rows: int) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.pid = os.getpid()
         self.version: int | None = None
-        self.cache = RowCache(cache_rows)
 
 
 class SqliteReader(_BaseReader):
     """Feast's SQLite layout read with sqlite3: one read-only connection per thread.
 
-    Decoded rows are kept per request shape and thread (up to `cache_rows` entities each)
-    for as long as `PRAGMA data_version` says no other connection has committed to the
-    file; any write (materialisation, another process) empties the caches at the next read.
-    So a read returns exactly what the file holds when the read starts, and a catalogue read
-    over and over costs dictionary lookups instead of ~2,800 SQLite rows for 200 items.
+    Decoded rows are kept per request shape (up to `cache_rows` entities each, shared by the
+    threads) for as long as `PRAGMA data_version` says no other connection has committed to
+    the file; any write (materialisation, another process) empties the cache at the next read
+    or `read_nowait`. So a read returns exactly what the file holds when the read starts, and a
+    catalogue read over and over costs dictionary lookups instead of ~2,800 SQLite rows for
+    200 items. `read_nowait` reads on a connection of its own that never waits for the lock.
     """
 
     def __init__(self, views: dict[str, ViewSpec],
@@ -885,29 +898,56 @@ class SqliteReader(_BaseReader):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
-        self._caches: list[RowCache] = []
+        self.cache = RowCache(cache_rows)
+        self._probe: tuple[int, sqlite3.Connection] | None = None  # (pid, connection)
+        self._probe_version: int | None = None
+        self._probe_lock = threading.Lock()
         super().__init__(views, services, project)
 
     def _compile(self, plan: Plan) -> _SqlitePlan:
         return _SqlitePlan(self.project, plan)
 
+    def _connect(self, timeout_s: float) -> sqlite3.Connection:
+        # read-only: a reader must never create or change the file Feast writes
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                               timeout=timeout_s, check_same_thread=False)
+        if self._mmap_bytes:
+            # pages read from the OS's page cache without a read() per page (~20 % here);
+            # writers cannot truncate the file under a read transaction's shared lock
+            conn.execute(f"PRAGMA mmap_size={int(self._mmap_bytes)}")
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
     def _thread(self) -> _SqliteThread:
         state: _SqliteThread | None = getattr(self._local, "state", None)
         # a connection must not cross a fork (`serve --workers N`): the pid says whose it is
         if state is None or state.pid != os.getpid():
-            # read-only: a reader must never create or change the file Feast writes
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                   timeout=self._timeout_s, check_same_thread=False)
-            if self._mmap_bytes:
-                # pages read from the OS's page cache without a read() per page (~20 % here);
-                # writers cannot truncate the file under a read transaction's shared lock
-                conn.execute(f"PRAGMA mmap_size={int(self._mmap_bytes)}")
-            with self._lock:
-                self._conns.append(conn)
-            state = self._local.state = _SqliteThread(conn, self._cache_rows)
-            with self._lock:
-                self._caches.append(state.cache)
+            state = self._local.state = _SqliteThread(self._connect(self._timeout_s))
         return state
+
+    def read_nowait(self, service_name: str, entity_key: str,
+                    ids: Sequence[Any]) -> dict[str, list[Any]] | None:
+        """`read_service` if it needs no wait for SQLite's lock, else None (nothing read): on
+        a connection of its own that never waits, rows held while no connection has
+        committed since, the others read from the file (in the OS's page cache: CPU work).
+        While a writer commits it answers None, and the caller reads on a thread."""
+        if not ids or not self._cache_rows:
+            return None
+        plan = self._service_plan(service_name, entity_key)
+        keys = plan.codec.keys(ids)
+        with self._probe_lock:
+            try:
+                if self._probe is None or self._probe[0] != os.getpid():
+                    self._probe = (os.getpid(), self._connect(0.0))
+                conn = self._probe[1]
+                (version,) = conn.execute("PRAGMA data_version").fetchone()
+                if version != self._probe_version:  # a commit since: drop all
+                    self._probe_version = version
+                    self.cache.clear()
+                return self.cache.read(plan, keys, lambda p, k: self._fetch_on(conn, p, k))
+            except sqlite3.Error:  # locked by a writer's commit, or worse: a thread will tell
+                return None
 
     def _read(self, plan: Plan, ids: Sequence[Any]) -> dict[str, list[Any]]:
         if not ids or not self._cache_rows:
@@ -916,23 +956,24 @@ class SqliteReader(_BaseReader):
         with feast_errors(plan.action):
             state = self._thread()
             (version,) = state.conn.execute("PRAGMA data_version").fetchone()
-            if version != state.version:
-                state.cache.clear()
+            if version != state.version:  # a commit this connection has not seen: drop all
+                # (a new connection too: what others cached may predate a commit it missed)
+                self.cache.clear()
                 state.version = version
-            return state.cache.read(plan, keys, self._fetch)
+            return self.cache.read(plan, keys, self._fetch)
 
     def cache_stats(self) -> tuple[int, int, int]:
-        """(hits, misses, rows held) over every thread's cache."""
-        with self._lock:
-            caches = list(self._caches)
-        return (sum(c.hits for c in caches), sum(c.misses for c in caches),
-                sum(c.size() for c in caches))
+        """(hits, misses, rows held)."""
+        return self.cache.hits, self.cache.misses, self.cache.size()
 
     def _fetch(self, plan: Plan, keys: list[bytes]) -> list[Any]:
+        return self._fetch_on(self._thread().conn, plan, keys)
+
+    def _fetch_on(self, conn: sqlite3.Connection, plan: Plan, keys: list[bytes]) -> list[Any]:
         sp: _SqlitePlan = plan.backend
         width = sp.width
         slots: list[Any] = [None] * (len(keys) * width)
-        execute = self._thread().conn.execute
+        execute = conn.execute
         for start in range(0, len(keys), SQLITE_CHUNK):
             chunk = keys[start:start + SQLITE_CHUNK]
             size = _padded(len(chunk))
@@ -950,6 +991,7 @@ class SqliteReader(_BaseReader):
         for conn in conns:
             conn.close()
         self._local = threading.local()
+        self._probe = None
 
 
 # --------------------------------------------------------------------------------------------

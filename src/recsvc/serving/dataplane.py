@@ -373,17 +373,22 @@ class Dataplane:
         try:
             got = Read(self.features.read_service(service, "member_id", ids))
         except FeatureStoreUnavailable as exc:
-            log.warning("%s: online store unavailable, answering from defaults: %s", rpc, exc)
-            got = Read({}, (FEATURE_STORE_UNAVAILABLE,))
+            got = self._unavailable(rpc, exc)
         self.metrics.feature_read.labels(service).observe(time.perf_counter() - start)
         return got
 
+    @staticmethod
+    def _unavailable(rpc: str, exc: FeatureStoreUnavailable) -> Read:
+        log.warning("%s: online store unavailable, answering from defaults: %s", rpc, exc)
+        return Read({}, (FEATURE_STORE_UNAVAILABLE,))
+
     async def read_async(self, service: str, ids: Sequence[int], rpc: str) -> Read:
-        """`read` for the event loop: rows the source holds in memory are taken at once
-        (`peek`, when it has one); anything that needs the store is read on a thread, so a
-        store that hangs holds up only the calls that wait for it."""
-        peek = getattr(self.features, "peek", None)
-        held = peek(service, "member_id", ids) if peek is not None else None
+        """`read` for the event loop: what the source can read without waiting is read at
+        once (`read_nowait`, when it has one: rows held in memory, SQLite's file when no
+        writer holds its lock); what must wait on the store is read on a thread, so a store
+        that hangs holds up only the calls that wait for it."""
+        nowait = getattr(self.features, "read_nowait", None)
+        held = nowait(service, "member_id", ids) if nowait is not None else None
         if held is not None:
             return Read(held)
         return await asyncio.to_thread(self.read, service, ids, rpc)
