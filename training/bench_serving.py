@@ -6,10 +6,13 @@
                                      [--profile] [--quick]
 
 `make bench` runs it. One run measures, on this machine and under the same load generator:
-- the floor: training/echo_server.py, a bare grpc.aio server echoing a hint-sized request;
+- the floors: training/echo_server.py echoing a hint-sized request on each candidate transport
+  (grpc.aio, grpc.aio on uvloop, grpcio's threaded server), and the score floor: grpc.aio
+  scoring one row of the production propensity model, compiled, per call;
 - `recsvc serve` on SQLite, then on Redis (the same data dir materialised under a Feast project
   of the benchmark's own, whose keys are deleted afterwards; never FLUSHDB, Redis is shared):
-  GetRedemptionHint at 500/s and saturated, RecommendRedemptions (limit 200) at 100/s,
+  GetRedemptionHint at 500/s and saturated, BatchGetRedemptionHints (100 items) at 100/s,
+  RecommendRedemptions (limit 200) at 100/s,
   OptimizeCartSplit (3 lines) at 200/s, BatchGetChurnRisk (1,000 members) at 10/s, GetNudges
   (in-app, a live balance that makes a low-balance or unlock nudge due, caps counted: a member
   asked again within the week is capped) at 200/s;
@@ -29,8 +32,11 @@ probed first with a few calls one at a time: UNIMPLEMENTED rows are reported, no
 degraded answer is flagged; the idle single-call latency goes into the notes. --workers N runs
 `recsvc serve --workers N` and the echo server with as many processes.
 
+Every row also gives the server's CPU per answer: the CPU seconds of the server's process tree
+(/proc) over the row, warm-up included, divided by the answers.
+
 Writes bench/results/serving.json and bench/results/serving.md, with the goals as ratios to the
-echo server measured in the same run. --profile runs each service row a second time, right
+floors measured in the same run. --profile runs each service row a second time, right
 after the first, under py-spy (`py-spy record --pid --subprocesses`; not in the lock: pip install
 py-spy) and writes the collapsed stacks under bench/results/profiles/ and their summary (the
 functions with the most self time, and the recsvc frames with the most inclusive time) into the
@@ -79,14 +85,21 @@ SERVICE = "recsvc.v1.RedemptionService"
 ECHO_METHOD = "/bench.Echo/Echo"
 SQLITE_PROJECT = "recsvc"  # the Settings default: what `recsvc features` fills without a name
 DEADLINE_S = 5.0
-# goals of the issue, as ratios to the echo server measured in the same run
-HINT_P99_VS_ECHO = 1.3
-SATURATED_VS_ECHO = 0.8
+# goals of the serving-floor issue, as ratios to floors measured in the same run
+HINT_P99_VS_ECHO = 1.5
+SATURATED_VS_ECHO = 0.6
+SATURATED_VS_SCORE = 0.85
+HINTS_BATCH_P99_MS = 3.0
 RECOMMEND_P99_MS = 3.0
 RECOMMEND_VS_SDK = 5.0
-CHURN_BATCH_MS = 50.0
+CHURN_BATCH_MS = 40.0
 ITEMS_PER_RECOMMENDATION = 200
+ITEMS_PER_HINT_BATCH = 100
 CHURN_BATCH = 1000
+# the floors: (row group, echo_server.py --transport, whether it scores one model row a call);
+# "echo" (grpc.aio, what recsvc serves with) is the reference of the goals
+FLOORS = (("echo", "aio", False), ("echo-uvloop", "uvloop", False),
+          ("echo-sync", "sync", False), ("score", "aio", True))
 FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")  # py-spy's "function (file:line)"
 
 
@@ -220,9 +233,34 @@ async def _closed_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:
             "done": np.asarray(ends), "codes": codes}
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process and its live descendants have used."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # after "(comm)": state, ppid (2nd), ... utime (12th), stime (13th)
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += stats[p][1]
+            todo += [c for c, (ppid, _) in stats.items() if ppid == p]
+    return total
+
+
 def run_load(pool: Any, address: str, sc: Scenario, timing: Timing,
-             one_call_s: float = 0.0) -> dict[str, Any]:
-    """Drive one row from every generator process and summarise it."""
+             one_call_s: float = 0.0, server_pid: int | None = None) -> dict[str, Any]:
+    """Drive one row from every generator process and summarise it; with `server_pid`, the
+    server process tree's CPU per answer (warm-up included, as its answers are)."""
+    cpu = tree_cpu_s(server_pid) if server_pid else None
     # the processes connect and make one call first (`one_call_s`: how long one takes)
     start = time.monotonic() + 1.5 + min(one_call_s, 10.0)
     specs = [{"address": address, "method": sc.method, "payloads": sc.payloads,
@@ -231,7 +269,10 @@ def run_load(pool: Any, address: str, sc: Scenario, timing: Timing,
               "clients": timing.clients, "index": i} for i in range(timing.clients)]
     parts = pool.map(generate, specs, chunksize=1)
     window = (start + timing.warmup, start + timing.warmup + timing.duration)
-    return summarise(parts, window, timing.duration, open_loop=bool(sc.rate))
+    out = summarise(parts, window, timing.duration, open_loop=bool(sc.rate))
+    if server_pid and cpu is not None and out["n"]:
+        out["cpu_us_per_answer"] = round((tree_cpu_s(server_pid) - cpu) * 1e6 / out["n"], 1)
+    return out
 
 
 def summarise(parts: list[dict[str, Any]], window: tuple[float, float], duration: float,
@@ -386,6 +427,17 @@ def prepare(args: argparse.Namespace, data_dir: Path, log: Path) -> dict[str, st
     return models
 
 
+def propensity_model(data_dir: Path) -> Path | None:
+    """The production propensity model's LightGBM file (what the score floor scores)."""
+    from recsvc.models.registry import MODEL_FILE, Registry
+
+    registry = Registry(data_dir / "models")
+    version = registry.production("propensity")
+    if version is None:
+        return None
+    return Path(registry.load("propensity", version).directory) / MODEL_FILE
+
+
 def build_requests(data_dir: Path, seed: int, quick: bool) -> dict[str, list[bytes]]:
     from recsvc.data import schema
 
@@ -399,6 +451,10 @@ def build_requests(data_dir: Path, seed: int, quick: bool) -> dict[str, list[byt
         "hint": [pb.GetRedemptionHintRequest(member_id=rng.choice(members),
                                              item_id=rng.choice(items)).SerializeToString()
                  for _ in range(n)],
+        "hints100": [pb.BatchGetRedemptionHintsRequest(
+            member_id=rng.choice(members),
+            item_ids=rng.sample(items, ITEMS_PER_HINT_BATCH)).SerializeToString()
+            for _ in range(n // 10)],
         "recommend": [pb.RecommendRedemptionsRequest(
             member_id=rng.choice(members), limit=ITEMS_PER_RECOMMENDATION).SerializeToString()
             for _ in range(n)],
@@ -482,7 +538,7 @@ def probe(address: str, sc: Scenario) -> dict[str, Any]:
         reply = sc.response.FromString(raw)
         if getattr(reply, "degraded", False):
             out["degraded"] = [pb.DegradedReason.Name(r) for r in reply.degraded_reasons]
-        for name in ("options", "risks", "lines", "nudges"):
+        for name in ("options", "risks", "lines", "nudges", "hints"):
             if hasattr(reply, name):
                 out[name] = len(getattr(reply, name))
     return out
@@ -494,6 +550,9 @@ def scenarios(requests: dict[str, list[bytes]], concurrency: int) -> list[Scenar
                  response=pb.GetRedemptionHintResponse),
         Scenario("hint_saturated", "GetRedemptionHint", f"c={concurrency}", requests["hint"],
                  concurrency=concurrency, response=pb.GetRedemptionHintResponse),
+        Scenario("hints100_100", "BatchGetRedemptionHints",
+                 f"100/s, {ITEMS_PER_HINT_BATCH} items", requests["hints100"], rate=100,
+                 response=pb.BatchGetRedemptionHintsResponse),
         Scenario("recommend_200_100", "RecommendRedemptions", "100/s, limit 200",
                  requests["recommend"], rate=100, response=pb.RecommendRedemptionsResponse),
         Scenario("cart_200", "OptimizeCartSplit", "200/s, 3 lines", requests["cart"], rate=200,
@@ -519,12 +578,14 @@ def report_row(store: str, sc: Scenario, r: dict[str, Any]) -> None:
         return
     print(f"{store:6s} {sc.rpc:22s} {sc.load:22s} p50 {r['p50_ms']:7.2f}  p99 {r['p99_ms']:7.2f}"
           f"  max {r['max_ms']:8.2f} ms  {r['req_per_s']:8.1f}/s  errors {r['errors'] or 0}"
-          + (f"  lag p99 {r['lag_p99_ms']:.2f} ms" if "lag_p99_ms" in r else ""), flush=True)
+          + (f"  lag p99 {r['lag_p99_ms']:.2f} ms" if "lag_p99_ms" in r else "")
+          + (f"  cpu {r['cpu_us_per_answer']:,.0f} us/answer" if "cpu_us_per_answer" in r
+             else ""), flush=True)
 
 
 def measure_service(pool: Any, address: str, rows: list[Scenario], timing: Timing,
                     store: str, profile: tuple[subprocess.Popen[bytes], Path] | None = None,
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+                    server_pid: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each row: probe, load; with `profile` (the server, a folder), the row again under
     py-spy right after it, so a backlog a row leaves behind lands in its own profile."""
     out: dict[str, Any] = {}
@@ -535,7 +596,8 @@ def measure_service(pool: Any, address: str, rows: list[Scenario], timing: Timin
         if p["code"] == "UNIMPLEMENTED":
             row["note"] = "not implemented"
         else:
-            row |= run_load(pool, address, sc, timing, p.get("single_ms", 0) / 1000)
+            row |= run_load(pool, address, sc, timing, p.get("single_ms", 0) / 1000,
+                            server_pid)
         out[sc.key] = row
         report_row(store, sc, row)
         if profile is not None and p["code"] != "UNIMPLEMENTED":
@@ -620,40 +682,49 @@ def _why_none(row: dict[str, Any]) -> str:
         f"; one call alone took {single:,.0f} ms" if single is not None else "")
 
 
+def _ratio_goal(num: dict[str, Any], den: dict[str, Any], key: str, limit: float,
+                at_least: bool) -> dict[str, Any] | None:
+    """num[key] / den[key] against `limit`; None when neither row ran."""
+    if num.get(key) and den.get(key):
+        ratio = num[key] / den[key]
+        return {"value": round(ratio, 3), "met": ratio >= limit if at_least else ratio <= limit}
+    if num:
+        return {"value": None, "met": False, "note": _why_none(num)}
+    return None
+
+
+def _ms_goal(row: dict[str, Any], limit_ms: float) -> dict[str, Any] | None:
+    if "p99_ms" in row:
+        return {"value": row["p99_ms"], "met": row["p99_ms"] <= limit_ms}
+    if row:
+        return {"value": None, "met": False, "note": _why_none(row)}
+    return None
+
+
 def goals(result: dict[str, Any]) -> dict[str, Any]:
+    floors = {name for name, _, _ in FLOORS}
     echo = result["rows"].get("echo", {})
     e500, esat = echo.get("echo_500", {}), echo.get("echo_saturated", {})
+    ssat = result["rows"].get("score", {}).get("echo_saturated", {})
     out: dict[str, Any] = {}
     for store, rows in result["rows"].items():
-        if store == "echo":
+        if store in floors:
             continue
-        g: dict[str, Any] = {}
         h500, hsat = rows.get("hint_500", {}), rows.get("hint_saturated", {})
-        rec, churn = rows.get("recommend_200_100", {}), rows.get("churn_1000_10", {})
+        rec = rows.get("recommend_200_100", {})
         sdk = result["sdk"].get(store, {}).get("member_items", {})
-        if "p99_ms" in h500 and "p99_ms" in e500:
-            ratio = h500["p99_ms"] / e500["p99_ms"]
-            g["hint_p99"] = {"value": round(ratio, 2), "met": ratio <= HINT_P99_VS_ECHO}
-        elif h500:
-            g["hint_p99"] = {"value": None, "met": False, "note": _why_none(h500)}
-        if hsat.get("req_per_s") and esat.get("req_per_s"):
-            ratio = hsat["req_per_s"] / esat["req_per_s"]
-            g["hint_saturated"] = {"value": round(ratio, 3), "met": ratio >= SATURATED_VS_ECHO}
-        elif hsat:
-            g["hint_saturated"] = {"value": None, "met": False, "note": _why_none(hsat)}
-        if "p99_ms" in rec:
-            g["recommend_p99"] = {"value": rec["p99_ms"], "met": rec["p99_ms"] <= RECOMMEND_P99_MS}
-            if "p50_ms" in sdk:
-                ratio = sdk["p50_ms"] / rec["p99_ms"]
-                g["recommend_vs_sdk"] = {"value": round(ratio, 2),
-                                         "met": ratio >= RECOMMEND_VS_SDK}
-        elif rec:
-            g["recommend_p99"] = {"value": None, "met": False, "note": _why_none(rec)}
-        if "p99_ms" in churn:
-            g["churn_batch"] = {"value": churn["p99_ms"], "met": churn["p99_ms"] <= CHURN_BATCH_MS}
-        elif churn:
-            g["churn_batch"] = {"value": None, "met": False, "note": _why_none(churn)}
-        out[store] = g
+        g = {
+            "hint_p99": _ratio_goal(h500, e500, "p99_ms", HINT_P99_VS_ECHO, False),
+            "hint_saturated": _ratio_goal(hsat, esat, "req_per_s", SATURATED_VS_ECHO, True),
+            "hint_vs_score": _ratio_goal(hsat, ssat, "req_per_s", SATURATED_VS_SCORE, True),
+            "hints100_p99": _ms_goal(rows.get("hints100_100", {}), HINTS_BATCH_P99_MS),
+            "recommend_p99": _ms_goal(rec, RECOMMEND_P99_MS),
+            "churn_batch": _ms_goal(rows.get("churn_1000_10", {}), CHURN_BATCH_MS),
+        }
+        if "p99_ms" in rec and "p50_ms" in sdk:
+            ratio = sdk["p50_ms"] / rec["p99_ms"]
+            g["recommend_vs_sdk"] = {"value": round(ratio, 2), "met": ratio >= RECOMMEND_VS_SDK}
+        out[store] = {k: v for k, v in g.items() if v is not None}
     return out
 
 
@@ -665,7 +736,8 @@ def markdown(result: dict[str, Any]) -> str:
     m, p = result["machine"], result["params"]
     models = p.get("models", {})
     lines = [
-        "# gRPC serving: recsvc beside a bare grpc.aio echo server and the Feast SDK",
+        "# gRPC serving: recsvc beside bare echo servers (grpc.aio, uvloop, sync; one scoring a "
+        "model row) and the Feast SDK",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, grpcio {m['grpcio']}, "
         f"Feast {m['feast']}; server, Redis and load generator share the machine.  ",
@@ -681,9 +753,9 @@ def markdown(result: dict[str, Any]) -> str:
         "the latencies' count; "
         "sched lag = how late the generator sent (p99).",
         "",
-        "| store | RPC | load | p50 | p99 | max | req/s | answers | errors | sched lag p99 "
-        "| notes |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---|",
+        "| store | RPC | load | p50 | p99 | max | req/s | answers | server CPU µs/answer "
+        "| errors | sched lag p99 | notes |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for store, rows in result["rows"].items():
         for r in rows.values():
@@ -705,6 +777,7 @@ def markdown(result: dict[str, Any]) -> str:
             rps = f"{r['req_per_s']:,.0f}" if "req_per_s" in r else "–"
             lines.append(f"| {store} | {r['rpc']} | {r['load']} | {_ms(r, 'p50_ms')} | "
                          f"{_ms(r, 'p99_ms')} | {_ms(r, 'max_ms')} | {rps} | {r.get('n', '–')} | "
+                         f"{r.get('cpu_us_per_answer', '–')} | "
                          f"{errors if 'sent' in r else '–'} | {_ms(r, 'lag_p99_ms')} | "
                          f"{'; '.join(notes)} |")
     lines += ["", "Feast SDK reference, in process (`get_online_features` with the feature "
@@ -732,11 +805,17 @@ def markdown(result: dict[str, Any]) -> str:
 
     e99 = e500.get("p99_ms", float("nan"))
     erps = esat.get("req_per_s", float("nan"))
+    srps = result["rows"].get("score", {}).get("echo_saturated", {}).get("req_per_s",
+                                                                         float("nan"))
     goal_rows = [
         (f"hint p99 at 500/s ≤ {HINT_P99_VS_ECHO:g}× echo p99 ({e99:.2f} ms)", "hint_p99",
          "{:.2f}×"),
         (f"saturated hints/s ≥ {SATURATED_VS_ECHO:.0%} of echo's ({erps:,.0f}/s)",
          "hint_saturated", "{:.0%}"),
+        (f"saturated hints/s ≥ {SATURATED_VS_SCORE:.0%} of the score floor's ({srps:,.0f}/s)",
+         "hint_vs_score", "{:.0%}"),
+        (f"{ITEMS_PER_HINT_BATCH}-item hint batch p99 at 100/s ≤ {HINTS_BATCH_P99_MS:g} ms",
+         "hints100_p99", "{:.2f} ms"),
         (f"{ITEMS_PER_RECOMMENDATION}-item recommendation p99 ≤ {RECOMMEND_P99_MS:g} ms",
          "recommend_p99", "{:.2f} ms"),
         (f"… ≥ {RECOMMEND_VS_SDK:g}× under the Feast SDK's p50 for reading "
@@ -782,6 +861,8 @@ HOW = [
     "same kind of TCP address as `recsvc serve`.",
     "Every service row is probed with a few calls, one at a time, first: UNIMPLEMENTED rows are "
     "reported, not run; a degraded answer is flagged in notes, with the single-call latency.",
+    "Server CPU per answer: user + system CPU of the server's process tree (from /proc) over "
+    "the row, warm-up included, divided by the answers it gave.",
 ]
 
 
@@ -873,13 +954,20 @@ def main() -> None:
                                                       args.seed)
         with ctx.Pool(args.clients) as pool:
             pool.map(_ready, range(args.clients), chunksize=1)
-            port = free_port()
-            address = f"127.0.0.1:{port}"
-            echo_cmd = [sys.executable, str(ECHO), "--address", address,
-                        "--workers", str(args.workers)]
-            with server(echo_cmd, os.environ.copy(), address, log):
-                result["rows"]["echo"], _ = measure_service(
-                    pool, address, echo_scenarios(requests, args.concurrency), timing, "echo")
+            model = propensity_model(data_dir)
+            for name, transport, scores in FLOORS:
+                if scores and model is None:
+                    print(f"{name}: no production propensity model to score", flush=True)
+                    continue
+                address = f"127.0.0.1:{free_port()}"
+                echo_cmd = [sys.executable, str(ECHO), "--address", address,
+                            "--workers", str(args.workers), "--transport", transport,
+                            *(["--score", str(model)] if scores else [])]
+                with server(echo_cmd, service_env(data_dir, SQLITE_PROJECT, None), address,
+                            log) as proc:
+                    result["rows"][name], _ = measure_service(
+                        pool, address, echo_scenarios(requests, args.concurrency), timing,
+                        name, server_pid=proc.pid)
             for store_name, (project, url) in stores.items():
                 address = f"127.0.0.1:{free_port()}"
                 rows = scenarios(requests, args.concurrency)
@@ -887,7 +975,7 @@ def main() -> None:
                             service_env(data_dir, project, url), address, log) as proc:
                     profile = (proc, args.out / "profiles") if args.profile else None
                     result["rows"][store_name], profiles = measure_service(
-                        pool, address, rows, timing, store_name, profile)
+                        pool, address, rows, timing, store_name, profile, proc.pid)
                     if profiles:
                         result.setdefault("profiles", {})[store_name] = profiles
         result["goals"] = goals(result)
