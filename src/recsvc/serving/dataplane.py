@@ -498,11 +498,13 @@ class Dataplane:
         alternates = dict(zip(empty.tolist(), self._alternates(
             ctx, items, positions[empty], req.surface, served), strict=True)) if len(empty) else {}
         probs = [None] * len(positions) if probabilities is None else probabilities.tolist()
-        out = []
-        for j, (k, h, prob) in enumerate(zip(positions.tolist(), hints, probs, strict=True)):
-            self.metrics.hints.labels(arm.name, "true" if h.points_better else "false").inc()
-            out.append(ItemHint(int(c.item_id[k]), int(c.points_price[k]), h, prob,
-                                alternates.get(j, ())))
+        out = [ItemHint(int(c.item_id[k]), int(c.points_price[k]), h, prob, alternates.get(j, ()))
+               for j, (k, h, prob) in enumerate(zip(positions.tolist(), hints, probs,
+                                                    strict=True))]
+        better = sum(h.points_better for h in hints)  # counted once a call, not once a hint
+        for label, n in (("true", better), ("false", len(hints) - better)):
+            if n:
+                self.metrics.hints.labels(arm.name, label).inc(n)
         return HintAnswer(out, arm.name, served.version if served else "",
                           self._count(rpc, degraded), self._verify(rpc, ctx))
 
