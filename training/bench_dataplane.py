@@ -1,13 +1,15 @@
 """In-process cost of each answer: the dataplane called directly, no gRPC (the serving bench's
 server CPU per answer, split from the transport).
 
-    .venv/bin/python training/bench_dataplane.py [--calls 3000] [--profile hints]
+    .venv/bin/python training/bench_dataplane.py [--calls 3000] [--compiled] [--profile NAME]
 
 Reads the default data (`make features && make train`) through the SQLite online reader as
 `recsvc serve` does, with the production models (LightGBM boosters, or compiled with
 --compiled), and prints p50/p99 and mean µs per call of: a one-item hint, a 100-item batch of
 hints, 200 recommendations and a 1,000-member churn batch. Members are drawn at random from all
-members (a cold member cache), and again from 100 of them (a page asking for the same members).
+members (a cold member cache), and again from 100 of them (hint-warm: a page asking for the
+same members; the churn batches repeat members, so most are read from memory). --profile NAME
+prints a cProfile of one of them instead.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--compiled", action="store_true")
-    parser.add_argument("--profile", choices=["hint", "warm", "hints100", "recommend", "churn"])
+    parser.add_argument("--profile",
+                        choices=["hint", "hint-warm", "hints100", "recommend", "churn"])
     args = parser.parse_args()
     from recsvc.serving.dataplane import HintRequest, RecommendRequest
 
@@ -100,9 +103,7 @@ def main() -> None:
     many = [rng.choice(items, 100, replace=False).tolist() for _ in range(50)]
     cases: dict[str, tuple[Callable[[int], Any], int]] = {
         "hint": (lambda k: plane.hints(HintRequest(cold[k], [one[k]]), "bench"), n),
-        "warm": (lambda k: plane.hints(HintRequest(warm[k], [one[k]]), "bench"), n),
-        "hint, 100 members": (lambda k: plane.hints(HintRequest(warm[k], [one[k]]), "bench"),
-                              n),
+        "hint-warm": (lambda k: plane.hints(HintRequest(warm[k], [one[k]]), "bench"), n),
         "hints100": (lambda k: plane.hints(HintRequest(cold[k], many[k % 50]), "bench"),
                      n // 10),
         "recommend": (lambda k: plane.recommend(RecommendRequest(cold[k], limit=200),
