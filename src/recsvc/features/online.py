@@ -384,16 +384,10 @@ class RowCache:
 
     def read(self, plan: Plan, keys: list[bytes],
              fetch: Callable[[Plan, list[bytes]], list[Any]]) -> dict[str, list[Any]]:
-        """The plan's columns for `keys`, fetching (and keeping) the rows not held."""
-        held, missing, stamp = self._lookup(plan, keys)
-        if missing:
-            self._keep(plan, held, missing, fetch(plan, missing), stamp)
-        return self._columns(plan, [held[k] for k in keys])
-
-    def _lookup(self, plan: Plan, keys: list[bytes],
-                ) -> tuple[dict[bytes, tuple[Any, ...]], list[bytes], int]:
-        """The rows held for `keys`, the keys missing, and the stamp the fetch starts at."""
+        """The plan's columns for `keys`, fetching the rows not held; fetched rows are kept
+        unless rows were dropped while the fetch ran (what it read may predate the change)."""
         table = self.rows.setdefault(id(plan), {})
+        stamp = self.stamp
         held: dict[bytes, tuple[Any, ...]] = {}
         missing = []
         for k in dict.fromkeys(keys):
@@ -404,21 +398,22 @@ class RowCache:
                 held[k] = row
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
-        return held, missing, self.stamp
+        if missing:
+            decoded = _decode(plan, fetch(plan, missing))
+            fresh = dict(zip(missing, zip(*decoded.values(), strict=True), strict=True))
+            if self.stamp == stamp:
+                if len(table) + len(missing) > self.limit:
+                    table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
+                table.update(fresh)
+            held.update(fresh)
+        return self._columns(plan, [held[k] for k in keys])
 
-    def _keep(self, plan: Plan, held: dict[bytes, tuple[Any, ...]], missing: list[bytes],
-              slots: list[Any], stamp: int) -> None:
-        """Decode the fetched rows into `held`, and keep them unless rows were dropped while
-        the fetch ran (what was fetched may predate the change)."""
-        width = len(plan.columns)
-        decoded = [list(map(c.decode, slots[j::width])) for j, c in enumerate(plan.columns)]
-        fresh = dict(zip(missing, zip(*decoded, strict=True), strict=True))
-        if self.stamp == stamp:
-            table = self.rows.setdefault(id(plan), {})
-            if len(table) + len(missing) > self.limit:
-                table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
-            table.update(fresh)
-        held.update(fresh)
+
+def _decode(plan: Plan, slots: list[Any]) -> dict[str, list[Any]]:
+    """Fetched blobs as the plan's columns of Python values; `slots` holds rows of
+    len(columns) blobs, row-major, so a column is a stride."""
+    width = len(plan.columns)
+    return {c.name: list(map(c.decode, slots[j::width])) for j, c in enumerate(plan.columns)}
 
 
 class _BaseReader(OnlineReader):
@@ -516,14 +511,7 @@ class _BaseReader(OnlineReader):
         keys = plan.codec.keys(ids)
         with feast_errors(plan.action):
             slots = self._fetch(plan, keys)
-        return self._decode(plan, slots)
-
-    @staticmethod
-    def _decode(plan: Plan, slots: list[Any]) -> dict[str, list[Any]]:
-        # slots: rows of len(columns) blobs, row-major, so a column is a stride
-        width = len(plan.columns)
-        return {c.name: list(map(c.decode, slots[j::width]))
-                for j, c in enumerate(plan.columns)}
+        return _decode(plan, slots)
 
     def _compile(self, plan: Plan) -> Any:
         raise NotImplementedError
@@ -713,7 +701,7 @@ class RedisReader(_BaseReader):
         keys = plan.codec.keys(ids)
         with feast_errors(plan.action):
             if not self._tracking.drain():
-                return self._decode(plan, self._fetch(plan, keys))
+                return _decode(plan, self._fetch(plan, keys))
             return self.cache.read(plan, keys, self._fetch)
 
     def read_nowait(self, service_name: str, entity_key: str,

@@ -86,8 +86,8 @@ class PropensityScorer:
     `score(cols)` takes the member's and the items' features by name, `points_balance` being
     the live balance when the caller passed one (as in training, where it is the balance at
     exposure), and `surface` per row; the index factors are derived here exactly as in
-    training. The service builds its rows with `rows(...)` instead (compiled once per
-    catalogue load) and scores them with `score_matrix`.
+    training. The service calls `score_items` instead: rows compiled once per catalogue load
+    and member read (`inputs.PropensityRows`), from the index factors the request computed.
     """
 
     def __init__(self, loaded: Any, programme: Programme) -> None:

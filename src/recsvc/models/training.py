@@ -43,7 +43,7 @@ from recsvc.features.compute import month_start_instants
 from recsvc.models import evaluation, inputs
 from recsvc.models.btyd import BgNbd
 from recsvc.models.registry import Manifest, Registry
-from recsvc.models.runtime import WeeklyBgNbd, calibrated, weekly_bgnbd
+from recsvc.models.runtime import WeeklyBgNbd, calibrated
 from recsvc.progress import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -520,6 +520,6 @@ def _summary(headline: Mapping[str, Any]) -> str:
 
 
 __all__ = [
-    "CHURN", "PROPENSITY", "SERVICES", "TrainOptions", "TrainResult", "calibrated",
-    "split_cutoffs", "train_model", "weekly_bgnbd",
+    "CHURN", "PROPENSITY", "SERVICES", "TrainOptions", "TrainResult", "split_cutoffs",
+    "train_model",
 ]
