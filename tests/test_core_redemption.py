@@ -87,3 +87,43 @@ def test_hint_threshold_vacuum_and_reasons() -> None:
                    cold_start=True)
     assert poor.vacuum and not poor.points_better
     assert {rd.Reason.VACUUM_ZONE, rd.Reason.COLD_START} <= set(poor.reasons)
+
+
+@given(st.lists(st.tuples(
+    st.integers(0, 50_000),  # market price, minor units
+    st.floats(0.3, 1.2),  # perceived discount
+    st.integers(-100, 20_000),  # points price
+    st.sampled_from([0.5, 0.8, 0.95, 1.0])),  # the item's discount
+    min_size=1, max_size=20),
+    st.integers(0, 30_000), st.floats(0, 40), st.floats(0, 400), st.booleans(), st.booleans(),
+    st.integers(0, 5_000), st.one_of(st.none(), st.floats(0, 1)), st.booleans())
+def test_one_pair_in_plain_numbers_answers_as_the_columns_do(
+        rows: list[tuple[int, float, int, float]], balance: int, orders: float, days: float,
+        young: bool, high: bool, expiring: int, propensity: float | None, cold: bool) -> None:
+    """The product page's one-item hint (plain numbers) and the batch's (numpy columns) are
+    one formula: the same factors, flags, amounts and reasons, to the bit."""
+    import numpy as np
+
+    from recsvc.core import index as idx
+
+    market, perceived, price, discount = (np.array(c) for c in zip(*rows, strict=True))
+    stock = np.arange(len(rows)) % 3 > 0
+    columns = idx.index_factors(
+        P.index, market_price=market / P.currency.minor_per_unit, perceived_discount=perceived,
+        points_price=price, item_discount=discount, balance=balance, orders_90d=orders,
+        days_since_last_order=days, young=young, high_spender=high)
+    many = rd.hints(P, columns, market_price_minor=market, points_price=price,
+                    item_discount=discount, balance=balance, tier_multiplier=1.2,
+                    expiring_points=expiring, cold_start=cold, in_stock=stock,
+                    propensity=None if propensity is None else np.full(len(rows), propensity))
+    for j, (m, pd, pp, d) in enumerate(rows):
+        one = rd.hint(P, market_price_minor=m, perceived_discount=pd, points_price=pp,
+                      item_discount=d, balance=balance, orders_90d=orders,
+                      days_since_last_order=days, young=young, high_spender=high,
+                      tier_multiplier=1.2, expiring_points=expiring, propensity=propensity,
+                      cold_start=cold, in_stock=bool(stock[j]))
+        assert one == many[j]
+        # the hint's way to pay is the first of the points + cash options
+        cash = rd.cash_price(m, d)
+        options = rd.points_cash_options(P, pp, cash, balance)
+        assert tuple(one.points_cash) == (tuple(options[0]) if options else (0, cash))

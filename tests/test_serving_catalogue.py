@@ -59,6 +59,12 @@ class PriceScorer:
         assert surface == "product_page"
         return np.asarray(item_columns["points_price"][positions], dtype=np.float64) / 10_000
 
+    def score_item(self, catalogue: object, item_columns: dict[str, np.ndarray], n_items: int,
+                   position: int, member: dict[str, Any], encoded: dict[str, Any],
+                   balance: float, surface: str, factors: Any) -> float:
+        return float(self.score_items(catalogue, item_columns, n_items, np.array([position]),
+                                      member, encoded, balance, surface, factors)[0])
+
 
 class Holder:
     """The model holder adapter: whatever `current` it is given."""

@@ -891,8 +891,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run of about three "
                         "minutes (half without the data build, with --data-dir): 3,000 members, "
                         "1 s warm-up, 3 s per row")
+    parser.add_argument("--rows", default="",
+                        help="only these rows and floors, comma-separated (e.g. "
+                        "echo,score,hint_500,hint_saturated); skips the Feast SDK reference")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    only = {r.strip() for r in args.rows.split(",") if r.strip()}
     q = args.quick
     args.members = args.members or (3_000 if q else 20_000)
     args.days = args.days or (300 if q else 400)
@@ -948,7 +952,7 @@ def main() -> None:
             if sh([str(RECSVC), "features"], env, log):
                 raise RuntimeError("recsvc features (Redis) failed:\n" + tail(log))
             stores["redis"] = (redis_project, args.redis_url)
-        for store_name, (project, url) in stores.items():
+        for store_name, (project, url) in stores.items() if not only else ():
             print(f"Feast SDK reference, {store_name}:", flush=True)
             result["sdk"][store_name] = sdk_reference(data_dir, project, url, args.sdk_reads,
                                                       args.seed)
@@ -956,6 +960,8 @@ def main() -> None:
             pool.map(_ready, range(args.clients), chunksize=1)
             model = propensity_model(data_dir)
             for name, transport, scores in FLOORS:
+                if only and name not in only:
+                    continue
                 if scores and model is None:
                     print(f"{name}: no production propensity model to score", flush=True)
                     continue
@@ -970,7 +976,10 @@ def main() -> None:
                         name, server_pid=proc.pid)
             for store_name, (project, url) in stores.items():
                 address = f"127.0.0.1:{free_port()}"
-                rows = scenarios(requests, args.concurrency)
+                rows = [r for r in scenarios(requests, args.concurrency)
+                        if not only or r.key in only]
+                if not rows:
+                    continue
                 with server(serve_cmd(address, args.workers),
                             service_env(data_dir, project, url), address, log) as proc:
                     profile = (proc, args.out / "profiles") if args.profile else None

@@ -1,4 +1,4 @@
-"""The recommendation index of SPEC §2 and its factors, vectorised over numpy arrays.
+"""The recommendation index of SPEC §2 and its factors, for one pair or numpy arrays of them.
 
     value_coefficient    = market_price × perceived_discount / points_price × campaign
     demand_match         = min(points_price, demand) / max(points_price, demand)
@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recsvc.config import IndexRules
+from recsvc.core import elementwise as ew
 
 FloatLike = Any  # float | npt.NDArray[np.float64]; numpy's scalar/array union is not worth typing
 
@@ -56,12 +57,8 @@ def demand_match(points_price: FloatLike, points_demand: FloatLike) -> FloatLike
     >>> demand_match(375, 300)
     0.8
     """
-    a = np.asarray(points_price, dtype=np.float64)
-    b = np.asarray(points_demand, dtype=np.float64)
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dm = np.where((a > 0) & (b > 0), lo / hi, 0.0)
-    return _out(dm)
+    a, b = points_price, points_demand
+    return ew.where((a > 0) & (b > 0), ew.ratio(ew.minimum(a, b), ew.maximum(a, b)), 0.0)
 
 
 def behaviour_weight(
@@ -88,9 +85,7 @@ def discount_coefficient(
     rules: IndexRules, item_discount: FloatLike, high_spender: FloatLike = False
 ) -> FloatLike:
     """The item's current price multiplier, times the high-spender coefficient where it applies."""
-    d = np.asarray(item_discount, dtype=np.float64)
-    d = np.where(np.asarray(high_spender, dtype=bool), d * rules.high_spender_discount, d)
-    return _out(d)
+    return ew.where(high_spender, item_discount * rules.high_spender_discount, item_discount)
 
 
 def recommendation_index(
@@ -101,13 +96,7 @@ def recommendation_index(
     >>> round(recommendation_index(0.12, 0.8, 0.8, 0.8), 10)
     0.06144
     """
-    idx = (
-        np.asarray(value_coeff, dtype=np.float64)
-        * np.asarray(demand, dtype=np.float64)
-        * np.asarray(behaviour, dtype=np.float64)
-        * np.asarray(discount, dtype=np.float64)
-    )
-    return _out(idx)
+    return value_coeff * demand * behaviour * discount
 
 
 def in_vacuum_zone(rules: IndexRules, value_coeff: FloatLike) -> FloatLike:
@@ -180,9 +169,28 @@ def index_factors(
     vc = value_coefficient(
         market_price, perceived_discount, points_price, rules.campaign_multiplier
     )
+    return pair_factors(
+        rules, value_coeff=vc, vacuum=in_vacuum_zone(rules, vc), points_price=points_price,
+        item_discount=item_discount, balance=balance,
+        behaviour=behaviour_weight(rules, orders_90d, days_since_last_order, young),
+        high_spender=high_spender)
+
+
+def pair_factors(
+    rules: IndexRules,
+    *,
+    value_coeff: FloatLike,
+    vacuum: FloatLike,
+    points_price: FloatLike,
+    item_discount: FloatLike,
+    balance: FloatLike,
+    behaviour: FloatLike,
+    high_spender: FloatLike = False,
+) -> IndexFactors:
+    """The factors from what depends on the item alone (its value coefficient and vacuum flag,
+    computed once a catalogue load) and on the member alone (the behaviour weight, once a
+    member read): what is left depends on the pair. Plain numbers or arrays alike."""
     dm = demand_match(points_price, balance)
-    bw = behaviour_weight(rules, orders_90d, days_since_last_order, young)
     dc = discount_coefficient(rules, item_discount, high_spender)
-    return IndexFactors(
-        vc, dm, bw, dc, recommendation_index(vc, dm, bw, dc), in_vacuum_zone(rules, vc)
-    )
+    return IndexFactors(value_coeff, dm, behaviour, dc,
+                        recommendation_index(value_coeff, dm, behaviour, dc), vacuum)

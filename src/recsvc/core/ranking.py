@@ -84,23 +84,50 @@ class Option(NamedTuple):
     reasons: tuple[Reason, ...]
 
 
+class ItemFactors(NamedTuple):
+    """What the index takes from the items alone, one value per catalogue item: computed once
+    a catalogue load (`item_factors`), not once a request."""
+
+    value_coefficient: F64
+    vacuum: npt.NDArray[np.bool_]
+
+
+def item_factors(programme: Programme, items: Catalogue,
+                 positions: I64 | None = None) -> ItemFactors:
+    """The items' factors (at `positions`; None: every item)."""
+    market, perceived, price = (items.market_price_minor, items.perceived_discount,
+                                items.points_price)
+    if positions is not None:
+        market, perceived, price = market[positions], perceived[positions], price[positions]
+    vc = np.asarray(idx.value_coefficient(
+        market / programme.currency.minor_per_unit, perceived, price,
+        programme.index.campaign_multiplier), dtype=np.float64)
+    return ItemFactors(vc, np.asarray(idx.in_vacuum_zone(programme.index, vc), dtype=bool))
+
+
+def behaviour(programme: Programme, member: Member) -> float:
+    """The member's behaviour weight (the factor that depends on the member alone)."""
+    return float(idx.behaviour_weight(programme.index, member.orders_90d,
+                                      member.days_since_last_order, member.young))
+
+
 def member_factors(programme: Programme, member: Member, items: Catalogue,
-                   positions: I64 | None = None) -> idx.IndexFactors:
+                   positions: I64 | None = None, *, item: ItemFactors | None = None,
+                   weight: float | None = None) -> idx.IndexFactors:
     """The index factors of the member for the items at `positions` (None: every item), one
     value per item in every field: the one computation the hints, the ranking and the
-    propensity model's inputs share."""
-    if positions is None:
-        market, perceived, price, discount = (items.market_price_minor, items.perceived_discount,
-                                              items.points_price, items.discount_coefficient)
-    else:
-        market, perceived, price, discount = (
-            items.market_price_minor[positions], items.perceived_discount[positions],
-            items.points_price[positions], items.discount_coefficient[positions])
-    f = idx.index_factors(
-        programme.index, market_price=market / programme.currency.minor_per_unit,
-        perceived_discount=perceived, points_price=price, item_discount=discount,
-        balance=member.balance, orders_90d=member.orders_90d,
-        days_since_last_order=member.days_since_last_order, young=member.young,
+    propensity model's inputs share. `item`: the catalogue's `item_factors`, and `weight`:
+    the member's `behaviour`, when the caller keeps them."""
+    if item is None:
+        item = item_factors(programme, items, positions)
+    elif positions is not None:
+        item = ItemFactors(item.value_coefficient[positions], item.vacuum[positions])
+    price, discount = ((items.points_price, items.discount_coefficient) if positions is None
+                       else (items.points_price[positions], items.discount_coefficient[positions]))
+    f = idx.pair_factors(
+        programme.index, value_coeff=item.value_coefficient, vacuum=item.vacuum,
+        points_price=price, item_discount=discount, balance=member.balance,
+        behaviour=behaviour(programme, member) if weight is None else weight,
         high_spender=member.high_spender)
     n = len(price)
     # member-level factors come back as scalars: give every factor one value per item

@@ -16,12 +16,13 @@ import enum
 import functools
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from recsvc.config import Programme
+from recsvc.core import elementwise as ew
 from recsvc.core import index as idx
 
 A = TypeVar("A", int, npt.NDArray[np.int64])
@@ -180,19 +181,91 @@ def hint(
 ) -> Hint:
     """The product-page answer: is paying with points the better deal here, and why."""
     factors = idx.index_factors(
-        programme.index, market_price=np.array([market_price_minor]) /
-        programme.currency.minor_per_unit, perceived_discount=perceived_discount,
-        points_price=np.array([points_price]), item_discount=item_discount, balance=balance,
-        orders_90d=orders_90d, days_since_last_order=days_since_last_order, young=young,
-        high_spender=high_spender)
-    return hints(
-        programme, factors, market_price_minor=np.array([market_price_minor]),
-        points_price=np.array([points_price]), item_discount=np.array([item_discount]),
-        balance=balance, threshold=threshold, tier_multiplier=tier_multiplier,
-        expiring_points=expiring_points,
-        propensity=None if propensity is None else np.array([propensity]),
-        high_propensity=high_propensity, cold_start=cold_start,
-        in_stock=np.array([in_stock]))[0]
+        programme.index, market_price=market_price_minor / programme.currency.minor_per_unit,
+        perceived_discount=perceived_discount, points_price=points_price,
+        item_discount=item_discount, balance=balance, orders_90d=orders_90d,
+        days_since_last_order=days_since_last_order, young=young, high_spender=high_spender)
+    return pair_hint(
+        programme, factors, cash_price_minor=cash_price(market_price_minor, item_discount),
+        points_price=points_price, item_discount=item_discount, balance=balance,
+        threshold=threshold, tier_multiplier=tier_multiplier, expiring_points=expiring_points,
+        propensity=propensity, high_propensity=high_propensity, cold_start=cold_start,
+        in_stock=in_stock)
+
+
+def cash_price(market_price_minor: A, item_discount: Any) -> A:
+    """The cash price of an item: its market price times its current discount, rounded to
+    the nearest minor unit (half to even, as np.rint)."""
+    if isinstance(market_price_minor, np.ndarray) or isinstance(item_discount, np.ndarray):
+        return np.rint(np.asarray(market_price_minor) * item_discount).astype(np.int64)
+    return round(market_price_minor * item_discount)
+
+
+def first_payment(programme: Programme, points_price: A, cash_price_minor: A,
+                  balance: A) -> tuple[A, A]:
+    """The first of `points_cash_options` (points, cash): all points when the balance covers
+    them, else the most the balance allows in whole steps (strictly below the price) with
+    the rest in cash, else (0, the cash price). Plain integers or arrays alike."""
+    step = programme.burning.min_points_step
+    price = points_price
+    full = (price > 0) & (price <= balance)
+    usable = ew.minimum(balance, price - 1) // step * step
+    partial = ew.not_(full) & (usable >= step)
+    points = ew.where(full, price, ew.where(partial, usable, 0))
+    cash = ew.where(full, 0, ew.where(
+        partial, cash_for_remainder(price, cash_price_minor, usable), cash_price_minor))
+    return points, cash
+
+
+def _hint_columns(
+    programme: Programme, factors: idx.IndexFactors, *, cash_price_minor: Any,
+    points_price: Any, item_discount: Any, balance: Any, threshold: Any,
+    tier_multiplier: float, expiring_points: Any, propensity: Any, high_propensity: float,
+    cold_start: Any, in_stock: Any,
+) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """The hint rule and what each hint says, for one pair or arrays of them: (better, gap,
+    spend to close it, points and cash of the first way to pay, reason bits)."""
+    better = factors.recommendation_index > threshold
+    gap = ew.maximum(points_price - balance, 0)
+    pay_points, pay_cash = first_payment(programme, points_price, cash_price_minor, balance)
+    spend = spend_to_earn(programme, gap, tier_multiplier)
+    high = False if propensity is None else propensity >= high_propensity
+    reasons = ew.bits(better, ew.not_(better), factors.vacuum, gap > 0,
+                      (pay_points > 0) & (expiring_points > 0), high, item_discount < 1.0,
+                      cold_start, ew.not_(in_stock))
+    return better, gap, spend, pay_points, pay_cash, reasons
+
+
+def pair_hint(
+    programme: Programme,
+    factors: idx.IndexFactors,
+    *,
+    cash_price_minor: int,
+    points_price: int,
+    item_discount: float,
+    balance: int,
+    threshold: float | None = None,
+    tier_multiplier: float = 1.0,
+    expiring_points: int = 0,
+    propensity: float | None = None,
+    high_propensity: float = HIGH_PROPENSITY,
+    cold_start: bool = False,
+    in_stock: bool = True,
+) -> Hint:
+    """`hints` for one item, in plain numbers: the product page's call, which numpy's
+    per-call overhead would cost more than the rule itself."""
+    threshold = programme.index.hint_threshold if threshold is None else threshold
+    better, gap, spend, pts, cash, bits = _hint_columns(
+        programme, factors, cash_price_minor=cash_price_minor, points_price=points_price,
+        item_discount=item_discount, balance=balance, threshold=threshold,
+        tier_multiplier=tier_multiplier, expiring_points=expiring_points, propensity=propensity,
+        high_propensity=high_propensity, cold_start=cold_start, in_stock=in_stock)
+    vc, dm, bw, dc, index, vacuum = factors
+    vacuum = bool(vacuum)
+    return Hint(bool(better), idx.IndexFactors(float(vc), float(dm), float(bw), float(dc),
+                                               float(index), vacuum),
+                threshold, vacuum, gap == 0, int(gap), int(spend), PointsCash(int(pts), int(cash)),
+                reasons_of(_HINT_REASONS, int(bits)), bool(in_stock))
 
 
 def hints(
@@ -218,29 +291,21 @@ def hints(
     n = len(points_price)
     price = np.asarray(points_price, dtype=np.int64)
     discount = np.asarray(item_discount, dtype=np.float64)
-    index = idx.per_item(factors.recommendation_index, n)
-    better = index > threshold
     vacuum = idx.per_item(factors.vacuum, n, bool)
-    gap = np.maximum(price - balance, 0)
-    cash_price = np.rint(np.asarray(market_price_minor) * discount).astype(np.int64)
-    pay_points, pay_cash, count = points_cash_table(programme, price, cash_price, balance,
-                                                    limit=1)
-    best_points = np.where(count > 0, pay_points[:, 0], 0)
-    best_cash = np.where(count > 0, pay_cash[:, 0], cash_price)
-    spend = spend_to_earn(programme, gap, tier_multiplier)
-    high = (np.zeros(n, dtype=bool) if propensity is None
-            else np.asarray(propensity) >= high_propensity)
     stock = idx.per_item(in_stock, n, bool)
-    flags = np.stack([better, ~better, vacuum, gap > 0, (best_points > 0) & (expiring_points > 0),
-                      high, discount < 1.0, np.full(n, cold_start), ~stock], axis=1)
-    bits = (flags.astype(np.int64) << np.arange(len(_HINT_REASONS))).sum(axis=1)
+    better, gap, spend, pts, cash, bits = _hint_columns(
+        programme, factors._replace(vacuum=vacuum),
+        cash_price_minor=cash_price(np.asarray(market_price_minor), discount),
+        points_price=price, item_discount=discount, balance=balance, threshold=threshold,
+        tier_multiplier=tier_multiplier, expiring_points=expiring_points,
+        propensity=None if propensity is None else np.asarray(propensity),
+        high_propensity=high_propensity, cold_start=cold_start, in_stock=stock)
     columns = [idx.per_item(v, n).tolist() for v in factors[:5]]
     rows = zip(*columns, vacuum.tolist(), better.tolist(), gap.tolist(), spend.tolist(),
-               best_points.tolist(), best_cash.tolist(), bits.tolist(), stock.tolist(),
-               strict=True)
+               pts.tolist(), cash.tolist(), bits.tolist(), stock.tolist(), strict=True)
     return [Hint(ok, idx.IndexFactors(vc, dm, bw, dc, ix, vac), threshold, vac, g == 0, g, sp,
-                 PointsCash(pts, cash), reasons_of(_HINT_REASONS, b), st)
-            for vc, dm, bw, dc, ix, vac, ok, g, sp, pts, cash, b, st in rows]
+                 PointsCash(p, c), reasons_of(_HINT_REASONS, b), st)
+            for vc, dm, bw, dc, ix, vac, ok, g, sp, p, c, b, st in rows]
 
 
 _HINT_REASONS = (Reason.INDEX_ABOVE_THRESHOLD, Reason.INDEX_BELOW_THRESHOLD, Reason.VACUUM_ZONE,

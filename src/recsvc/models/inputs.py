@@ -20,6 +20,7 @@ import numpy.typing as npt
 from pandas import isna as pd_isna
 
 from recsvc.config import Programme
+from recsvc.core import elementwise as ew
 from recsvc.core import index as idx
 
 F64 = npt.NDArray[np.float64]
@@ -179,26 +180,29 @@ def pair_inputs(factors: idx.IndexFactors, *, balance: Any, points_price: Any, e
     member's share of orders in the item's category (`tops`: (category, share) of the
     member's top three, NaN shares as 0). Member values may be scalars."""
     n = len(item_category)
-    points_price = np.asarray(points_price, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        expiring_share = np.where(points_price > 0, expiring / points_price, 0.0)
-    affinity = np.zeros(n)
+    pair = pair_values(factors, balance=balance, points_price=np.asarray(
+        points_price, dtype=np.float64), expiring=expiring, item_category=item_category,
+        tops=tops)
+    return {name: idx.per_item(value, n) for name, value in pair.items()}
+
+
+def pair_values(factors: idx.IndexFactors, *, balance: Any, points_price: Any, expiring: Any,
+                item_category: Any, tops: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
+    """`pair_inputs` for one pair in plain numbers, or for arrays of them (member values
+    may be scalars; the values come back as they are, not broadcast)."""
+    affinity: Any = 0.0
     for category, share in tops:
-        affinity = np.where(category == item_category, share, affinity)
-
-    def column(values: Any) -> F64:
-        return idx.per_item(values, n)
-
+        affinity = ew.where(category == item_category, share, affinity)
     return {
         "category_affinity": affinity,
-        "value_coefficient": column(factors.value_coefficient),
-        "demand_match": column(factors.demand_match),
-        "behaviour_weight": column(factors.behaviour_weight),
-        "discount_coefficient_eff": column(factors.discount_coefficient),
-        "recommendation_index": column(factors.recommendation_index),
-        "vacuum_zone": column(factors.vacuum),
-        "affordable": column(balance >= _fill(points_price, np.inf)),
-        "expiring_share": column(expiring_share),
+        "value_coefficient": factors.value_coefficient,
+        "demand_match": factors.demand_match,
+        "behaviour_weight": factors.behaviour_weight,
+        "discount_coefficient_eff": factors.discount_coefficient,
+        "recommendation_index": factors.recommendation_index,
+        "vacuum_zone": factors.vacuum,
+        "affordable": balance >= ew.where(ew.isnan(points_price), math.inf, points_price),
+        "expiring_share": ew.ratio(expiring, points_price),
     }
 
 
@@ -320,6 +324,8 @@ class PropensityRows:
                                "p")
         self.category = np.asarray(item_columns.get("category", np.full(n_items, None)),
                                    dtype=object)
+        self.points_price_list: list[float] = self.points_price.tolist()
+        self.category_list: list[Any] = self.category.tolist()
 
     def member(self, features: Mapping[str, Any]) -> F64:
         """The member's inputs (None or absent: missing), in `member_names` order."""
@@ -356,6 +362,27 @@ class PropensityRows:
             X[:, self.surface_at] = _lookup(tuple(self.vocab["surface"])).get(surface, np.nan)
         for j, name in zip(self.pair_at, self.pair_names, strict=True):
             X[:, j] = pair[name]
+        return X
+
+    def row(self, position: int, features: Mapping[str, Any], member: F64, balance: float,
+            surface: str, factors: idx.IndexFactors) -> F64:
+        """`rows` for one item, from its factors in plain numbers (a one-row matrix)."""
+        pair = pair_values(
+            factors, balance=balance, points_price=self.points_price_list[position],
+            expiring=_or0(features.get("points_expiring_30d")),
+            item_category=self.category_list[position],
+            tops=[(features.get(f"top_category_{j}"), _or0(features.get(f"top_category_{j}_share")))
+                  for j in (1, 2, 3)])
+        X = np.empty((1, self.width))
+        row = X[0]
+        row[self.item_at] = self.item_block[position]
+        row[self.member_at] = member
+        if self.balance_at is not None:
+            row[self.balance_at] = balance
+        if self.surface_at is not None:
+            row[self.surface_at] = _lookup(tuple(self.vocab["surface"])).get(surface, np.nan)
+        for j, name in zip(self.pair_at, self.pair_names, strict=True):
+            row[j] = pair[name]
         return X
 
 

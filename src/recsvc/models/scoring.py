@@ -122,6 +122,21 @@ class PropensityScorer:
         once per catalogue load (`catalogue`: that load, by identity; `item_columns`: its
         features) and the member's features (`member`), encoded once per member read into
         `encoded` (by model version), with the member's index factors for those items."""
+        rows, values = self._compiled(catalogue, item_columns, n_items, member, encoded)
+        return self.score_matrix(rows.rows(positions, member, values, balance, surface,
+                                           factors))
+
+    def score_item(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
+                   position: int, member: Mapping[str, Any], encoded: dict[str, F64],
+                   balance: float, surface: str, factors: IndexFactors) -> float:
+        """`score_items` for the one item at `position`, its factors in plain numbers."""
+        rows, values = self._compiled(catalogue, item_columns, n_items, member, encoded)
+        return float(self.score_matrix(rows.row(position, member, values, balance, surface,
+                                                factors))[0])
+
+    def _compiled(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
+                  member: Mapping[str, Any], encoded: dict[str, F64],
+                  ) -> tuple[inputs.PropensityRows, F64]:
         held = self._rows
         if held is None or held[0] is not catalogue:
             held = (catalogue, inputs.PropensityRows(self.features, self.vocab, item_columns,
@@ -131,8 +146,7 @@ class PropensityScorer:
         values = encoded.get(self.version)
         if values is None:
             values = encoded[self.version] = rows.member(member)
-        return self.score_matrix(rows.rows(positions, member, values, balance, surface,
-                                           factors))
+        return rows, values
 
 
 def _num(values: Any) -> F64:

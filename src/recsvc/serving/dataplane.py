@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy.typing as npt
 from recsvc.config import CHANNELS, Arm, Programme
 from recsvc.core import cart, fraud, ranking, redemption, segments
 from recsvc.core import catalogue as core_catalogue
+from recsvc.core import index as idx
 from recsvc.core import nudges as core_nudges
 from recsvc.core.experiments import ArmAssigner, hint_threshold
 from recsvc.core.index import IndexFactors
@@ -73,6 +75,11 @@ class PropensityModel(Protocol):
                     positions: npt.NDArray[np.int64], member: Mapping[str, Any],
                     encoded: dict[str, npt.NDArray[np.float64]], balance: float, surface: str,
                     factors: IndexFactors) -> npt.NDArray[np.float64]: ...
+
+    def score_item(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
+                   position: int, member: Mapping[str, Any],
+                   encoded: dict[str, npt.NDArray[np.float64]], balance: float, surface: str,
+                   factors: IndexFactors) -> float: ...
 
 
 class FeastSource:
@@ -229,6 +236,44 @@ class Context:
     """Points-fraud flags: the answers ask for a second verification (nothing is blocked)."""
     model_inputs: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
     """The member's propensity inputs by model version, encoded on first use."""
+    behaviour: float = 0.0
+    """The member's behaviour weight: the index factor that depends on the member alone."""
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A member's Context kept between calls, while the features read are `raw` and no lot of
+    points has lapsed since (before `until`, epoch seconds)."""
+
+    raw: dict[str, list[Any]]
+    until: float
+    context: Context
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What answers take from one catalogue load and the programme, computed once a load:
+    the items' index factors, and each item's values as plain numbers for one-item hints
+    (reading one value out of a numpy array costs more than the arithmetic done with it)."""
+
+    items: Items
+    factors: ranking.ItemFactors
+    item_id: list[int]
+    points_price: list[int]
+    discount: list[float]
+    cash_price: list[int]
+    in_stock: list[bool]
+    value_coefficient: list[float]
+    vacuum: list[bool]
+
+    @classmethod
+    def build(cls, programme: Programme, items: Items) -> _Prepared:
+        c = items.core
+        f = ranking.item_factors(programme, c)
+        return cls(items, f, c.item_id.tolist(), c.points_price.tolist(),
+                   c.discount_coefficient.tolist(),
+                   redemption.cash_price(c.market_price_minor, c.discount_coefficient).tolist(),
+                   (c.stock > 0).tolist(), f.value_coefficient.tolist(), f.vacuum.tolist())
 
 
 @dataclass(frozen=True)
@@ -350,8 +395,8 @@ class Dataplane:
         self.caps = caps
         self.clock = clock
         self.arms = ArmAssigner(programme.experiments) if programme else None
-        self._encoded: dict[tuple[str, int], tuple[dict[str, Any],
-                                                   dict[str, npt.NDArray[np.float64]]]] = {}
+        self._kept: dict[tuple[str, int, int | None], _Kept] = {}
+        self._prepared_items: _Prepared | None = None
 
     # -- what every member-facing answer shares ----------------------------------------------
     def _configured(self) -> tuple[Programme, Catalogue, ArmAssigner]:
@@ -393,30 +438,44 @@ class Dataplane:
             return Read(held)
         return await asyncio.to_thread(self.read, service, ids, rpc)
 
+    def _prepared(self, items: Items) -> _Prepared:
+        """`items` prepared for answers (once a catalogue load)."""
+        assert self.programme is not None
+        held = self._prepared_items
+        if held is None or held.items is not items:
+            held = self._prepared_items = _Prepared.build(self.programme, items)
+        return held
+
     def _context(self, member_id: int, service: str, balance: int | None,
                  degraded: list[str], rpc: str, read: Read | None) -> Context:
         """The profile the core works with from the member's features (`read`, or read now;
         a store failure: a cold start, degraded); `balance` is the caller's live balance, if
-        it sent one."""
-        assert self.programme is not None
-        p = self.programme
+        it sent one. Kept between calls while the member's features read the same and none of
+        the member's points lapse (bounded, emptied when full, as the readers' row caches)."""
         if balance is not None and balance < 0:
             raise InvalidArgument("context.points_balance", f"must be >= 0, got {balance}")
         if read is None:
             read = self.read(service, [member_id], rpc)
         degraded.extend(read.degraded)
-        raw = read.raw
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        key = (service, member_id, balance)
+        kept = self._kept.get(key)
+        if kept is not None and now.timestamp() < kept.until and kept.raw == read.raw:
+            return kept.context
+        context, until = self._profile(read.raw, balance, now)
+        if len(self._kept) >= MEMBER_INPUTS_KEPT:
+            self._kept.clear()
+        self._kept[key] = _Kept(read.raw, until, context)
+        return context
+
+    def _profile(self, raw: dict[str, list[Any]], balance: int | None,
+                 now: dt.datetime) -> tuple[Context, float]:
+        """The Context of a member's features, and until when it holds (the next lapse of
+        the member's points, epoch seconds)."""
+        assert self.programme is not None
+        p = self.programme
         f = {(k.split("__", 1)[1] if "__" in k else k): v[0] for k, v in raw.items()}
         cold = all(v is None for v in f.values())
-        # the member's encoded model inputs, kept while the features read are the same
-        held = self._encoded.get((service, member_id))
-        if held is not None and held[0] == f:
-            encoded = held[1]
-        else:
-            encoded = {}
-            if len(self._encoded) >= MEMBER_INPUTS_KEPT:
-                self._encoded.clear()  # bounded by clearing, as the readers' row caches
-            self._encoded[(service, member_id)] = (f, encoded)
 
         def num(name: str, default: float) -> float:
             value = f.get(name)
@@ -434,12 +493,13 @@ class Dataplane:
             >= p.index.high_spender_min_aov_units * p.currency.minor_per_unit,
             tier_multiplier=p.earning.tier_multipliers.get(tier, 1.0) if tier else 1.0)
         lots = list(zip(f.get("expiry_at_s") or [], f.get("expiry_points") or [], strict=True))
-        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         points = cart.PointsBalance.reconcile(lots, live, now, same_snapshot=balance is None)
         if balance is None and points.total != live:  # lots lapsed since the snapshot
             member = dataclasses.replace(member, balance=points.total)
+        cut = now.timestamp()
+        until = min((at for at, pts in lots if pts > 0 and at > cut), default=math.inf)
         return Context(f, cold, member, points, tier, fraud.split_flags(f.get("fraud_flags")),
-                       encoded)
+                       {}, ranking.behaviour(p, member)), until
 
     def _propensity(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
                     surface: str, served: Served,
@@ -448,7 +508,9 @@ class Dataplane:
         member's index factors for them (computed here when the caller has none)."""
         assert self.programme is not None
         if factors is None:
-            factors = ranking.member_factors(self.programme, ctx.member, items.core, positions)
+            factors = ranking.member_factors(self.programme, ctx.member, items.core, positions,
+                                             item=self._prepared(items).factors,
+                                             weight=ctx.behaviour)
         model: PropensityModel = served.scorer
         start = time.perf_counter()
         got = model.score_items(items, items.columns, len(items.core), positions, ctx.features,
@@ -468,45 +530,83 @@ class Dataplane:
             raise InvalidArgument("item_ids", f"at most {MAX_HINT_BATCH} per call, got "
                                               f"{len(req.item_ids)}")
         items = catalogue.items  # one load for the whole request
-        positions = np.empty(len(req.item_ids), dtype=np.int64)
+        found = []
         for k, item in enumerate(req.item_ids):
             at = items.position.get(int(item))
             if at is None:
                 raise NotFound(f"item_ids[{k}]: no item {item}")
-            positions[k] = at
+            found.append(at)
         degraded: list[str] = []
         ctx = self._context(req.member_id, HINT_SERVICE, req.points_balance, degraded, rpc, read)
         served = self.propensity.current if self.propensity else None
-        c = items.core
-        factors = ranking.member_factors(p, ctx.member, c, positions)
-        probabilities = None
         if served is None:
             degraded.append(NO_MODEL)
-        else:
-            probabilities = self._propensity(ctx, items, positions, req.surface, served,
-                                             factors)
+        threshold = hint_threshold(arm, p.index)
+        out = (self._one_hint(ctx, items, found[0], req.surface, served, threshold)
+               if len(found) == 1 else
+               self._many_hints(ctx, items, np.asarray(found, dtype=np.int64), req.surface,
+                                served, threshold))
+        better = sum(h.hint.points_better for h in out)  # counted once a call, not once a hint
+        for label, n in (("true", better), ("false", len(out) - better)):
+            if n:
+                self.metrics.hints.labels(arm.name, label).inc(n)
+        return HintAnswer(out, arm.name, served.version if served else "",
+                          self._count(rpc, degraded), self._verify(rpc, ctx))
+
+    def _one_hint(self, ctx: Context, items: Items, k: int, surface: str,
+                  served: Served | None, threshold: float) -> list[ItemHint]:
+        """The hint for the item at position `k`, in plain numbers: the product page's call."""
+        assert self.programme is not None
+        p, prep, member = self.programme, self._prepared(items), ctx.member
+        factors = idx.pair_factors(
+            p.index, value_coeff=prep.value_coefficient[k], vacuum=prep.vacuum[k],
+            points_price=prep.points_price[k], item_discount=prep.discount[k],
+            balance=member.balance, behaviour=ctx.behaviour, high_spender=member.high_spender)
+        probability = None
+        if served is not None:
+            model: PropensityModel = served.scorer
+            start = time.perf_counter()
+            probability = model.score_item(items, items.columns, len(items.core), k,
+                                           ctx.features, ctx.model_inputs,
+                                           float(member.balance), surface, factors)
+            self.metrics.predict.labels("propensity").observe(time.perf_counter() - start)
+        in_stock = prep.in_stock[k]
+        hint = redemption.pair_hint(
+            p, factors, cash_price_minor=prep.cash_price[k], points_price=prep.points_price[k],
+            item_discount=prep.discount[k], balance=member.balance, threshold=threshold,
+            tier_multiplier=member.tier_multiplier, expiring_points=member.expiring_points,
+            propensity=probability, cold_start=ctx.cold, in_stock=in_stock)
+        alternates = () if in_stock else self._alternates(
+            ctx, items, np.array([k], dtype=np.int64), surface, served)[0]
+        return [ItemHint(prep.item_id[k], prep.points_price[k], hint, probability, alternates)]
+
+    def _many_hints(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
+                    surface: str, served: Served | None, threshold: float) -> list[ItemHint]:
+        """The hints for the items at `positions`, computed as columns."""
+        assert self.programme is not None
+        p, c = self.programme, items.core
+        factors = ranking.member_factors(p, ctx.member, c, positions,
+                                         item=self._prepared(items).factors,
+                                         weight=ctx.behaviour)
+        probabilities = None
+        if served is not None:
+            probabilities = self._propensity(ctx, items, positions, surface, served, factors)
         stock = c.stock[positions]
         hints = redemption.hints(
             p, factors, market_price_minor=c.market_price_minor[positions],
             points_price=c.points_price[positions],
             item_discount=c.discount_coefficient[positions], balance=ctx.member.balance,
-            threshold=hint_threshold(arm, p.index), tier_multiplier=ctx.member.tier_multiplier,
+            threshold=threshold, tier_multiplier=ctx.member.tier_multiplier,
             expiring_points=ctx.member.expiring_points, propensity=probabilities,
             cold_start=ctx.cold, in_stock=stock > 0)
         # alternates only for the items out of stock, so an in-stock hint costs nothing more
         empty = np.flatnonzero(stock <= 0)
         alternates = dict(zip(empty.tolist(), self._alternates(
-            ctx, items, positions[empty], req.surface, served), strict=True)) if len(empty) else {}
+            ctx, items, positions[empty], surface, served), strict=True)) if len(empty) else {}
         probs = [None] * len(positions) if probabilities is None else probabilities.tolist()
-        out = [ItemHint(int(c.item_id[k]), int(c.points_price[k]), h, prob, alternates.get(j, ()))
-               for j, (k, h, prob) in enumerate(zip(positions.tolist(), hints, probs,
-                                                    strict=True))]
-        better = sum(h.points_better for h in hints)  # counted once a call, not once a hint
-        for label, n in (("true", better), ("false", len(hints) - better)):
-            if n:
-                self.metrics.hints.labels(arm.name, label).inc(n)
-        return HintAnswer(out, arm.name, served.version if served else "",
-                          self._count(rpc, degraded), self._verify(rpc, ctx))
+        return [ItemHint(int(c.item_id[k]), int(c.points_price[k]), h, prob, alternates.get(j, ()))
+                for j, (k, h, prob) in enumerate(zip(positions.tolist(), hints, probs,
+                                                     strict=True))]
 
     def _alternates(self, ctx: Context, items: Items, targets: npt.NDArray[np.int64],
                     surface: str, served: Served | None,
@@ -540,7 +640,9 @@ class Dataplane:
         degraded: list[str] = []
         ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
                             read)
-        factors = ranking.member_factors(p, ctx.member, items.core)
+        factors = ranking.member_factors(p, ctx.member, items.core,
+                                         item=self._prepared(items).factors,
+                                         weight=ctx.behaviour)
         served, scorer = self._scorer(ctx, items, req.surface, degraded, factors=factors)
         options = ranking.recommend(
             p, arm, ctx.member, items.core, scorer, limit=limit, categories=req.categories,
