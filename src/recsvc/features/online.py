@@ -332,16 +332,23 @@ Services = dict[str, tuple[tuple[ProjectionSpec, ...], bool]]
 
 
 def _copy(value: Any) -> Any:
-    return list(value) if isinstance(value, list) else value
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _held(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row as the cache holds it: list values as tuples, so a row of numbers, strings and
+    tuples of them is one object the cyclic garbage collector stops tracking (a full
+    collection walks every tracked object; the cache holds up to `limit` rows)."""
+    return tuple(tuple(v) if isinstance(v, list) else v for v in row)
 
 
 class RowCache:
     """Decoded entity rows per request shape (plan), up to `limit` entities each.
 
-    Rows are shared between reads; values that are lists are copied out, so a caller that
-    changes what it got changes nothing held. A backend stores rows only while nothing it
-    knows of has changed since its fetch began (`stamp` unchanged), and drops what changes
-    (`clear`, `drop`)."""
+    Rows are shared between reads; list values are held as tuples and copied out as lists,
+    so a caller that changes what it got changes nothing held. A backend stores rows only
+    while nothing it knows of has changed since its fetch began (`stamp` unchanged), and
+    drops what changes (`clear`, `drop`)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -400,7 +407,8 @@ class RowCache:
         self.hits += len(keys) - len(missing)
         if missing:
             decoded = _decode(plan, fetch(plan, missing))
-            fresh = dict(zip(missing, zip(*decoded.values(), strict=True), strict=True))
+            fresh = {k: _held(row) for k, row in zip(missing, zip(*decoded.values(),
+                                                                 strict=True), strict=True)}
             if self.stamp == stamp:
                 if len(table) + len(missing) > self.limit:
                     table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU

@@ -134,15 +134,21 @@ class PropensityScorer:
         return float(self.score_matrix(rows.row(position, member, values, balance, surface,
                                                 factors))[0])
 
-    def _compiled(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
-                  member: Mapping[str, Any], encoded: dict[str, F64],
-                  ) -> tuple[inputs.PropensityRows, F64]:
+    def prepare(self, catalogue: object, item_columns: Mapping[str, Any],
+                n_items: int) -> inputs.PropensityRows:
+        """The rows compiled for a catalogue load (`catalogue`, by identity), compiled now
+        when they are not yet."""
         held = self._rows
         if held is None or held[0] is not catalogue:
             held = (catalogue, inputs.PropensityRows(self.features, self.vocab, item_columns,
                                                      n_items))
             self._rows = held  # one assignment: a concurrent reader sees old or new whole
-        rows = held[1]
+        return held[1]
+
+    def _compiled(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
+                  member: Mapping[str, Any], encoded: dict[str, F64],
+                  ) -> tuple[inputs.PropensityRows, F64]:
+        rows = self.prepare(catalogue, item_columns, n_items)
         values = encoded.get(self.version)
         if values is None:
             values = encoded[self.version] = rows.member(member)

@@ -214,11 +214,16 @@ class Catalogue:
         self.features = features
         self.item_ids = item_ids  # () -> list of ids
         self.items = Items.build([], {})
+        self._loaded: tuple[list[int], dict[str, list[Any]]] | None = None
 
     def refresh(self) -> int:
+        """Reload; the same `Items` stay when nothing changed, so what answers prepare from a
+        load (`Dataplane.prepare`) is kept."""
         ids = [int(i) for i in self.item_ids()]
-        self.items = Items.build(ids, self.features.read_service("propensity_v1", "item_id",
-                                                                 ids))
+        raw = self.features.read_service("propensity_v1", "item_id", ids)
+        if (ids, raw) != self._loaded:
+            self.items = Items.build(ids, raw)
+            self._loaded = (ids, raw)
         return len(self.items.position)
 
 
@@ -245,9 +250,15 @@ class _Kept:
     """A member's Context kept between calls, while the features read are `raw` and no lot of
     points has lapsed since (before `until`, epoch seconds)."""
 
-    raw: dict[str, list[Any]]
+    raw: tuple[Any, ...]  # `snapshot` of the read: not tracked by the garbage collector
     until: float
     context: Context
+
+
+def snapshot(raw: dict[str, list[Any]]) -> tuple[Any, ...]:
+    """A one-member read as one tuple of plain values (lists as tuples): compared as the read
+    is, and, holding nothing mutable, left alone by the cyclic garbage collector."""
+    return tuple((k, tuple(v[0]) if isinstance(v[0], list) else v[0]) for k, v in raw.items())
 
 
 @dataclass(frozen=True)
@@ -438,6 +449,19 @@ class Dataplane:
             return Read(held)
         return await asyncio.to_thread(self.read, service, ids, rpc)
 
+    def prepare(self) -> None:
+        """Prepare the catalogue load being served (its index factors, the propensity model's
+        item block) ahead of the answers: the server calls this off the event loop after
+        every refresh, so no answer pays for a new load."""
+        if self.catalogue is None or self.programme is None:
+            return
+        items = self.catalogue.items
+        self._prepared(items)
+        served = self.propensity.current if self.propensity else None
+        warm = getattr(served.scorer, "prepare", None) if served is not None else None
+        if warm is not None:
+            warm(items, items.columns, len(items.core))
+
     def _prepared(self, items: Items) -> _Prepared:
         """`items` prepared for answers (once a catalogue load)."""
         assert self.programme is not None
@@ -460,12 +484,13 @@ class Dataplane:
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         key = (service, member_id, balance)
         kept = self._kept.get(key)
-        if kept is not None and now.timestamp() < kept.until and kept.raw == read.raw:
+        seen = snapshot(read.raw)
+        if kept is not None and now.timestamp() < kept.until and kept.raw == seen:
             return kept.context
         context, until = self._profile(read.raw, balance, now)
         if len(self._kept) >= MEMBER_INPUTS_KEPT:
             self._kept.clear()
-        self._kept[key] = _Kept(read.raw, until, context)
+        self._kept[key] = _Kept(seen, until, context)
         return context
 
     def _profile(self, raw: dict[str, list[Any]], balance: int | None,

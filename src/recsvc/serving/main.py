@@ -26,6 +26,26 @@ GRACE_SECONDS = 5.0
 CACHE_STATS_SECONDS = 5.0  # how often the online reader's cache counts reach the metrics
 
 
+def freeze_after_full_collections() -> None:
+    """After every full (generation 2) collection, freeze what survived it.
+
+    The member caches hold a few hundred thousand objects that live for minutes; a full
+    collection walks all of them (30-120 ms measured under load, the whole tail of the
+    latency), and Python 3.11 runs one whenever the long-lived objects grew by a quarter.
+    What survives a full collection is alive: frozen, the next full collection walks only
+    what was promoted since (a few ms). Frozen objects are still freed by reference counting
+    when dropped (the caches' rows and contexts are not cyclic); only a cycle that dies after
+    being frozen stays, so nothing cyclic is kept in the caches."""
+    import gc
+
+    def freeze(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            gc.freeze()
+
+    if freeze not in gc.callbacks:
+        gc.callbacks.append(freeze)
+
+
 async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None]) -> int:
     """One server process: load features and models, serve on `address` until SIGTERM (or
     until the supervisor that started it is gone), then drain. `announce` gets what the
@@ -87,10 +107,12 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     server, port, health = await create_server(address, RedemptionServicer(plane, metrics),
                                                max_concurrent_rpcs=settings.max_concurrent_rpcs,
                                                overload_lag_s=settings.overload_lag_ms / 1000)
+    plane.prepare()
     # everything loaded so far lives as long as the process: keep the collector off it (a
     # full collection over Feast's objects took ~90 ms, the whole tail of the latency)
     gc.collect()
     gc.freeze()
+    freeze_after_full_collections()
     await mark_serving(health)
     announce({"pid": os.getpid(), "port": port,
               "models": {h.name: h.current.version if h.current else None
@@ -108,7 +130,7 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
         stop.set()
 
     tasks = [asyncio.create_task(refresh_models([churn, propensity], catalogue,
-                                                settings.model_refresh_seconds)),
+                                                settings.model_refresh_seconds, plane.prepare)),
              asyncio.create_task(orphaned()),
              asyncio.create_task(publish_cache_stats(reader, metrics, CACHE_STATS_SECONDS))]
     await stop.wait()

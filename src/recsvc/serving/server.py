@@ -38,8 +38,7 @@ async def create_server(
     calls with RESOURCE_EXHAUSTED instead of letting them queue past their deadlines.
     """
     servers_before = _channelz_servers()
-    dispatched = _Dispatched()
-    server = grpc.aio.server(interceptors=[dispatched], options=[("grpc.so_reuseport", 1),
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1),
                                       # connections end after ~5 min (callers reconnect), so
                                       # servers added by an autoscaler get their share
                                       ("grpc.max_connection_age_ms", 300_000),
@@ -56,7 +55,7 @@ async def create_server(
     if overload_lag_s is not None:
         ours = _channelz_servers() - servers_before
         servicer.shedder = LoadShedder(
-            overload_lag_s, waiting=_waiting(ours.pop(), dispatched) if len(ours) == 1 else None)
+            overload_lag_s, waiting=_waiting(ours.pop(), servicer) if len(ours) == 1 else None)
         if servicer.shedder.waiting is None:
             log.warning("channelz cannot tell this server apart: load shedding falls back to "
                         "event-loop lateness alone")
@@ -76,27 +75,18 @@ def _channelz_servers() -> set[int]:
     return {int(s["ref"]["serverId"]) for s in found}
 
 
-class _Dispatched(grpc.aio.ServerInterceptor):
-    """Counts the calls grpc.aio has taken from its queue and handed to a handler (every
-    service's: health and reflection included)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        self.count += 1
-        return await continuation(details)
-
-
-def _waiting(server_id: int, dispatched: _Dispatched) -> Callable[[], int | None]:
+def _waiting(server_id: int, servicer: RedemptionServicer) -> Callable[[], int | None]:
     """Calls the server received that no handler has taken yet: channelz counts a call from
-    its first headers, the interceptor when grpc.aio dispatches it."""
+    its first headers, the servicer when its handler starts (an interceptor would count
+    every service's calls, at ~10 µs a call; the few health and reflection calls it misses
+    read as calls that never start, as cancelled ones do, and the shedder's drift takes
+    them off)."""
     def count() -> int | None:
         try:
             data = json.loads(cygrpc.channelz_get_server(server_id))["server"]["data"]
         except Exception:
             return None
-        return max(int(data.get("callsStarted", 0)) - dispatched.count, 0)
+        return max(int(data.get("callsStarted", 0)) - servicer.dispatched, 0)
     return count
 
 
@@ -106,13 +96,15 @@ async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
 
 
 async def refresh_models(holders: list[ModelHolder], catalogue: Catalogue,
-                         every_s: float) -> None:
+                         every_s: float, prepare: Callable[[], None] | None = None) -> None:
     """Poll the registry and swap in newly promoted versions, and reload the in-memory
-    catalogue, off the event loop."""
+    catalogue, off the event loop; then `prepare` what answers compute from them, also off
+    the loop (a new load is unchanged if nothing changed, and preparing it is then free)."""
     while True:
         await asyncio.sleep(every_s)
         for job, name in [*((h.refresh, h.name) for h in holders),
-                          (catalogue.refresh, "catalogue")]:
+                          (catalogue.refresh, "catalogue"),
+                          *([(prepare, "answers' preparation")] if prepare else [])]:
             try:
                 await asyncio.to_thread(job)
             except Exception:  # a failed refresh must never stop future ones

@@ -116,6 +116,7 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
         self.dataplane = dataplane
         self.metrics = metrics
         self.shedder: LoadShedder | None = None  # set by server.create_server
+        self.dispatched = 0  # calls whose handler started (the shedder's count of waiting)
         # every series at 0 from the start, so rate() sees the first error of a burst
         for rpc in pb.DESCRIPTOR.services_by_name["RedemptionService"].methods_by_name:
             metrics.latency.labels(rpc)
@@ -137,6 +138,7 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
         The work awaits what it must not block the event loop on (stores), and calls
         `admit` once that is done, before it takes the loop for the answer."""
         start = time.perf_counter()
+        self.dispatched += 1
         failure: BaseException | None = None
         try:
             self._admit(rpc, context)
