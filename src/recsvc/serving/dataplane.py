@@ -841,16 +841,21 @@ class Dataplane:
         start = time.perf_counter()
         scores = scorer.score(cols, contributions=True)
         self.metrics.predict.labels("churn").observe(time.perf_counter() - start)
-        risks = []
-        for i, member in enumerate(member_ids):
-            contrib = scores.contributions[i] if scores.contributions is not None else []
-            top = np.argsort(-np.abs(contrib))[:TOP_DRIVERS]
-            risks.append(Risk(
-                member_id=int(member), probability=float(scores.probability[i]),
-                band=str(scores.band[i]), segment=str(scores.segment[i]),
-                drivers=tuple((scorer.features[j], float(contrib[j])) for j in top),
-                action=segments.recommended_action(str(scores.segment[i]), str(scores.band[i])),
-                cold_start=bool(cold[i])))
+        if scores.contributions is not None:  # the top drivers of every member at once
+            contrib = scores.contributions
+            top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :TOP_DRIVERS]
+            values = np.take_along_axis(contrib, top, axis=1).tolist()
+            names = np.asarray(scorer.features, dtype=object)[top].tolist()
+            drivers = [tuple(zip(n, v, strict=True)) for n, v in zip(names, values, strict=True)]
+        else:
+            drivers = [() for _ in range(n)]
+        bands, segs = scores.band.tolist(), scores.segment.tolist()
+        risks = [Risk(member_id=int(member), probability=prob, band=band, segment=seg,
+                      drivers=drv, action=segments.recommended_action(seg, band),
+                      cold_start=is_cold)
+                 for member, prob, band, seg, drv, is_cold in zip(
+                     member_ids, scores.probability.tolist(), bands, segs, drivers,
+                     cold.tolist(), strict=True)]
         return ChurnAnswer(risks, served.version, self._count(rpc, degraded))
 
     # -- the RPCs for the event loop: features read ahead (`read_async`), then the answer ------
