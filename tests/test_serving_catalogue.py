@@ -152,3 +152,38 @@ def test_without_a_model_alternates_come_from_the_catalogue_alone() -> None:
             [expected(13, a.item_id, None) for a in alts], abs=1e-12)
 
     serve(check, model=False)
+
+
+def test_a_refresh_that_reads_the_same_items_keeps_the_load_and_a_change_replaces_it() -> None:
+    """What answers prepare from a load (index factors, the model's item block) is kept by
+    identity, so a refresh that changed nothing must keep the load."""
+    ids = list(ITEMS)
+    catalogue = Catalogue(TableSource(), lambda: ids)
+    catalogue.refresh()
+    first = catalogue.items
+    catalogue.refresh()
+    assert catalogue.items is first
+    ids = ids[:-1]
+    catalogue.refresh()
+    assert catalogue.items is not first and len(catalogue.items.position) == len(ITEMS) - 1
+
+
+def test_a_full_collection_freezes_what_survived_it() -> None:
+    import gc
+
+    from recsvc.serving.main import freeze_after_full_collections
+
+    before = list(gc.callbacks)
+    try:
+        freeze_after_full_collections()
+        freeze_after_full_collections()  # once only
+        assert len(gc.callbacks) == len(before) + 1
+        kept = [[k] for k in range(1000)]  # survives the collection
+        gc.unfreeze()
+        gc.collect(1)
+        assert gc.get_freeze_count() == 0  # a young collection freezes nothing
+        gc.collect()
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.callbacks[:] = before
+        gc.unfreeze()

@@ -38,12 +38,15 @@ def freeze_after_full_collections() -> None:
     being frozen stays, so nothing cyclic is kept in the caches."""
     import gc
 
-    def freeze(phase: str, info: dict[str, int]) -> None:
-        if phase == "stop" and info["generation"] == 2:
-            gc.freeze()
+    if _freeze_survivors not in gc.callbacks:
+        gc.callbacks.append(_freeze_survivors)
 
-    if freeze not in gc.callbacks:
-        gc.callbacks.append(freeze)
+
+def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    if phase == "stop" and info["generation"] == 2:
+        import gc
+
+        gc.freeze()
 
 
 async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None]) -> int:
