@@ -56,6 +56,7 @@ class LoadShedder:
         self._sampled = -1e9
         self.in_flight = 0  # calls being worked on (their reads awaited off the loop included)
         self._due: float | None = None  # when the pending tick is due (time.monotonic)
+        self._asked: tuple[float, int | None] = (-1e9, None)  # channelz's last answer, when
 
     @property
     def overloaded(self) -> bool:
@@ -83,8 +84,16 @@ class LoadShedder:
     def queued_wait(self) -> float | None:
         """Estimated seconds a new call waits behind those already received (None: unknown):
         the calls no handler has taken yet, and those taken that wait for the loop again
-        after awaiting their reads (all in flight but the one running)."""
-        queued = self.waiting() if self.waiting is not None else None
+        after awaiting their reads (all in flight but the one running). Channelz is asked
+        at most once an interval: a busy loop asks this of every call it admits, and
+        channelz's JSON took 8.5 % of the event loop's time at saturation when it answered
+        each of them (py-spy)."""
+        now = time.monotonic()
+        if now - self._asked[0] < self.interval_s:
+            queued = self._asked[1]
+        else:
+            queued = self.waiting() if self.waiting is not None else None
+            self._asked = (now, queued)
         if queued is None:
             return None
         behind = max(queued - min(self.drift, default=0), 0) + max(self.in_flight - 1, 0)
