@@ -863,12 +863,11 @@ def _padded(n: int) -> int:
 
 
 class _SqliteThread:
-    """One thread's connection, the database version it last saw, and its row caches."""
+    """One thread's connection."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.pid = os.getpid()
-        self.version: int | None = None
 
 
 class SqliteReader(_BaseReader):
@@ -876,8 +875,9 @@ class SqliteReader(_BaseReader):
 
     Decoded rows are kept per request shape (up to `cache_rows` entities each, shared by the
     threads) for as long as `PRAGMA data_version` says no other connection has committed to
-    the file; any write (materialisation, another process) empties the cache at the next read
-    or `read_nowait`. So a read returns exactly what the file holds when the read starts, and a
+    the file, as one connection of its own (the probe) sees it: a thread's new connection
+    cannot tell what it missed, so one connection judges for all. Any write (materialisation,
+    another process) empties the cache at the next read or `read_nowait`. So a read returns exactly what the file holds when the read starts, and a
     catalogue read over and over costs dictionary lookups instead of ~2,800 SQLite rows for
     200 items. `read_nowait` reads on a connection of its own that never waits for the lock.
     """
@@ -934,28 +934,35 @@ class SqliteReader(_BaseReader):
         keys = plan.codec.keys(ids)
         with self._probe_lock:
             try:
-                if self._probe is None or self._probe[0] != os.getpid():
-                    self._probe = (os.getpid(), self._connect(0.0))
-                conn = self._probe[1]
-                (version,) = conn.execute("PRAGMA data_version").fetchone()
-                if version != self._probe_version:  # a commit since: drop all
-                    self._probe_version = version
-                    self.cache.clear()
+                conn = self._synced()
                 return self.cache.read(plan, keys, lambda p, k: self._fetch_on(conn, p, k))
             except sqlite3.Error:  # locked by a writer's commit, or worse: a thread will tell
                 return None
+
+    def _synced(self) -> sqlite3.Connection:
+        """The probe connection, the one judge of the cache's freshness, after dropping the
+        cache if anyone committed since it last looked (`PRAGMA data_version` is counted per
+        connection, so one connection must judge: a thread's new connection cannot tell what
+        it missed). Raises sqlite3.Error while a writer holds the lock. Under `_probe_lock`."""
+        if self._probe is None or self._probe[0] != os.getpid():
+            self._probe = (os.getpid(), self._connect(0.0))
+        conn = self._probe[1]
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        if version != self._probe_version:  # a commit since: drop all
+            self._probe_version = version
+            self.cache.clear()
+        return conn
 
     def _read(self, plan: Plan, ids: Sequence[Any]) -> dict[str, list[Any]]:
         if not ids or not self._cache_rows:
             return super()._read(plan, ids)
         keys = plan.codec.keys(ids)
         with feast_errors(plan.action):
-            state = self._thread()
-            (version,) = state.conn.execute("PRAGMA data_version").fetchone()
-            if version != state.version:  # a commit this connection has not seen: drop all
-                # (a new connection too: what others cached may predate a commit it missed)
-                self.cache.clear()
-                state.version = version
+            with self._probe_lock:
+                try:
+                    self._synced()
+                except sqlite3.Error:  # a writer commits now: what is held may predate it
+                    self.cache.clear()
             return self.cache.read(plan, keys, self._fetch)
 
     def cache_stats(self) -> tuple[int, int, int]:
