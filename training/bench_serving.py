@@ -3,7 +3,7 @@
     python training/bench_serving.py [--members 20000] [--days 400] [--data-dir DIR]
                                      [--no-redis] [--redis-url redis://127.0.0.1:6379/15]
                                      [--duration 15] [--warmup 3] [--workers 1] [--clients 2]
-                                     [--profile] [--quick]
+                                     [--profile] [--quick] [--rows ROW,...] [--out DIR]
 
 `make bench` runs it. One run measures, on this machine and under the same load generator:
 - the floors: training/echo_server.py echoing a hint-sized request on each candidate transport
@@ -37,10 +37,12 @@ Every row also gives the server's CPU per answer: the CPU seconds of the server'
 
 Writes bench/results/serving.json and bench/results/serving.md, with the goals as ratios to the
 floors measured in the same run. --profile runs each service row a second time, right
-after the first, under py-spy (`py-spy record --pid --subprocesses`; not in the lock: pip install
-py-spy) and writes the collapsed stacks under bench/results/profiles/ and their summary (the
+after the first, under py-spy (`py-spy record --pid --subprocesses`; py-spy is in the lock)
+and writes the collapsed stacks under bench/results/profiles/ and their summary (the
 functions with the most self time, and the recsvc frames with the most inclusive time) into the
-report; the table's numbers come from the rows run without the profiler.
+report; the table's numbers come from the rows run without the profiler. --rows runs only the
+named rows and floors (e.g. `--rows echo,score,hint_500,hint_saturated`, no Feast SDK
+reference); with --out DIR an ad-hoc run leaves the committed results alone.
 """
 
 from __future__ import annotations
