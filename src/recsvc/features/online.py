@@ -877,9 +877,10 @@ class SqliteReader(_BaseReader):
     threads) for as long as `PRAGMA data_version` says no other connection has committed to
     the file, as one connection of its own (the probe) sees it: a thread's new connection
     cannot tell what it missed, so one connection judges for all. Any write (materialisation,
-    another process) empties the cache at the next read or `read_nowait`. So a read returns exactly what the file holds when the read starts, and a
-    catalogue read over and over costs dictionary lookups instead of ~2,800 SQLite rows for
-    200 items. `read_nowait` reads on a connection of its own that never waits for the lock.
+    another process) empties the cache at the next read or `read_nowait`. So a read returns
+    exactly what the file holds when the read starts, and a catalogue read over and over costs
+    dictionary lookups instead of ~2,800 SQLite rows for 200 items. `read_nowait` reads on
+    the probe, which never waits for the lock.
     """
 
     def __init__(self, views: dict[str, ViewSpec],

@@ -355,11 +355,24 @@ class PropensityRows:
         pair = pair_inputs(
             factors, balance=balance, points_price=self.points_price[positions],
             expiring=_or0(features.get("points_expiring_30d")),
-            item_category=self.category[positions],
-            tops=[(features.get(f"top_category_{j}"), _or0(features.get(f"top_category_{j}_share")))
-                  for j in (1, 2, 3)])
-        X = np.empty((len(positions), self.width))
-        X[:, self.item_at] = self.item_block[positions]
+            item_category=self.category[positions], tops=_tops(features))
+        return self._matrix(len(positions), self.item_block[positions], member, balance,
+                            surface, pair)
+
+    def row(self, position: int, features: Mapping[str, Any], member: F64, balance: float,
+            surface: str, factors: idx.IndexFactors) -> F64:
+        """`rows` for one item, from its factors in plain numbers (a one-row matrix)."""
+        pair = pair_values(
+            factors, balance=balance, points_price=self.points_price_list[position],
+            expiring=_or0(features.get("points_expiring_30d")),
+            item_category=self.category_list[position], tops=_tops(features))
+        return self._matrix(1, self.item_block[position], member, balance, surface, pair)
+
+    def _matrix(self, n: int, items: F64, member: F64, balance: float, surface: str,
+                pair: Mapping[str, Any]) -> F64:
+        """The two blocks, the live balance, the surface and the pair inputs in one matrix."""
+        X = np.empty((n, self.width))
+        X[:, self.item_at] = items
         X[:, self.member_at] = member
         if self.balance_at is not None:
             X[:, self.balance_at] = balance
@@ -369,26 +382,11 @@ class PropensityRows:
             X[:, j] = pair[name]
         return X
 
-    def row(self, position: int, features: Mapping[str, Any], member: F64, balance: float,
-            surface: str, factors: idx.IndexFactors) -> F64:
-        """`rows` for one item, from its factors in plain numbers (a one-row matrix)."""
-        pair = pair_values(
-            factors, balance=balance, points_price=self.points_price_list[position],
-            expiring=_or0(features.get("points_expiring_30d")),
-            item_category=self.category_list[position],
-            tops=[(features.get(f"top_category_{j}"), _or0(features.get(f"top_category_{j}_share")))
-                  for j in (1, 2, 3)])
-        X = np.empty((1, self.width))
-        row = X[0]
-        row[self.item_at] = self.item_block[position]
-        row[self.member_at] = member
-        if self.balance_at is not None:
-            row[self.balance_at] = balance
-        if self.surface_at is not None:
-            row[self.surface_at] = _lookup(tuple(self.vocab["surface"])).get(surface, np.nan)
-        for j, name in zip(self.pair_at, self.pair_names, strict=True):
-            row[j] = pair[name]
-        return X
+
+def _tops(features: Mapping[str, Any]) -> list[tuple[Any, float]]:
+    """The member's top three categories and their shares of orders (missing shares: 0)."""
+    return [(features.get(f"top_category_{j}"), _or0(features.get(f"top_category_{j}_share")))
+            for j in (1, 2, 3)]
 
 
 def _or0(value: Any) -> float:
