@@ -168,20 +168,25 @@ def test_a_refresh_that_reads_the_same_items_keeps_the_load_and_a_change_replace
     assert catalogue.items is not first and len(catalogue.items.position) == len(ITEMS) - 1
 
 
-def test_a_full_collection_freezes_what_survived_it() -> None:
+def test_a_full_collection_freezes_what_survived_it_and_a_sweep_unfreezes_all() -> None:
     import gc
 
-    from recsvc.serving.main import freeze_after_full_collections
+    from recsvc.serving import main
 
     before = list(gc.callbacks)
     try:
-        freeze_after_full_collections()
-        freeze_after_full_collections()  # once only
+        main.freeze_after_full_collections()
+        main.freeze_after_full_collections()  # once only
         assert len(gc.callbacks) == len(before) + 1
         kept = [[k] for k in range(1000)]  # survives the collection
         gc.unfreeze()
         gc.collect(1)
         assert gc.get_freeze_count() == 0  # a young collection freezes nothing
+        gc.collect()
+        assert gc.get_freeze_count() >= len(kept)
+        main._freezer.swept -= main.SWEEP_SECONDS  # a sweep is due: this collection's
+        gc.collect()  # survivors go back to the collector, and the next one walks them
+        assert gc.get_freeze_count() == 0
         gc.collect()
         assert gc.get_freeze_count() >= len(kept)
     finally:

@@ -27,26 +27,45 @@ CACHE_STATS_SECONDS = 5.0  # how often the online reader's cache counts reach th
 
 
 def freeze_after_full_collections() -> None:
-    """After every full (generation 2) collection, freeze what survived it.
+    """After every full (generation 2) collection, freeze what survived it; every
+    `SWEEP_SECONDS`, let one full collection walk everything instead.
 
     The member caches hold a few hundred thousand objects that live for minutes; a full
     collection walks all of them (30-120 ms measured under load, the whole tail of the
     latency), and Python 3.11 runs one whenever the long-lived objects grew by a quarter.
     What survives a full collection is alive: frozen, the next full collection walks only
-    what was promoted since (a few ms). Frozen objects are still freed by reference counting
-    when dropped (the caches' rows and contexts are not cyclic); only a cycle that dies after
-    being frozen stays, so nothing cyclic is kept in the caches."""
+    what was promoted since (~15 ms measured). Frozen objects are still freed by reference
+    counting when dropped (the caches' rows and contexts are not cyclic), but a cycle that
+    dies frozen (a call in flight during a collection that failed, its exception holding its
+    frames) would stay: the sweep unfreezes everything, so the next full collection frees such
+    cycles, at the price of one long pause per sweep."""
     import gc
 
-    if _freeze_survivors not in gc.callbacks:
-        gc.callbacks.append(_freeze_survivors)
+    if _freezer not in gc.callbacks:
+        gc.callbacks.append(_freezer)
 
 
-def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
-    if phase == "stop" and info["generation"] == 2:
+SWEEP_SECONDS = 600.0
+
+
+class _Freezer:
+    def __init__(self) -> None:
+        self.swept = time.monotonic()
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase != "stop" or info["generation"] != 2:
+            return
         import gc
 
-        gc.freeze()
+        now = time.monotonic()
+        if now - self.swept >= SWEEP_SECONDS:
+            self.swept = now
+            gc.unfreeze()  # into the oldest generation: the next full collection walks all
+        else:
+            gc.freeze()
+
+
+_freezer = _Freezer()
 
 
 async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None]) -> int:
