@@ -439,9 +439,9 @@ def assess(programme: Programme, items: ItemHistory, *, months: int = FORECAST_M
     viewers = np.where(recent, items.viewers, 0).sum(axis=1)
     rate = monthly_rates(viewers[:, None], np.where(recent, items.redeemers, 0)
                          .sum(axis=1)[:, None])[:, 0]
-    vc = np.asarray(idx.value_coefficient(
-        items.market_price_minor / programme.currency.minor_per_unit, items.perceived_discount,
-        items.points_price, programme.index.campaign_multiplier), dtype=np.float64)
+    vc, vacuum = idx.item_factors(programme.index,
+                                  items.market_price_minor / programme.currency.minor_per_unit,
+                                  items.perceived_discount, items.points_price)
     out = items.stock <= 0
     low = below_safety(items.stock, safety)
     slow = slow_movers(inv, turnover)
@@ -465,7 +465,7 @@ def assess(programme: Programme, items: ItemHistory, *, months: int = FORECAST_M
         views_per_day=per_day,
         redemption_rate=rate,
         last_rates=monthly_rates(items.viewers, items.redeemers)[:, -inv.delist_months:],
-        value_coefficient=vc, vacuum=np.asarray(idx.in_vacuum_zone(programme.index, vc)),
+        value_coefficient=vc, vacuum=vacuum,
         out_of_stock=out, below_safety=low, slow_mover=slow, price_cut=cutting,
         suggested_points_price=np.where(cutting, new_price, 0),
         value_coefficient_after=np.where(cutting, vc_after, np.nan),

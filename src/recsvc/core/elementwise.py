@@ -49,9 +49,9 @@ def maximum(a: Any, b: Any) -> Any:
 def ratio(num: Any, den: Any, otherwise: float = 0.0) -> Any:
     """num / den where den > 0, else `otherwise` (no division warnings)."""
     if isinstance(num, _ARRAY) or isinstance(den, _ARRAY):
+        positive = np.asarray(den) > 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(np.asarray(den) > 0, num / np.where(np.asarray(den) > 0, den, 1),
-                            otherwise)
+            return np.where(positive, num / np.where(positive, den, 1), otherwise)
     return num / den if den > 0 else otherwise
 
 

@@ -176,6 +176,22 @@ def index_factors(
         high_spender=high_spender)
 
 
+class ItemFactors(NamedTuple):
+    """What the index takes from the items alone, one value per item: computed once a
+    catalogue load, not once a request."""
+
+    value_coefficient: FloatLike
+    vacuum: FloatLike
+
+
+def item_factors(rules: IndexRules, market_price: FloatLike, perceived_discount: FloatLike,
+                 points_price: FloatLike) -> ItemFactors:
+    """The items' value coefficients (market price in currency units) and vacuum flags."""
+    vc = np.asarray(value_coefficient(market_price, perceived_discount, points_price,
+                                      rules.campaign_multiplier), dtype=np.float64)
+    return ItemFactors(vc, np.asarray(in_vacuum_zone(rules, vc), dtype=bool))
+
+
 def pair_factors(
     rules: IndexRules,
     *,

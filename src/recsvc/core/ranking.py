@@ -84,25 +84,15 @@ class Option(NamedTuple):
     reasons: tuple[Reason, ...]
 
 
-class ItemFactors(NamedTuple):
-    """What the index takes from the items alone, one value per catalogue item: computed once
-    a catalogue load (`item_factors`), not once a request."""
-
-    value_coefficient: F64
-    vacuum: npt.NDArray[np.bool_]
-
-
 def item_factors(programme: Programme, items: Catalogue,
-                 positions: I64 | None = None) -> ItemFactors:
+                 positions: I64 | None = None) -> idx.ItemFactors:
     """The items' factors (at `positions`; None: every item)."""
     market, perceived, price = (items.market_price_minor, items.perceived_discount,
                                 items.points_price)
     if positions is not None:
         market, perceived, price = market[positions], perceived[positions], price[positions]
-    vc = np.asarray(idx.value_coefficient(
-        market / programme.currency.minor_per_unit, perceived, price,
-        programme.index.campaign_multiplier), dtype=np.float64)
-    return ItemFactors(vc, np.asarray(idx.in_vacuum_zone(programme.index, vc), dtype=bool))
+    return idx.item_factors(programme.index, market / programme.currency.minor_per_unit,
+                            perceived, price)
 
 
 def behaviour(programme: Programme, member: Member) -> float:
@@ -112,7 +102,7 @@ def behaviour(programme: Programme, member: Member) -> float:
 
 
 def member_factors(programme: Programme, member: Member, items: Catalogue,
-                   positions: I64 | None = None, *, item: ItemFactors | None = None,
+                   positions: I64 | None = None, *, item: idx.ItemFactors | None = None,
                    weight: float | None = None) -> idx.IndexFactors:
     """The index factors of the member for the items at `positions` (None: every item), one
     value per item in every field: the one computation the hints, the ranking and the
@@ -121,7 +111,7 @@ def member_factors(programme: Programme, member: Member, items: Catalogue,
     if item is None:
         item = item_factors(programme, items, positions)
     elif positions is not None:
-        item = ItemFactors(item.value_coefficient[positions], item.vacuum[positions])
+        item = idx.ItemFactors(item.value_coefficient[positions], item.vacuum[positions])
     price, discount = ((items.points_price, items.discount_coefficient) if positions is None
                        else (items.points_price[positions], items.discount_coefficient[positions]))
     f = idx.pair_factors(

@@ -51,7 +51,7 @@ MAX_CHURN_BATCH = 1000
 MAX_HINT_BATCH = 100
 DEFAULT_RECOMMENDATIONS = 20
 MAX_RECOMMENDATIONS = 200
-MEMBER_INPUTS_KEPT = 50_000  # members whose encoded model inputs are kept between calls
+MEMBER_INPUTS_KEPT = 50_000  # member Contexts (profile, model inputs) kept between calls
 WANTED_ITEMS = 5  # the cart's advice compares the points' value here with these items'
 TOP_DRIVERS = 3
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
@@ -268,7 +268,7 @@ class _Prepared:
     (reading one value out of a numpy array costs more than the arithmetic done with it)."""
 
     items: Items
-    factors: ranking.ItemFactors
+    factors: idx.ItemFactors
     item_id: list[int]
     points_price: list[int]
     discount: list[float]
@@ -470,6 +470,14 @@ class Dataplane:
             held = self._prepared_items = _Prepared.build(self.programme, items)
         return held
 
+    def _factors(self, ctx: Context, items: Items,
+                 positions: npt.NDArray[np.int64] | None = None) -> IndexFactors:
+        """The member's index factors for the items at `positions` (None: every item), from
+        the load's item factors and the member's behaviour weight, both kept."""
+        assert self.programme is not None
+        return ranking.member_factors(self.programme, ctx.member, items.core, positions,
+                                      item=self._prepared(items).factors, weight=ctx.behaviour)
+
     def _context(self, member_id: int, service: str, balance: int | None,
                  degraded: list[str], rpc: str, read: Read | None) -> Context:
         """The profile the core works with from the member's features (`read`, or read now;
@@ -533,9 +541,7 @@ class Dataplane:
         member's index factors for them (computed here when the caller has none)."""
         assert self.programme is not None
         if factors is None:
-            factors = ranking.member_factors(self.programme, ctx.member, items.core, positions,
-                                             item=self._prepared(items).factors,
-                                             weight=ctx.behaviour)
+            factors = self._factors(ctx, items, positions)
         model: PropensityModel = served.scorer
         start = time.perf_counter()
         got = model.score_items(items, items.columns, len(items.core), positions, ctx.features,
@@ -610,9 +616,7 @@ class Dataplane:
         """The hints for the items at `positions`, computed as columns."""
         assert self.programme is not None
         p, c = self.programme, items.core
-        factors = ranking.member_factors(p, ctx.member, c, positions,
-                                         item=self._prepared(items).factors,
-                                         weight=ctx.behaviour)
+        factors = self._factors(ctx, items, positions)
         probabilities = None
         if served is not None:
             probabilities = self._propensity(ctx, items, positions, surface, served, factors)
@@ -665,9 +669,7 @@ class Dataplane:
         degraded: list[str] = []
         ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
                             read)
-        factors = ranking.member_factors(p, ctx.member, items.core,
-                                         item=self._prepared(items).factors,
-                                         weight=ctx.behaviour)
+        factors = self._factors(ctx, items)
         served, scorer = self._scorer(ctx, items, req.surface, degraded, factors=factors)
         options = ranking.recommend(
             p, arm, ctx.member, items.core, scorer, limit=limit, categories=req.categories,

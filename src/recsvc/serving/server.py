@@ -77,10 +77,10 @@ def _channelz_servers() -> set[int]:
 
 def _waiting(server_id: int, servicer: RedemptionServicer) -> Callable[[], int | None]:
     """Calls the server received that no handler has taken yet: channelz counts a call from
-    its first headers, the servicer when its handler starts (an interceptor would count
-    every service's calls, at ~10 µs a call; the few health and reflection calls it misses
-    read as calls that never start, as cancelled ones do, and the shedder's drift takes
-    them off)."""
+    its first headers, the servicer when its handler starts (no interceptor, which would
+    put a coroutine of its own in every call's path; the few health and reflection calls
+    the servicer does not see read as calls that never start, as cancelled ones do, and the
+    shedder's drift takes them off)."""
     def count() -> int | None:
         try:
             data = json.loads(cygrpc.channelz_get_server(server_id))["server"]["data"]
