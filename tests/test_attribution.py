@@ -40,3 +40,17 @@ def test_a_model_of_constant_trees() -> None:
     attribution = PathAttribution(booster)
     assert np.all(attribution.contributions(X) == 0.0)
     np.testing.assert_allclose(attribution.bias, booster.predict(X[:1], raw_score=True)[0])
+
+
+def test_each_row_is_its_leaves_table_rows_added_tree_by_tree() -> None:
+    """The one-hot product adds what a loop over the trees adds, in the same order: the
+    same numbers to the last bit (the drivers' ranking cannot move with the method)."""
+    booster, X = _model(40, seed=3)
+    attribution = PathAttribution(booster)
+    leaves = booster.predict(X, pred_leaf=True).astype(np.int64)
+    want = np.zeros((len(X), 8))
+    for t, offset in enumerate(attribution.offsets):
+        want += attribution.table[offset + leaves[:, t]]
+    got = attribution.contributions(X)
+    assert np.array_equal(got, want)
+    assert attribution.contributions(X[:0]).shape == (0, 8)

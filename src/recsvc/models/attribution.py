@@ -11,7 +11,10 @@ which makes these the same kind of log-odds drivers as TreeSHAP (LightGBM's `pre
 though not the same numbers: SHAP averages over orders of the features, which costs about a
 millisecond per row for a 200-tree model on this machine (a 1,000-member batch: ~1 s). Here each
 tree's leaves carry their path's contributions in a table built once per model, and a batch costs
-one `pred_leaf` prediction plus one table gather per tree.
+one `pred_leaf` prediction plus one product: the rows' leaves as a sparse one-hot matrix (one 1
+per tree) times the stacked tables. scipy's CSR product adds each row's entries in column order,
+that is tree by tree, as a loop over the trees would (the same numbers), in under half the time
+of that loop (1.7 vs 3.8 ms for 1,000 rows of a 171-tree model on this machine).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import sparse
 
 F64 = npt.NDArray[np.float64]
 
@@ -50,12 +54,16 @@ class PathAttribution:
         self.table = np.concatenate(tables) if tables else np.zeros((0, n_features))
 
     def contributions(self, X: Any, num_threads: int = 1) -> F64:
+        rows = len(X)
+        if rows == 0 or not self.offsets:  # LightGBM refuses to predict no rows
+            return np.zeros((rows, self.table.shape[1]))
         leaves = np.asarray(self.booster.predict(X, pred_leaf=True, num_threads=num_threads),
-                            dtype=np.int64).reshape(len(X), -1)
-        out = np.zeros((len(X), self.table.shape[1]))
-        for t, offset in enumerate(self.offsets):
-            out += self.table[offset + leaves[:, t]]
-        return out
+                            dtype=np.int64).reshape(rows, -1)
+        trees = leaves.shape[1]
+        at = (leaves + np.asarray(self.offsets, dtype=np.int64)).ravel()
+        onehot = sparse.csr_matrix((np.ones(at.size), at, np.arange(0, at.size + 1, trees)),
+                                   shape=(rows, self.table.shape[0]))
+        return np.asarray(onehot @ self.table)
 
 
 def _walk(node: dict[str, Any], path: F64, table: F64) -> None:

@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from recsvc.core import cart, fraud, index, ranking
+from recsvc.core import cart, fraud, ranking
 from recsvc.core.catalogue import Alternate
-from recsvc.core.redemption import PointsCash, Reason
+from recsvc.core.redemption import Reason
 from recsvc.errors import InvalidArgument
 from recsvc.serving import dataplane
 from recsvc.v1 import recsvc_pb2 as pb
@@ -28,12 +28,22 @@ DEGRADED: dict[str, pb.DegradedReason] = {
 
 
 def churn_risk(risk: dataplane.Risk) -> pb.ChurnRisk:
-    return pb.ChurnRisk(
-        member_id=risk.member_id, probability=risk.probability, band=BANDS[risk.band],
-        segment=SEGMENTS[risk.segment],
-        drivers=[pb.Driver(feature=f, contribution=c) for f, c in risk.drivers],
-        action=pb.Action(code=risk.action.code, description=risk.action.description),
-        cold_start=risk.cold_start)
+    msg = pb.ChurnRisk()
+    fill_churn_risk(msg, risk)
+    return msg
+
+
+def fill_churn_risk(msg: pb.ChurnRisk, risk: dataplane.Risk) -> None:
+    """Fill `msg` in place (a 1,000-member batch fills `risks.add()`: no message is built
+    twice, as it is when a built one is handed to a repeated field)."""
+    msg.member_id, msg.probability = risk.member_id, risk.probability
+    msg.band, msg.segment = BANDS[risk.band], SEGMENTS[risk.segment]
+    for feature, contribution in risk.drivers:
+        driver = msg.drivers.add()
+        driver.feature, driver.contribution = feature, contribution
+    action = msg.action
+    action.code, action.description = risk.action.code, risk.action.description
+    msg.cold_start = risk.cold_start
 
 
 def degraded_reasons(reasons: tuple[str, ...]) -> list[pb.DegradedReason]:
@@ -95,21 +105,18 @@ def cart_request(request: pb.OptimizeCartSplitRequest) -> dataplane.CartRequest:
         points_balance=c.points_balance, arm=c.arm)
 
 
-def _factors(f: index.IndexFactors) -> pb.IndexFactors:
-    return pb.IndexFactors(value_coefficient=float(f.value_coefficient),
-                           demand_match=float(f.demand_match),
-                           behaviour_weight=float(f.behaviour_weight),
-                           discount_coefficient=float(f.discount_coefficient),
-                           recommendation_index=float(f.recommendation_index))
+_REASON_CODES: dict[tuple[Reason, ...], list[pb.ReasonCode]] = {}
 
 
 def _reasons(reasons: tuple[Reason, ...]) -> list[pb.ReasonCode]:
-    # Reason mirrors ReasonCode's numbers (tests/test_proto.py checks)
-    return [pb.ReasonCode.ValueType(r.value) for r in reasons]
-
-
-def _points_cash(option: PointsCash) -> pb.PointsCashOption:
-    return pb.PointsCashOption(points=option.points, cash_minor=option.cash_minor)
+    """The ReasonCode numbers of `reasons` (Reason mirrors them: tests/test_proto.py checks),
+    made once per combination: answers share their reasons' tuples."""
+    codes = _REASON_CODES.get(reasons)
+    if codes is None:
+        if len(_REASON_CODES) >= 4096:  # combinations are few; a bound all the same
+            _REASON_CODES.clear()
+        codes = _REASON_CODES[reasons] = [pb.ReasonCode.ValueType(r.value) for r in reasons]
+    return codes
 
 
 def _timestamp(when: dt.datetime) -> Timestamp:
@@ -119,18 +126,31 @@ def _timestamp(when: dt.datetime) -> Timestamp:
 
 
 def redemption_hint(item: dataplane.ItemHint) -> pb.RedemptionHint:
-    h = item.hint
-    msg = pb.RedemptionHint(
-        item_id=item.item_id, points_better=h.points_better, factors=_factors(h.factors),
-        threshold=h.threshold, value_per_point=float(h.factors.value_coefficient),
-        vacuum_zone=h.vacuum, affordable=h.affordable, points_gap=h.points_gap,
-        spend_to_close_gap_minor=h.spend_to_close_gap_minor,
-        points_cash=_points_cash(h.points_cash), points_price=item.points_price,
-        reasons=_reasons(h.reasons), in_stock=h.in_stock,
-        alternates=[_alternate(a) for a in item.alternates])
+    msg = pb.RedemptionHint()
+    fill_redemption_hint(msg, item)
+    return msg
+
+
+def fill_redemption_hint(msg: pb.RedemptionHint, item: dataplane.ItemHint) -> None:
+    """Fill `msg` in place, as `_fill_option` does an option (a batch fills `hints.add()`)."""
+    h, g = item.hint, item.hint.factors
+    msg.item_id, msg.points_better, msg.threshold = item.item_id, h.points_better, h.threshold
+    f = msg.factors
+    f.value_coefficient, f.demand_match, f.behaviour_weight = (
+        g.value_coefficient, g.demand_match, g.behaviour_weight)
+    f.discount_coefficient, f.recommendation_index = (g.discount_coefficient,
+                                                      g.recommendation_index)
+    msg.value_per_point, msg.vacuum_zone, msg.affordable = (g.value_coefficient, h.vacuum,
+                                                            h.affordable)
+    msg.points_gap, msg.spend_to_close_gap_minor = h.points_gap, h.spend_to_close_gap_minor
+    pay = msg.points_cash
+    pay.points, pay.cash_minor = h.points_cash.points, h.points_cash.cash_minor
+    msg.points_price, msg.in_stock = item.points_price, h.in_stock
+    msg.reasons.extend(_reasons(h.reasons))
+    if item.alternates:
+        msg.alternates.extend([_alternate(a) for a in item.alternates])
     if item.propensity is not None:
         msg.propensity = item.propensity
-    return msg
 
 
 def _alternate(a: Alternate) -> pb.Alternate:

@@ -163,6 +163,8 @@ def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndar
     for name, values in raw.items():
         if "__" in name:
             present |= np.asarray(values, dtype=object) != None  # noqa: E711 - element-wise
+            if present.all():  # the usual batch: every member known after the first column
+                break
     return inputs.feature_columns(raw), ~present
 
 

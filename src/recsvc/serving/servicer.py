@@ -205,12 +205,14 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             req = converters.hint_request(request.member_id, list(request.item_ids),
                                           request.context)
             answer = await self.dataplane.hints_async(req, "BatchGetRedemptionHints", admit)
-            return pb.BatchGetRedemptionHintsResponse(
-                hints=[converters.redemption_hint(h) for h in answer.hints],
+            msg = pb.BatchGetRedemptionHintsResponse(
                 experiment_arm=answer.arm, model_version=answer.model_version,
                 degraded=bool(answer.degraded),
                 degraded_reasons=converters.degraded_reasons(answer.degraded),
                 verification=converters.verification(answer.verification))
+            for hint in answer.hints:
+                converters.fill_redemption_hint(msg.hints.add(), hint)
+            return msg
 
         return await self._call("BatchGetRedemptionHints", context, work)
 
@@ -246,10 +248,12 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
         async def work(admit: Admit) -> pb.BatchGetChurnRiskResponse:
             answer = await self.dataplane.churn_risk_async(
                 list(request.member_ids), "BatchGetChurnRisk", admit)
-            return pb.BatchGetChurnRiskResponse(
-                risks=[converters.churn_risk(r) for r in answer.risks],
+            msg = pb.BatchGetChurnRiskResponse(
                 model_version=answer.model_version, degraded=bool(answer.degraded),
                 degraded_reasons=converters.degraded_reasons(answer.degraded))
+            for risk in answer.risks:
+                converters.fill_churn_risk(msg.risks.add(), risk)
+            return msg
 
         return await self._call("BatchGetChurnRisk", context, work)
 
