@@ -166,14 +166,39 @@ def test_bad_input_is_invalid_argument_naming_the_field(trained: Any) -> None:
             (cart, pb.OptimizeCartSplitRequest(member_id=1, lines=[
                 pb.CartLine(item_id=2, unit_price_minor=-100, quantity=1)]),
              "lines[0].unit_price_minor"),
+            # what proto3 lets any caller send: open enums, int64 extremes, NUL, long text
+            (stub.GetRedemptionHint, pb.GetRedemptionHintRequest(
+                member_id=1, item_id=item, context=pb.RequestContext(surface=999)),
+             "context.surface"),
+            (stub.GetNudges, pb.GetNudgesRequest(member_id=1, channel=-3), "channel"),
+            (stub.GetRedemptionHint, pb.GetRedemptionHintRequest(member_id=1, item_id=-7),
+             "item_id"),
+            (stub.GetChurnRisk, pb.GetChurnRiskRequest(member_id=-5), "member_id"),
+            (rec, pb.RecommendRedemptionsRequest(member_id=2**63 - 1), "member_id"),
+            (stub.BatchGetRedemptionHints, pb.BatchGetRedemptionHintsRequest(
+                member_id=1, item_ids=[item, -2**63]), "item_ids[1]"),
+            (cart, pb.OptimizeCartSplitRequest(member_id=1, lines=[
+                line, pb.CartLine(item_id=2, unit_price_minor=2**62, quantity=2**62)]),
+             "lines[1].unit_price_minor"),
+            (cart, pb.OptimizeCartSplitRequest(member_id=1, lines=[
+                pb.CartLine(item_id=2, unit_price_minor=100, quantity=2**32)]),
+             "lines[0].quantity"),
+            (rec, pb.RecommendRedemptionsRequest(
+                member_id=1, context=pb.RequestContext(experiment_arm="a\x00b")),
+             "context.experiment_arm"),
+            (rec, pb.RecommendRedemptionsRequest(
+                member_id=1, filters=pb.RecommendationFilters(categories=["x" * 65])),
+             "filters.categories[0]"),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call(request)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
             assert bad_request_field(err.value) == field
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=1, item_id=-7))
+            await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=1,
+                                                                     item_id=999_999_999))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details().startswith("item_id: no item 999999999")  # its own field
 
     _serve(trained, check)
 

@@ -75,17 +75,20 @@ class Context(NamedTuple):
 
 
 def _context(context: pb.RequestContext, default_surface: str) -> Context:
+    surface = SURFACES.get(context.surface) if context.surface else default_surface
+    if surface is None:  # proto3 enums are open: any number arrives
+        raise InvalidArgument("context.surface", f"unknown surface {context.surface}")
     return Context(
         context.points_balance if context.HasField("points_balance") else None,
-        context.experiment_arm,
-        SURFACES[context.surface] if context.surface else default_surface)
+        context.experiment_arm, surface)
 
 
-def hint_request(member_id: int, item_ids: list[int], context: pb.RequestContext,
-                 ) -> dataplane.HintRequest:
+def hint_request(member_id: int, item_ids: list[int], context: pb.RequestContext, *,
+                 item_field: str = "item_ids") -> dataplane.HintRequest:
     c = _context(context, "product_page")
     return dataplane.HintRequest(member_id=member_id, item_ids=item_ids, surface=c.surface,
-                                 points_balance=c.points_balance, arm=c.arm)
+                                 points_balance=c.points_balance, arm=c.arm,
+                                 item_field=item_field)
 
 
 def recommend_request(request: pb.RecommendRedemptionsRequest) -> dataplane.RecommendRequest:

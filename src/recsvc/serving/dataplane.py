@@ -296,6 +296,7 @@ class HintRequest:
     surface: str = "product_page"
     points_balance: int | None = None
     arm: str = ""
+    item_field: str = "item_ids"  # how the caller's request names the items ("item_id": one)
 
 
 @dataclass(frozen=True)
@@ -567,7 +568,8 @@ class Dataplane:
         for k, item in enumerate(req.item_ids):
             at = items.position.get(int(item))
             if at is None:
-                raise NotFound(f"item_ids[{k}]: no item {item}")
+                where = "item_id" if req.item_field == "item_id" else f"{req.item_field}[{k}]"
+                raise NotFound(f"{where}: no item {item}")
             found.append(at)
         degraded: list[str] = []
         ctx = self._context(req.member_id, HINT_SERVICE, req.points_balance, degraded, rpc, read)

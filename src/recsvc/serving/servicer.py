@@ -15,7 +15,7 @@ from recsvc.core import fraud
 from recsvc.core import nudges as core_nudges
 from recsvc.errors import DeadlineExceeded, Overloaded
 from recsvc.metrics import ServiceMetrics
-from recsvc.serving import converters, errors
+from recsvc.serving import bounds, converters, errors
 from recsvc.serving.dataplane import Admit, Dataplane
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
@@ -141,16 +141,18 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             metrics.prime_nudges(core_nudges.KINDS, CHANNELS, [a.name for a in p.experiments.arms],
                                  *core_nudges.cap_series(p))
 
-    async def _call(self, rpc: str, context: grpc.aio.ServicerContext,
+    async def _call(self, rpc: str, context: grpc.aio.ServicerContext, request: Any,
                     work: Callable[[Admit], Awaitable[T]]) -> T:
         """Run one RPC's work with its metrics; errors leave through the one error table.
-        The work awaits what it must not block the event loop on (stores), and calls
-        `admit` once that is done, before it takes the loop for the answer."""
+        The request is checked against its bounds first (`bounds.check`). The work awaits
+        what it must not block the event loop on (stores), and calls `admit` once that is
+        done, before it takes the loop for the answer."""
         start = time.perf_counter()
         self.dispatched += 1
         failure: BaseException | None = None
         try:
             self._admit(rpc, context)
+            bounds.check(request)
 
             def admit() -> None:
                 self._admit(rpc, context)
@@ -189,7 +191,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
     async def GetRedemptionHint(self, request: Any,
                                 context: Any) -> pb.GetRedemptionHintResponse:
         async def work(admit: Admit) -> pb.GetRedemptionHintResponse:
-            req = converters.hint_request(request.member_id, [request.item_id], request.context)
+            req = converters.hint_request(request.member_id, [request.item_id], request.context,
+                                          item_field="item_id")
             answer = await self.dataplane.hints_async(req, "GetRedemptionHint", admit)
             return pb.GetRedemptionHintResponse(
                 hint=converters.redemption_hint(answer.hints[0]), experiment_arm=answer.arm,
@@ -197,7 +200,7 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 degraded_reasons=converters.degraded_reasons(answer.degraded),
                 verification=converters.verification(answer.verification))
 
-        return await self._call("GetRedemptionHint", context, work)
+        return await self._call("GetRedemptionHint", context, request, work)
 
     async def BatchGetRedemptionHints(self, request: Any,
                                       context: Any) -> pb.BatchGetRedemptionHintsResponse:
@@ -214,7 +217,7 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 converters.fill_redemption_hint(msg.hints.add(), hint)
             return msg
 
-        return await self._call("BatchGetRedemptionHints", context, work)
+        return await self._call("BatchGetRedemptionHints", context, request, work)
 
     async def RecommendRedemptions(self, request: Any,
                                    context: Any) -> pb.RecommendRedemptionsResponse:
@@ -222,7 +225,7 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             return converters.recommendations(await self.dataplane.recommend_async(
                 converters.recommend_request(request), "RecommendRedemptions", admit))
 
-        return await self._call("RecommendRedemptions", context, work)
+        return await self._call("RecommendRedemptions", context, request, work)
 
     async def OptimizeCartSplit(self, request: Any,
                                 context: Any) -> pb.OptimizeCartSplitResponse:
@@ -230,7 +233,7 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             return converters.cart_split(await self.dataplane.cart_split_async(
                 converters.cart_request(request), "OptimizeCartSplit", admit))
 
-        return await self._call("OptimizeCartSplit", context, work)
+        return await self._call("OptimizeCartSplit", context, request, work)
 
     async def GetChurnRisk(self, request: Any, context: Any) -> pb.GetChurnRiskResponse:
         async def work(admit: Admit) -> pb.GetChurnRiskResponse:
@@ -241,7 +244,7 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 degraded=bool(answer.degraded),
                 degraded_reasons=converters.degraded_reasons(answer.degraded))
 
-        return await self._call("GetChurnRisk", context, work)
+        return await self._call("GetChurnRisk", context, request, work)
 
     async def BatchGetChurnRisk(self, request: Any,
                                 context: Any) -> pb.BatchGetChurnRiskResponse:
@@ -255,7 +258,7 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 converters.fill_churn_risk(msg.risks.add(), risk)
             return msg
 
-        return await self._call("BatchGetChurnRisk", context, work)
+        return await self._call("BatchGetChurnRisk", context, request, work)
 
     async def GetNudges(self, request: Any, context: Any) -> pb.GetNudgesResponse:
         async def work(admit: Admit) -> pb.GetNudgesResponse:
@@ -263,4 +266,4 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             return converters.nudges(await self.dataplane.nudges_async(
                 converters.nudge_request(request), "GetNudges", admit))
 
-        return await self._call("GetNudges", context, work)
+        return await self._call("GetNudges", context, request, work)
