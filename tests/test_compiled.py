@@ -14,7 +14,7 @@ import pytest
 lgb = pytest.importorskip("lightgbm")
 pytest.importorskip("lleaves")
 
-from recsvc.models.compiled import CompiledModel, probe_rows  # noqa: E402
+from recsvc.models.compiled import CompiledLeaves, CompiledModel, probe_rows  # noqa: E402
 
 ROWS = 4000
 FEATURES = ["num_a", "num_b", "tier", "num_c", "category", "dense"]
@@ -185,3 +185,28 @@ def test_linear_trees_are_not_compiled(tmp_path: Path) -> None:
     assert not served.compiled and "linear" in (served.fallback_reason or "")
     np.testing.assert_allclose(served.predict_raw(X), booster.predict(X, raw_score=True),
                                rtol=0, atol=1e-12)
+
+
+def test_compiled_leaves_equal_pred_leaf(model, tmp_path: Path) -> None:
+    """The leaf numbers packed into a multi-output model read back as LightGBM's, on the
+    training rows, the awkward ones (categories unseen and negative, NaN, near-zero), the
+    split points and beside them; 20 trees of 15 leaves: 13 a double, so two outputs, the
+    second part filled with empty copies."""
+    path, booster, X = model
+    leaves = CompiledLeaves(path, booster, tmp_path / "cache")
+    assert leaves.compiled and leaves.fallback_reason is None
+    assert (leaves.bits, leaves.per_output) == (4, 13)
+    for data in (_inputs(X), probe_rows(path.read_text(), len(FEATURES), rows=2000, seed=5)):
+        want = booster.predict(data, pred_leaf=True).astype(np.int64)
+        assert np.array_equal(leaves.predict_leaf(data), want)
+    assert leaves.predict_leaf(X[:1]).shape == (1, booster.num_trees())
+
+
+def test_compiled_leaves_fall_back_to_pred_leaf(model, tmp_path: Path, caplog) -> None:
+    _, booster, X = model
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_text("tree\nversion=v4\nnot a model\n")
+    with caplog.at_level(logging.WARNING, logger="recsvc.models.compiled"):
+        leaves = CompiledLeaves(garbage, booster, tmp_path / "cache")
+    assert not leaves.compiled and "using pred_leaf" in caplog.text
+    assert np.array_equal(leaves.predict_leaf(X), booster.predict(X, pred_leaf=True))

@@ -47,8 +47,16 @@ class ChurnScorer:
         self.version: str = manifest.version
         self.features: list[str] = list(manifest.features)
         self.booster = loaded.booster
-        # the drivers; a compiled model keeps LightGBM's booster beside its native code
-        self.attribution = PathAttribution(getattr(loaded.booster, "booster", loaded.booster))
+        # the drivers; a compiled model keeps LightGBM's booster beside its native code, and
+        # its leaves are compiled too
+        native = loaded.booster
+        booster = getattr(native, "booster", native)
+        leaves = None
+        if getattr(native, "compiled", False):
+            from recsvc.models.compiled import CompiledLeaves
+
+            leaves = CompiledLeaves(native.model_file, booster, native.cache_dir).predict_leaf
+        self.attribution = PathAttribution(booster, leaves=leaves)
         self.vocab: dict[str, list[str]] = extra["vocabularies"]
         self.platt: dict[str, float] = extra["calibration"]["platt"]
         self.bgnbd = weekly_bgnbd(extra)
