@@ -388,6 +388,30 @@ def test_recommendations_over_grpc(trained: Any) -> None:
         assert len(poor.options) == 20  # the default limit
         assert [(u.category, u.points_gap) for u in poor.unlocks] == [("kitchenware", 500)]
         assert poor.unlocks[0].spend_to_unlock_minor > 0
+        assert all(pb.REASON_CODE_COLD_START not in o.reasons for o in got.options)
+        # a member the store does not know: a real ranking, as the programme's default member
+        # (ready to spend cold_start_points_demand points), every option saying cold start;
+        # the answer's balance and gaps stay the real (empty) balance
+        demand = trained.programme.index.cold_start_points_demand
+        cold = await stub.RecommendRedemptions(pb.RecommendRedemptionsRequest(
+            member_id=10**12, limit=50))
+        assert len(cold.options) == 50 and cold.points_balance == 0 and not cold.degraded
+        assert all(pb.REASON_CODE_COLD_START in o.reasons for o in cold.options)
+        assert all(o.score > 0 and 0 < o.propensity < 1 for o in cold.options)
+        assert [o.score for o in cold.options] == sorted((o.score for o in cold.options),
+                                                         reverse=True)
+        assert [o.item_id for o in cold.options] != sorted(o.item_id for o in cold.options)
+        assert all(o.points_gap == o.points_price for o in cold.options)
+        top = cold.options[0]
+        assert top.factors.demand_match == pytest.approx(
+            min(top.points_price, demand) / max(top.points_price, demand), rel=1e-12)
+        # with a live balance from the caller, that balance is the demand
+        rich = await stub.RecommendRedemptions(pb.RecommendRedemptionsRequest(
+            member_id=10**12, limit=5, context=pb.RequestContext(points_balance=5000)))
+        assert rich.points_balance == 5000
+        assert all(pb.REASON_CODE_COLD_START in o.reasons for o in rich.options)
+        assert rich.options[0].factors.demand_match == pytest.approx(
+            min(rich.options[0].points_price, 5000) / max(rich.options[0].points_price, 5000))
 
     _serve(trained, check)
 

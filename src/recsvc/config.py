@@ -118,6 +118,9 @@ class IndexRules(_Section):
     frequency_scale_orders: float = Field(3.0, gt=0)
     recency_scale_days: float = Field(60.0, gt=0)
     young_age_bands: tuple[str, ...] = ("18-24",)
+    # the points a member the store does not know is taken to be ready to spend, for the index
+    # of a cold-start ranking (a caller's live balance, when sent, is used instead)
+    cold_start_points_demand: int = Field(1000, ge=0)
     points_class_coefficients: dict[str, float] = {"base": 0.05, "growth": 0.075, "luxury": 0.10}
 
 

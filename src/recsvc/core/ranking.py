@@ -151,12 +151,14 @@ def recommend(
     affordable_only: bool = False,
     shortlist: int = SHORTLIST,
     factors: idx.IndexFactors | None = None,
+    cold_start: bool = False,
 ) -> list[Option]:
     """The top `limit` options for the member, best first (ties: lower item id first).
 
     `propensity` is one probability per catalogue item, or a function scoring the shortlisted
     positions only (see the module docstring); None ranks by the index alone. `factors`: the
     member's `member_factors` over the whole catalogue, when the caller has them already.
+    `cold_start`: the member is unknown to the feature store (every option says so).
     """
     threshold = hint_threshold(arm, programme.index)
     n = len(items)
@@ -194,7 +196,8 @@ def recommend(
     p_order = prob[order] if prob is not None else np.full(len(order), np.nan)
     above = idx.points_better(index[order], threshold)
     flags = np.stack([above, ~above, vacuum[order], gap > 0, expiring_used > 0,
-                      p_order >= HIGH_PROPENSITY, discount < 1.0], axis=1)
+                      p_order >= HIGH_PROPENSITY, discount < 1.0,
+                      np.full(len(order), cold_start)], axis=1)
     reason_bits = (flags.astype(np.int64) << np.arange(len(_FLAGGED))).sum(axis=1)
     rows = zip(items.item_id[order].tolist(), price.tolist(), items.category[order].tolist(),
                vc[order].tolist(), dm[order].tolist(), bw[order].tolist(), dc[order].tolist(),
@@ -215,7 +218,7 @@ def recommend(
 
 _FLAGGED = (Reason.INDEX_ABOVE_THRESHOLD, Reason.INDEX_BELOW_THRESHOLD, Reason.VACUUM_ZONE,
             Reason.NOT_AFFORDABLE, Reason.USES_EXPIRING_POINTS, Reason.HIGH_PROPENSITY,
-            Reason.ON_PROMOTION)
+            Reason.ON_PROMOTION, Reason.COLD_START)
 
 
 def unlocks_in_reach(

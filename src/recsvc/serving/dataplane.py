@@ -474,11 +474,15 @@ class Dataplane:
         return held
 
     def _factors(self, ctx: Context, items: Items,
-                 positions: npt.NDArray[np.int64] | None = None) -> IndexFactors:
+                 positions: npt.NDArray[np.int64] | None = None, *,
+                 demand: int | None = None) -> IndexFactors:
         """The member's index factors for the items at `positions` (None: every item), from
-        the load's item factors and the member's behaviour weight, both kept."""
+        the load's item factors and the member's behaviour weight, both kept; `demand`: the
+        points the member is taken to be ready to spend, when not the balance."""
         assert self.programme is not None
-        return ranking.member_factors(self.programme, ctx.member, items.core, positions,
+        member = ctx.member if demand is None else dataclasses.replace(ctx.member,
+                                                                        balance=demand)
+        return ranking.member_factors(self.programme, member, items.core, positions,
                                       item=self._prepared(items).factors, weight=ctx.behaviour)
 
     def _context(self, member_id: int, service: str, balance: int | None,
@@ -538,17 +542,19 @@ class Dataplane:
                        {}, ranking.behaviour(p, member)), until
 
     def _propensity(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
-                    surface: str, served: Served,
-                    factors: IndexFactors | None = None) -> npt.NDArray[np.float64]:
+                    surface: str, served: Served, factors: IndexFactors | None = None,
+                    demand: int | None = None) -> npt.NDArray[np.float64]:
         """P(redeem within 7 days) of the member for the items at `positions`, from the
-        member's index factors for them (computed here when the caller has none)."""
+        member's index factors for them (computed here when the caller has none); `demand`:
+        the balance the model sees, when not the member's (a cold start's default)."""
         assert self.programme is not None
         if factors is None:
-            factors = self._factors(ctx, items, positions)
+            factors = self._factors(ctx, items, positions, demand=demand)
         model: PropensityModel = served.scorer
+        balance = float(ctx.member.balance if demand is None else demand)
         start = time.perf_counter()
         got = model.score_items(items, items.columns, len(items.core), positions, ctx.features,
-                                ctx.model_inputs, float(ctx.member.balance), surface, factors)
+                                ctx.model_inputs, balance, surface, factors)
         self.metrics.predict.labels("propensity").observe(time.perf_counter() - start)
         return got
 
@@ -673,12 +679,18 @@ class Dataplane:
         degraded: list[str] = []
         ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
                             read)
-        factors = self._factors(ctx, items)
-        served, scorer = self._scorer(ctx, items, req.surface, degraded, factors=factors)
+        # a member the store does not know, with no live balance from the caller, is ranked as
+        # the programme's default member (ready to spend cold_start_points_demand points: the
+        # index's demand match and the model's balance); the answer keeps the real balance
+        demand = (p.index.cold_start_points_demand if ctx.cold and req.points_balance is None
+                  else None)
+        factors = self._factors(ctx, items, demand=demand)
+        served, scorer = self._scorer(ctx, items, req.surface, degraded, factors=factors,
+                                      demand=demand)
         options = ranking.recommend(
             p, arm, ctx.member, items.core, scorer, limit=limit, categories=req.categories,
             max_points_price=req.max_points_price, affordable_only=req.affordable_only,
-            factors=factors)
+            factors=factors, cold_start=ctx.cold)
         dated = [(at, pts) for at, pts in ctx.points.buckets if at != cart.NO_EXPIRY]
         return RecommendAnswer(
             options, ranking.unlocks_in_reach(p, ctx.member), ctx.member.balance,
@@ -687,6 +699,7 @@ class Dataplane:
 
     def _scorer(self, ctx: Context, items: Items, surface: str, degraded: list[str], *,
                 memo: bool = False, factors: IndexFactors | None = None,
+                demand: int | None = None,
                 ) -> tuple[Served | None, ranking.Propensity | None]:
         """The propensity model being served and the ranking's scorer over item positions;
         (None, None), degraded, when there is no model: the index ranks alone. With `memo`,
@@ -700,7 +713,8 @@ class Dataplane:
 
         def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
             return self._propensity(ctx, items, positions, surface, model,
-                                    None if factors is None else ranking.take(factors, positions))
+                                    None if factors is None else ranking.take(factors, positions),
+                                    demand)
 
         if not memo:
             return served, scorer
