@@ -24,7 +24,7 @@ from recsvc.models.scoring import ChurnScorer, features_as_of
 from recsvc.serving import converters
 from recsvc.serving.dataplane import Catalogue, Dataplane, FeastSource
 from recsvc.serving.models import ModelHolder, Served
-from recsvc.serving.server import create_server, mark_serving
+from recsvc.serving.server import create_server, drain, mark_serving
 from recsvc.serving.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
@@ -768,3 +768,57 @@ def test_a_flagged_members_answers_ask_for_verification(trained: Any) -> None:
             "rpc": "OptimizeCartSplit", "flag": first}) == 1
 
     _serve(trained, check)
+
+
+def test_drain_tells_watchers_and_pollers_before_refusing_calls(trained: Any) -> None:
+    """SIGTERM's drain: a Watch stream gets NOT_SERVING and ends (no grace period spent on it,
+    nothing cancelled), a caller polling Check sees NOT_SERVING before calls are refused, and
+    a unary call made during the notice is answered."""
+    member = _sample(trained)[0]
+
+    async def main() -> None:
+        metrics = ServiceMetrics(CollectorRegistry())
+        plane = _plane(trained, FeastSource(trained.store), _holder(trained, metrics), metrics,
+                       True)
+        server, port, health = await create_server("127.0.0.1:0",
+                                                   RedemptionServicer(plane, metrics))
+        await mark_serving(health)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            probe = health_pb2_grpc.HealthStub(channel)
+            stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
+            watch = probe.Watch(health_pb2.HealthCheckRequest())
+            seen = [(await watch.read()).status]
+            polled: list[str] = []
+
+            async def poll() -> None:
+                while True:
+                    try:
+                        got = await probe.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                        polled.append(health_pb2.HealthCheckResponse.ServingStatus.Name(
+                            got.status))
+                    except grpc.aio.AioRpcError as err:
+                        polled.append(err.code().name)
+                        return
+                    await asyncio.sleep(0.02)
+
+            poller = asyncio.create_task(poll())
+            await asyncio.sleep(0.1)
+            grace = 10.0
+            start = time.monotonic()
+            draining = asyncio.create_task(drain(server, health, 0.3, grace))
+            await asyncio.sleep(0.1)
+            during = await stub.GetChurnRisk(pb.GetChurnRiskRequest(member_id=member))
+            assert during.risk.member_id == member  # the notice still answers calls
+            while (message := await watch.read()) is not grpc.aio.EOF:
+                seen.append(message.status)
+            assert await watch.code() == grpc.StatusCode.OK  # ended, not cancelled
+            await draining
+            assert time.monotonic() - start < grace  # nothing waited out the grace period
+            await poller
+        assert seen == [health_pb2.HealthCheckResponse.SERVING,
+                        health_pb2.HealthCheckResponse.NOT_SERVING]
+        first = polled.index("NOT_SERVING")
+        assert set(polled[:first]) == {"SERVING"} and polled[-1] == "UNAVAILABLE"
+        assert set(polled[first:-1]) == {"NOT_SERVING"}
+
+    asyncio.run(main())

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     model_refresh_seconds: float = 10.0
     """How often the service looks for a newly promoted model version."""
 
+    drain_notice_seconds: float = Field(1.0, ge=0, le=60)
+    """On SIGTERM, how long a worker keeps answering every call after its health turned
+    NOT_SERVING, so callers polling health see it before new calls are refused (set it to
+    the load balancer's health-check period); then calls in progress get 5 s to finish."""
+
     @property
     def registry_dir(self) -> Path:
         return self.model_registry or Path(self.data_dir) / "models"

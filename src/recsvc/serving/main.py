@@ -84,6 +84,7 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     from recsvc.serving.models import ModelHolder
     from recsvc.serving.server import (
         create_server,
+        drain,
         mark_serving,
         publish_cache_stats,
         refresh_models,
@@ -156,10 +157,10 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
              asyncio.create_task(orphaned()),
              asyncio.create_task(publish_cache_stats(reader, metrics, CACHE_STATS_SECONDS))]
     await stop.wait()
-    await health.enter_graceful_shutdown()  # NOT_SERVING first, so balancers drain us
     for task in tasks:
         task.cancel()
-    await server.stop(GRACE_SECONDS)
+    # NOT_SERVING first (watchers told at once), calls answered for the notice, then refused
+    await drain(server, health, settings.drain_notice_seconds, GRACE_SECONDS)
     caps.close()
     return 0
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 from grpc._cython import cygrpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recsvc.metrics import ServiceMetrics
@@ -27,7 +27,7 @@ SERVICE_NAME = recsvc_pb2.DESCRIPTOR.services_by_name["RedemptionService"].full_
 async def create_server(
     address: str, servicer: RedemptionServicer, *, max_concurrent_rpcs: int | None = None,
     overload_lag_s: float | None = None,
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+) -> tuple[grpc.aio.Server, int, Health]:
     """A started server on `address` ("127.0.0.1:0" picks a free port) and its port.
 
     Health says NOT_SERVING until `mark_serving` is called, so a load balancer sends nothing
@@ -45,10 +45,10 @@ async def create_server(
                                       ("grpc.max_connection_age_grace_ms", 30_000)],
                              maximum_concurrent_rpcs=max_concurrent_rpcs)
     recsvc_pb2_grpc.add_RedemptionServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
@@ -61,7 +61,7 @@ async def create_server(
                         "event-loop lateness alone")
         _background.add(asyncio.create_task(servicer.shedder.run()))
     for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_servicer.set(name, _STATUS.NOT_SERVING)
     await server.start()
     return server, port, health_servicer
 
@@ -90,9 +90,69 @@ def _waiting(server_id: int, servicer: RedemptionServicer) -> Callable[[], int |
     return count
 
 
-async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+_STATUS = health_pb2.HealthCheckResponse
+
+
+class Health(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 for a server that drains: `drain()` turns every service NOT_SERVING,
+    tells every Watch stream so and ends it (OK), and from then on no status changes.
+
+    grpcio's own aio HealthServicer keeps Watch streams open through shutdown, so the
+    server's grace period is spent waiting on them and they end cancelled (with tracebacks in
+    the log); a watcher then never sees NOT_SERVING."""
+
+    def __init__(self) -> None:
+        self._status: dict[str, int] = {"": _STATUS.SERVING}
+        self._changed = asyncio.Condition()
+        self.draining = False
+
+    async def set(self, service: str, status: int) -> None:
+        async with self._changed:
+            if not self.draining:
+                self._status[service] = status
+                self._changed.notify_all()
+
+    async def drain(self) -> None:
+        async with self._changed:
+            self.draining = True
+            for service in self._status:
+                self._status[service] = _STATUS.NOT_SERVING
+            self._changed.notify_all()
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return _STATUS(status=status)
+
+    async def Watch(self, request: Any, context: Any) -> None:
+        last = None
+        async with self._changed:
+            while True:
+                status = self._status.get(request.service, _STATUS.SERVICE_UNKNOWN)
+                if status != last:
+                    await context.write(_STATUS(status=status))
+                    last = status
+                if self.draining:
+                    return  # the stream ends: the watcher reconnects elsewhere
+                await self._changed.wait()
+
+
+async def mark_serving(health_servicer: Health) -> None:
     for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, _STATUS.SERVING)
+
+
+async def drain(server: grpc.aio.Server, health_servicer: Health, notice_s: float,
+                grace_s: float) -> None:
+    """Stop as a load balancer needs: health NOT_SERVING at once (watchers told, their
+    streams ended), every call still answered for `notice_s` so pollers of health see it,
+    then new calls refused and those in progress given `grace_s` to finish."""
+    await health_servicer.drain()
+    if notice_s > 0:
+        await asyncio.sleep(notice_s)
+    await server.stop(grace_s)
 
 
 async def refresh_models(holders: list[ModelHolder], catalogue: Catalogue,
