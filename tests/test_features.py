@@ -412,6 +412,39 @@ def test_sqlite_and_redis_serve_identical_values(tiny_data_dir: Path, redis_url:
     assert a["item_catalogue__stock"][0] == 4
 
 
+@pytest.mark.redis
+def test_a_store_that_lost_its_rows_is_filled_again(tiny_data_dir: Path, redis_url: str,
+                                                    redis_project: str) -> None:
+    """The job's record of the last fill lives beside the data; the fill mark lives in the
+    store. A Redis restarted empty (here: the project's keys deleted) or an online file
+    deleted loses the mark with the rows, and the next run fills the store again instead of
+    reporting it up to date."""
+    import redis
+
+    for url in (None, redis_url):
+        settings = _settings(tiny_data_dir, redis_project, url)
+        run_features(settings, P, say=_quiet)
+        assert store.read_fill_mark(settings) is not None
+        again = run_features(settings, P, say=_quiet)
+        assert again.online_mode == "none"  # up to date, and the store says so too
+        if url is None:
+            online = store.repo_config_dict(settings)["online_store"]["path"]
+            Path(online).unlink()
+        else:
+            client = redis.Redis.from_url(redis_url)
+            try:
+                assert store.delete_project_keys(client, redis_project) > 0
+            finally:
+                client.close()
+        assert store.read_fill_mark(settings) is None
+        lines: list[str] = []
+        refilled = run_features(settings, P, say=lines.append)
+        assert refilled.online_mode == "rewrite" and refilled.materialized_rows == 13
+        assert any("does not hold the mark of the last fill" in line for line in lines)
+        got = store.online_features(store.open_store(settings), "churn_v1", [{"member_id": 1}])
+        assert got["member_points__points_balance"] == [350]
+
+
 def test_a_dead_redis_is_feature_store_unavailable(tiny_data_dir: Path) -> None:
     settings = _settings(tiny_data_dir, "recsvc_test_dead", "redis://127.0.0.1:1/0")
     feast_store = store.open_store(settings)

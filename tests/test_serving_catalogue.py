@@ -168,6 +168,47 @@ def test_a_refresh_that_reads_the_same_items_keeps_the_load_and_a_change_replace
     assert catalogue.items is not first and len(catalogue.items.position) == len(ITEMS) - 1
 
 
+class LosingSource(TableSource):
+    """The store after a restart that lost some rows (Redis restarted empty, partly filled
+    again): no features for the items in `lost`."""
+
+    def __init__(self) -> None:
+        self.lost: set[int] = set()
+
+    def read_service(self, service: str, entity_key: str,
+                     ids: Sequence[int]) -> dict[str, list[Any]]:
+        got = super().read_service(service, entity_key, ids)
+        return {k: [None if int(i) in self.lost else v for i, v in zip(ids, values, strict=True)]
+                for k, values in got.items()}
+
+
+def test_a_store_that_lost_its_rows_does_not_take_the_catalogue_with_it(caplog) -> None:
+    source = LosingSource()
+    catalogue = Catalogue(source, lambda: list(ITEMS))
+    catalogue.refresh()
+    first = catalogue.items
+    source.lost = set(ITEMS)  # everything gone: the last load stays, whole
+    assert catalogue.refresh() == len(ITEMS)
+    assert catalogue.items is first
+    assert "no features for 6 of 6 items" in caplog.text
+    source.lost = {10}  # partly back, one item's row changed: that change is taken
+    saved = dict(ITEMS)
+    try:
+        ITEMS[11] = ("toys", "base", 650, 4)
+        catalogue.refresh()
+        items = catalogue.items
+        assert items is not first and len(items.position) == len(ITEMS)
+        assert items.core.points_price[items.position[11]] == 650
+        assert items.core.points_price[items.position[10]] == 800  # the last one read
+    finally:
+        ITEMS.clear()
+        ITEMS.update(saved)
+    # an item never seen, missing from the store, is still left out
+    fresh = Catalogue(source, lambda: list(ITEMS))
+    fresh.refresh()
+    assert 10 not in fresh.items.position and len(fresh.items.position) == len(ITEMS) - 1
+
+
 def test_a_full_collection_freezes_what_survived_it_and_a_sweep_unfreezes_all() -> None:
     import gc
 

@@ -138,7 +138,13 @@ def run_features(
     filled = _read_json(filled_path)
     last = filled.get(settings.feast_project) or {}
     stamp = _stamp(settings, build.fingerprint)
-    if not (force or build.computed) and last.get("stamp") == stamp and registry.exists():
+    # the record above says what was filled; the mark in the store says it still holds it
+    lost = bool(last) and store.read_fill_mark(settings) != last.get("stamp")
+    if lost:
+        tell(f"online ({kind}): the store does not hold the mark of the last fill (restarted "
+             "empty, emptied, or filled by a recsvc without marks): filling it again")
+    if (not (force or build.computed or lost) and last.get("stamp") == stamp
+            and registry.exists()):
         tell(f"definitions: unchanged in project {settings.feast_project!r} ({registry})")
         tell(f"online ({kind}): up to date as of {build.as_of:%Y-%m-%d %H:%M} UTC: nothing to do")
         run.online_mode = "none"
@@ -158,8 +164,8 @@ def run_features(
 
     # 4. The online store.
     target = _online_target(settings)
-    if force or not last or last.get("target") != target:
-        mode = "rewrite"  # first fill, or another server/file than last time
+    if force or lost or not last or last.get("target") != target:
+        mode = "rewrite"  # first fill, another server/file than last time, or rows lost
     elif last.get("fingerprint") == build.fingerprint:
         mode = "incremental"
     elif dt.datetime.fromisoformat(last["as_of"]) < build.as_of:
@@ -183,6 +189,7 @@ def run_features(
         for r in results:
             if not r.skipped:
                 tell(f"  {r.view:16s} {r.rows:>10,} rows in {r.seconds:5.1f} s")
+    store.write_fill_mark(settings, stamp)
     filled[settings.feast_project] = {"fingerprint": build.fingerprint, "target": target,
                                       "as_of": build.as_of.isoformat(), "stamp": stamp}
     filled_path.write_text(json.dumps(filled, indent=2, sort_keys=True), encoding="utf-8")

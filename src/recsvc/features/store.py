@@ -16,6 +16,7 @@ Everything that talks to Feast goes through here (jobs, tests, the gRPC service)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.util
@@ -532,6 +533,63 @@ def materialize(
             results.append(
                 ViewMaterialization(name, start, end, table.num_rows, watch.seconds, False))
     return results
+
+
+FILL_MARK_KEY = "recsvc:online-filled:"
+FILL_MARK_TABLE = "recsvc_online_filled"
+
+
+def read_fill_mark(settings: Settings) -> str | None:
+    """The stamp the last complete fill of this project wrote into the online store itself,
+    or None: never filled, or the store lost what it held (a Redis restarted empty, an
+    online file deleted). A record beside the data cannot tell; a mark inside the store
+    goes with the rows. Redis or the SQLite file, read without Feast."""
+    online = repo_config_dict(settings, offline=False)["online_store"]
+    if online.get("type") == "redis":
+        with _mark_client(settings, online) as client:
+            value = client.get(FILL_MARK_KEY + settings.feast_project)
+        return value.decode() if value is not None else None
+    path = Path(online.get("path", ""))
+    if online.get("type") != "sqlite" or not path.is_file():
+        return None
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        try:
+            row = conn.execute(f"SELECT stamp FROM {FILL_MARK_TABLE} WHERE project = ?",
+                               (settings.feast_project,)).fetchone()
+        except sqlite3.OperationalError:  # no such table: never marked
+            return None
+    return str(row[0]) if row else None
+
+
+def write_fill_mark(settings: Settings, stamp: str) -> None:
+    """Mark the online store as filled up to `stamp` (after a complete fill)."""
+    online = repo_config_dict(settings, offline=False)["online_store"]
+    if online.get("type") == "redis":
+        with _mark_client(settings, online) as client:
+            client.set(FILL_MARK_KEY + settings.feast_project, stamp)
+        return
+    with contextlib.closing(sqlite3.connect(online["path"], timeout=30)) as conn, conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {FILL_MARK_TABLE} "
+                     "(project TEXT PRIMARY KEY, stamp TEXT NOT NULL)")
+        conn.execute(f"INSERT OR REPLACE INTO {FILL_MARK_TABLE} VALUES (?, ?)",
+                     (settings.feast_project, stamp))
+
+
+@contextmanager
+def _mark_client(settings: Settings, online: dict[str, Any]) -> Iterator[Any]:
+    import redis
+
+    url = settings.redis_url or ""
+    if online.get("redis_type") == "redis_cluster":
+        from redis.cluster import RedisCluster
+
+        client: Any = RedisCluster.from_url(url, socket_timeout=10)
+    else:
+        client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def clear_online(store: FeatureStore, views: Sequence[str] | None = None) -> None:

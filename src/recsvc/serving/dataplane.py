@@ -168,6 +168,28 @@ def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndar
     return inputs.feature_columns(raw), ~present
 
 
+def _keep_lost_rows(ids: list[int], raw: dict[str, list[Any]], old_ids: list[int],
+                    old: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], int]:
+    """`raw` with the rows it lacks (every feature None) taken from `old` where `old` had
+    them, and how many were taken."""
+    features = [name for name in raw if "__" in name]
+    if not features or set(features) != {name for name in old if "__" in name}:
+        return raw, 0
+    before = {item: k for k, item in enumerate(old_ids)}
+    out = {name: list(values) for name, values in raw.items()}
+    kept = 0
+    for k, item in enumerate(ids):
+        j = before.get(item)
+        if j is None or any(raw[name][k] is not None for name in features):
+            continue
+        if all(old[name][j] is None for name in features):
+            continue
+        for name in features:
+            out[name][k] = old[name][j]
+        kept += 1
+    return (out, kept) if kept else (raw, 0)
+
+
 @dataclass(frozen=True)
 class Items:
     """One load of the catalogue: every item's features as columns (by feature name, in
@@ -220,9 +242,17 @@ class Catalogue:
 
     def refresh(self) -> int:
         """Reload; the same `Items` stay when nothing changed, so what answers prepare from a
-        load (`Dataplane.prepare`) is kept."""
+        load (`Dataplane.prepare`) is kept. An item the store has no row for now but had one
+        for at the last load keeps that row: a store that lost its data (Redis restarted
+        empty, not yet materialised again) must not take the catalogue with it."""
         ids = [int(i) for i in self.item_ids()]
         raw = self.features.read_service("propensity_v1", "item_id", ids)
+        if self._loaded is not None:
+            raw, kept = _keep_lost_rows(ids, raw, *self._loaded)
+            if kept:
+                log.warning("catalogue refresh: the online store has no features for %d of %d "
+                            "items it had; serving their last features read until it has",
+                            kept, len(ids))
         if (ids, raw) != self._loaded:
             self.items = Items.build(ids, raw)
             self._loaded = (ids, raw)
