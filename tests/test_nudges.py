@@ -334,8 +334,12 @@ def test_a_call_whose_caller_leaves_while_it_waits_on_the_caps_is_counted_cancel
 class DownCaps:
     """A cap store that does not answer (an adapter swapped in, no patching)."""
 
+    def __init__(self) -> None:
+        self.asked = 0
+
     def reserve(self, member_id: int, reservations: Sequence[Any], now: dt.datetime, *,
                 dry_run: bool = False) -> list[Any]:
+        self.asked += 1
         raise CapStoreUnavailable("Redis cap store: Timeout reading from socket")
 
     async def reserve_async(self, member_id: int, reservations: Sequence[Any],
@@ -368,6 +372,31 @@ def test_a_cap_store_down_withholds_the_nudges_and_degrades(
 
         serve(dataplane, registry, check)
     dead.close()
+
+
+def test_a_cap_store_that_failed_is_paused_not_asked_by_every_call(
+        tiny: Settings, online: Any) -> None:
+    """After one failure the cap store is paused (its breaker): the next calls withhold
+    their nudges at once, degraded, without waiting on it; then one call probes it again."""
+    from recsvc.serving.breaker import Breaker
+
+    caps = DownCaps()
+    dataplane, registry = plane(tiny, online, caps, Clock(JAN_30))
+    clock = Clock(JAN_30)
+    dataplane.caps_breaker = Breaker("caps", cooldown_s=60, clock=clock)
+
+    async def check(stub: Any, registry: CollectorRegistry) -> None:
+        for _ in range(5):
+            got = await stub.GetNudges(pb.GetNudgesRequest(member_id=1))
+            assert not got.nudges and pb.DEGRADED_REASON_CAP_STORE_UNAVAILABLE in \
+                got.degraded_reasons
+        assert caps.asked == 1 and dataplane.caps_breaker.trips == 1
+        clock.now += 61  # the pause is over: one call probes (and fails: paused again)
+        await stub.GetNudges(pb.GetNudgesRequest(member_id=1))
+        await stub.GetNudges(pb.GetNudgesRequest(member_id=1))
+        assert caps.asked == 2
+
+    serve(dataplane, registry, check)
 
 
 @pytest.mark.redis

@@ -36,6 +36,7 @@ from recsvc.errors import (
 from recsvc.metrics import ServiceMetrics
 from recsvc.models import inputs
 from recsvc.models.scoring import ChurnScorer
+from recsvc.serving.breaker import Breaker
 from recsvc.serving.models import ModelHolder, Served
 
 if TYPE_CHECKING:
@@ -188,6 +189,13 @@ def _keep_lost_rows(ids: list[int], raw: dict[str, list[Any]], old_ids: list[int
             out[name][k] = old[name][j]
         kept += 1
     return (out, kept) if kept else (raw, 0)
+
+
+UNAVAILABLE_READ = Read({}, (FEATURE_STORE_UNAVAILABLE,))
+
+
+class _CapsPaused(CapStoreUnavailable):
+    """The cap store is paused by its breaker: refused without asking it."""
 
 
 @dataclass(frozen=True)
@@ -431,6 +439,10 @@ class Dataplane:
                  caps: CapStore | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.features = features
+        # a store that stops answering is paused, so calls degrade at once instead of each
+        # waiting out its timeout (breaker.py)
+        self.store_breaker = Breaker("the online feature store")
+        self.caps_breaker = Breaker("the frequency-cap store")
         self.churn = churn
         self.metrics = metrics
         self.programme = programme
@@ -457,11 +469,21 @@ class Dataplane:
         return arm
 
     def read(self, service: str, ids: Sequence[int], rpc: str) -> Read:
-        """The members' features of `service`; a store that fails: none, degraded."""
+        """The members' features of `service`; a store that fails, or is paused after
+        failing (`store_breaker`): none, degraded."""
+        if not self.store_breaker.allow():
+            return UNAVAILABLE_READ
+        return self._read_store(service, ids, rpc)
+
+    def _read_store(self, service: str, ids: Sequence[int], rpc: str) -> Read:
+        if self.store_breaker.paused:  # it failed while this call waited for a thread
+            return UNAVAILABLE_READ
         start = time.perf_counter()
         try:
             got = Read(self.features.read_service(service, "member_id", ids))
+            self.store_breaker.succeeded()
         except FeatureStoreUnavailable as exc:
+            self.store_breaker.failed()
             got = self._unavailable(rpc, exc)
         self.metrics.feature_read.labels(service).observe(time.perf_counter() - start)
         return got
@@ -469,7 +491,7 @@ class Dataplane:
     @staticmethod
     def _unavailable(rpc: str, exc: FeatureStoreUnavailable) -> Read:
         log.warning("%s: online store unavailable, answering from defaults: %s", rpc, exc)
-        return Read({}, (FEATURE_STORE_UNAVAILABLE,))
+        return UNAVAILABLE_READ
 
     async def read_async(self, service: str, ids: Sequence[int], rpc: str) -> Read:
         """`read` for the event loop: what the source can read without waiting is read at
@@ -480,7 +502,9 @@ class Dataplane:
         held = nowait(service, "member_id", ids) if nowait is not None else None
         if held is not None:
             return Read(held)
-        return await asyncio.to_thread(self.read, service, ids, rpc)
+        if not self.store_breaker.allow():  # paused: no thread, no wait
+            return UNAVAILABLE_READ
+        return await asyncio.to_thread(self._read_store, service, ids, rpc)
 
     def prepare(self) -> None:
         """Prepare the catalogue load being served (its index factors, the propensity model's
@@ -791,7 +815,8 @@ class Dataplane:
             outcomes = self._cap_store().reserve(req.member_id, pending.reservations,
                                                  pending.now, dry_run=req.dry_run)
         except CapStoreUnavailable as exc:
-            return self._capped_nudges(pending, exc)
+            return self._capped_nudges(pending, self._caps_failed(exc))
+        self.caps_breaker.succeeded()
         return self._capped_nudges(pending, outcomes)
 
     async def nudges_async(self, req: NudgeRequest, rpc: str,
@@ -808,12 +833,23 @@ class Dataplane:
             outcomes = await self._cap_store().reserve_async(
                 req.member_id, pending.reservations, pending.now, dry_run=req.dry_run)
         except CapStoreUnavailable as exc:
-            return self._capped_nudges(pending, exc)
+            return self._capped_nudges(pending, self._caps_failed(exc))
+        self.caps_breaker.succeeded()
         return self._capped_nudges(pending, outcomes)
+
+    def _caps_failed(self, exc: CapStoreUnavailable) -> CapStoreUnavailable:
+        """A cap store that did not answer is paused (the breaker's own refusal, or no store
+        configured, is no new failure of the store)."""
+        if self.caps is not None and not isinstance(exc, _CapsPaused):
+            self.caps_breaker.failed()
+        return exc
 
     def _cap_store(self) -> CapStore:
         if self.caps is None:
             raise CapStoreUnavailable("no frequency-cap store is configured")
+        if not self.caps_breaker.allow():
+            raise _CapsPaused("paused after failing to answer (it is probed again within "
+                              f"{self.caps_breaker.cooldown_s:.1f} s)")
         return self.caps
 
     def _due_nudges(self, req: NudgeRequest, rpc: str,
