@@ -210,3 +210,24 @@ def test_compiled_leaves_fall_back_to_pred_leaf(model, tmp_path: Path, caplog) -
         leaves = CompiledLeaves(garbage, booster, tmp_path / "cache")
     assert not leaves.compiled and "using pred_leaf" in caplog.text
     assert np.array_equal(leaves.predict_leaf(X), booster.predict(X, pred_leaf=True))
+
+
+def test_compiling_in_a_child_fills_the_cache_the_process_then_loads(model,
+                                                                    tmp_path: Path) -> None:
+    """A serving worker compiles a new model in a child process (its own GIL and a lower
+    priority); it then finds the code and the leaves in the cache and compiles nothing."""
+    from recsvc.models.compiled import cached, compile_in_child
+
+    path, booster, X = model
+    cache = tmp_path / "cache"
+    assert not cached(path, cache, leaves=True)
+    assert compile_in_child(path, cache, leaves=True) is None
+    assert cached(path, cache) and cached(path, cache, leaves=True)
+    model_ = CompiledModel(path, cache, booster=booster)
+    leaves = CompiledLeaves(path, booster, cache)
+    assert model_.compiled and not model_.compiled_now and leaves.compiled
+    assert np.array_equal(leaves.predict_leaf(X), booster.predict(X, pred_leaf=True))
+    assert compile_in_child(path, cache, leaves=True) is None  # cached: no child at all
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_text("tree\nversion=v4\nnot a model\n")
+    assert "exited" in (compile_in_child(garbage, cache) or "")

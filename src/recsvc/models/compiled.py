@@ -25,10 +25,13 @@ race). The fallback, `Booster.predict`, is also safe to call from several thread
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
 import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Sequence
@@ -318,7 +321,7 @@ class CompiledLeaves:
             cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
             folder = cache / sha256_file(model_file)
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / "leaves-model.txt"
+            path = _leaves_file(folder)
             if not path.exists() or path.read_text(encoding="utf-8") != derived:
                 _write_atomic(path, derived)
             model = CompiledModel(path, cache, booster=booster, verify=False, multi_output=True)
@@ -355,6 +358,72 @@ class CompiledLeaves:
             np.bitwise_and(packed[:, :width] >> (self.bits * place), mask,
                            out=leaves[:, first:first + width])
         return leaves
+
+
+def _leaves_file(folder: Path) -> Path:
+    return folder / "leaves-model.txt"
+
+
+def _object_file(cache: Path, model_file: str | os.PathLike[str], fblocksize: int = 34) -> Path:
+    return cache / sha256_file(model_file) / f"lleaves-{_variant(fblocksize)}.o"
+
+
+def cached(model_file: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
+           *, leaves: bool = False) -> bool:
+    """Whether the compiled code of `model_file` (and of its leaves, with `leaves`) is in the
+    cache already, so loading it costs no compilation."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        if not _object_file(cache, model_file).exists():
+            return False
+        if not leaves:
+            return True
+        derived = _leaf_model(Path(model_file).read_text(encoding="utf-8"))[0]
+        path = _leaves_file(cache / sha256_file(model_file))
+        return (path.exists() and path.read_text(encoding="utf-8") == derived
+                and _object_file(cache, path).exists())
+    except (OSError, ValueError):
+        return False
+
+
+COMPILE_NICENESS = 10
+
+
+def compile_in_child(model_file: str | os.PathLike[str],
+                     cache_dir: str | os.PathLike[str] | None = None, *, leaves: bool = False,
+                     timeout_s: float = 1800) -> str | None:
+    """Compile `model_file` (and its leaves) into the cache in a child process at a lower
+    CPU priority, unless the cache holds them already. None when done; else why not (the
+    caller then compiles in its own process, as before).
+
+    A serving worker that compiles a newly promoted model itself spends seconds in lleaves'
+    and LLVM's Python code generation holding its GIL: its event loop stalled up to 190 ms at
+    a time here (a 171-tree model, 10 s of compiling), and on two cores the compiler takes a
+    core the calls need. In a child the worker's threads only wait, and `nice` lets the
+    calls have the CPU first; the worker then loads the compiled code from the cache."""
+    if cached(model_file, cache_dir, leaves=leaves):
+        return None
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cmd = [sys.executable, "-m", "recsvc.models.compiled", str(model_file), str(cache)]
+    if leaves:
+        cmd.append("--leaves")
+    try:
+        # priority set from here once it runs (preexec_fn is unsafe in a threaded process)
+        with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) as proc:
+            with contextlib.suppress(OSError):  # it may have ended already: a nicety
+                os.setpriority(os.PRIO_PROCESS, proc.pid, COMPILE_NICENESS)
+            try:
+                _, err = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                return f"compiling took more than {timeout_s:.0f} s"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if proc.returncode != 0 or not cached(model_file, cache, leaves=leaves):
+        return f"the compiling process exited {proc.returncode}: {(err or '')[-500:]}"
+    return None
 
 
 def _leaf_model(text: str) -> tuple[str, int, int]:
@@ -455,3 +524,22 @@ def _write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m recsvc.models.compiled MODEL_FILE CACHE_DIR [--leaves]`: compile into the
+    cache (`compile_in_child` runs this); 0 when the compiled code passed its checks."""
+    import lightgbm as lgb
+
+    args = [a for a in argv if a != "--leaves"]
+    model_file, cache = args[0], args[1]
+    booster = lgb.Booster(model_file=model_file)
+    model = CompiledModel(model_file, cache, booster=booster)
+    ok = model.compiled
+    if "--leaves" in argv:
+        ok = ok and CompiledLeaves(model_file, booster, cache).compiled
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

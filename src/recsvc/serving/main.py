@@ -96,17 +96,24 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     # values go to the supervisor's multiprocess directory; it serves them over HTTP
     metrics = ServiceMetrics(CollectorRegistry())
 
-    def native(loaded: Any) -> Any:
-        """The artefact with its booster compiled to native code (lleaves), when enabled."""
+    def native(loaded: Any, leaves: bool = False) -> Any:
+        """The artefact with its booster compiled to native code (lleaves), when enabled:
+        compiled in a child process at low priority first (the worker's threads only wait),
+        then loaded from the cache; compiled here if the child failed."""
         if not settings.compiled_models:
             return loaded
-        from recsvc.models.compiled import CompiledModel
+        from recsvc.models.compiled import CompiledModel, compile_in_child
         from recsvc.models.registry import MODEL_FILE
 
-        model = CompiledModel(loaded.directory / MODEL_FILE, booster=loaded.booster)
+        path = loaded.directory / MODEL_FILE
+        why = compile_in_child(path, leaves=leaves)
+        if why is not None:
+            log.warning("compiling %s in a child process failed (%s); compiling here", path, why)
+        model = CompiledModel(path, booster=loaded.booster)
         return dataclasses.replace(loaded, booster=model)
 
-    churn = ModelHolder("churn", ctx.registry, lambda loaded: ChurnScorer(native(loaded)),
+    churn = ModelHolder("churn", ctx.registry,
+                        lambda loaded: ChurnScorer(native(loaded, leaves=True)),
                         metrics, ctx.known_features)
     propensity = ModelHolder(
         "propensity", ctx.registry,
