@@ -19,7 +19,7 @@ SIM_SEED    ?= 7
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help install lock lint prometheus-tools proto run test features train retrain score-batch bench \
+.PHONY: help install lock lint prometheus-tools proto run test features train retrain score-batch bench fuzz \
         bench-features bench-models clean fraud-flags catalogue-report nudges liability-report
 
 help: ## list the targets
@@ -119,6 +119,10 @@ nudges: $(STAMP) ## every member's due nudges within the caps (AS_OF=YYYY-MM-DD 
 
 bench: $(STAMP) ## gRPC serving: latency and req/s per RPC vs an echo floor and Feast (BENCH_ARGS=--quick); others: bench-features, bench-models
 	$(PY) training/bench_serving.py $(BENCH_ARGS)
+
+N ?= 100000
+fuzz: $(STAMP) ## N hostile requests (default 100,000) against recsvc serve: codes per RPC, 0 INTERNAL
+	$(PY) training/fuzz.py --calls $(N)
 
 bench-features: $(STAMP) ## benchmark simulator, feature jobs, materialisation and online reads
 	$(PY) training/bench_features.py

@@ -132,6 +132,14 @@ def test_alternates_are_never_out_of_stock_nor_the_item_itself(
     # in-stock item (nothing left out) are the same
     everything = cat.alternates(P, items, targets, propensity=prob, count=n)
     assert got == [every[:count] for every in everything]
+    # the load keeps each target's candidates: asked again, in another order, repeated and
+    # mixed with new ones, the answers are those of a fresh load
+    again = rng.permutation(np.r_[targets, targets[: n // 3]])
+    fresh = cat.alternates(P, attributes(rows), again, propensity=prob, count=count)
+    kept = attributes(rows)
+    cat.alternates(P, kept, targets[: n // 3], propensity=prob, count=count)
+    assert cat.alternates(P, kept, again, propensity=prob, count=count) == fresh
+    assert cat.alternates(P, items, again, propensity=prob, count=count) == fresh
 
 
 def test_forecast_is_the_mean_of_the_last_three_months_listed() -> None:

@@ -64,8 +64,8 @@ PRICE_SPAN = 4.0
 SIMILAR_PRICE_RATIO = 2.0
 """Within this factor (and in the same gift band) an alternate's price is "similar"."""
 SHORTLIST = 50
-BLOCK_CELLS = 1 << 16
 """Most candidates per item scored by the propensity model (the similarity's best)."""
+BLOCK_CELLS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,10 @@ class Attributes:
     _bands: dict[tuple[int, int], I64] = field(default_factory=dict, init=False, repr=False,
                                                compare=False)
     """gift_band of the items per (gifts.low_below, gifts.high_above), its only other inputs."""
+    _near: dict[tuple[Any, ...], dict[int, tuple[I64, F64]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    """Per (weights, count, margin, gift bands): each target's candidates and their similarity
+    without propensity, which depend on the catalogue load alone, not on the member."""
 
     @classmethod
     def build(cls, item_id: Any, category: Any, points_class: Any, points_price: Any,
@@ -198,14 +202,22 @@ def alternates(
     w = weights
     band = items.gift_band(programme)
     margin = 0.0 if propensity is None else w.propensity
+    g = programme.gifts
+    memo = items._near.setdefault((w, count, margin, g.low_below, g.high_above), {})
+    todo = np.asarray([x for x in dict.fromkeys(t.tolist()) if x not in memo], dtype=np.int64)
     # targets a block at a time: a (100 x 3,000) matrix is fresh memory the kernel has to map
     # (milliseconds); a block of ~64k cells is reused from the allocator's cache
     step = max(1, BLOCK_CELLS // n)
-    found = [_near(items, band, t[a:a + step], w, count, margin) for a in range(0, len(t), step)]
-    rows = np.concatenate([r + a for (r, _, _), a in zip(found, range(0, len(t), step),
-                                                          strict=True)])
-    cols = np.concatenate([c for _, c, _ in found])
-    similarity = np.concatenate([v for _, _, v in found])
+    for a in range(0, len(todo), step):
+        block = todo[a:a + step]
+        r, c, v = _near(items, band, block, w, count, margin)
+        cuts = np.searchsorted(r, np.arange(len(block) + 1))  # rows come out in order
+        for j, target in enumerate(block.tolist()):
+            memo[target] = (c[cuts[j]:cuts[j + 1]], v[cuts[j]:cuts[j + 1]])
+    found = [memo[x] for x in t.tolist()]
+    rows = np.repeat(np.arange(len(t)), [len(c) for c, _ in found])
+    cols = np.concatenate([c for c, _ in found])
+    similarity = np.concatenate([v for _, v in found])
     prob: F64 | None = None
     if propensity is not None:
         rows, cols, similarity = _first(rows, cols, similarity, items.item_id,
