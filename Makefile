@@ -19,7 +19,7 @@ SIM_SEED    ?= 7
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help install lock lint prometheus-tools proto run test features train retrain score-batch bench fuzz \
+.PHONY: help install lock lint prometheus-tools proto run test features train retrain score-batch bench fuzz chaos \
         bench-features bench-models clean fraud-flags catalogue-report nudges liability-report
 
 help: ## list the targets
@@ -123,6 +123,9 @@ bench: $(STAMP) ## gRPC serving: latency and req/s per RPC vs an echo floor and 
 N ?= 100000
 fuzz: $(STAMP) ## N hostile requests (default 100,000) against recsvc serve: codes per RPC, 0 INTERNAL
 	$(PY) training/fuzz.py --calls $(N)
+
+chaos: $(STAMP) ## faults under load (Redis stopped, restarted empty; a worker killed): bench/results/chaos.md
+	$(PY) training/chaos.py
 
 bench-features: $(STAMP) ## benchmark simulator, feature jobs, materialisation and online reads
 	$(PY) training/bench_features.py

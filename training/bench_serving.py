@@ -164,13 +164,19 @@ async def _open_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:
     sent = np.full(n, np.nan)
     done = np.full(n, np.nan)
     codes: list[str] = ["UNFINISHED"] * n
+    degraded = np.zeros(n, dtype=bool)
+    # with "response" (a recsvc.v1 message name), answers are decoded for their degraded flag
+    decode = _decoder(spec.get("response"))
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(k: int) -> None:
         sent[k] = time.monotonic()
         try:
-            await call(payloads[(k * clients + index) % len(payloads)], timeout=deadline)
+            reply = await call(payloads[(k * clients + index) % len(payloads)],
+                               timeout=deadline)
             code = "OK"
+            if decode is not None:
+                degraded[k] = decode(reply)
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
         done[k] = time.monotonic()
@@ -201,7 +207,18 @@ async def _open_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:
         task.cancel()
     keep = intended >= spec["start"] + spec["warmup"]
     return {"intended": intended[keep], "sent": sent[keep], "done": done[keep],
-            "codes": [c for c, k in zip(codes, keep, strict=True) if k]}
+            "codes": [c for c, k in zip(codes, keep, strict=True) if k],
+            "degraded": degraded[keep]}
+
+
+def _decoder(name: str | None) -> Any:
+    """bytes -> the answer's `degraded` flag, for a recsvc.v1 response message name."""
+    if not name:
+        return None
+    from recsvc.v1 import recsvc_pb2 as pb
+
+    cls = getattr(pb, name)
+    return lambda data: bool(cls.FromString(data).degraded)
 
 
 async def _closed_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:
