@@ -48,6 +48,25 @@ class Settings(BaseSettings):
     metrics_port: int = 9464
     """Prometheus metrics HTTP port of `recsvc serve` (0: none)."""
 
+    tls_cert_file: Path | None = None
+    """Server certificate chain (PEM): with `tls_key_file`, `recsvc serve` speaks TLS only."""
+
+    tls_key_file: Path | None = None
+    """The server certificate's private key (PEM)."""
+
+    tls_client_ca_file: Path | None = None
+    """CA bundle (PEM) for mutual TLS: every caller must present a certificate it signed."""
+
+    auth_tokens_file: Path | None = None
+    """Bearer tokens the service accepts, one per line (blank lines and # comments ignored);
+    with `auth_tokens`, every call must carry `authorization: Bearer <token>`."""
+
+    auth_tokens: str | None = None
+    """Bearer tokens, comma-separated (RECSVC_AUTH_TOKENS), beside or instead of the file."""
+
+    auth_health_open: bool = True
+    """Health checks answer without a token (for load balancers' and kubelets' probes)."""
+
     metrics_address: str = "127.0.0.1"
     """Where the metrics HTTP server listens (0.0.0.0 in a container, for the scraper)."""
 

@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -79,6 +80,7 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     from recsvc.metrics import ServiceMetrics
     from recsvc.models.jobs import open_context
     from recsvc.models.scoring import ChurnScorer, PropensityScorer
+    from recsvc.serving import security
     from recsvc.serving.caps import open_cap_store
     from recsvc.serving.dataplane import Catalogue, Dataplane
     from recsvc.serving.models import ModelHolder
@@ -136,7 +138,9 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
                       catalogue=catalogue, caps=caps)
     server, port, health = await create_server(address, RedemptionServicer(plane, metrics),
                                                max_concurrent_rpcs=settings.max_concurrent_rpcs,
-                                               overload_lag_s=settings.overload_lag_ms / 1000)
+                                               overload_lag_s=settings.overload_lag_ms / 1000,
+                                               credentials=security.server_credentials(settings),
+                                               interceptors=security.interceptors(settings))
     plane.prepare()
     # everything loaded so far lives as long as the process: keep the collector off it (a
     # full collection over Feast's objects took ~90 ms, the whole tail of the latency)
@@ -371,13 +375,17 @@ async def _client(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
+    from recsvc.serving import security
     from recsvc.v1 import recsvc_pb2_grpc
 
     rpc, request = _request(args)
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    token = args.token or os.environ.get("RECSVC_CLIENT_TOKEN")
+    async with security.client_channel(args.address, ca=args.tls_ca, cert=args.tls_cert,
+                                       key=args.tls_key) as channel:
         stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
         try:
-            reply: Any = await getattr(stub, rpc)(request, timeout=args.timeout)
+            reply: Any = await getattr(stub, rpc)(request, timeout=args.timeout,
+                                                  metadata=security.bearer(token))
         except grpc.aio.AioRpcError as exc:
             print(f"recsvc client: {rpc}: {exc.code().name}: {exc.details()}")
             return 1
@@ -414,6 +422,13 @@ def register(sub: Any) -> None:
                                    "(cents).")
     c.add_argument("--address", default="127.0.0.1:50051")
     c.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+    c.add_argument("--tls-ca", type=Path, default=None,
+                   help="CA bundle (PEM) to trust: speak TLS to the server")
+    c.add_argument("--tls-cert", type=Path, default=None,
+                   help="client certificate (PEM), for a server that asks mutual TLS")
+    c.add_argument("--tls-key", type=Path, default=None, help="the client certificate's key")
+    c.add_argument("--token", default=None,
+                   help="bearer token (default: $RECSVC_CLIENT_TOKEN)")
     calls = c.add_subparsers(dest="call", required=True, metavar="CALL")
     churn = calls.add_parser("churn", help="GetChurnRisk, or BatchGetChurnRisk for several ids")
     churn.add_argument("member_ids", type=int, nargs="+")

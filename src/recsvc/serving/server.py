@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -26,7 +26,8 @@ SERVICE_NAME = recsvc_pb2.DESCRIPTOR.services_by_name["RedemptionService"].full_
 
 async def create_server(
     address: str, servicer: RedemptionServicer, *, max_concurrent_rpcs: int | None = None,
-    overload_lag_s: float | None = None,
+    overload_lag_s: float | None = None, credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, Health]:
     """A started server on `address` ("127.0.0.1:0" picks a free port) and its port.
 
@@ -36,6 +37,7 @@ async def create_server(
     holds at most `max_concurrent_rpcs` calls in progress (more wait in its queue, bounding
     memory); with `overload_lag_s`, a worker whose loop falls that far behind refuses new
     calls with RESOURCE_EXHAUSTED instead of letting them queue past their deadlines.
+    With `credentials` it listens with TLS only; `interceptors` (security.TokenAuth) run first.
     """
     servers_before = _channelz_servers()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1),
@@ -43,13 +45,15 @@ async def create_server(
                                       # servers added by an autoscaler get their share
                                       ("grpc.max_connection_age_ms", 300_000),
                                       ("grpc.max_connection_age_grace_ms", 30_000)],
-                             maximum_concurrent_rpcs=max_concurrent_rpcs)
+                             maximum_concurrent_rpcs=max_concurrent_rpcs,
+                             interceptors=list(interceptors) or None)
     recsvc_pb2_grpc.add_RedemptionServiceServicer_to_server(servicer, server)
     health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = (server.add_secure_port(address, credentials) if credentials is not None
+            else server.add_insecure_port(address))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     if overload_lag_s is not None:
