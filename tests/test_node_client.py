@@ -115,3 +115,31 @@ def test_the_node_client_fails_when_nothing_answers(node: str) -> None:
     code, report, stderr = _smoke(node, f"127.0.0.1:{port}", "--deadline-ms", "1000")
     assert code == 1 and report["ok"] is False
     assert "not reachable" in report["error"] and "not reachable" in stderr
+
+
+def test_the_node_client_over_mutual_tls_with_a_token(node: str, trained: Any,
+                                                     tmp_path: Path) -> None:
+    from test_security import TOKEN, make_pki
+
+    pki = make_pki(tmp_path)
+    env = serve_env(trained, RECSVC_COMPILED_MODELS="false",
+                    RECSVC_TLS_CERT_FILE=str(pki["server.crt"]),
+                    RECSVC_TLS_KEY_FILE=str(pki["server.key"]),
+                    RECSVC_TLS_CLIENT_CA_FILE=str(pki["ca.crt"]), RECSVC_AUTH_TOKENS=TOKEN)
+    member, item = _ids(trained, "members", "member_id")[0], _ids(trained, "items", "item_id")[0]
+    tls = ("--tls-ca", str(pki["ca.crt"]), "--tls-cert", str(pki["client.crt"]),
+           "--tls-key", str(pki["client.key"]))
+    ids = ("--member", str(member), "--item", str(item), "--deadline-ms", "5000")
+    with recsvc_serve(env, "--metrics-port", "0") as (address, proc):
+        code, report, stderr = _smoke(node, address, *ids, *tls, "--token", TOKEN)
+        assert code == 0 and report["ok"] is True, json.dumps(report, indent=1) + stderr
+        # without the token: every call UNAUTHENTICATED
+        code, report, _ = _smoke(node, address, *ids, *tls)
+        assert code == 1
+        assert {c["code_name"] for c in report["calls"].values()} == {"UNAUTHENTICATED"}
+        # without a client certificate the handshake fails: nothing is reachable
+        code, report, _ = _smoke(node, address, *ids, "--tls-ca", str(pki["ca.crt"]),
+                                 "--token", TOKEN)
+        assert code == 1 and "not reachable" in report["error"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -68,8 +68,12 @@ def _cert(name: str, key: Any, issuer: tuple[x509.Name, Any] | None, *, ca: bool
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
-    out = tmp_path_factory.mktemp("pki")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def make_pki(out: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and localhost and a client certificate, as PEM
+    files in `out` ("ca.crt", "server.key", ...)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("recsvc test CA", ca_key, None, ca=True)
     files: dict[str, Path] = {}

@@ -15,8 +15,12 @@
 // Command line (a smoke test: all six RPCs and one bad request; prints JSON, exits 1 on any
 // failure):
 //   node client.js ADDRESS [--member ID] [--item ID] [--deadline-ms MS] [--tls]
+//                  [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--token TOKEN]
+// --tls-ca trusts that CA (implies --tls); --tls-cert/--tls-key present a client certificate
+// (mutual TLS); --token (default: $RECSVC_CLIENT_TOKEN) sends `authorization: Bearer TOKEN`.
 "use strict";
 
+const fs = require("node:fs");
 const path = require("node:path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
@@ -42,18 +46,27 @@ function loadService() {
   return loaded.recsvc.v1.RedemptionService;
 }
 
-/** A client of the service at `address` (host:port). */
-function connect(address, { tls = false } = {}) {
+/** A client of the service at `address` (host:port): plaintext, or TLS trusting the system's
+ * CAs (`tls`) or the CA in the file `ca`, with a client certificate (`cert`, `key`: files)
+ * for a server that asks mutual TLS. */
+function connect(address, { tls = false, ca = null, cert = null, key = null } = {}) {
   const Service = loadService();
-  const credentials = tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure();
+  const read = (file) => (file ? fs.readFileSync(file) : null);
+  const credentials = tls || ca || cert
+    ? grpc.credentials.createSsl(read(ca), read(key), read(cert))
+    : grpc.credentials.createInsecure();
   return new Service(address, credentials);
 }
 
-/** One unary call as a promise; the error is grpc-js's ServiceError (code, details, metadata). */
-function call(client, method, request, { deadlineMs = 10000 } = {}) {
+/** One unary call as a promise; the error is grpc-js's ServiceError (code, details, metadata).
+ * `token`: sent as `authorization: Bearer <token>`. */
+function call(client, method, request, { deadlineMs = 10000, token = null } = {}) {
   const deadline = new Date(Date.now() + deadlineMs);
+  const metadata = new grpc.Metadata();
+  if (token) metadata.set("authorization", `Bearer ${token}`);
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline }, (err, response) => (err ? reject(err) : resolve(response)));
+    client[method](request, metadata, { deadline },
+      (err, response) => (err ? reject(err) : resolve(response)));
   });
 }
 
@@ -100,8 +113,10 @@ function codeName(code) {
 
 function parseArgs(argv) {
   const usage =
-    "usage: node client.js ADDRESS [--member ID] [--item ID] [--deadline-ms MS] [--tls]";
-  const args = { address: null, member: "1", item: "1", deadlineMs: 10000, tls: false };
+    "usage: node client.js ADDRESS [--member ID] [--item ID] [--deadline-ms MS] [--tls] " +
+    "[--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--token TOKEN]";
+  const args = { address: null, member: "1", item: "1", deadlineMs: 10000, tls: false,
+    ca: null, cert: null, key: null, token: process.env.RECSVC_CLIENT_TOKEN || null };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = () => {
@@ -112,6 +127,10 @@ function parseArgs(argv) {
     else if (arg === "--item") args.item = value();
     else if (arg === "--deadline-ms") args.deadlineMs = Number(value());
     else if (arg === "--tls") args.tls = true;
+    else if (arg === "--tls-ca") args.ca = value();
+    else if (arg === "--tls-cert") args.cert = value();
+    else if (arg === "--tls-key") args.key = value();
+    else if (arg === "--token") args.token = value();
     else if (arg === "-h" || arg === "--help") throw Object.assign(new Error(usage), { help: true });
     else if (arg.startsWith("-")) throw new Error(`unknown option ${arg}\n${usage}`);
     else if (args.address === null) args.address = arg;
@@ -122,6 +141,7 @@ function parseArgs(argv) {
     if (!/^-?\d+$/.test(id)) throw new Error(`${name}: an integer id, got ${JSON.stringify(id)}`);
   }
   if (!(args.deadlineMs > 0)) throw new Error("--deadline-ms: a positive number");
+  if (!args.cert !== !args.key) throw new Error("--tls-cert and --tls-key: give both, or neither");
   return args;
 }
 
@@ -130,9 +150,9 @@ function check(condition, what) {
 }
 
 /** The smoke sequence: every RPC once, with its answer checked, then one bad request. */
-async function smoke({ address, member, item, deadlineMs, tls }) {
-  const client = connect(address, { tls });
-  const opts = { deadlineMs };
+async function smoke({ address, member, item, deadlineMs, tls, ca, cert, key, token }) {
+  const client = connect(address, { tls, ca, cert, key });
+  const opts = { deadlineMs, token };
   const report = { address, member_id: member, item_id: item, calls: {}, ok: false };
   const steps = [
     ["GetRedemptionHint",
