@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from recsvc.errors import ConfigError, FeatureStoreUnavailable
 from recsvc.metrics import ServiceMetrics
+from recsvc.serving import channel as callers
 from recsvc.serving import main as serving_main
 from recsvc.serving import security
 from recsvc.serving.dataplane import Dataplane
@@ -108,7 +109,7 @@ def _serve(settings: Settings, check: Callable[[str], Awaitable[None]]) -> None:
 async def _churn(channel: grpc.aio.Channel, token: str | None = None) -> Any:
     stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
     return await stub.GetChurnRisk(pb.GetChurnRiskRequest(member_id=7), timeout=5,
-                                   metadata=security.bearer(token))
+                                   metadata=callers.bearer(token))
 
 
 async def _code(call: Awaitable[Any]) -> str:
@@ -159,7 +160,7 @@ def test_tls_and_mutual_tls(pki: dict[str, Path]) -> None:
     tls = Settings(tls_cert_file=pki["server.crt"], tls_key_file=pki["server.key"])
 
     async def check(address: str) -> None:
-        async with security.client_channel(address, ca=pki["ca.crt"]) as channel:
+        async with callers.client_channel(address, ca=pki["ca.crt"]) as channel:
             assert (await _churn(channel)).risk.member_id == 7
         async with grpc.aio.insecure_channel(address) as plain:  # no plaintext on a TLS port
             assert (await _code(_churn(plain))).startswith("UNAVAILABLE")
@@ -169,9 +170,9 @@ def test_tls_and_mutual_tls(pki: dict[str, Path]) -> None:
                       tls_client_ca_file=pki["ca.crt"], auth_tokens=TOKEN)
 
     async def check_mutual(address: str) -> None:
-        async with security.client_channel(address, ca=pki["ca.crt"]) as anonymous:
+        async with callers.client_channel(address, ca=pki["ca.crt"]) as anonymous:
             assert (await _code(_churn(anonymous, TOKEN))).startswith("UNAVAILABLE")
-        async with security.client_channel(address, ca=pki["ca.crt"], cert=pki["client.crt"],
+        async with callers.client_channel(address, ca=pki["ca.crt"], cert=pki["client.crt"],
                                            key=pki["client.key"]) as channel:
             assert (await _churn(channel, TOKEN)).risk.member_id == 7
             assert (await _code(_churn(channel))).startswith("UNAUTHENTICATED")

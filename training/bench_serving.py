@@ -142,7 +142,12 @@ def generate(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(spec["address"]) as channel:
+    options = None
+    if spec.get("advised"):  # the client set-up recsvc advises: read-only calls retried
+        from recsvc.serving.channel import options as advised
+
+        options = advised()
+    async with grpc.aio.insecure_channel(spec["address"], options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
         call = channel.unary_unary(spec["method"])  # bytes in, bytes out: no protobuf here
         with contextlib.suppress(grpc.aio.AioRpcError):  # the probe already said how it fares

@@ -166,7 +166,7 @@ def run_row(pool: Any, address: str, name: str, faults: Faults, payloads: dict[s
     start = time.monotonic() + 2.0
     total = args.before + fault_s + args.after
     base = {"address": address, "start": start, "warmup": 0.0, "duration": total,
-            "deadline": args.deadline, "concurrency": None}
+            "deadline": args.deadline, "concurrency": None, "advised": not args.no_retries}
     specs = [{**base, "method": f"/{SERVICE}/GetRedemptionHint", "payloads": payloads["hint"],
               "rate": args.rate, "clients": 2, "index": i,
               "response": "GetRedemptionHintResponse"} for i in range(2)]
@@ -212,12 +212,16 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, when: dt.date
     lines = [
         "# Faults under load: calls failed, degraded, p99 and recovery per fault", "",
         f"Command: `python training/chaos.py --rate {args.rate:g} --workers {args.workers} "
-        f"--before {args.before:g} --fault {args.fault:g} --after {args.after:g}` "
+        f"--before {args.before:g} --fault {args.fault:g} --after {args.after:g}"
+        f"{' --no-retries' if args.no_retries else ''}` "
         f"(`make chaos`). Run {when:%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
         f"{os.cpu_count()} cores; Python {platform.python_version()}.", "",
         f"Load: GetRedemptionHint at {args.rate:g}/s and GetChurnRisk at {args.rate / 5:g}/s, "
         "open loop, random members, deadline "
-        f"{args.deadline:g} s, from 2 + 1 generator processes; `recsvc serve --workers "
+        f"{args.deadline:g} s, from 2 + 1 generator processes, "
+        + ("without retries" if args.no_retries else "with the advised service config "
+           "(`recsvc.serving.channel`: a read-only call that ends UNAVAILABLE is retried up "
+           "to twice)") + f"; `recsvc serve --workers "
         f"{args.workers}` on a private Redis. Each row: {args.before:g} s before the fault, "
         f"{args.fault:g} s of fault, {args.after:g} s after. Recovery: seconds from the fault's "
         "end to the last failed or degraded answer. redis_restart_empty lasts 30 s: Redis is "
@@ -249,6 +253,9 @@ def main() -> int:
     parser.add_argument("--faults", default="none,redis_sigstop,worker_sigkill,"
                                             "redis_restart_empty")
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--no-retries", action="store_true",
+                        help="callers without the advised service config (recsvc.serving."
+                             "channel: read-only calls retried on UNAVAILABLE)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     data_dir = args.data_dir.resolve()

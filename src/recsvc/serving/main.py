@@ -375,17 +375,17 @@ async def _client(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from recsvc.serving import security
+    from recsvc.serving import channel as callers
     from recsvc.v1 import recsvc_pb2_grpc
 
     rpc, request = _request(args)
     token = args.token or os.environ.get("RECSVC_CLIENT_TOKEN")
-    async with security.client_channel(args.address, ca=args.tls_ca, cert=args.tls_cert,
+    async with callers.client_channel(args.address, ca=args.tls_ca, cert=args.tls_cert,
                                        key=args.tls_key) as channel:
         stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
         try:
             reply: Any = await getattr(stub, rpc)(request, timeout=args.timeout,
-                                                  metadata=security.bearer(token))
+                                                  metadata=callers.bearer(token))
         except grpc.aio.AioRpcError as exc:
             print(f"recsvc client: {rpc}: {exc.code().name}: {exc.details()}")
             return 1

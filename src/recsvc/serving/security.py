@@ -109,25 +109,6 @@ def _denied(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(stream)
 
 
-def client_channel(address: str, *, ca: Path | None = None, cert: Path | None = None,
-                   key: Path | None = None) -> grpc.aio.Channel:
-    """An aio channel to `address`: TLS when a CA (or a client certificate, for mutual TLS)
-    is given, plaintext otherwise."""
-    if ca is None and cert is None:
-        return grpc.aio.insecure_channel(address)
-    if (cert is None) != (key is None):
-        raise ConfigError("--tls-cert and --tls-key: give both, or neither")
-    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, "--tls-ca") if ca else None,
-        private_key=_read(key, "--tls-key") if key else None,
-        certificate_chain=_read(cert, "--tls-cert") if cert else None))
-
-
-def bearer(token: str | None) -> list[tuple[str, str]]:
-    """The call metadata that carries `token` (none without one)."""
-    return [("authorization", f"Bearer {token}")] if token else []
-
-
 def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
     known = tokens(settings)
     return [TokenAuth(known, health_open=settings.auth_health_open)] if known else []

@@ -1,0 +1,61 @@
+"""How a caller should reach recsvc: the channel (plaintext or TLS, optionally mutual), the
+bearer token's metadata, and the service config every client is advised to use.
+
+The service config retries a call that ended UNAVAILABLE (a worker killed or restarting, a
+connection reset) up to twice more with a short backoff, for the RPCs that only read: hints,
+recommendations, cart splits and churn risks. GetNudges counts nudges against their caps, so
+it is never retried by the channel. `recsvc client`, the benchmarks and the chaos harness use
+it; clients in other languages take the same JSON (README).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+
+from recsvc.errors import ConfigError
+
+SERVICE = "recsvc.v1.RedemptionService"
+READ_ONLY = ("GetRedemptionHint", "BatchGetRedemptionHints", "RecommendRedemptions",
+             "OptimizeCartSplit", "GetChurnRisk", "BatchGetChurnRisk")
+SERVICE_CONFIG = {
+    "methodConfig": [{
+        "name": [{"service": SERVICE, "method": m} for m in READ_ONLY],
+        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+}
+
+
+def options() -> list[tuple[str, str | int]]:
+    """Channel options carrying SERVICE_CONFIG (retries on)."""
+    return [("grpc.service_config", json.dumps(SERVICE_CONFIG)), ("grpc.enable_retries", 1)]
+
+
+def client_channel(address: str, *, ca: Path | None = None, cert: Path | None = None,
+                   key: Path | None = None) -> grpc.aio.Channel:
+    """An aio channel to `address`: TLS when a CA (or a client certificate, for mutual TLS)
+    is given, plaintext otherwise."""
+    if ca is None and cert is None:
+        return grpc.aio.insecure_channel(address, options=options())
+    if (cert is None) != (key is None):
+        raise ConfigError("--tls-cert and --tls-key: give both, or neither")
+    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "--tls-ca") if ca else None,
+        private_key=_read(key, "--tls-key") if key else None,
+        certificate_chain=_read(cert, "--tls-cert") if cert else None), options=options())
+
+
+def bearer(token: str | None) -> list[tuple[str, str]]:
+    """The call metadata that carries `token` (none without one)."""
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+
+def _read(path: Path, name: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None

@@ -1,0 +1,57 @@
+"""The advised client channel: read-only RPCs are retried once a worker is gone (UNAVAILABLE),
+GetNudges, which counts against the caps, never is."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from recsvc.serving import channel as callers
+from recsvc.v1 import recsvc_pb2 as pb
+from recsvc.v1 import recsvc_pb2_grpc
+
+
+def test_read_only_calls_are_retried_on_unavailable_and_nudges_are_not() -> None:
+    attempts: dict[str, int] = {"GetChurnRisk": 0, "GetNudges": 0}
+
+    def flaky(name: str, answer: Any) -> Any:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            attempts[name] += 1
+            if attempts[name] == 1:  # the first attempt meets a worker going away
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "worker restarting")
+            return answer
+        return grpc.unary_unary_rpc_method_handler(
+            handler, request_deserializer=lambda b: b,
+            response_serializer=lambda m: m.SerializeToString())
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            callers.SERVICE, {
+                "GetChurnRisk": flaky("GetChurnRisk", pb.GetChurnRiskResponse(
+                    risk=pb.ChurnRisk(member_id=7))),
+                "GetNudges": flaky("GetNudges", pb.GetNudgesResponse())})])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with callers.client_channel(f"127.0.0.1:{port}") as channel:
+                stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
+                got = await stub.GetChurnRisk(pb.GetChurnRiskRequest(member_id=7), timeout=5)
+                assert got.risk.member_id == 7 and attempts["GetChurnRisk"] == 2
+                try:
+                    await stub.GetNudges(pb.GetNudgesRequest(member_id=7), timeout=5)
+                    raise AssertionError("GetNudges was retried")
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE
+                assert attempts["GetNudges"] == 1
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+
+
+def test_every_rpc_but_the_nudges_is_read_only() -> None:
+    service = pb.DESCRIPTOR.services_by_name["RedemptionService"]
+    assert set(callers.READ_ONLY) == {m.name for m in service.methods} - {"GetNudges"}
