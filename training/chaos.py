@@ -11,7 +11,9 @@ turn, `--before` seconds into a row and lasting `--fault` seconds:
 - none: the baseline;
 - redis_sigstop: Redis stopped (SIGSTOP: connections open, nothing answers), then resumed;
 - worker_sigkill: one serving worker killed (the supervisor starts another);
-- redis_restart_empty: Redis killed and started again empty, then `recsvc features` fills it.
+- redis_restart_empty: Redis killed and started again empty, then `recsvc features` fills it;
+- model_swaps: two churn versions promoted in turn every 2 s (a second one is trained, not
+  promoted, on the data to a month earlier, in a copy of the registry, when there is none).
 
 Per row: calls sent, calls failed by status code, degraded answers, p99 during the fault,
 and recovery: the seconds from the fault's end to the last failed or degraded answer (0: none
@@ -110,6 +112,8 @@ class Faults:
         self.serve_pid = serve_pid
         self.env = env
         self.log = log
+        self.versions: list[str] = []
+        self.swaps = 0
 
     def table(self) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
         return {
@@ -118,7 +122,35 @@ class Faults:
                               lambda: os.kill(self.redis.pid, signal.SIGCONT)),
             "worker_sigkill": (self._kill_worker, lambda: None),
             "redis_restart_empty": (self._restart_empty, self._refilled),
+            "model_swaps": (self._start_swaps, self._stop_swaps),
         }
+
+    def _start_swaps(self) -> None:
+        """Promote the two churn versions in turn, every SWAP_EVERY_S, until the fault ends
+        (the server looks for a new version every second here, so each one is loaded)."""
+        self._swapping = threading.Event()
+        versions = list(self.versions)
+        original = versions[-1]
+
+        from recsvc.models.registry import Registry
+
+        registry = Registry(Path(self.env["RECSVC_MODEL_REGISTRY"]))
+
+        def swap() -> None:
+            k = 0
+            while not self._swapping.wait(SWAP_EVERY_S if k else 0.0):
+                # as `recsvc models promote churn VERSION --force` does, without its start-up
+                registry.promote("churn", versions[k % len(versions)], force=True)
+                k += 1
+            self.swaps = k
+            registry.promote("churn", original, force=True)
+
+        self._swapper = threading.Thread(target=swap, daemon=True)
+        self._swapper.start()
+
+    def _stop_swaps(self) -> None:
+        self._swapping.set()
+        self._swapper.join()
 
     def _kill_worker(self) -> None:
         found = workers(self.serve_pid)
@@ -140,8 +172,25 @@ class Faults:
         self._refill.join()
 
 
-# faults that last longer than --fault: the refill of an emptied Redis runs inside the fault
-LONGER = {"redis_restart_empty": 30.0}
+# faults that last longer than --fault: the refill of an emptied Redis runs inside the fault;
+# ten promotions two seconds apart
+SWAP_EVERY_S = 2.0
+LONGER = {"redis_restart_empty": 30.0, "model_swaps": 20.0}
+
+
+def second_churn_version(env: dict[str, str], log: Path, as_of: str) -> list[str]:
+    """[another churn version, production]: a second one is trained (on the data up to
+    `as_of`, not promoted) when the registry has only one, so there are two models to swap."""
+    from recsvc.models.registry import Registry
+
+    registry = Registry(Path(env["RECSVC_MODEL_REGISTRY"]))
+    if len(registry.versions("churn")) < 2 and sh(
+            [str(RECSVC), "train", "--model", "churn", "--no-promote", "--as-of", as_of],
+            env, log) not in (0, 3):
+        raise SystemExit("training a second churn version failed:\n" + tail(log))
+    production = registry.production("churn")
+    others = [v for v in registry.versions("churn") if v != production]
+    return [*others[-1:], str(production)]
 
 
 def requests(data_dir: Path, seed: int) -> tuple[list[bytes], list[bytes]]:
@@ -228,7 +277,11 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, when: dt.date
         "killed and started again empty at once, and `recsvc features` (which finds the "
         "store's fill mark gone) fills it again inside the fault; meanwhile members read as "
         "unknown are answered as cold starts (not flagged degraded), from the catalogue the "
-        "service kept.", "",
+        "service kept. model_swaps lasts 20 s: the two churn versions promoted in turn every "
+        f"{SWAP_EVERY_S:g} s (ten promotions), the server looking for a new version every "
+        "second, so each is loaded under load by both workers (from the compiled cache, "
+        "warmed before the row as a deployment does before it promotes; the first compile of "
+        "a version under load is not in this table).", "",
         "| fault | lasted s | calls | failed | failed by code | degraded | "
         "p99 during the fault ms | p99 of the row ms | recovery s |",
         "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
@@ -251,7 +304,7 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=10.0)
     parser.add_argument("--deadline", type=float, default=1.0)
     parser.add_argument("--faults", default="none,redis_sigstop,worker_sigkill,"
-                                            "redis_restart_empty")
+                                            "redis_restart_empty,model_swaps")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--no-retries", action="store_true",
                         help="callers without the advised service config (recsvc.serving."
@@ -262,11 +315,31 @@ def main() -> int:
     log = Path(tempfile.gettempdir()) / f"recsvc-chaos-{os.getpid()}.log"
     port = free_port()
     env = service_env(data_dir, PROJECT, f"redis://127.0.0.1:{port}/0")
+    # the models: a copy of the data's registry (promotions here leave the data's alone),
+    # looked for every second, so each promotion is loaded while the load runs
+    registry = Path(tempfile.mkdtemp(prefix="recsvc-chaos-models-")) / "models"
+    shutil.copytree(data_dir / "models", registry)
+    env |= {"RECSVC_MODEL_REGISTRY": str(registry), "RECSVC_MODEL_REFRESH_SECONDS": "1"}
     hints, churn = requests(data_dir, args.seed)
     rows: list[dict[str, Any]] = []
     print(f"chaos: server log {log}", flush=True)
     redis_proc = start_redis(port)
     faults = Faults(port, redis_proc, 0, env, log)
+    if "model_swaps" in args.faults:
+        from recsvc.models.scoring import features_as_of
+
+        earlier = (features_as_of(data_dir) - dt.timedelta(days=30)).date().isoformat()
+        faults.versions = second_churn_version(env, log, earlier)
+        # both compiled into the cache first, as a deployment does before it promotes: a swap
+        # row measures loading; the first compile of a version runs in a child process
+        from recsvc.models.compiled import compile_in_child
+        from recsvc.models.registry import MODEL_FILE
+
+        for version in faults.versions:
+            why = compile_in_child(registry / "churn" / version / MODEL_FILE, leaves=True)
+            if why is not None:
+                raise SystemExit(f"compiling churn {version} failed: {why}")
+        print(f"chaos: churn versions to swap: {faults.versions}", flush=True)
     try:
         if sh([str(RECSVC), "features"], env, log):
             raise SystemExit("recsvc features into the private Redis failed:\n" + tail(log))
@@ -279,6 +352,8 @@ def main() -> int:
             for name in [f.strip() for f in args.faults.split(",") if f.strip()]:
                 row = run_row(pool, address, name, faults, {"hint": hints, "churn": churn},
                               args)
+                if name == "model_swaps":
+                    row["fault"] = f"model_swaps ({faults.swaps} promotions)"
                 rows.append(row)
                 print(f"chaos: {name:20s} calls {row['calls']:6,}  failed {row['failed']:5,} "
                       f"{row['failed_by_code']}  degraded {row['degraded']:5,}  p99 during "
@@ -286,6 +361,7 @@ def main() -> int:
                 time.sleep(2.0)
     finally:
         stop_redis(faults.redis)
+        shutil.rmtree(registry.parent, ignore_errors=True)
     when = dt.datetime.now(dt.UTC)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chaos.md").write_text(markdown(rows, args, when), encoding="utf-8")
