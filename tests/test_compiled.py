@@ -231,3 +231,36 @@ def test_compiling_in_a_child_fills_the_cache_the_process_then_loads(model,
     garbage = tmp_path / "garbage.txt"
     garbage.write_text("tree\nversion=v4\nnot a model\n")
     assert "exited" in (compile_in_child(garbage, cache) or "")
+
+
+def test_one_compile_a_machine_the_others_wait_and_find_it_cached(model, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """While one process holds the compile lock, another waits; once the code is in the cache
+    it returns without starting a child of its own."""
+    import fcntl
+    import hashlib as _hashlib
+    import subprocess
+    import threading
+
+    from recsvc.models import compiled
+
+    path, booster, _ = model
+    cache = tmp_path / "cache"
+    folder = cache / _hashlib.sha256(path.read_bytes()).hexdigest()
+    folder.mkdir(parents=True)
+    started: list[object] = []
+    real = subprocess.Popen
+    monkeypatch.setattr(compiled.subprocess, "Popen",
+                        lambda *a, **k: started.append(a) or real(*a, **k))
+    done: list[str | None] = []
+    with open(folder / ".compiling.lock", "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another worker is compiling
+        waiter = threading.Thread(target=lambda: done.append(
+            compiled.compile_in_child(path, cache, leaves=True)))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not done  # it waits for the lock
+        CompiledModel(path, cache, booster=booster)  # what the other worker's child writes
+        CompiledLeaves(path, booster, cache)
+    waiter.join(30)
+    assert done == [None] and not started  # found in the cache: no child of its own

@@ -26,6 +26,7 @@ race). The fallback, `Booster.predict`, is also safe to call from several thread
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -400,10 +401,28 @@ def compile_in_child(model_file: str | os.PathLike[str],
     and LLVM's Python code generation holding its GIL: its event loop stalled up to 190 ms at
     a time here (a 171-tree model, 10 s of compiling), and on two cores the compiler takes a
     core the calls need. In a child the worker's threads only wait, and `nice` lets the
-    calls have the CPU first; the worker then loads the compiled code from the cache."""
+    calls have the CPU first; the worker then loads the compiled code from the cache. A lock
+    file in the cache makes it one compile a machine: the other workers wait for it, then
+    find the code in the cache."""
     if cached(model_file, cache_dir, leaves=leaves):
         return None
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        folder = cache / sha256_file(model_file)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".compiling.lock", "a+b")  # noqa: SIM115 - held while compiling
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    with lock:
+        # one compile a machine: the workers of a server all load a new version at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached(model_file, cache, leaves=leaves):  # another process compiled it meanwhile
+            return None
+        return _compile_child(model_file, cache, leaves, timeout_s)
+
+
+def _compile_child(model_file: str | os.PathLike[str], cache: Path, leaves: bool,
+                   timeout_s: float) -> str | None:
     cmd = [sys.executable, "-m", "recsvc.models.compiled", str(model_file), str(cache)]
     if leaves:
         cmd.append("--leaves")
