@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from bench_serving import (  # noqa: E402
     RECSVC,
+    build_requests,
     free_port,
     generate,
     server,
@@ -194,18 +195,15 @@ def second_churn_version(env: dict[str, str], log: Path, as_of: str) -> list[str
 
 
 def requests(data_dir: Path, seed: int) -> tuple[list[bytes], list[bytes]]:
+    """The serving bench's hint requests, and single churn requests for random members."""
     from recsvc.data import schema
     from recsvc.v1 import recsvc_pb2 as pb
 
     members = schema.read_table(data_dir, "members", ["member_id"])["member_id"].to_pylist()
-    items = schema.read_table(data_dir, "items", ["item_id"])["item_id"].to_pylist()
     rng = random.Random(seed)
-    hints = [pb.GetRedemptionHintRequest(member_id=rng.choice(members),
-                                         item_id=rng.choice(items)).SerializeToString()
-             for _ in range(5000)]
     churn = [pb.GetChurnRiskRequest(member_id=rng.choice(members)).SerializeToString()
              for _ in range(2000)]
-    return hints, churn
+    return build_requests(data_dir, seed, quick=False)["hint"], churn
 
 
 def run_row(pool: Any, address: str, name: str, faults: Faults, payloads: dict[str, list[bytes]],

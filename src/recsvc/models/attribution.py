@@ -42,7 +42,7 @@ class PathAttribution:
         dump = booster.dump_model()
         n_features = int(booster.num_feature())
         tables: list[F64] = []
-        self.offsets: list[int] = []
+        offsets: list[int] = []
         self.bias = 0.0
         total = 0
         for tree in dump["tree_info"]:
@@ -55,13 +55,14 @@ class PathAttribution:
                 self.bias += float(root["internal_value"])
                 _walk(root, np.zeros(n_features), table)
             tables.append(table)
-            self.offsets.append(total)
+            offsets.append(total)
             total += size
         self.table = np.concatenate(tables) if tables else np.zeros((0, n_features))
+        self.offsets = np.asarray(offsets, dtype=np.int64)  # each tree's first table row
 
     def contributions(self, X: Any, num_threads: int = 1) -> F64:
         rows = len(X)
-        if rows == 0 or not self.offsets:  # LightGBM refuses to predict no rows
+        if rows == 0 or len(self.offsets) == 0:  # LightGBM refuses to predict no rows
             return np.zeros((rows, self.table.shape[1]))
         if self._leaves is not None:
             leaves = self._leaves(X, num_threads)
@@ -70,7 +71,7 @@ class PathAttribution:
                                                      num_threads=num_threads),
                                 dtype=np.int64).reshape(rows, -1)
         trees = leaves.shape[1]
-        at = (leaves + np.asarray(self.offsets, dtype=np.int64)).ravel()
+        at = (leaves + self.offsets).ravel()
         onehot = sparse.csr_matrix((np.ones(at.size), at, np.arange(0, at.size + 1, trees)),
                                    shape=(rows, self.table.shape[0]))
         return np.asarray(onehot @ self.table)

@@ -184,7 +184,7 @@ class CompiledModel:
 
     def _compile_cached(self, model: Any, fblocksize: int) -> Path | None:
         folder = self.cache_dir / self.sha256
-        final = folder / f"lleaves-{_variant(fblocksize)}.o"
+        final = _object_file(folder, fblocksize)
         digest_file = final.with_name(final.name + ".sha256")
         if final.exists() and digest_file.exists():
             # lleaves maps the bytes without any check: a damaged file would crash the process
@@ -365,8 +365,9 @@ def _leaves_file(folder: Path) -> Path:
     return folder / "leaves-model.txt"
 
 
-def _object_file(cache: Path, model_file: str | os.PathLike[str], fblocksize: int = 34) -> Path:
-    return cache / sha256_file(model_file) / f"lleaves-{_variant(fblocksize)}.o"
+def _object_file(folder: Path, fblocksize: int = 34) -> Path:
+    """The compiled code of the model whose cache folder (its SHA-256) is `folder`."""
+    return folder / f"lleaves-{_variant(fblocksize)}.o"
 
 
 def cached(model_file: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
@@ -375,14 +376,15 @@ def cached(model_file: str | os.PathLike[str], cache_dir: str | os.PathLike[str]
     cache already, so loading it costs no compilation."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
-        if not _object_file(cache, model_file).exists():
+        folder = cache / sha256_file(model_file)
+        if not _object_file(folder).exists():
             return False
         if not leaves:
             return True
         derived = _leaf_model(Path(model_file).read_text(encoding="utf-8"))[0]
-        path = _leaves_file(cache / sha256_file(model_file))
+        path = _leaves_file(folder)
         return (path.exists() and path.read_text(encoding="utf-8") == derived
-                and _object_file(cache, path).exists())
+                and _object_file(cache / sha256_file(path)).exists())
     except (OSError, ValueError):
         return False
 

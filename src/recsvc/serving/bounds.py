@@ -119,8 +119,13 @@ def _zero_refused(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
     if found is None:
         found = _needed[descriptor.full_name] = tuple(
             f for f in descriptor.fields if not f.is_repeated and f.type in _INTEGERS
-            and not BOUNDS.get(f.full_name, (0, 0))[0] <= 0 <= BOUNDS.get(f.full_name, (0, 0))[1])
+            and not _admits_zero(f.full_name))
     return found
+
+
+def _admits_zero(name: str) -> bool:
+    least, most = BOUNDS.get(name, (0, 0))
+    return least <= 0 <= most
 
 
 def _enum_numbers(field: FieldDescriptor) -> frozenset[int]:

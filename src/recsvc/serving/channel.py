@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 
 from recsvc.errors import ConfigError
+from recsvc.serving.security import read_file
 
 SERVICE = "recsvc.v1.RedemptionService"
 READ_ONLY = ("GetRedemptionHint", "BatchGetRedemptionHints", "RecommendRedemptions",
@@ -43,19 +44,11 @@ def client_channel(address: str, *, ca: Path | None = None, cert: Path | None = 
     if (cert is None) != (key is None):
         raise ConfigError("--tls-cert and --tls-key: give both, or neither")
     return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, "--tls-ca") if ca else None,
-        private_key=_read(key, "--tls-key") if key else None,
-        certificate_chain=_read(cert, "--tls-cert") if cert else None), options=options())
+        root_certificates=read_file(ca, "--tls-ca") if ca else None,
+        private_key=read_file(key, "--tls-key") if key else None,
+        certificate_chain=read_file(cert, "--tls-cert") if cert else None), options=options())
 
 
 def bearer(token: str | None) -> list[tuple[str, str]]:
     """The call metadata that carries `token` (none without one)."""
     return [("authorization", f"Bearer {token}")] if token else []
-
-
-
-def _read(path: Path, name: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None

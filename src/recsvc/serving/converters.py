@@ -75,12 +75,11 @@ class Context(NamedTuple):
 
 
 def _context(context: pb.RequestContext, default_surface: str) -> Context:
-    surface = SURFACES.get(context.surface) if context.surface else default_surface
-    if surface is None:  # proto3 enums are open: any number arrives
-        raise InvalidArgument("context.surface", f"unknown surface {context.surface}")
+    # an enum number the contract does not define never gets here (bounds.check)
     return Context(
         context.points_balance if context.HasField("points_balance") else None,
-        context.experiment_arm, surface)
+        context.experiment_arm,
+        SURFACES[context.surface] if context.surface else default_surface)
 
 
 def hint_request(member_id: int, item_ids: list[int], context: pb.RequestContext, *,

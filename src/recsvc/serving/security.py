@@ -36,8 +36,8 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if cert is None or key is None:
         raise ConfigError("tls_cert_file and tls_key_file: set both, or neither")
     return grpc.ssl_server_credentials(
-        [(_read(key, "tls_key_file"), _read(cert, "tls_cert_file"))],
-        root_certificates=_read(ca, "tls_client_ca_file") if ca else None,
+        [(read_file(key, "tls_key_file"), read_file(cert, "tls_cert_file"))],
+        root_certificates=read_file(ca, "tls_client_ca_file") if ca else None,
         require_client_auth=ca is not None)
 
 
@@ -45,7 +45,7 @@ def tokens(settings: Settings) -> list[bytes]:
     """The bearer tokens the settings name (file and list together); empty: no check."""
     found: list[str] = []
     if settings.auth_tokens_file is not None:
-        text = _read(settings.auth_tokens_file, "auth_tokens_file").decode()
+        text = read_file(settings.auth_tokens_file, "auth_tokens_file").decode()
         found += [line.strip() for line in text.splitlines()
                   if line.strip() and not line.lstrip().startswith("#")]
     if settings.auth_tokens:
@@ -114,7 +114,8 @@ def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
     return [TokenAuth(known, health_open=settings.auth_health_open)] if known else []
 
 
-def _read(path: Path, name: str) -> bytes:
+def read_file(path: Path, name: str) -> bytes:
+    """The bytes of `path`; a ConfigError naming the setting (`name`) when it cannot be read."""
     try:
         return Path(path).read_bytes()
     except OSError as exc:
