@@ -55,3 +55,49 @@ def test_read_only_calls_are_retried_on_unavailable_and_nudges_are_not() -> None
 def test_every_rpc_but_the_nudges_is_read_only() -> None:
     service = pb.DESCRIPTOR.services_by_name["RedemptionService"]
     assert set(callers.READ_ONLY) == {m.name for m in service.methods} - {"GetNudges"}
+
+
+def test_a_balanced_channel_sends_nothing_to_a_draining_replica() -> None:
+    """Two replicas behind one target: both answer; once one drains (health NOT_SERVING, as
+    SIGTERM does), every call goes to the other, and none fails while it stops."""
+    from grpc_health.v1 import health_pb2_grpc
+
+    from recsvc.serving.server import Health, drain
+
+    async def replica(name: str) -> tuple[grpc.aio.Server, Health, int]:
+        async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return pb.GetChurnRiskResponse(model_version=name)
+        server = grpc.aio.server()
+        health = Health()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            callers.SERVICE, {"GetChurnRisk": grpc.unary_unary_rpc_method_handler(
+                answer, request_deserializer=lambda b: b,
+                response_serializer=lambda m: m.SerializeToString())})])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, health, port
+
+    async def main() -> None:
+        (a, a_health, a_port), (b, _, b_port) = await replica("a"), await replica("b")
+        target = f"ipv4:127.0.0.1:{a_port},127.0.0.1:{b_port}"
+        try:
+            async with grpc.aio.insecure_channel(
+                    target, options=callers.options(balanced=True)) as channel:
+                stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
+
+                async def who(n: int) -> list[str]:
+                    return [(await stub.GetChurnRisk(pb.GetChurnRiskRequest(member_id=1),
+                                                     timeout=5)).model_version
+                            for _ in range(n)]
+
+                assert set(await who(20)) == {"a", "b"}
+                stopping = asyncio.create_task(drain(a, a_health, notice_s=0.5, grace_s=1))
+                await asyncio.sleep(0.1)  # the watch reports NOT_SERVING
+                assert set(await who(40)) == {"b"}
+                await stopping
+                assert set(await who(20)) == {"b"}
+        finally:
+            await b.stop(None)
+
+    asyncio.run(main())

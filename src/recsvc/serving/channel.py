@@ -6,6 +6,12 @@ connection reset) up to twice more with a short backoff, for the RPCs that only 
 recommendations, cart splits and churn risks. GetNudges counts nudges against their caps, so
 it is never retried by the channel. `recsvc client`, the benchmarks and the chaos harness use
 it; clients in other languages take the same JSON (README).
+
+A caller of several replicas (a list of addresses, `ipv4:10.0.0.1:50051,10.0.0.2:50051`, or a
+DNS name that resolves to each of them, as a Kubernetes headless Service does) adds
+BALANCED: calls spread round robin, and each replica's grpc.health.v1 Watch takes it out of
+the rotation the moment it reports NOT_SERVING, so a replica that drains (SIGTERM) is sent
+no new call while it finishes those it has.
 """
 
 from __future__ import annotations
@@ -28,11 +34,15 @@ SERVICE_CONFIG = {
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
     }],
 }
+BALANCED = {"loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": ""}}
 
 
-def options() -> list[tuple[str, str | int]]:
-    """Channel options carrying SERVICE_CONFIG (retries on)."""
-    return [("grpc.service_config", json.dumps(SERVICE_CONFIG)), ("grpc.enable_retries", 1)]
+def options(*, balanced: bool = False) -> list[tuple[str, str | int]]:
+    """Channel options carrying SERVICE_CONFIG (retries on), with BALANCED for a target of
+    several replicas."""
+    config = SERVICE_CONFIG | BALANCED if balanced else SERVICE_CONFIG
+    return [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
 
 
 def client_channel(address: str, *, ca: Path | None = None, cert: Path | None = None,
