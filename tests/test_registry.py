@@ -464,6 +464,54 @@ def test_the_lock_excludes_other_processes(tmp_path: Path) -> None:
     assert int((tmp_path / "count").read_text()) == n * times
 
 
+_PROMOTE_AND_ROLL_BACK = """
+import sys
+from recsvc.errors import PromotionRefused
+from recsvc.models.registry import Registry
+
+registry = Registry(sys.argv[1])
+versions = sys.argv[3].split(",")
+print("ready", flush=True)
+sys.stdin.readline()
+for k in range(int(sys.argv[2])):
+    registry.promote("churn", versions[k % len(versions)], force=True)
+    try:
+        registry.rollback("churn")
+    except PromotionRefused:
+        pass  # the other process rolled back to the start of the history meanwhile
+"""
+
+
+def test_two_processes_promoting_and_rolling_back_never_leave_the_pointer_dangling(
+    registry: Registry, booster: lgb.Booster
+) -> None:
+    """Two processes promote and roll back at once while this one reads: the pointer names a
+    version that loads every time it is read, and the history stays a chain of real ones."""
+    versions = [add(registry, booster, auc=0.8 + i / 100) for i in range(3)]
+    registry.promote("churn", versions[0], force=True)
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _PROMOTE_AND_ROLL_BACK, str(registry.root), "15",
+         ",".join(versions[k:] + versions[:k])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for k in (1, 2)]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    reads = 0
+    while any(proc.poll() is None for proc in procs) or reads == 0:
+        pointer = registry.pointer("churn")
+        assert pointer is not None and pointer.version in versions
+        assert set(pointer.previous) <= set(versions)
+        registry.load("churn", pointer.version)  # whole, and what it names is whole
+        reads += 1
+    for proc in procs:
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
+    assert reads > 1
+
+
 def test_gate_check_is_a_pure_function(registry: Registry, booster: lgb.Booster) -> None:
     live = registry.manifest("churn", add(registry, booster, auc=0.80))
     cand = registry.manifest("churn", add(registry, booster, auc=0.65, baseline=0.5))
