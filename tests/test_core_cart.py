@@ -305,6 +305,7 @@ def test_no_advice_when_no_points_would_be_used() -> None:
         ([line(1), line(1), CartLine(3, 100, 0, True)], bal(1), "lines[2].quantity"),
         ([CartLine(3, -1, 1, True)], bal(1), "lines[0].unit_price_minor"),
         ([line(1), CartLine(-3, 100, 1, True)], bal(1), "lines[1].item_id"),
+        ([CartLine(0, 100, 1, True)], bal(1), "lines[0].item_id"),  # ids start at 1
         ([CartLine(3, 1.5, 1, True)], bal(1), "lines[0].unit_price_minor"),  # type: ignore[arg-type]
         ([CartLine(3, 100, True, True)], bal(1), "lines[0].quantity"),
         ([line(1)], bal(10, -1), "balance.buckets[1].points"),
@@ -359,7 +360,7 @@ def programmes(draw: st.DrawFn) -> Programme:
 cart_lines = st.lists(
     st.builds(
         CartLine,
-        item_id=st.integers(0, 10**6),
+        item_id=st.integers(1, 10**6),
         unit_price_minor=st.integers(1, 3000) | st.integers(0, 30000),
         quantity=st.integers(1, 5),
         points_eligible=st.booleans(),
@@ -592,7 +593,7 @@ def test_invariants_when_a_point_is_worth_several_minor_units(
             },
         }
     )
-    lines = [CartLine(i, price, 1, True) for i, price in enumerate(prices)]
+    lines = [CartLine(i, price, 1, True) for i, price in enumerate(prices, start=1)]
     split = optimize_cart(prog, lines, balance)
     check_invariants(prog, lines, balance, split)
     assert split.points_used == min(balance.total, sum(price // 10 for price in prices))

@@ -100,15 +100,17 @@ def test_good_file_builds_members_orders_and_ledger(tmp_path: Path, programme: P
         assert t[name].empty
 
     m = t["members"].set_index("external_id")
-    # by first purchase, ties (AA and F at the same instant) by customer id
-    assert m["member_id"].to_dict() == {"C": 0, "B": 1, "A": 2, "E": 3, "AA": 4, "F": 5, "D": 6}
+    # ids from 1 (0 is "not set" in recsvc.v1), by first purchase, ties (AA and F at the same
+    # instant) by customer id; the log's own id stays in external_id
+    assert m["member_id"].to_dict() == {"C": 1, "B": 2, "A": 3, "E": 4, "AA": 5, "F": 6, "D": 7}
+    assert t["members"]["member_id"].tolist() == list(range(1, 8))
     assert m.loc["A", "signup_at"] == utc(2023, 1, 10, 10)
     assert (m["source"] == "imported").all() and m["age_band"].isna().all()
 
     o = t["orders"]
     assert o["order_id"].tolist() == list(range(13))
     assert o["ts"].is_monotonic_increasing
-    a = o[o.member_id == 2].set_index("ts")
+    a = o[o.member_id == 3].set_index("ts")
     # 80 at silver; 50 beauty at silver ×1.5; the basket (30 toys + 10 beauty) is a toys order
     # at gold (spend before 130 ≥ 100) ×1.5; 10 on the double-points day at gold ×1.5×2; then a
     # zero order later that day, kept as a separate order.
@@ -117,14 +119,14 @@ def test_good_file_builds_members_orders_and_ledger(tmp_path: Path, programme: P
     assert a.loc[utc(2023, 3, 5, 12), "quantity"] == 3
     assert a.loc[utc(2023, 3, 5, 12), "category"] == "toys"
     assert pd.isna(a.loc[utc(2023, 6, 18, 15), "category"])
-    e = o[o.member_id == 3]
+    e = o[o.member_id == 4]
     # 1000 at silver, then diamond (spend before 1000) ×2
     assert e["points_earned"].tolist() == [1000, 20]
     small = o.set_index("member_id")
-    assert small.loc[5, "amount_minor"] == 29 and small.loc[5, "points_earned"] == 0
-    assert small.loc[5, "quantity"] == 3
-    assert small.loc[4, "amount_minor"] == 1250
-    assert small.loc[1, "amount_minor"] == 1234 and small.loc[1, "quantity"] == 1
+    assert small.loc[6, "amount_minor"] == 29 and small.loc[6, "points_earned"] == 0
+    assert small.loc[6, "quantity"] == 3
+    assert small.loc[5, "amount_minor"] == 1250
+    assert small.loc[2, "amount_minor"] == 1234 and small.loc[2, "quantity"] == 1
 
     check_ledger_invariant(t)
     led = t["ledger"]
@@ -139,13 +141,13 @@ def test_good_file_builds_members_orders_and_ledger(tmp_path: Path, programme: P
     # The file ends on 2024-03-10: buckets lapsing by then expire, one row per member and month.
     expired = led[led.kind == "expire"].sort_values(["member_id", "ts"])
     assert list(zip(expired.member_id, expired.ts, expired.points, strict=True)) == [
-        (0, utc(2023, 2, 1), -20),  # C's first purchase, a year before the second
-        (1, utc(2024, 2, 1), -12),  # B's only purchase
-        (2, utc(2024, 2, 1), -80),
-        (2, utc(2024, 3, 1), -75),
+        (1, utc(2023, 2, 1), -20),  # C's first purchase, a year before the second
+        (2, utc(2024, 2, 1), -12),  # B's only purchase
+        (3, utc(2024, 2, 1), -80),
+        (3, utc(2024, 3, 1), -75),
     ]
     balance = led.groupby("member_id")["points"].sum().to_dict()
-    assert balance == {0: 10, 1: 0, 2: 90, 3: 1020, 4: 12, 6: 5}  # F earned nothing
+    assert balance == {1: 10, 2: 0, 3: 90, 4: 1020, 5: 12, 7: 5}  # F earned nothing
     assert s.points_earned == 80 + 75 + 60 + 30 + 12 + 20 + 10 + 1000 + 20 + 12 + 5
     assert s.points_expired == 187
     assert (s.earn_entries, s.expire_entries) == (11, 4)
@@ -305,6 +307,9 @@ def test_points_match_a_member_by_member_reference(tmp_path: Path,
     import_transactions(tmp_path / "log.csv", tmp_path / "d", programme)
     t = tables(tmp_path / "d")
     names = t["members"].set_index("external_id")["member_id"]
+    # every customer is a member, numbered densely from 1, its own id kept in external_id
+    assert sorted(names) == list(range(1, log.customer_id.nunique() + 1))
+    assert set(names.index) == set(log.customer_id)
 
     lines = log.assign(cents=[int(a.replace(".", "")) for a in log.amount],
                        category=log.category.replace("", None)).drop_duplicates()
@@ -338,6 +343,18 @@ def test_points_match_a_member_by_member_reference(tmp_path: Path,
     led = t["ledger"][t["ledger"].kind == "expire"]
     assert sorted(zip(led.member_id, led.ts, led.points, strict=True)) == sorted(expected_expiry)
     check_ledger_invariant(t)
+
+
+def test_a_logs_own_ids_stay_in_external_id(tmp_path: Path, programme: Programme) -> None:
+    """A log's customer ids, numeric ones too (a "0" among them), are never member ids:
+    members are numbered from 1 by first purchase, and each keeps its customer id."""
+    log = f"{HEADER}\n7,2023-01-02,5.00,1,\n0,2023-01-01,3.00,1,\n1,2023-01-03,4.00,1,\n"
+    import_transactions(write(tmp_path, log), tmp_path / "d", programme)
+    t = tables(tmp_path / "d")
+    assert list(zip(t["members"].member_id, t["members"].external_id, strict=True)) == [
+        (1, "0"), (2, "7"), (3, "1")]
+    assert dict(zip(t["orders"].member_id, t["orders"].amount_minor, strict=True)) == {
+        1: 300, 2: 500, 3: 400}
 
 
 def test_import_replaces_tables_and_removes_the_oracle(tmp_path: Path,

@@ -203,6 +203,47 @@ def test_bad_input_is_invalid_argument_naming_the_field(trained: Any) -> None:
     _serve(trained, check)
 
 
+def test_an_unset_id_is_invalid_argument_naming_the_field_on_every_rpc(trained: Any) -> None:
+    """Ids start at 1: proto3 sends an id the caller did not set as 0, so 0 is refused naming
+    the field, on every RPC and inside repeated fields; an empty request is never answered
+    as if for member 0 and item 0."""
+    member, item = _sample(trained)[0], _items(trained)[0]
+    line = pb.CartLine(item_id=item, unit_price_minor=1000, quantity=1, points_eligible=True)
+    calls = [
+        ("GetRedemptionHint", pb.GetRedemptionHintRequest(), "member_id"),
+        ("GetRedemptionHint", pb.GetRedemptionHintRequest(member_id=member), "item_id"),
+        ("BatchGetRedemptionHints", pb.BatchGetRedemptionHintsRequest(item_ids=[item]),
+         "member_id"),
+        ("BatchGetRedemptionHints", pb.BatchGetRedemptionHintsRequest(
+            member_id=member, item_ids=[item, item, item, 0]), "item_ids[3]"),
+        ("RecommendRedemptions", pb.RecommendRedemptionsRequest(), "member_id"),
+        ("OptimizeCartSplit", pb.OptimizeCartSplitRequest(lines=[line]), "member_id"),
+        ("OptimizeCartSplit", pb.OptimizeCartSplitRequest(member_id=member, lines=[
+            line, pb.CartLine(unit_price_minor=100, quantity=1)]), "lines[1].item_id"),
+        ("GetChurnRisk", pb.GetChurnRiskRequest(), "member_id"),
+        ("BatchGetChurnRisk", pb.BatchGetChurnRiskRequest(member_ids=[member, 0]),
+         "member_ids[1]"),
+        ("GetNudges", pb.GetNudgesRequest(channel=pb.CHANNEL_PUSH), "member_id"),
+    ]
+    rpcs = pb.DESCRIPTOR.services_by_name["RedemptionService"].methods_by_name
+    assert {rpc for rpc, *_ in calls} == set(rpcs)
+
+    async def check(stub: Any, *_: Any) -> None:
+        for rpc, request, field in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await getattr(stub, rpc)(request)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, field)
+            assert bad_request_field(err.value) == field, rpc
+            assert err.value.details().startswith(f"{field}: must be set: ids start at 1")
+        # the same requests with the id set are answered
+        assert (await stub.GetChurnRisk(pb.GetChurnRiskRequest(member_id=member))).risk
+        got = await stub.BatchGetRedemptionHints(pb.BatchGetRedemptionHintsRequest(
+            member_id=member, item_ids=[item, item, item, item]))
+        assert [h.item_id for h in got.hints] == [item] * 4
+
+    _serve(trained, check)
+
+
 def test_store_down_or_no_model_degrades_instead_of_failing(trained: Any) -> None:
     ids = _sample(trained)[:3]
 

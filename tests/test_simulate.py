@@ -201,6 +201,25 @@ def test_oracle_is_separate_and_complete(sim: Path) -> None:
     assert not (later.ts >= later.dead_at).any()
 
 
+def test_members_and_items_are_numbered_from_1(sim: Path) -> None:
+    """Ids start at 1 (recsvc.v1 reads an id of 0 as "not set"): members and items are dense
+    1..n, and every table and oracle file names them by those ids."""
+    t = _tables(sim)
+    members, items = t["members"].member_id, t["items"].item_id
+    assert members.tolist() == list(range(1, 3001)) and t["members"].external_id.isna().all()
+    assert items.tolist() == list(range(1, len(items) + 1))
+    assert all(name.endswith(f"-{i:05d}") for name, i in zip(t["items"].name, items,
+                                                              strict=True))
+    oracle = {name: pads.dataset(schema.oracle_dir(sim) / name, format="parquet").to_table()
+              .to_pandas() for name in ("churn", "abusers")}
+    for name, frame in {**t, **oracle}.items():
+        for column, known in (("member_id", members), ("item_id", items)):
+            if column in frame:
+                assert frame[column].isin(known).all(), (name, column)
+    assert set(t["item_days"].item_id) == set(items)  # every item, every day
+    assert set(oracle["churn"].member_id) <= set(members) and len(oracle["abusers"]) > 0
+
+
 def test_rejects_nonsense_sizes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         run_simulation(tmp_path, members=0, days=10, seed=1, programme=P)

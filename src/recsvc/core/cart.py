@@ -194,8 +194,9 @@ def _validate(lines: Sequence[CartLine], balance: PointsBalance) -> None:
         for name in ("item_id", "unit_price_minor", "quantity"):
             if not _is_int(getattr(line, name)):
                 raise InvalidArgument(f"lines[{i}].{name}", "must be an integer")
-        if line.item_id < 0:
-            raise InvalidArgument(f"lines[{i}].item_id", f"must be >= 0, got {line.item_id}")
+        if line.item_id < 1:
+            raise InvalidArgument(f"lines[{i}].item_id",
+                                  f"must be >= 1 (ids start at 1), got {line.item_id}")
         if line.unit_price_minor < 0:
             raise InvalidArgument(
                 f"lines[{i}].unit_price_minor", f"must be >= 0, got {line.unit_price_minor}"

@@ -27,8 +27,9 @@ Decisions:
   amounts and quantities are summed and the category is that of the largest line (ties: a line
   with a category, then the alphabetically last one). A date-only timestamp therefore makes all
   of a customer's lines of that day one order; orders at different times of a day stay separate.
-- Members get dense ids from 0 in order of (first purchase, customer id as text); their signup
-  is the first purchase.
+- Members get dense ids from 1 in order of (first purchase, customer id as text) (recsvc.v1
+  reads an id of 0 as "not set"); the log's own customer id is kept in `external_id`; their
+  signup is the first purchase.
 - The ledger follows the programme rules via `recsvc.core.ledger`: each order earns at the tier
   reached by the member's spend *before* it, times the category and double-points-day (UTC date)
   multipliers; its points expire at the end of the month `months` after the order's month, the
@@ -120,8 +121,9 @@ what is done with:
 points: each order earns by the programme rules at the tier reached by the customer's earlier
 spend, with the category and double-points-day multipliers; points lapse at the end of the
 month 12 (high tiers: 24, or as configured) months after they were earned, and every lapse up
-to the file's last timestamp is written as an expire entry. Members are numbered from 0 by
-first purchase; the simulator's oracle files are removed.
+to the file's last timestamp is written as an expire entry. Members are numbered from 1 by
+first purchase (the customer_id is kept as the member's external_id); the simulator's oracle
+files are removed.
 
 exit codes:
   0    imported
@@ -614,10 +616,11 @@ def _build(rows: _Rows, programme: Programme) -> _Built:
     firsts = np.flatnonzero(np.r_[True, o.cust[1:] != o.cust[:-1]])
     member_order = np.lexsort((o.cust[firsts], o.ts[firsts]))
     member_of_cust = np.empty(len(customers), dtype=np.int64)
-    member_of_cust[o.cust[firsts][member_order]] = np.arange(len(firsts))
+    member_ids = np.arange(1, len(firsts) + 1, dtype=np.int64)  # ids start at 1
+    member_of_cust[o.cust[firsts][member_order]] = member_ids
     member = member_of_cust[o.cust]
     members = pa.table({
-        "member_id": np.arange(len(firsts), dtype=np.int64),
+        "member_id": member_ids,
         "external_id": pa.array(customers, pa.string()).take(
             pa.array(o.cust[firsts][member_order])),
         "signup_at": pa.array(o.ts[firsts][member_order], pa.int64()).cast(schema.TS),

@@ -19,6 +19,8 @@ Time runs day by day over all members at once (numpy vectors), because stock is 
 members. Within a day, orders fall in [00:00, 12:00) and the visits with their exposures and
 redemptions in [12:00, 24:00), in rounds, so every balance check sees every earlier event.
 Output is flushed every month, so memory stays bounded by the member state, not the history.
+Members and items are positions 0..n-1 inside the simulator; every table written numbers them
+from 1 (id = position + 1, `_arrow`), since recsvc.v1 reads an id of 0 as "not set".
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ CATEGORY_PRICE_UNITS = {  # median market price of redeemable items, currency un
 }
 AGE_BANDS = ("18-24", "25-34", "35-44", "45+")
 AGE_P = (0.2, 0.35, 0.25, 0.2)
+ID_COLUMNS = frozenset({"member_id", "item_id"})  # written as position + 1 (`_arrow`)
 SURFACES = ("product_page", "points_centre", "cart")
 SURFACE_P = (0.5, 0.3, 0.2)  # the mix of an average member (appetite 0)
 # Members with a taste for redeeming open the points centre more often: the log-odds of an
@@ -825,7 +828,7 @@ class Simulator:
 
     def _write_items(self, out: schema.TableSetWriter) -> None:
         c = self.cat
-        names = [f"{CATEGORIES[k]}-{i:05d}" for i, k in enumerate(c.category)]
+        names = [f"{CATEGORIES[k]}-{i:05d}" for i, k in enumerate(c.category, start=1)]
         created = _ts(self.start, -365, np.zeros(c.n))
         out.write(
             "items",
@@ -873,11 +876,15 @@ def _rank_within(keys: I64) -> I64:
 
 
 def _arrow(cols: dict[str, Any], sch: pa.Schema) -> pa.Table:
+    """The columns as a table of `sch`; every table the simulator writes passes here, and here
+    (only) a member's or an item's position becomes its id, position + 1."""
     arrays = []
     for f in sch:
         values = cols[f.name]
         if pa.types.is_timestamp(f.type) or pa.types.is_integer(f.type):
             ints = values.astype(np.int64)
+            if f.name in ID_COLUMNS:
+                ints = ints + 1
             arr = pa.array(ints, type=pa.int64(), mask=ints == NULL_US)
             arrays.append(arr.cast(f.type))
         else:

@@ -8,7 +8,9 @@ bounds by its path in the request (`lines[2].quantity`, `context.surface`). The 
 stated beside each field in protos/recsvc/v1/recsvc.proto; tests/test_bounds.py checks that
 every number and string of every request has one here.
 
-Why these bounds: ids stay below 2^53 so every id survives JSON and JavaScript clients exactly;
+Why these bounds: ids start at 1, so an unset id (proto3 cannot tell it from 0) is refused
+naming the field instead of being answered as if it named someone; they stay below 2^53 so
+every id survives JSON and JavaScript clients exactly;
 amounts stay small enough that a 500-line cart's total (lines x quantity x unit price) is exact
 in a double as well as an int64, so no rule of a split can break by rounding.
 """
@@ -22,6 +24,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from recsvc.errors import InvalidArgument
 
 MAX_ID = 2**53 - 1
+IDS = (1, MAX_ID)  # every id field's bounds: 0 is proto3's "not set"
 MAX_POINTS = 10**12
 MAX_UNIT_PRICE_MINOR = 10**10
 MAX_QUANTITY = 1_000
@@ -34,21 +37,21 @@ MAX_CATEGORIES = 100
 BOUNDS: dict[str, tuple[int, int]] = {
     "recsvc.v1.RequestContext.points_balance": (0, MAX_POINTS),
     "recsvc.v1.RequestContext.experiment_arm": (0, MAX_TEXT),
-    "recsvc.v1.GetRedemptionHintRequest.member_id": (0, MAX_ID),
-    "recsvc.v1.GetRedemptionHintRequest.item_id": (0, MAX_ID),
-    "recsvc.v1.BatchGetRedemptionHintsRequest.member_id": (0, MAX_ID),
-    "recsvc.v1.BatchGetRedemptionHintsRequest.item_ids": (0, MAX_ID),
+    "recsvc.v1.GetRedemptionHintRequest.member_id": IDS,
+    "recsvc.v1.GetRedemptionHintRequest.item_id": IDS,
+    "recsvc.v1.BatchGetRedemptionHintsRequest.member_id": IDS,
+    "recsvc.v1.BatchGetRedemptionHintsRequest.item_ids": IDS,
     "recsvc.v1.RecommendationFilters.categories": (0, MAX_TEXT),
     "recsvc.v1.RecommendationFilters.max_points_price": (0, MAX_POINTS),
-    "recsvc.v1.RecommendRedemptionsRequest.member_id": (0, MAX_ID),
+    "recsvc.v1.RecommendRedemptionsRequest.member_id": IDS,
     "recsvc.v1.RecommendRedemptionsRequest.limit": (0, 200),
-    "recsvc.v1.CartLine.item_id": (0, MAX_ID),
+    "recsvc.v1.CartLine.item_id": IDS,
     "recsvc.v1.CartLine.unit_price_minor": (0, MAX_UNIT_PRICE_MINOR),
     "recsvc.v1.CartLine.quantity": (1, MAX_QUANTITY),
-    "recsvc.v1.OptimizeCartSplitRequest.member_id": (0, MAX_ID),
-    "recsvc.v1.GetChurnRiskRequest.member_id": (0, MAX_ID),
-    "recsvc.v1.BatchGetChurnRiskRequest.member_ids": (0, MAX_ID),
-    "recsvc.v1.GetNudgesRequest.member_id": (0, MAX_ID),
+    "recsvc.v1.OptimizeCartSplitRequest.member_id": IDS,
+    "recsvc.v1.GetChurnRiskRequest.member_id": IDS,
+    "recsvc.v1.BatchGetChurnRiskRequest.member_ids": IDS,
+    "recsvc.v1.GetNudgesRequest.member_id": IDS,
 }
 # repeated fields: the most entries a request may carry (over the answer's own limit, which
 # names the limit in its message; this only keeps a hostile list from being walked at all)
@@ -70,15 +73,15 @@ _needed: dict[str, tuple[FieldDescriptor, ...]] = {}
 
 
 def check(message: Any, path: str = "") -> None:
-    """Raise InvalidArgument for the first field of `message` out of its bounds. Set fields
-    are walked; an unset number is 0, which only the fields whose bounds exclude 0 refuse."""
-    for field in _zero_refused(message.DESCRIPTOR):
-        unset = (not message.HasField(field.name) if field.has_presence
-                 else getattr(message, field.name) == 0)
-        if unset:
-            least, most = BOUNDS[field.full_name]
-            raise InvalidArgument(f"{path}{field.name}", f"must be {least} to {most}, got 0")
-    for field, value in message.ListFields():
+    """Raise InvalidArgument for the first field of `message` (by field number) out of its
+    bounds. Set fields are walked; an unset number is 0, which only the fields whose bounds
+    exclude 0 refuse (an unset id: "must be set")."""
+    unset = next((f for f in _zero_refused(message.DESCRIPTOR)
+                  if (not message.HasField(f.name) if f.has_presence
+                      else getattr(message, f.name) == 0)), None)
+    for field, value in message.ListFields():  # in field-number order
+        if unset is not None and unset.number < field.number:
+            break
         name = f"{path}{field.name}"
         if field.is_repeated:
             entries = MOST_ENTRIES.get(field.full_name)
@@ -92,6 +95,8 @@ def check(message: Any, path: str = "") -> None:
                 _check_value(field, item, f"{name}[{k}]")
         else:
             _check_value(field, value, name)
+    if unset is not None:
+        raise InvalidArgument(f"{path}{unset.name}", _refusal(unset, 0))
 
 
 def _check_value(field: FieldDescriptor, value: Any, name: str) -> None:
@@ -104,7 +109,7 @@ def _check_value(field: FieldDescriptor, value: Any, name: str) -> None:
     elif kind in _INTEGERS:
         least, most = BOUNDS.get(field.full_name, (None, None))
         if least is not None and not least <= value <= most:
-            raise InvalidArgument(name, f"must be {least} to {most}, got {value}")
+            raise InvalidArgument(name, _refusal(field, value))
     elif kind == FieldDescriptor.TYPE_STRING:
         most = BOUNDS.get(field.full_name, (0, MAX_TEXT))[1]
         if len(value) > most:
@@ -113,13 +118,22 @@ def _check_value(field: FieldDescriptor, value: Any, name: str) -> None:
             raise InvalidArgument(name, "must not contain NUL")
 
 
+def _refusal(field: FieldDescriptor, value: int) -> str:
+    """Why `value` is out of `field`'s bounds; an id of 0 is one the caller did not set."""
+    least, most = BOUNDS[field.full_name]
+    if value == 0 and (least, most) == IDS:
+        return "must be set: ids start at 1, got 0"
+    return f"must be {least} to {most}, got {value}"
+
+
 def _zero_refused(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
-    """The singular number fields of `descriptor` whose bounds exclude 0 (an unset value)."""
+    """The singular number fields of `descriptor` whose bounds exclude 0 (an unset value),
+    by field number."""
     found = _needed.get(descriptor.full_name)
     if found is None:
-        found = _needed[descriptor.full_name] = tuple(
-            f for f in descriptor.fields if not f.is_repeated and f.type in _INTEGERS
-            and not _admits_zero(f.full_name))
+        found = _needed[descriptor.full_name] = tuple(sorted(
+            (f for f in descriptor.fields if not f.is_repeated and f.type in _INTEGERS
+             and not _admits_zero(f.full_name)), key=lambda f: f.number))
     return found
 
 

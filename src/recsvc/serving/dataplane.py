@@ -153,8 +153,9 @@ def _check_members(member_ids: Sequence[int]) -> None:
         raise InvalidArgument("member_ids", f"at most {MAX_CHURN_BATCH} per call, got "
                                             f"{len(member_ids)}")
     for i, member in enumerate(member_ids):
-        if member < 0:
-            raise InvalidArgument(f"member_ids[{i}]", f"must be >= 0, got {member}")
+        if member < 1:
+            raise InvalidArgument(f"member_ids[{i}]",
+                                  f"must be >= 1 (ids start at 1), got {member}")
 
 
 def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -461,8 +462,8 @@ class Dataplane:
         return self.programme, self.catalogue, self.arms
 
     def _arm(self, arms: ArmAssigner, member_id: int, forced: str) -> Arm:
-        if member_id < 0:
-            raise InvalidArgument("member_id", f"must be >= 0, got {member_id}")
+        if member_id < 1:
+            raise InvalidArgument("member_id", f"must be >= 1 (ids start at 1), got {member_id}")
         arm = arms.named(forced) if forced else arms.arm(member_id)
         if arm is None:
             raise InvalidArgument("context.experiment_arm", f"no arm named {forced!r}")
