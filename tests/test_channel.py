@@ -1,5 +1,5 @@
-"""The advised client channel: read-only RPCs are retried once a worker is gone (UNAVAILABLE),
-GetNudges, which counts against the caps, never is."""
+"""The advised client channel: every RPC is retried once a worker is gone (UNAVAILABLE) or a
+shedder refused it (RESOURCE_EXHAUSTED); a draining replica of several gets no new call."""
 
 from __future__ import annotations
 
@@ -13,14 +13,18 @@ from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
 
 
-def test_read_only_calls_are_retried_on_unavailable_and_nudges_are_not() -> None:
-    attempts: dict[str, int] = {"GetChurnRisk": 0, "GetNudges": 0}
+def test_every_rpc_is_retried_on_unavailable_and_on_a_shedders_refusal() -> None:
+    attempts: dict[str, int] = {"GetChurnRisk": 0, "GetNudges": 0, "Other": 0}
 
-    def flaky(name: str, answer: Any) -> Any:
+    def flaky(name: str, answer: Any, code: grpc.StatusCode | None = None) -> Any:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             attempts[name] += 1
+            if code is not None:
+                await context.abort(code, "not retried")
             if attempts[name] == 1:  # the first attempt meets a worker going away
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "worker restarting")
+            if attempts[name] == 2:  # the second, a shedder refusing it
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded")
             return answer
         return grpc.unary_unary_rpc_method_handler(
             handler, request_deserializer=lambda b: b,
@@ -32,29 +36,29 @@ def test_read_only_calls_are_retried_on_unavailable_and_nudges_are_not() -> None
             callers.SERVICE, {
                 "GetChurnRisk": flaky("GetChurnRisk", pb.GetChurnRiskResponse(
                     risk=pb.ChurnRisk(member_id=7))),
-                "GetNudges": flaky("GetNudges", pb.GetNudgesResponse())})])
+                "GetNudges": flaky("GetNudges", pb.GetNudgesResponse(experiment_arm="a")),
+                "GetRedemptionHint": flaky("Other", pb.GetRedemptionHintResponse(),
+                                           grpc.StatusCode.INVALID_ARGUMENT)})])
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
             async with callers.client_channel(f"127.0.0.1:{port}") as channel:
                 stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
                 got = await stub.GetChurnRisk(pb.GetChurnRiskRequest(member_id=7), timeout=5)
-                assert got.risk.member_id == 7 and attempts["GetChurnRisk"] == 2
-                try:
-                    await stub.GetNudges(pb.GetNudgesRequest(member_id=7), timeout=5)
-                    raise AssertionError("GetNudges was retried")
+                assert got.risk.member_id == 7 and attempts["GetChurnRisk"] == 3
+                nudged = await stub.GetNudges(pb.GetNudgesRequest(member_id=7), timeout=5)
+                assert nudged.experiment_arm == "a" and attempts["GetNudges"] == 3
+                try:  # an answer (INVALID_ARGUMENT here) is never retried
+                    await stub.GetRedemptionHint(pb.GetRedemptionHintRequest(member_id=7),
+                                                 timeout=5)
+                    raise AssertionError("INVALID_ARGUMENT expected")
                 except grpc.aio.AioRpcError as err:
-                    assert err.code() == grpc.StatusCode.UNAVAILABLE
-                assert attempts["GetNudges"] == 1
+                    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert attempts["Other"] == 1
         finally:
             await server.stop(None)
 
     asyncio.run(main())
-
-
-def test_every_rpc_but_the_nudges_is_read_only() -> None:
-    service = pb.DESCRIPTOR.services_by_name["RedemptionService"]
-    assert set(callers.READ_ONLY) == {m.name for m in service.methods} - {"GetNudges"}
 
 
 def test_a_balanced_channel_sends_nothing_to_a_draining_replica() -> None:

@@ -2,10 +2,16 @@
 bearer token's metadata, and the service config every client is advised to use.
 
 The service config retries a call that ended UNAVAILABLE (a worker killed or restarting, a
-connection reset) up to twice more with a short backoff, for the RPCs that only read: hints,
-recommendations, cart splits and churn risks. GetNudges counts nudges against their caps, so
-it is never retried by the channel. `recsvc client`, the benchmarks and the chaos harness use
-it; clients in other languages take the same JSON (README).
+connection reset) or RESOURCE_EXHAUSTED (refused by the server's load shedder before any work
+was done: a backlog behind a stalled loop, or a replica that just took over its peer's share)
+up to three more times, backing off 50 ms, 150 ms and 450 ms at most (jittered), so a
+refusal is ridden out inside a 1 s deadline. gRPC's retry throttling stops the retries while
+most calls fail (each failure spends a token, each success earns a tenth of one; no retries
+below half of ten), so retries never multiply the load on a server that is really
+overloaded. Every RPC is retried, GetNudges too: a retry cannot exceed a cap (the cap store
+counts what an attempt recorded, so at worst the retried answer withholds a nudge that a
+killed attempt counted and never delivered). `recsvc client`, the benchmarks and the chaos
+harness use it; clients in other languages take the same JSON (README).
 
 A caller of several replicas (a list of addresses, `ipv4:10.0.0.1:50051,10.0.0.2:50051`, or a
 DNS name that resolves to each of them, as a Kubernetes headless Service does) adds
@@ -25,14 +31,14 @@ from recsvc.errors import ConfigError
 from recsvc.serving.security import read_file
 
 SERVICE = "recsvc.v1.RedemptionService"
-READ_ONLY = ("GetRedemptionHint", "BatchGetRedemptionHints", "RecommendRedemptions",
-             "OptimizeCartSplit", "GetChurnRisk", "BatchGetChurnRisk")
 SERVICE_CONFIG = {
     "methodConfig": [{
-        "name": [{"service": SERVICE, "method": m} for m in READ_ONLY],
-        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+        "name": [{"service": SERVICE}],  # every method
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.05s", "maxBackoff": "0.45s",
+                        "backoffMultiplier": 3,
+                        "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]},
     }],
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
 }
 BALANCED = {"loadBalancingConfig": [{"round_robin": {}}],
             "healthCheckConfig": {"serviceName": ""}}
