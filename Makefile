@@ -124,7 +124,7 @@ N ?= 100000
 fuzz: $(STAMP) ## N hostile requests (default 100,000) against recsvc serve: codes per RPC, 0 INTERNAL
 	$(PY) training/fuzz.py --calls $(N)
 
-chaos: $(STAMP) ## faults under load (Redis stopped, restarted empty; a worker killed): bench/results/chaos.md
+chaos: $(STAMP) ## faults under load (Redis, workers, models, drain, cancels, cap file): bench/results/chaos.md
 	$(PY) training/chaos.py
 
 bench-features: $(STAMP) ## benchmark simulator, feature jobs, materialisation and online reads

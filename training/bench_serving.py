@@ -146,7 +146,8 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("advised"):  # the client set-up recsvc advises: read-only calls retried
         from recsvc.serving.channel import options as advised
 
-        options = advised()
+        # balanced: a target of several replicas, each left out while it drains
+        options = advised(balanced=spec.get("balanced", False))
     async with grpc.aio.insecure_channel(spec["address"], options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
         call = channel.unary_unary(spec["method"])  # bytes in, bytes out: no protobuf here
@@ -172,16 +173,29 @@ async def _open_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:
     degraded = np.zeros(n, dtype=bool)
     # with "response" (a recsvc.v1 message name), answers are decoded for their degraded flag
     decode = _decoder(spec.get("response"))
+    # "keep_replies": the answers come back too (the chaos harness checks the nudges granted)
+    replies: list[bytes | None] | None = [None] * n if spec.get("keep_replies") else None
+    # "cancel_within" (s): each call is cancelled by its caller at a random moment within it
+    cancel_within = spec.get("cancel_within")
+    rng = random.Random(index)
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(k: int) -> None:
         sent[k] = time.monotonic()
         try:
-            reply = await call(payloads[(k * clients + index) % len(payloads)],
-                               timeout=deadline)
+            pending = call(payloads[(k * clients + index) % len(payloads)], timeout=deadline)
+            if cancel_within is not None:
+                loop.call_later(rng.uniform(0, cancel_within), pending.cancel)
+            reply = await pending
             code = "OK"
             if decode is not None:
                 degraded[k] = decode(reply)
+            if replies is not None:
+                replies[k] = reply
+        except asyncio.CancelledError:
+            if cancel_within is None:  # not ours: the row is over
+                raise
+            code = "CANCELLED"
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
         done[k] = time.monotonic()
@@ -213,7 +227,10 @@ async def _open_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:
     keep = intended >= spec["start"] + spec["warmup"]
     return {"intended": intended[keep], "sent": sent[keep], "done": done[keep],
             "codes": [c for c, k in zip(codes, keep, strict=True) if k],
-            "degraded": degraded[keep]}
+            "degraded": degraded[keep],
+            "payload": ((np.arange(n) * clients + index) % len(payloads))[keep],
+            "replies": None if replies is None else [r for r, k in zip(replies, keep,
+                                                                      strict=True) if k]}
 
 
 def _decoder(name: str | None) -> Any:
@@ -488,15 +505,20 @@ def build_requests(data_dir: Path, seed: int, quick: bool) -> dict[str, list[byt
         "churn": [pb.BatchGetChurnRiskRequest(
             member_ids=rng.sample(members, min(CHURN_BATCH, len(members)))).SerializeToString()
             for _ in range(50)],
-        # a live balance from the caller: the simulated points have lapsed by the server's
-        # clock, and these make every call due a nudge (low balance: ranked options; close to
-        # the 2,000 unlock: none), counted in the caps (a member asked again: capped)
-        "nudges": [pb.GetNudgesRequest(
-            member_id=rng.choice(members), channel=pb.CHANNEL_IN_APP,
-            context=pb.RequestContext(points_balance=rng.choice(
-                [rng.randint(1, 99), rng.randint(1_600, 1_999)]))).SerializeToString()
-            for _ in range(n)],
+        "nudges": nudge_requests(members, rng, n),
     }
+
+
+def nudge_requests(members: list[int], rng: random.Random, n: int) -> list[bytes]:
+    """`n` GetNudges requests for random `members`, in app, with a live balance from the
+    caller: the simulated points have lapsed by the server's clock, and these make every call
+    due a nudge (low balance: ranked options; close to the 2,000 unlock: none), counted in
+    the caps (a member asked again: capped)."""
+    return [pb.GetNudgesRequest(
+        member_id=rng.choice(members), channel=pb.CHANNEL_IN_APP,
+        context=pb.RequestContext(points_balance=rng.choice(
+            [rng.randint(1, 99), rng.randint(1_600, 1_999)]))).SerializeToString()
+        for _ in range(n)]
 
 
 def sdk_reference(data_dir: Path, project: str, redis_url: str | None, reads: int,
