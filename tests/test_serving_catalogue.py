@@ -233,3 +233,36 @@ def test_a_full_collection_freezes_what_survived_it_and_a_sweep_unfreezes_all() 
     finally:
         gc.callbacks[:] = before
         gc.unfreeze()
+
+
+def test_a_refresh_that_meets_the_store_away_warns_in_one_line_and_tries_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis loading its file or restarting is expected: the refresh loop logs a warning with
+    the store's message (no traceback) and refreshes again on its next turn."""
+    import logging
+
+    from recsvc.errors import FeatureStoreUnavailable
+    from recsvc.serving.server import refresh_models
+
+    class Away:
+        calls = 0
+
+        def refresh(self) -> int:
+            self.calls += 1
+            if self.calls == 1:
+                raise FeatureStoreUnavailable("Redis is loading the dataset in memory")
+            return 1
+
+    away = Away()
+
+    async def main() -> None:
+        task = asyncio.create_task(refresh_models([], away, 0.01))  # type: ignore[arg-type]
+        while away.calls < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="recsvc.serving.server"):
+        asyncio.run(main())
+    [record] = [r for r in caplog.records if "catalogue" in r.getMessage()]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "Redis is loading the dataset in memory" in record.getMessage()

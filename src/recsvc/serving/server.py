@@ -13,6 +13,7 @@ from grpc._cython import cygrpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsvc.errors import FeatureStoreUnavailable
 from recsvc.metrics import ServiceMetrics
 from recsvc.serving.dataplane import Catalogue
 from recsvc.serving.models import ModelHolder
@@ -171,6 +172,8 @@ async def refresh_models(holders: list[ModelHolder], catalogue: Catalogue,
                           *([(prepare, "answers' preparation")] if prepare else [])]:
             try:
                 await asyncio.to_thread(job)
+            except FeatureStoreUnavailable as exc:  # expected while the store is away: no trace
+                log.warning("refreshing %s: %s (the last load goes on serving)", name, exc)
             except Exception:  # a failed refresh must never stop future ones
                 log.exception("refreshing %s failed", name)
 
