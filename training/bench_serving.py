@@ -143,7 +143,7 @@ def generate(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
     options = None
-    if spec.get("advised"):  # the client set-up recsvc advises: read-only calls retried
+    if spec.get("advised"):  # the client set-up recsvc advises: calls retried (channel.py)
         from recsvc.serving.channel import options as advised
 
         # balanced: a target of several replicas, each left out while it drains
@@ -167,6 +167,7 @@ async def _open_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:
     end = spec["start"] + spec["warmup"] + spec["duration"]
     n = max(0, math.ceil((end - first) / interval))
     intended = first + np.arange(n) * interval
+    which = (np.arange(n) * clients + index) % len(payloads)  # each call's payload
     sent = np.full(n, np.nan)
     done = np.full(n, np.nan)
     codes: list[str] = ["UNFINISHED"] * n
@@ -183,7 +184,7 @@ async def _open_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:
     async def one(k: int) -> None:
         sent[k] = time.monotonic()
         try:
-            pending = call(payloads[(k * clients + index) % len(payloads)], timeout=deadline)
+            pending = call(payloads[which[k]], timeout=deadline)
             if cancel_within is not None:
                 loop.call_later(rng.uniform(0, cancel_within), pending.cancel)
             reply = await pending
@@ -228,7 +229,7 @@ async def _open_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:
     return {"intended": intended[keep], "sent": sent[keep], "done": done[keep],
             "codes": [c for c, k in zip(codes, keep, strict=True) if k],
             "degraded": degraded[keep],
-            "payload": ((np.arange(n) * clients + index) % len(payloads))[keep],
+            "payload": which[keep],
             "replies": None if replies is None else [r for r, k in zip(replies, keep,
                                                                       strict=True) if k]}
 

@@ -459,7 +459,6 @@ def cap_check(nudges: list[tuple[dict[str, Any], dict[str, Any]]], faults: Fault
     cap's window is longer than a row, so a row's grants all fall in one window."""
     from recsvc.config import load_programme
     from recsvc.core.nudges import reservation
-    from recsvc.serving.caps import RedisCapStore, SqliteCapStore
     from recsvc.v1 import recsvc_pb2 as pb
 
     programme = load_programme(faults.env.get("RECSVC_PROGRAMME"))
@@ -478,14 +477,10 @@ def cap_check(nudges: list[tuple[dict[str, Any], dict[str, Any]]], faults: Fault
                 kind = pb.NudgeKind.Name(nudge.kind).removeprefix("NUDGE_KIND_").lower()
                 r = reservation(programme, _Granted(kind, tuple(
                     _Option(o.item_id) for o in nudge.options)), channel)
-                for cap in r.caps:
-                    granted[(request.member_id, cap.name, None)] += 1
-                    most[cap.name] = cap.max
-                for item, caps in r.items:
-                    for cap in caps:
-                        granted[(request.member_id, cap.name, item)] += 1
-                        most[cap.name] = cap.max
-    recorded = _recorded(list(granted), faults, embedded, RedisCapStore, SqliteCapStore)
+                for (cap_name, item), cap in r.counted():
+                    granted[(request.member_id, cap_name, item)] += 1
+                    most[cap_name] = cap.max
+    recorded = _recorded(list(granted), faults, embedded)
     return {
         "answers": calls,
         "granted": sum(n for (_, _, item), n in granted.items() if item is None),
@@ -494,14 +489,17 @@ def cap_check(nudges: list[tuple[dict[str, Any], dict[str, Any]]], faults: Fault
     }
 
 
-def _recorded(keys: list[tuple[int, str, int | None]], faults: Faults, embedded: bool,
-              redis_store: Any, sqlite_store: Any) -> dict[tuple[int, str, int | None], int]:
+def _recorded(keys: list[tuple[int, str, int | None]], faults: Faults, embedded: bool
+              ) -> dict[tuple[int, str, int | None], int]:
+    """The records the cap store holds per key, named as the store names them."""
+    from recsvc.serving.caps import RedisCapStore, SqliteCapStore
+
     if embedded:
         with contextlib.closing(sqlite3.connect(faults.caps_file)) as conn:
             return {k: conn.execute("SELECT COUNT(*) FROM cap_events WHERE key = ?",
-                                    (sqlite_store._key(k[0], (k[1], k[2])),)).fetchone()[0]
+                                    (SqliteCapStore._key(k[0], (k[1], k[2])),)).fetchone()[0]
                     for k in keys}
-    store = redis_store.from_url(f"redis://127.0.0.1:{faults.redis.port}/0", PROJECT, 5.0)
+    store = RedisCapStore.from_url(f"redis://127.0.0.1:{faults.redis.port}/0", PROJECT, 5.0)
     try:
         return {k: int(store.client.zcard(store._key(k[0], (k[1], k[2])))) for k in keys}
     finally:
@@ -530,12 +528,6 @@ def forget_caps(path: Path, nudges: list[bytes]) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.executemany("DELETE FROM cap_events WHERE key LIKE ?",
                          [(f"{m}:%",) for m in sorted(members)])
-
-
-def saturation(pool: Any, served: Served, payloads: list[bytes],
-               args: argparse.Namespace) -> float:
-    """Answers per second of GetRedemptionHint with 50 callers waiting on their answers."""
-    return closed_loop(pool, served.address, payloads, args, warmup=5.0, duration=5.0)
 
 
 def closed_loop(pool: Any, address: str, payloads: list[bytes], args: argparse.Namespace,
@@ -708,8 +700,9 @@ def main() -> int:
                                          else embedded_env, log, args)
                     phase = wanted
                     if not rate:
-                        saturated = saturation(pool, served, payloads["GetRedemptionHint"],
-                                               args)
+                        saturated = closed_loop(pool, served.address,
+                                                payloads["GetRedemptionHint"], args,
+                                                warmup=5.0, duration=5.0)
                         rate = saturated / 2 if args.rate == "auto" else float(args.rate)
                         print(f"chaos: saturated {saturated:,.0f} hints/s; load {rate:,.0f}/s",
                               flush=True)

@@ -153,9 +153,13 @@ def _check_members(member_ids: Sequence[int]) -> None:
         raise InvalidArgument("member_ids", f"at most {MAX_CHURN_BATCH} per call, got "
                                             f"{len(member_ids)}")
     for i, member in enumerate(member_ids):
-        if member < 1:
-            raise InvalidArgument(f"member_ids[{i}]",
-                                  f"must be >= 1 (ids start at 1), got {member}")
+        _check_id(f"member_ids[{i}]", member)
+
+
+def _check_id(name: str, value: int) -> None:
+    """For callers that reach the dataplane without bounds.check (the batch jobs)."""
+    if value < 1:
+        raise InvalidArgument(name, f"must be >= 1 (ids start at 1), got {value}")
 
 
 def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -462,8 +466,7 @@ class Dataplane:
         return self.programme, self.catalogue, self.arms
 
     def _arm(self, arms: ArmAssigner, member_id: int, forced: str) -> Arm:
-        if member_id < 1:
-            raise InvalidArgument("member_id", f"must be >= 1 (ids start at 1), got {member_id}")
+        _check_id("member_id", member_id)
         arm = arms.named(forced) if forced else arms.arm(member_id)
         if arm is None:
             raise InvalidArgument("context.experiment_arm", f"no arm named {forced!r}")
