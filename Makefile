@@ -11,20 +11,22 @@ UV          := $(VENV)/bin/uv
 UV_VERSION  := 0.13.8
 STAMP       := $(VENV)/.installed
 export RECSVC_DATA_DIR ?= data
-# size of the population `make features` simulates when there is no data yet (18 months, the
-# span of the real retail logs recsvc is judged on, so the churn model has cut-offs to learn from)
-SIM_MEMBERS ?= 20000
-SIM_DAYS    ?= 540
-SIM_SEED    ?= 7
+# the population `make run` / `make features` simulate when there is no data yet: the job's
+# defaults (20,000 members x 540 days, seed 7) unless SIM_MEMBERS, SIM_DAYS or SIM_SEED say
+# otherwise; asked of data simulated with another size, the job refuses and says how to start again
+SIM_ARGS = $(if $(SIM_MEMBERS),--members $(SIM_MEMBERS)) $(if $(SIM_DAYS),--days $(SIM_DAYS)) \
+           $(if $(SIM_SEED),--seed $(SIM_SEED))
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help install lock lint prometheus-tools proto run test features train retrain score-batch bench fuzz chaos \
-        bench-features bench-models clean fraud-flags catalogue-report nudges liability-report
+.PHONY: help install lock buf lint prometheus-tools proto run stop test features train retrain score-batch bench fuzz chaos \
+        bench-features bench-models bench-cli clean fraud-flags catalogue-report nudges liability-report
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
-	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+	  awk 'BEGIN {FS = ":.*## "} {name[NR] = $$1; text[NR] = $$2; \
+	       if (length($$1) > w) w = length($$1)} \
+	       END {for (i = 1; i <= NR; i++) printf "  make %-*s  %s\n", w, name[i], text[i]}'
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -52,6 +54,8 @@ $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	@touch $@
 
+buf: $(BUF) ## install buf (node_modules/.bin/buf, needs Node.js) to call the service with `buf curl`
+
 proto: $(STAMP) ## regenerate the Python code of the recsvc.v1 contract (grpcio-tools)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=src --pyi_out=src --grpc_python_out=src \
 	  $(PROTO_SRC)
@@ -74,10 +78,17 @@ prometheus-tools: ## install prometheus and promtool (Debian's prometheus packag
 	   --no-install-recommends -o DPkg::Lock::Timeout=300 prometheus)
 
 run: $(STAMP) ## serve on 127.0.0.1:50051 (metrics :9464); builds features and models if missing
-	$(VENV)/bin/recsvc features --members $(SIM_MEMBERS) --days $(SIM_DAYS) --seed $(SIM_SEED)
+	$(VENV)/bin/recsvc features $(strip $(SIM_ARGS))
 	@$(VENV)/bin/recsvc models list churn | grep -q '^\*' || $(VENV)/bin/recsvc train
 	@test -d $(RECSVC_DATA_DIR)/scores/member_fraud_flags || $(VENV)/bin/recsvc fraud-flags
 	$(VENV)/bin/recsvc serve
+
+# the pattern's [ ] keeps it from matching the shell that runs this recipe
+stop: ## stop the `make run` of this checkout (SIGTERM: it drains, as Ctrl-C in its terminal does)
+	@pids=$$(for p in $$(pgrep -f -- '$(VENV)/bin/recsvc[ ]serve'); do \
+	  [ "$$(readlink /proc/$$p/cwd)" = "$(CURDIR)" ] && echo $$p; done); \
+	if [ -z "$$pids" ]; then echo "make stop: no recsvc serve running from $(CURDIR)"; \
+	else kill -TERM $$pids && echo "make stop: sent SIGTERM to recsvc serve (pid $$pids): it drains, then exits"; fi
 
 # the Node.js client of the contract (clients/node), run by the tests against the real server
 NODE_CLIENT := clients/node/node_modules/.package-lock.json
@@ -89,7 +100,7 @@ test: $(STAMP) $(NODE_CLIENT) ## run the whole test suite (needs Redis at 127.0.
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 features: $(STAMP) ## simulate data if there is none, compute features, feast apply, materialise
-	$(VENV)/bin/recsvc features --members $(SIM_MEMBERS) --days $(SIM_DAYS) --seed $(SIM_SEED)
+	$(VENV)/bin/recsvc features $(strip $(SIM_ARGS))
 
 train: $(STAMP) ## train, evaluate and (if the gates pass) promote both models (AS_OF=YYYY-MM-DD)
 	$(VENV)/bin/recsvc train $(if $(AS_OF),--as-of $(AS_OF))
@@ -114,7 +125,7 @@ fraud-flags: $(STAMP) ## points-fraud flags per member: rules + isolation forest
 
 nudges: $(STAMP) ## every member's due nudges within the caps (AS_OF=YYYY-MM-DD required, OUT=file.csv, CHANNEL=, DRY_RUN=1)
 	@test -n "$(AS_OF)" || { echo "make nudges: AS_OF=YYYY-MM-DD is required" >&2; exit 2; }
-	$(VENV)/bin/recsvc nudges --as-of $(AS_OF) --out $(or $(OUT),nudges-$(AS_OF).csv) \
+	$(VENV)/bin/recsvc nudges --as-of $(AS_OF) $(if $(OUT),--out $(OUT)) \
 	  $(if $(CHANNEL),--channel $(CHANNEL)) $(if $(DRY_RUN),--dry-run)
 
 bench: $(STAMP) ## gRPC serving: latency and req/s per RPC vs an echo floor and Feast (BENCH_ARGS=--quick); others: bench-features, bench-models
@@ -128,10 +139,13 @@ chaos: $(STAMP) ## faults under load (Redis, workers, models, drain, cancels, ca
 	$(PY) training/chaos.py
 
 bench-features: $(STAMP) ## benchmark simulator, feature jobs, materialisation and online reads
-	$(PY) training/bench_features.py
+	$(PY) training/bench_features.py $(BENCH_ARGS)
 
 bench-models: $(STAMP) ## benchmark training time, predict latency (Booster vs lleaves), batch scoring
-	$(PY) training/bench_models.py
+	$(PY) training/bench_models.py $(BENCH_ARGS)
+
+bench-cli: $(STAMP) ## how fast `recsvc --help` and `recsvc client` start (BENCH_ARGS="--address 127.0.0.1:50051" times a call)
+	$(PY) training/bench_cli.py $(BENCH_ARGS)
 
 clean: ## remove generated data (keeps .venv)
 	rm -rf $(RECSVC_DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ here from the tables it came from, the files it writes, and --as-of reading noth
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import math
 from collections import defaultdict
@@ -17,9 +18,10 @@ import pytest
 
 from recsvc import cli
 from recsvc.config import parse_programme
+from recsvc.core.catalogue import POPULAR_QUANTILE, PRICE_CUT
 from recsvc.data import schema
 from recsvc.data.simulate import run_simulation
-from recsvc.reports.catalogue import catalogue_report
+from recsvc.reports.catalogue import catalogue_report, markdown, plot, plotted_note
 
 # safety at a whole month of forecast, so that a slow mover running low is easy to plant
 P = parse_programme({"inventory": {"safety_share": 1.0}})
@@ -187,6 +189,43 @@ def test_the_files(data: Path) -> None:
     cut = next(r for r in _rows(report.csv).values() if r["price_cut"] == "1")
     assert f"| {cut['item_id']} {cut['name']} | {cut['points_price']} | " \
            f"{cut['suggested_points_price']} |" in md
+
+
+def _legend(figure: Any) -> list[str]:
+    return [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+
+
+def test_the_plot_says_how_many_of_the_reports_items_it_shows(data: Path, tmp_path: Path) -> None:
+    """An item nobody viewed in the forecast months has no redemption rate, so no place on the
+    plot: the legend and the Markdown give the report's count and how many are plotted, never a
+    smaller count of their own (the plot said 1,958 items where the report said 1,963)."""
+    report = catalogue_report(data, P, out_dir=tmp_path / "report")
+    a, n = report.assessment, len(report.loaded.history)
+    assert int(np.isnan(a.redemption_rate).sum()) == 3  # items nobody was shown lately
+    note = f"{n - 3} of {n} items; 3 not viewed in the last 3 months are not plotted"
+    assert _legend(plot(P, report.loaded, a, tmp_path / "as-is.png"))[0] == note
+    assert f"The plot shows {note}." in report.markdown.read_text(encoding="utf-8")
+    # every item viewed: the count alone
+    viewed = dataclasses.replace(a, redemption_rate=np.nan_to_num(a.redemption_rate))
+    assert _legend(plot(P, report.loaded, viewed, tmp_path / "all.png"))[0] == f"{n} items"
+    # a slow mover not viewed either: the flag's count is the report's, and how many are plotted
+    slow = int(np.flatnonzero(a.slow_mover & ~np.isnan(a.redemption_rate))[0])
+    rate = a.redemption_rate.copy()
+    rate[slow] = np.nan
+    hidden = dataclasses.replace(a, redemption_rate=rate)
+    legend = _legend(plot(P, report.loaded, hidden, tmp_path / "hidden.png"))
+    note = f"{n - 4} of {n} items; 4 not viewed in the last 3 months are not plotted"
+    slow_total = report.counts["slow_mover"]
+    slow_plotted = int((a.slow_mover & ~np.isnan(rate)).sum())
+    assert slow_plotted < slow_total
+    assert legend[0] == note and f"slow mover ({slow_total}, {slow_plotted} plotted)" in legend
+    md = markdown(P, report.loaded, hidden, report.counts,
+                  popular_quantile=POPULAR_QUANTILE, cut=PRICE_CUT)
+    assert f"The plot shows {note}." in md
+    assert f"| slow mover | {slow_total:,} |" in md and f"{n:,} items listed" in md
+    assert plotted_note(1958, 1963) == \
+        "1,958 of 1,963 items; 5 not viewed in the last 3 months are not plotted"
+    assert plotted_note(1962, 1963).endswith("; 1 not viewed in the last 3 months is not plotted")
 
 
 def test_as_of_reads_nothing_later(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

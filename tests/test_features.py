@@ -266,6 +266,30 @@ def test_training_rows_see_an_event_only_after_it_happened(sqlite_store: Any) ->
     assert set(store.feature_names(sqlite_store, "propensity_v1")) <= set(prop.columns)
 
 
+def test_upstream_noise_is_silenced_and_nothing_else(sqlite_store: Any, tiny_tables_dir: Path,
+                                                     tmp_path: Path, caplog: Any) -> None:
+    """Opening a store and reading it offline logs no "Registry cache expired" and shows no
+    DuckDB deprecation from ibis, even where a user's run shows every warning; other Feast
+    records still pass."""
+    import logging
+    import shutil
+    import warnings
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_tables_dir, data)
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        store._quiet_upstream.__wrapped__()  # as the first open did, over the "default"
+        opened = store.open_store(_settings(data, f"recsvc_test_{uuid.uuid4().hex[:10]}"))
+        opened.list_feature_views()
+        _history(sqlite_store, "churn_v1", [(3, "2025-03-05 09:59")])
+    assert not [w for w in seen if "fetch_arrow_table" in str(w.message)]
+    assert "Registry cache expired" not in caplog.text
+    logging.getLogger("feast.infra.registry.registry").info("Registry file modified")
+    assert "Registry file modified" in caplog.text
+
+
 def test_online_rows_are_the_ones_feast_itself_would_write(sqlite_store: Any) -> None:
     from feast.utils import _convert_arrow_to_proto
 

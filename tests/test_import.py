@@ -391,8 +391,6 @@ def test_text_that_is_not_utf8_fails_clearly(tmp_path: Path, programme: Programm
 
 def test_cli_help_and_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    # Only this module's command: the test should not depend on other jobs' imports.
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("recsvc.data.importer",))
     monkeypatch.delenv("RECSVC_PROGRAMME", raising=False)
     with pytest.raises(SystemExit) as exited:
         cli.main(["import-transactions", "--help"])

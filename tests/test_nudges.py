@@ -533,9 +533,13 @@ def test_the_batch_job_writes_every_due_nudge_as_of_a_date_within_the_caps(
     assert "withheld by caps: expiry by expiry_weekly 1" in capsys.readouterr().out
     # at the end of 2025-03-12 the 30 points lapse in 2 days: the urgent reminder has its own
     # cap, so the weekly one does not hold it back
-    assert run("2025-03-12") == [{**expiry, "kind": "expiry_urgent",
-                                  "message": "30 points expire in 2 days: use them before "
-                                             "they lapse."}]
+    urgent = {**expiry, "kind": "expiry_urgent",
+              "message": "30 points expire in 2 days: use them before they lapse."}
+    # without --out: a file of that day under the data directory, never the working directory
+    assert cli.main(["nudges", "--as-of", "2025-03-12", "--dry-run"]) == 0
+    default = tiny.data_dir / "nudges" / "nudges-2025-03-12.csv"
+    assert _rows(default) == [urgent] and f"to {default}" in capsys.readouterr().out
+    assert run("2025-03-12") == [urgent]
     assert (tiny.data_dir / "metrics" / "recsvc_nudges.prom").exists()
     # after the end of the features: refused, not answered from stale points
     assert cli.main(["nudges", "--as-of", "2025-04-30", "--out", str(out)]) == 2

@@ -403,7 +403,8 @@ def test_a_real_prometheus_scrapes_recsvc_records_every_rule_and_alerts(
         client(env, address, "cart", member, "1:25000:2", "2:990:1:cash", "--balance", "1234")
         client(env, address, "churn", member)
         client(env, address, "churn", member, member)
-        client(env, address, "recommend", member, "--limit", "999", ok=False)  # INVALID_ARGUMENT
+        client(env, address, "recommend", member, "--category", "no-such",
+               ok=False)  # INVALID_ARGUMENT: the server knows no such category
 
     with recsvc_serve(env, "--metrics-port", str(metrics_port)) as (address, _), \
             textfile_collector(jobs) as node_target, \
@@ -475,3 +476,4 @@ def test_a_real_prometheus_scrapes_recsvc_records_every_rule_and_alerts(
                 "recsvc_hints_total", "recsvc_model_info",
                 "recsvc_model_created_timestamp_seconds"} <= served
     assert time.monotonic() - started < 180
+

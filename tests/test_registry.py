@@ -96,6 +96,33 @@ def test_round_trip(registry: Registry, booster: lgb.Booster, tmp_path: Path) ->
     assert registry.names() == ["churn"] and registry.versions("churn") == ["v0001", "v0002"]
 
 
+def test_a_report_from_a_private_temporary_folder_gets_the_modes_new_files_get(
+    registry: Registry, booster: lgb.Booster
+) -> None:
+    """The training job writes its report in a tempfile folder (0700); the registry's copy must
+    be readable as any folder made here is (0o777 less the umask), not private."""
+    import stat
+    import tempfile
+
+    old = os.umask(0o027)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = Path(tmp)
+            (report / "plots").mkdir(mode=0o700)
+            (report / "report.md").write_text("# churn\n")
+            (report / "report.md").chmod(0o600)
+            (report / "plots" / "roc.png").write_bytes(b"png")
+            version = add(registry, booster, 0.8, report_dir=report)
+    finally:
+        os.umask(old)
+    copy = registry.report_dir("churn", version)
+    modes = {p.relative_to(copy).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [copy, *copy.rglob("*")]}
+    assert modes == {".": 0o750, "plots": 0o750, "report.md": 0o640, "plots/roc.png": 0o640}
+    assert (copy / "report.md").read_text() == "# churn\n"
+    assert (copy / "plots" / "roc.png").read_bytes() == b"png"
+
+
 def test_model_file_path_is_accepted(
     registry: Registry, booster: lgb.Booster, tmp_path: Path
 ) -> None:

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from recsvc.errors import ConfigError, FeatureStoreUnavailable
 from recsvc.metrics import ServiceMetrics
 from recsvc.serving import channel as callers
-from recsvc.serving import main as serving_main
+from recsvc.serving import client as serving_client
 from recsvc.serving import security
 from recsvc.serving.dataplane import Dataplane
 from recsvc.serving.server import create_server, mark_serving
@@ -180,7 +180,7 @@ def test_tls_and_mutual_tls(pki: dict[str, Path]) -> None:
         args = argparse.Namespace(address=address, timeout=5.0, tls_ca=pki["ca.crt"],
                                   tls_cert=pki["client.crt"], tls_key=pki["client.key"],
                                   token=TOKEN, call="churn", member_ids=[7])
-        assert await serving_main._client(args) == 0
+        assert await serving_client.call(args) == 0
 
     _serve(mutual, check_mutual)
 

@@ -7,8 +7,10 @@ every expected number is worked out here from the catalogue below and the stated
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from conftest import bad_request_field
 from recsvc.config import load_programme
 from recsvc.metrics import ServiceMetrics
 from recsvc.serving.dataplane import Catalogue, Dataplane
@@ -85,22 +88,28 @@ def expected(item: int, other: int, propensity: float | None) -> float:
     return s + 0.15 * propensity if propensity is not None else s / 0.85
 
 
+@contextlib.asynccontextmanager
+async def served(model: bool = True) -> AsyncIterator[str]:
+    """A started, SERVING server over the in-memory catalogue (a propensity model unless not
+    `model`); its address."""
+    metrics = ServiceMetrics(CollectorRegistry())
+    catalogue = Catalogue(TableSource(), lambda: list(ITEMS))
+    catalogue.refresh()
+    plane = Dataplane(TableSource(), Holder(None), metrics,  # type: ignore[arg-type]
+                      programme=P, catalogue=catalogue,
+                      propensity=Holder(Served("v-test", PriceScorer()) if model else None))
+    server, port, health = await create_server("127.0.0.1:0", RedemptionServicer(plane, metrics))
+    try:
+        await mark_serving(health)
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(grace=None)
+
+
 def serve(check: Callable[[Any], Awaitable[None]], model: bool = True) -> None:
     async def main() -> None:
-        metrics = ServiceMetrics(CollectorRegistry())
-        catalogue = Catalogue(TableSource(), lambda: list(ITEMS))
-        catalogue.refresh()
-        plane = Dataplane(TableSource(), Holder(None), metrics,  # type: ignore[arg-type]
-                          programme=P, catalogue=catalogue,
-                          propensity=Holder(Served("v-test", PriceScorer()) if model else None))
-        server, port, health = await create_server("127.0.0.1:0",
-                                                   RedemptionServicer(plane, metrics))
-        try:
-            await mark_serving(health)
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                await check(recsvc_pb2_grpc.RedemptionServiceStub(channel))
-        finally:
-            await server.stop(grace=None)
+        async with served(model) as address, grpc.aio.insecure_channel(address) as channel:
+            await check(recsvc_pb2_grpc.RedemptionServiceStub(channel))
 
     asyncio.run(main())
 
@@ -152,6 +161,19 @@ def test_without_a_model_alternates_come_from_the_catalogue_alone() -> None:
             [expected(13, a.item_id, None) for a in alts], abs=1e-12)
 
     serve(check, model=False)
+
+
+def test_a_category_the_catalogue_lacks_is_refused_with_the_ones_it_has() -> None:
+    async def check(stub: Any) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RecommendRedemptions(pb.RecommendRedemptionsRequest(
+                member_id=MEMBER, filters=pb.RecommendationFilters(categories=["toys", "garden"])))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_request_field(err.value) == "filters.categories[1]"
+        assert err.value.details() == ("filters.categories[1]: no category 'garden'; "
+                                       "one of ['books', 'home', 'toys']")
+
+    serve(check)
 
 
 def test_a_refresh_that_reads_the_same_items_keeps_the_load_and_a_change_replaces_it() -> None:
@@ -219,6 +241,8 @@ def test_a_full_collection_freezes_what_survived_it_and_a_sweep_unfreezes_all() 
         main.freeze_after_full_collections()
         main.freeze_after_full_collections()  # once only
         assert len(gc.callbacks) == len(before) + 1
+        # no sweep due yet, however long ago this process imported main (a long suite)
+        main._freezer.swept = time.monotonic()
         kept = [[k] for k in range(1000)]  # survives the collection
         gc.unfreeze()
         gc.collect(1)

@@ -4,7 +4,8 @@
                                       [--reads 300] [--redis-url redis://127.0.0.1:6379/15]
                                       [--compare-feast] [--data-dir DIR]
 
-Writes bench/results/features.json and bench/results/features.md. Redis is filled under a
+Writes features.json and features.md to bench/results/ when every option is at its default,
+else to a temporary folder, printed (benchutil); --out DIR writes there. Redis is filled under a
 project name of the benchmark's own, deleted afterwards (never FLUSHDB: it may be shared).
 """
 
@@ -29,14 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from benchutil import cpu_model, save_results  # a sibling module: run as training/<script>.py
+from benchutil import (  # a sibling module: run as training/<script>.py
+    OUT_HELP,
+    choose_out,
+    cpu_model,
+    save_results,
+)
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.features import compute, store
 from recsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 # FACTS.md, measured with Feast 0.67 on this kind of machine (100,000 members, 5,000 items).
 FACTS = {
@@ -251,8 +256,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep the data here (reusing its tables if any); default: a "
                              "temporary directory, removed afterwards")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     args = parser.parse_args()
+    args.out = choose_out(parser, args)  # before any default is filled in
     args.items = args.items or max(args.members // 20, 50)
 
     tmp = None if args.data_dir else Path(tempfile.mkdtemp(prefix="recsvc-bench-"))

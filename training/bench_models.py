@@ -16,7 +16,8 @@
     replicated and perturbed from the offline store (no I/O timed). Goal: >= 200,000
     members/s. Also with the compiled predictor swapped in for the booster.
 
-Writes bench/results/models.json and bench/results/models.md. `--quick` shrinks every size.
+Writes models.json and models.md to bench/results/ when every option is at its default, else
+to a temporary folder, printed (benchutil); --out DIR writes there. `--quick` shrinks every size.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchutil import cpu_model, save_results  # a sibling module: run as training/<script>.py
+from benchutil import (  # a sibling module: run as training/<script>.py
+    OUT_HELP,
+    choose_out,
+    cpu_model,
+    population,
+    save_results,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 TOLERANCE = 1e-6
 SIZES = (1, 50, 200, 1000)
 CATEGORICAL_CARDINALITIES = (3, 5, 8, 20, 60)  # one-hot (<= 8) and bitset splits both
@@ -277,8 +283,8 @@ def churn_context(data_dir: Path, args: argparse.Namespace) -> Any:
                         feast_project="recsvc_bench_models")
     quiet: Callable[[str], None] = lambda _: None  # noqa: E731
     start = time.perf_counter()
-    run_features(settings, load_programme(), members=args.sim_members, days=args.sim_days,
-                 seed=5, say=quiet)
+    run_features(settings, load_programme(), say=quiet,
+                 **population(data_dir, members=args.sim_members, days=args.sim_days, seed=5))
     ctx = open_context(settings)
     if ctx.registry.production("churn") is None:
         train_and_promote(ctx, ("churn",), as_of=None, horizon_days=90, say=quiet)
@@ -543,8 +549,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep the simulated programme here (reused when present); "
                              "default: a temporary directory, removed afterwards")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     args = parser.parse_args()
+    args.out = choose_out(parser, args)  # before any default is filled in
     if args.quick:
         args.rows, args.members = min(args.rows, 100_000), min(args.members, 20_000)
         args.reps = min(args.reps, 0.2)

@@ -8,8 +8,9 @@ Per store (SQLite, Redis): p50/p99 of one member (churn_v1) and of one member + 
 (propensity_v1), through `store.online_features` (the SDK, the member on every item row as
 one call) and through `OnlineReader` (the member once, the items apart, as the service reads),
 with the collector as it is and after `gc.freeze()`. The same random requests go to every path.
-Writes bench/results/online.json and bench/results/online.md. Redis is filled under a project
-name of the benchmark's own, deleted afterwards (never FLUSHDB: the server may be shared).
+Writes online.json and online.md to bench/results/ when every option is at its default, else
+to a temporary folder, printed (benchutil); --out DIR writes there. Redis is filled under a
+project name of the benchmark's own, deleted afterwards (never FLUSHDB: the server may be shared).
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from benchutil import cpu_model, save_results  # a sibling module: run as training/<script>.py
+from benchutil import (  # a sibling module: run as training/<script>.py
+    OUT_HELP,
+    choose_out,
+    cpu_model,
+    save_results,
+)
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.features import store
@@ -40,7 +46,6 @@ from recsvc.features.online import OnlineReader
 from recsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 ITEMS_PER_REQUEST = 200
 GOAL_P99_MS = 3.0  # 1 member + 200 items, from the brief
 Requests = list[tuple[int, list[int]]]  # (member, items) per read
@@ -241,8 +246,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep the data here (reusing its tables, snapshots and SQLite "
                              "store if any); default: a temporary directory, removed after")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     args = parser.parse_args()
+    args.out = choose_out(parser, args)  # before any default is filled in
     args.sqlite_project = "recsvc_bench_online"
 
     tmp = None if args.data_dir else Path(tempfile.mkdtemp(prefix="recsvc-bench-online-"))

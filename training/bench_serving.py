@@ -35,14 +35,17 @@ degraded answer is flagged; the idle single-call latency goes into the notes. --
 Every row also gives the server's CPU per answer: the CPU seconds of the server's process tree
 (/proc) over the row, warm-up included, divided by the answers.
 
-Writes bench/results/serving.json and bench/results/serving.md, with the goals as ratios to the
-floors measured in the same run. --profile runs each service row a second time, right
-after the first, under py-spy (`py-spy record --pid --subprocesses`; py-spy is in the lock)
-and writes the collapsed stacks under bench/results/profiles/ and their summary (the
-functions with the most self time, and the recsvc frames with the most inclusive time) into the
-report; the table's numbers come from the rows run without the profiler. --rows runs only the
-named rows and floors (e.g. `--rows echo,score,hint_500,hint_saturated`, no Feast SDK
-reference); with --out DIR an ad-hoc run leaves the committed results alone.
+Writes serving.json and serving.md, with the goals as ratios to the floors measured in the same
+run, to bench/results/ when every option is at its default (the run the committed numbers
+describe), else to a folder under the system's temporary directory, printed at the start
+(--quick, --rows, other sizes or durations: benchutil's one rule); --out DIR writes there.
+--profile runs each service row a second time, right after the first, under py-spy (`py-spy
+record --pid --subprocesses`; py-spy is pinned in requirements.lock, so `make install` puts it
+in .venv) and writes the collapsed stacks under the results folder's profiles/ and their
+summary (the functions with the most self time, and the recsvc frames with the most inclusive
+time) into the report; the table's numbers come from the rows run without the profiler. --rows
+runs only the named rows and floors (e.g. `--rows echo,score,hint_500,hint_saturated`, no Feast
+SDK reference).
 """
 
 from __future__ import annotations
@@ -75,11 +78,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-from benchutil import cpu_model, save_results  # a sibling module: run as training/<script>.py
+from benchutil import (  # a sibling module: run as training/<script>.py
+    OUT_HELP,
+    choose_out,
+    cpu_model,
+    population,
+    save_results,
+)
 from recsvc.v1 import recsvc_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 RECSVC = BIN / "recsvc"
 ECHO = Path(__file__).resolve().parent / "echo_server.py"
@@ -455,8 +463,9 @@ def production(env: dict[str, str], model: str) -> str | None:
 def prepare(args: argparse.Namespace, data_dir: Path, log: Path) -> dict[str, str | None]:
     """Tables and SQLite features (what `make run` does), models trained unless promoted."""
     env = service_env(data_dir, SQLITE_PROJECT, None)
-    if sh([str(RECSVC), "features", "--members", str(args.members), "--days", str(args.days),
-           "--seed", str(args.seed)], env, log):
+    sizes = population(data_dir, members=args.members, days=args.days, seed=args.seed)
+    if sh([str(RECSVC), "features", *(a for k, v in sizes.items() for a in (f"--{k}", str(v)))],
+          env, log):
         raise RuntimeError("recsvc features failed:\n" + tail(log))
     if not (production(env, "churn") and production(env, "propensity")):
         rc = sh([str(RECSVC), "train"], env, log)
@@ -941,8 +950,9 @@ def main() -> None:
     parser.add_argument("--rows", default="",
                         help="only these rows and floors, comma-separated (e.g. "
                         "echo,score,hint_500,hint_saturated); skips the Feast SDK reference")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     args = parser.parse_args()
+    args.out = choose_out(parser, args)  # before any default is filled in
     only = {r.strip() for r in args.rows.split(",") if r.strip()}
     q = args.quick
     args.members = args.members or (3_000 if q else 20_000)
@@ -951,7 +961,8 @@ def main() -> None:
     args.warmup = args.warmup if args.warmup is not None else (1.0 if q else 3.0)
     args.sdk_reads = args.sdk_reads or (200 if q else 1_000)
     if args.profile and py_spy() is None:
-        parser.error("--profile needs py-spy (pip install py-spy into .venv)")
+        parser.error(f"--profile needs py-spy in {BIN}: it is in requirements.lock, so "
+                     "`make install` installs it")
     if args.workers > 1:
         usage = subprocess.run([str(RECSVC), "serve", "--help"], capture_output=True,
                                text=True, check=False).stdout

@@ -35,8 +35,9 @@ seconds into a row and lasting `--fault` seconds:
 Per row: calls sent, calls failed by status code, degraded answers, p99 during the fault,
 recovery (the seconds from the fault's end to the last failed or degraded answer; 0: none
 after it ended) and the caps: nudges granted, grants over a cap, grants the cap store has no
-record of (each row nudges members of its own). Writes bench/results/chaos.{md,json}; exits
-1 when a call failed or a cap check found a grant over a cap or unrecorded.
+record of (each row nudges members of its own). Writes chaos.{md,json} to bench/results/ when
+every option is at its default, else to a temporary folder, printed (benchutil; --out DIR writes
+there); exits 1 when a call failed or a cap check found a grant over a cap or unrecorded.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ from bench_serving import (  # noqa: E402
     sh,
     tail,
 )
+from benchutil import OUT_HELP, choose_out  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 PROJECT = "recsvc_chaos"
 SERVICE = "recsvc.v1.RedemptionService"
 FAULTS = ("none,redis_sigstop,redis_restart,redis_restart_empty,worker_sigkill,model_swaps,"
@@ -639,8 +640,9 @@ def main() -> int:
     parser.add_argument("--no-retries", action="store_true",
                         help="callers without the advised service config (recsvc.serving."
                              "channel: calls retried on UNAVAILABLE, RESOURCE_EXHAUSTED)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     args = parser.parse_args()
+    args.out = choose_out(parser, args)  # before any default is filled in
     names = [f.strip() for f in args.faults.split(",") if f.strip()]
     unknown = set(names) - set(FAULTS.split(","))
     if unknown:

@@ -6,7 +6,9 @@ Starts `recsvc serve` on the default data (`make features && make train`) on a f
 builds requests from the descriptors the server reflects (tests/fuzzing.py, the generator the
 suite's test_fuzz.py runs 3,000 of: int64 extremes, unknown enum numbers, NaN, NUL, oversized
 and duplicated lists, unknown fields, known ids mixed in), sends them one at a time, and
-writes the table to bench/results/fuzz.{md,json}. Exits 1 when any call was answered INTERNAL
+writes the table to fuzz.{md,json}: in bench/results/ when every option is at its default (the
+make fuzz default N), else in a temporary folder, printed (benchutil); --out DIR writes there.
+Exits 1 when any call was answered INTERNAL
 or UNKNOWN, or the server stopped answering health checks.
 """
 
@@ -30,9 +32,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the suite's generator, one copy
 sys.path.insert(0, str(ROOT / "training"))
 
 from bench_serving import free_port, server, service_env  # noqa: E402
+from benchutil import OUT_HELP, choose_out  # noqa: E402
 from fuzzing import Fuzzer, reflected_methods  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 FAILING = ("INTERNAL", "UNKNOWN")
 
 
@@ -41,8 +43,9 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     args = parser.parse_args()
+    args.out = choose_out(parser, args)  # before any default is filled in
 
     from recsvc.data import schema
     from recsvc.serving.server import SERVICE_NAME

@@ -12,7 +12,7 @@
 //   const client = connect("127.0.0.1:50051");
 //   const hint = await call(client, "GetRedemptionHint", { member_id: "1", item_id: "1000" });
 //
-// Command line (a smoke test: all six RPCs and one bad request; prints JSON, exits 1 on any
+// Command line (a smoke test: all seven RPCs and one bad request; prints JSON, exits 1 on any
 // failure):
 //   node client.js ADDRESS [--member ID] [--item ID] [--deadline-ms MS] [--tls]
 //                  [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--token TOKEN]

@@ -13,6 +13,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recsvc.defaults import CHANNELS
 from recsvc.errors import ConfigError
 
 
@@ -133,7 +134,6 @@ class Inventory(_Section):
 
 
 NUDGE_KINDS = ("expiry", "expiry_urgent", "low_balance", "unlock_close", "item")
-CHANNELS = ("in_app", "push", "email", "sms")
 
 
 class NudgeCap(_Section):

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsvc.defaults import GRPC_ADDRESS
 from recsvc.errors import ConfigError
 
 
@@ -42,7 +43,7 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = None
     """Where batch jobs write their Prometheus textfiles; default <data_dir>/metrics."""
 
-    grpc_address: str = "127.0.0.1:50051"
+    grpc_address: str = GRPC_ADDRESS
     """Where `recsvc serve` listens (host:port; port 0 picks a free one)."""
 
     metrics_port: int = 9464

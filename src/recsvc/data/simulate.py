@@ -40,7 +40,7 @@ from recsvc.config import Programme, load_programme
 from recsvc.core import index as idx
 from recsvc.core import ledger, redemption
 from recsvc.core.ledger import US
-from recsvc.data import schema
+from recsvc.data import provenance, schema
 from recsvc.data.columns import NULL_US
 from recsvc.progress import Stopwatch, progress
 
@@ -377,9 +377,12 @@ class Simulator:
         self.p = programme
         self.days = days
         self.start = start
+        n_items = items if items is not None else int(min(3000, max(300, members // 10)))
+        # kept beside the tables (recsvc.data.provenance), so a later size can be compared
+        self.record = {"members": members, "days": days, "seed": seed,
+                       "start": start.isoformat(), "items": n_items, "abusers": abusers}
         self.rng = np.random.default_rng(seed)
         self.m = make_members(self.rng, members, days)
-        n_items = items if items is not None else int(min(3000, max(300, members // 10)))
         self.cat = make_catalogue(self.rng, n_items, programme, members)
         self.base_month = ledger.month_index(start) - 1
         horizon = (
@@ -822,6 +825,7 @@ class Simulator:
                     bar.update(1)
             self._write_members(out)
             acted = self._write_abusers(oracle)
+            provenance.write_record(out.staging, self.record)
         rows["members"] = self.m.n
         rows["items"] = self.cat.n
         return SimulationSummary(self.m.n, self.cat.n, self.days, rows, watch.seconds, acted)
@@ -921,7 +925,8 @@ def register(sub: Any) -> None:
         description=(
             "Simulate members of a loyalty-points programme day by day and write the canonical "
             "tables (members, items, item_days, orders, ledger, redemptions, exposures) under "
-            "OUT/tables, and the true probabilities under OUT/oracle (P(redeem) per exposure, "
+            "OUT/tables with the parameters in OUT/tables/simulation.json, and the true "
+            "probabilities under OUT/oracle (P(redeem) per exposure, "
             "P(no order in 90 days) per member at each month start, the planted points abusers). "
             "Members buy till they die "
             "(latent purchase rate and drop-out), earn points by the programme rules, lose "

@@ -24,7 +24,11 @@ from recsvc.config import Programme, load_programme
 from recsvc.errors import ConfigError, DataMissing
 from recsvc.settings import Settings, load_settings
 
+# the population simulated into an empty data directory: 18 months, the span of the real retail
+# logs recsvc is judged on, so the churn model has monthly cut-offs to learn from
 DEFAULT_MEMBERS = 20_000
+DEFAULT_DAYS = 540
+DEFAULT_SEED = 7
 MEMBERS_ENV = "RECSVC_SIM_MEMBERS"
 MAX_SNAPSHOT_EVERY_DAYS = 14  # the member views' ttl (28 days) must cover two periods
 
@@ -72,15 +76,20 @@ def run_features(
     programme: Programme,
     *,
     as_of: dt.date | None = None,
-    members: int = DEFAULT_MEMBERS,
-    days: int = 365,
-    seed: int = 7,
+    members: int | None = None,
+    days: int | None = None,
+    seed: int | None = None,
     snapshot_every_days: int = 7,
     force: bool = False,
     say: Callable[[str], None] = print,
 ) -> FeaturesRun:
-    """Run the whole job for `settings` (data dir, project, online store)."""
-    from recsvc.data import schema
+    """Run the whole job for `settings` (data dir, project, online store).
+
+    `members`, `days` and `seed` size the population simulated when there are no tables
+    (default DEFAULT_MEMBERS x DEFAULT_DAYS, seed DEFAULT_SEED); given while there are simulated
+    tables of another size, they are refused (provenance.PopulationMismatch), never ignored.
+    """
+    from recsvc.data import provenance, schema
     from recsvc.features import compute, store
     from recsvc.progress import Stopwatch
 
@@ -99,13 +108,16 @@ def run_features(
 
     # 1. Canonical tables: simulate a default population when there are none.
     if schema.has_tables(data_dir):
-        tell(f"tables: found under {schema.tables_dir(data_dir)}")
+        tell(provenance.check_population(data_dir, provenance.Size(members, days, seed)))
     elif not settings.simulate_when_empty:
         raise DataMissing(f"no tables under {schema.tables_dir(data_dir)}: import them with "
                           "`recsvc import-transactions` (RECSVC_SIMULATE_WHEN_EMPTY is off)")
     else:
         from recsvc.data.simulate import run_simulation
 
+        members = members if members is not None else DEFAULT_MEMBERS
+        days = days if days is not None else DEFAULT_DAYS
+        seed = seed if seed is not None else DEFAULT_SEED
         tell(f"tables: none under {schema.tables_dir(data_dir)}; simulating {members:,} members"
              f" x {days} days (seed {seed})")
         summary = run_simulation(data_dir, members=members, days=days, seed=seed,
@@ -201,10 +213,11 @@ def run_features(
 # --------------------------------------------------------------------------------------------
 
 
-def _default_members() -> int:
+def _default_members() -> int | None:
+    """$RECSVC_SIM_MEMBERS, a size asked for like --members; None when unset."""
     raw = os.environ.get(MEMBERS_ENV)
     if raw is None:
-        return DEFAULT_MEMBERS
+        return None
     try:
         return positive_int(raw)
     except argparse.ArgumentTypeError as exc:
@@ -217,11 +230,13 @@ def register(sub: Any) -> None:
         help="compute feature snapshots, register them with Feast and fill the online store",
         description=(
             "Build the feature platform from the canonical tables: simulate a default "
-            "population first when DATA_DIR has no tables, compute dated snapshots of the "
-            "feature views into DATA_DIR/features (Feast's Parquet offline store), apply the "
-            "definitions of feature_repo/ to the registry and materialise the latest snapshot "
-            "of every member and item into the online store (SQLite, or Redis when "
-            "RECSVC_REDIS_URL is set). Each step is skipped when its output is up to date."
+            "population first when DATA_DIR has no tables (a size given while there are "
+            "simulated tables of another size is refused, with how to start again), compute "
+            "dated snapshots of the feature views into DATA_DIR/features (Feast's Parquet "
+            "offline store), apply the definitions of feature_repo/ to the registry and "
+            "materialise the latest snapshot of every member and item into the online store "
+            "(SQLite, or Redis when RECSVC_REDIS_URL is set). Each step is skipped when its "
+            "output is up to date."
         ),
     )
     p.add_argument("--data-dir", type=Path, default=None,
@@ -231,10 +246,14 @@ def register(sub: Any) -> None:
                         "of the day of the latest event in the tables)")
     p.add_argument("--members", type=positive_int, default=None,
                    help=f"members to simulate when there are no tables (default "
-                        f"${MEMBERS_ENV} or {DEFAULT_MEMBERS})")
-    p.add_argument("--days", type=positive_int, default=365,
-                   help="days to simulate when there are no tables (default 365)")
-    p.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
+                        f"${MEMBERS_ENV} or {DEFAULT_MEMBERS}); refused when the simulated "
+                        "tables have another number")
+    p.add_argument("--days", type=positive_int, default=None,
+                   help=f"days to simulate when there are no tables (default {DEFAULT_DAYS}); "
+                        "refused when the simulated tables span another number")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"simulation seed (default {DEFAULT_SEED}); refused when the simulated "
+                        "tables recorded another")
     p.add_argument("--snapshot-every-days", type=positive_int, default=7,
                    help="a member snapshot at least this often, in days (default 7)")
     p.add_argument("--force", action="store_true",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import importlib.util
 import json
@@ -25,6 +26,7 @@ import logging
 import os
 import sqlite3
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -240,6 +242,7 @@ def open_store(settings: Settings, *, offline: bool = True) -> FeatureStore:
     `offline`, as the server opens it: online reads only, no offline engine loaded."""
     from feast import FeatureStore
 
+    _quiet_upstream()
     config = repo_config(settings, offline=offline)
     try:
         if offline:  # the jobs write what the `feast` CLI needs; the server reads only
@@ -248,6 +251,29 @@ def open_store(settings: Settings, *, offline: bool = True) -> FeatureStore:
         log.debug("not writing the CLI configuration: %s", exc)
     with feast_errors("open the feature store"):
         return FeatureStore(repo_path=str(config.repo_path), config=config)
+
+
+class _DropMessage(logging.Filter):
+    """Drops a library's log records that start with `prefix`; every other record passes."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+@functools.cache
+def _quiet_upstream() -> None:
+    """Silence two upstream messages that tell a user nothing, once per process and nothing
+    else: Feast logs "Registry cache expired, so refreshing" at INFO on every first read of
+    the registry (nine times in `make run`), and ibis 12 calls DuckDB 2's deprecated
+    `fetch_arrow_table()` on every offline query (a DeprecationWarning a user cannot act on)."""
+    logging.getLogger("feast.infra.registry.registry").addFilter(
+        _DropMessage("Registry cache expired"))
+    warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated",
+                            category=DeprecationWarning, module=r"ibis\.backends\.duckdb")
 
 
 # --------------------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ class FileStore:
             for name, data in files.items():
                 _write_synced(tmp / name, data)
             for name, source in trees.items():
-                shutil.copytree(source, tmp / name)
+                _copy_tree(Path(source), tmp / name)
             _fsync_dir(tmp)
             os.rename(tmp, target)
         except BaseException:
@@ -228,6 +228,18 @@ class FileStore:
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy the folders and files of `source` to `target` with the modes new ones get here
+    (0o777 / 0o666 less the umask), not the source's: `shutil.copytree` copies each folder's
+    mode, and a report written in a private temporary folder (0700) became a folder that
+    only its owner could read in the registry."""
+    for folder, _, files in os.walk(source):
+        here = target / Path(folder).relative_to(source)
+        here.mkdir()
+        for name in files:
+            shutil.copyfile(Path(folder) / name, here / name)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ from recsvc.core.ledger import DAY_US, instant
 from recsvc.data import schema
 from recsvc.data.columns import as_i64, as_us
 from recsvc.settings import load_settings
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 I64 = npt.NDArray[np.int64]
 MONTH_US = core.MONTH_DAYS * DAY_US
@@ -283,7 +286,9 @@ def markdown(programme: Programme, loaded: Loaded, a: core.Assessment, counts: d
         total = len(np.flatnonzero(_section_mask(a, title)))
         lines += [f"## {title} ({total:,}; the first {min(top, total)})", ""]
         lines += [*_table(header, [row(i) for i in chosen]), ""] if chosen else ["None.", ""]
-    lines += ["![value coefficient × redemption rate](catalogue.png)", ""]
+    seen = int(plotted(a).sum())
+    lines += ["![value coefficient × redemption rate](catalogue.png)", "",
+              f"The plot shows {plotted_note(seen, len(h))}.", ""]
     return "\n".join(lines)
 
 
@@ -293,23 +298,43 @@ def _section_mask(a: core.Assessment, title: str) -> npt.NDArray[np.bool_]:
             "Delisting candidates": a.delist}[title]
 
 
-def plot(programme: Programme, loaded: Loaded, a: core.Assessment, path: Path) -> None:
-    """Value coefficient × redemption rate, the vacuum threshold, flagged items marked."""
+def plotted(a: core.Assessment) -> npt.NDArray[np.bool_]:
+    """The items the plot can place: those with a redemption rate, i.e. viewed in the forecast
+    months (an item nobody was shown has no rate, so no height)."""
+    return ~np.isnan(a.redemption_rate)
+
+
+def plotted_note(shown: int, total: int) -> str:
+    """'1,958 of 1,963 items; 5 not viewed in the last 3 months are not plotted': what the plot
+    holds against what the report counts, so that the two never disagree without saying why."""
+    if shown == total:
+        return f"{total:,} items"
+    return (f"{shown:,} of {total:,} items; {total - shown:,} not viewed in the last "
+            f"{core.FORECAST_MONTHS} months {'is' if total - shown == 1 else 'are'} not plotted")
+
+
+PLOTTED_FLAGS = (("slow_mover", "s", "tab:orange"), ("price_cut", "v", "tab:purple"),
+                 ("delist", "x", "tab:red"), ("popular_out_of_stock", "*", "tab:blue"))
+
+
+def plot(programme: Programme, loaded: Loaded, a: core.Assessment, path: Path) -> Figure:
+    """Value coefficient × redemption rate, the vacuum threshold, flagged items marked; every
+    count in the legend is the report's, with how many of them the plot could place."""
     from matplotlib.figure import Figure  # object API: no global state, Agg canvas
 
     fig = Figure(figsize=(8.0, 5.5))
     ax = fig.subplots()
     x, y = a.value_coefficient, a.redemption_rate
-    seen = ~np.isnan(y)
-    ax.scatter(x[seen], y[seen], s=10, c="0.75", label=f"items ({int(seen.sum()):,} viewed)")
-    for flag, marker, colour in (("slow_mover", "s", "tab:orange"),
-                                 ("price_cut", "v", "tab:purple"),
-                                 ("delist", "x", "tab:red"),
-                                 ("popular_out_of_stock", "*", "tab:blue")):
-        mask = getattr(a, flag) & seen
-        if mask.any():
+    seen = plotted(a)
+    ax.scatter(x[seen], y[seen], s=10, c="0.75",
+               label=plotted_note(int(seen.sum()), len(loaded.history)))
+    for flag, marker, colour in PLOTTED_FLAGS:
+        flagged = getattr(a, flag)
+        mask = flagged & seen
+        if flagged.any():
+            what = FLAGS[flag].split(" (")[0]
             ax.scatter(x[mask], y[mask], s=40 if marker == "*" else 22, marker=marker, c=colour,
-                       label=f"{FLAGS[flag].split(' (')[0]} ({int(mask.sum()):,})")
+                       label=f"{what} ({_legend_count(int(mask.sum()), int(flagged.sum()))})")
     cut = a.price_cut & seen
     for i in np.flatnonzero(cut)[:50]:  # where the suggested price would move them
         ax.annotate("", (a.value_coefficient_after[i], y[i]), (x[i], y[i]),
@@ -321,6 +346,12 @@ def plot(programme: Programme, loaded: Loaded, a: core.Assessment, path: Path) -
     ax.set_title(f"Catalogue as of {(loaded.as_of - dt.timedelta(days=1)).date()}")
     ax.legend(loc="upper right", fontsize=8)
     fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
+    return fig
+
+
+def _legend_count(shown: int, total: int) -> str:
+    """A flag's count for the legend: the report's, and how many are plotted when not all."""
+    return f"{total:,}" if shown == total else f"{total:,}, {shown:,} plotted"
 
 
 def catalogue_report(data_dir: Path, programme: Programme, *, as_of: dt.date | None = None,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.config import CHANNELS, Arm, Programme
+from recsvc.config import Arm, Programme
 from recsvc.core import cart, fraud, ranking, redemption, segments
 from recsvc.core import catalogue as core_catalogue
 from recsvc.core import index as idx
@@ -27,6 +27,7 @@ from recsvc.core import nudges as core_nudges
 from recsvc.core.experiments import ArmAssigner, hint_threshold
 from recsvc.core.index import IndexFactors
 from recsvc.core.redemption import Reason
+from recsvc.defaults import CHANNELS, DEFAULT_RECOMMENDATIONS, MAX_RECOMMENDATIONS
 from recsvc.errors import (
     CapStoreUnavailable,
     FeatureStoreUnavailable,
@@ -50,8 +51,6 @@ MEMBER_SERVICE = "redemption_v1"
 CHURN_SERVICE = "churn_v1"
 MAX_CHURN_BATCH = 1000
 MAX_HINT_BATCH = 100
-DEFAULT_RECOMMENDATIONS = 20
-MAX_RECOMMENDATIONS = 200
 MEMBER_INPUTS_KEPT = 50_000  # member Contexts (profile, model inputs) kept between calls
 WANTED_ITEMS = 5  # the cart's advice compares the points' value here with these items'
 TOP_DRIVERS = 3
@@ -733,7 +732,10 @@ class Dataplane:
         known = set(items.core.category.tolist())
         for k, category in enumerate(req.categories):
             if category not in known:
-                raise InvalidArgument(f"filters.categories[{k}]", f"no category {category!r}")
+                # the valid names in the answer: a caller learns them from the first mistake
+                raise InvalidArgument(f"filters.categories[{k}]",
+                                      f"no category {category!r}; one of "
+                                      f"{sorted(c for c in known if c)}")
         degraded: list[str] = []
         ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
                             read)

@@ -1,11 +1,10 @@
-"""`recsvc serve` and `recsvc client`: run the service, and call it from a terminal."""
+"""`recsvc serve`: run the service (`recsvc client`, which calls it, is serving.client)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -13,12 +12,11 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from recsvc.config import CHANNELS
+from recsvc.defaults import GRPC_ADDRESS
 from recsvc.errors import RecsvcError
 from recsvc.settings import load_settings
 
@@ -274,8 +272,8 @@ def serve(address: str | None = None, metrics_port: int | None = None,
         for name, version in first["models"].items():
             print(f"  {name} model: {version or 'none (degraded)'}")
         print(f"  catalogue: {first['items']:,} items in memory")
-        print(f"  try: recsvc client --address {address} recommend 1  (.venv/bin/recsvc in "
-              "a checkout)", flush=True)
+        print(f"  try: recsvc client --address {address} recommend 66 --limit 5  "
+              "(.venv/bin/recsvc in a checkout)", flush=True)
         while not stopping:
             time.sleep(0.2)
             while not ready.empty():
@@ -318,87 +316,8 @@ def _stop(procs: list[Any], serving: set[int]) -> int:
     return 1 if failed else 0
 
 
-def _context(args: argparse.Namespace) -> Any:
-    from recsvc.v1 import recsvc_pb2 as pb
-
-    ctx = pb.RequestContext(experiment_arm=args.arm or "")
-    if args.balance is not None:
-        ctx.points_balance = args.balance
-    return ctx
-
-
-def _cart_line(text: str) -> Any:
-    """ITEM:UNIT_PRICE_MINOR[:QUANTITY[:cash]] -> a CartLine ("cash": not points-eligible)."""
-    from recsvc.v1 import recsvc_pb2 as pb
-
-    parts = text.split(":")
-    try:
-        if not 2 <= len(parts) <= 4 or (len(parts) == 4 and parts[3] != "cash"):
-            raise ValueError
-        return pb.CartLine(item_id=int(parts[0]), unit_price_minor=int(parts[1]),
-                           quantity=int(parts[2]) if len(parts) > 2 else 1,
-                           points_eligible=len(parts) < 4)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected ITEM:UNIT_PRICE_MINOR[:QUANTITY[:cash]]") from None
-
-
-def _request(args: argparse.Namespace) -> tuple[str, Any]:
-    """The RPC to call and its request, from the command line."""
-    from recsvc.v1 import recsvc_pb2 as pb
-
-    if args.call == "churn":
-        return (("GetChurnRisk", pb.GetChurnRiskRequest(member_id=args.member_ids[0]))
-                if len(args.member_ids) == 1 else
-                ("BatchGetChurnRisk", pb.BatchGetChurnRiskRequest(member_ids=args.member_ids)))
-    if args.call == "hint":
-        if len(args.item_ids) == 1:
-            return "GetRedemptionHint", pb.GetRedemptionHintRequest(
-                member_id=args.member_id, item_id=args.item_ids[0], context=_context(args))
-        return "BatchGetRedemptionHints", pb.BatchGetRedemptionHintsRequest(
-            member_id=args.member_id, item_ids=args.item_ids, context=_context(args))
-    if args.call == "nudges":
-        return "GetNudges", pb.GetNudgesRequest(
-            member_id=args.member_id, context=_context(args), dry_run=args.dry_run,
-            channel=pb.Channel.Value(f"CHANNEL_{args.channel.upper()}"))
-    if args.call == "recommend":
-        return "RecommendRedemptions", pb.RecommendRedemptionsRequest(
-            member_id=args.member_id, limit=args.limit, context=_context(args),
-            filters=pb.RecommendationFilters(categories=args.category or [],
-                                             max_points_price=args.max_points_price,
-                                             affordable_only=args.affordable_only))
-    return "OptimizeCartSplit", pb.OptimizeCartSplitRequest(
-        member_id=args.member_id, lines=args.lines, context=_context(args))
-
-
-async def _client(args: argparse.Namespace) -> int:
-    import grpc
-    from google.protobuf.json_format import MessageToDict
-
-    from recsvc.serving import channel as callers
-    from recsvc.v1 import recsvc_pb2_grpc
-
-    rpc, request = _request(args)
-    token = args.token or os.environ.get("RECSVC_CLIENT_TOKEN")
-    async with callers.client_channel(args.address, ca=args.tls_ca, cert=args.tls_cert,
-                                       key=args.tls_key) as channel:
-        stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
-        try:
-            reply: Any = await getattr(stub, rpc)(request, timeout=args.timeout,
-                                                  metadata=callers.bearer(token))
-        except grpc.aio.AioRpcError as exc:
-            print(f"recsvc client: {rpc}: {exc.code().name}: {exc.details()}")
-            return 1
-    print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=2))
-    return 0
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.address, args.metrics_port, args.workers, args.verbose)
-
-
-def _cmd_client(args: argparse.Namespace) -> int:
-    return asyncio.run(_client(args))
 
 
 def register(sub: Any) -> None:
@@ -408,54 +327,11 @@ def register(sub: Any) -> None:
                                    "SIGTERM drains: health turns NOT_SERVING, then calls get "
                                    f"{GRACE_SECONDS:.0f} s to finish.")
     p.add_argument("--address", default=None,
-                   help="host:port to listen on (default $RECSVC_GRPC_ADDRESS or "
-                        "127.0.0.1:50051; port 0 picks a free port)")
+                   help=f"host:port to listen on (default $RECSVC_GRPC_ADDRESS or "
+                        f"{GRPC_ADDRESS}; port 0 picks a free port)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="Prometheus port (default $RECSVC_METRICS_PORT or 9464; 0: none)")
     p.add_argument("--workers", type=int, default=None,
                    help="server processes sharing the port (default $RECSVC_WORKERS or 1); "
                         "one per core uses them all")
     p.set_defaults(func=_cmd_serve)
-    c = sub.add_parser("client", help="call the service from a terminal",
-                       description="A small client for people and smoke tests: one sub-command "
-                                   "per RPC, the answer printed as JSON. Money is in minor units "
-                                   "(cents).")
-    c.add_argument("--address", default="127.0.0.1:50051")
-    c.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
-    c.add_argument("--tls-ca", type=Path, default=None,
-                   help="CA bundle (PEM) to trust: speak TLS to the server")
-    c.add_argument("--tls-cert", type=Path, default=None,
-                   help="client certificate (PEM), for a server that asks mutual TLS")
-    c.add_argument("--tls-key", type=Path, default=None, help="the client certificate's key")
-    c.add_argument("--token", default=None,
-                   help="bearer token (default: $RECSVC_CLIENT_TOKEN)")
-    calls = c.add_subparsers(dest="call", required=True, metavar="CALL")
-    churn = calls.add_parser("churn", help="GetChurnRisk, or BatchGetChurnRisk for several ids")
-    churn.add_argument("member_ids", type=int, nargs="+")
-    member_calls = (
-        calls.add_parser("hint", help="GetRedemptionHint, or BatchGetRedemptionHints for "
-                                      "several items"),
-        calls.add_parser("recommend", help="RecommendRedemptions: the best ways to spend "
-                                           "the member's points"),
-        calls.add_parser("cart", help="OptimizeCartSplit: the points/cash split of an order"),
-        calls.add_parser("nudges", help="GetNudges: the reminders due to the member now, "
-                                        "within the frequency caps"),
-    )
-    for call in member_calls:
-        call.add_argument("member_id", type=int)
-        call.add_argument("--balance", type=int, default=None,
-                          help="the member's live points balance (default: the store's)")
-        call.add_argument("--arm", default="", help="force an experiment arm")
-    hint, recommend, cart, nudge = member_calls
-    hint.add_argument("item_ids", type=int, nargs="+")
-    recommend.add_argument("--limit", type=int, default=0, help="1-200 (default 20)")
-    recommend.add_argument("--category", action="append", help="only this category (repeat)")
-    recommend.add_argument("--max-points-price", type=int, default=0)
-    recommend.add_argument("--affordable-only", action="store_true")
-    cart.add_argument("lines", type=_cart_line, nargs="+",
-                      metavar="ITEM:UNIT_PRICE_MINOR[:QUANTITY[:cash]]",
-                      help='an order line; ":cash" marks a line points may not pay for')
-    nudge.add_argument("--channel", choices=CHANNELS, default="in_app")
-    nudge.add_argument("--dry-run", action="store_true",
-                       help="preview: do not count the nudges against their caps")
-    c.set_defaults(func=_cmd_client)

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from recsvc.cliargs import date_arg, end_of_day
-from recsvc.config import CHANNELS
+from recsvc.defaults import CHANNELS
 from recsvc.errors import DataMissing
 from recsvc.settings import load_settings
 
 log = logging.getLogger(__name__)
 
+OUT_DIR = "nudges"  # under the data directory: the CSVs of runs without --out
 RPC = "nudges_batch"  # the label its degraded answers are counted under
 COLUMNS = ("member_id", "kind", "points", "expires_at", "option_item_ids", "unlock_category",
            "spend_to_unlock_minor", "message")
@@ -191,14 +192,21 @@ def run_nudges(ctx: Any, *, as_of: dt.datetime, out: Path, channel: str = "push"
     return NudgesRun(len(member_ids), rows, capped, degraded, watch.seconds, version or "", out)
 
 
+def default_out(data_dir: Path, as_of: dt.date) -> Path:
+    """Where a run writes without --out: under the data directory, one file per as-of day, so
+    a job run from the repository (`make nudges`) leaves nothing in the working tree."""
+    return Path(data_dir) / OUT_DIR / f"nudges-{as_of.isoformat()}.csv"
+
+
 def _cmd_nudges(args: argparse.Namespace) -> int:
     from recsvc.metrics import recorded_job
     from recsvc.models.jobs import open_context
 
     settings = load_settings()
+    out = args.out if args.out is not None else default_out(settings.data_dir, args.as_of)
     with recorded_job(settings.job_metrics_dir / "recsvc_nudges.prom", "nudges") as run:
         ctx = open_context(settings)
-        result = run_nudges(ctx, as_of=end_of_day(args.as_of), out=args.out,
+        result = run_nudges(ctx, as_of=end_of_day(args.as_of), out=out,
                             channel=args.channel, dry_run=args.dry_run)
         run.rows = result.rows
     return 0
@@ -215,7 +223,8 @@ def register(sub: Any) -> None:
                     + ",".join(COLUMNS) + " (option_item_ids space-separated).")
     p.add_argument("--as-of", type=date_arg, required=True,
                    help="decide as of the end of this day, YYYY-MM-DD")
-    p.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"the CSV to write (default DATA_DIR/{OUT_DIR}/nudges-AS_OF.csv)")
     p.add_argument("--channel", choices=CHANNELS, default="push",
                    help="the channel the nudges go out on (default push)")
     p.add_argument("--dry-run", action="store_true",

@@ -13,12 +13,14 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from recsvc.errors import ConfigError
-from recsvc.settings import Settings
+
+if TYPE_CHECKING:  # `recsvc client` reads files with read_file: no pydantic on its path
+    from recsvc.settings import Settings
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DENIED = "a valid bearer token is required"

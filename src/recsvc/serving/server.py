@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from recsvc.errors import FeatureStoreUnavailable
 from recsvc.metrics import ServiceMetrics
@@ -51,8 +51,7 @@ async def create_server(
     recsvc_pb2_grpc.add_RedemptionServiceServicer_to_server(servicer, server)
     health_servicer = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    enable_reflection(server, (SERVICE_NAME, HEALTH_SERVICE))
     port = (server.add_secure_port(address, credentials) if credentials is not None
             else server.add_insecure_port(address))
     if port == 0:
@@ -69,6 +68,30 @@ async def create_server(
         await health_servicer.set(name, _STATUS.NOT_SERVING)
     await server.start()
     return server, port, health_servicer
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+REFLECTION_SERVICES = (REFLECTION_V1, reflection.SERVICE_NAME)
+
+
+def enable_reflection(server: grpc.aio.Server, services: Sequence[str]) -> None:
+    """Server reflection under both names callers ask for: grpc.reflection.v1, which buf curl
+    and grpcurl try first, and v1alpha, which older tools (and grpcio's own client) speak.
+
+    grpcio-reflection ships only the v1alpha servicer, so the same servicer also answers under
+    the v1 name: the two protos differ only in their package (every message, field number,
+    type and oneof is the same, both proto3), so their messages are the same bytes. Symbols
+    resolve from the default descriptor pool, which holds google.rpc.Status and BadRequest
+    because errors.py imports them: grpcurl decodes a BadRequest detail through them.
+    """
+    servicer = reflection.aio.ReflectionServicer((*services, *REFLECTION_SERVICES))
+    handlers = {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}
+    for name in REFLECTION_SERVICES:  # as generated add_*Servicer_to_server functions do
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)
 
 
 def _channelz_servers() -> set[int]:

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from recsvc.config import CHANNELS
 from recsvc.core import fraud
 from recsvc.core import nudges as core_nudges
+from recsvc.defaults import CHANNELS
 from recsvc.errors import DeadlineExceeded, Overloaded
 from recsvc.metrics import ServiceMetrics
 from recsvc.serving import bounds, converters, errors
