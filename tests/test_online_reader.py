@@ -428,3 +428,28 @@ def test_sqlite_reads_without_waiting_until_a_writer_holds_the_lock(
         writer.close()
     assert reader.read_nowait("churn_v1", "member_id", ids) == after
     reader.close()
+
+
+def test_a_cached_read_is_its_held_rows_until_they_change(sqlite_store: Any) -> None:
+    """A read answered from the cache carries the held rows themselves, so the dataplane tells
+    an unchanged member by identity (its `snapshot`) without building columns; the columns it
+    builds on demand are copies; a commit gives a read with another snapshot."""
+    from recsvc.serving.dataplane import snapshot
+
+    reader = OnlineReader.from_store(sqlite_store)
+    ids = [WRITTEN_MEMBER]
+    first = reader.read_nowait("churn_v1", "member_id", ids)
+    again = reader.read_nowait("churn_v1", "member_id", ids)
+    assert isinstance(first, online.HeldColumns) and isinstance(again, online.HeldColumns)
+    assert again.rows[0] is first.rows[0] and snapshot(again) == snapshot(first)
+    assert dict(again) == dict(first) == dict(reader.read_service("churn_v1", "member_id", ids))
+    name = "member_points__points_balance"
+    first[name].append(-1)  # a caller changing what it got changes nothing held
+    assert reader.read_nowait("churn_v1", "member_id", ids)[name] == again[name]
+    balance = int(time.time() * 1000) + 13
+    _write(sqlite_store, "member_points", WRITTEN_MEMBER, {"points_balance": balance},
+           dt.datetime.now(dt.UTC))
+    after = reader.read_nowait("churn_v1", "member_id", ids)
+    assert after is not None and snapshot(after) != snapshot(again)
+    assert after[name] == [balance]
+    reader.close()

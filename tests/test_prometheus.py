@@ -477,3 +477,23 @@ def test_a_real_prometheus_scrapes_recsvc_records_every_rule_and_alerts(
                 "recsvc_model_created_timestamp_seconds"} <= served
     assert time.monotonic() - started < 180
 
+
+def test_remembered_series_are_the_metrics_own_and_count_the_same() -> None:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from recsvc.metrics import remembered
+
+    registry = CollectorRegistry()
+    calls = remembered(Counter("t_calls_total", "calls", ["rpc", "code"], registry=registry))
+    took = remembered(Histogram("t_seconds", "took", ["rpc"], registry=registry))
+    first = calls.labels("Hint", "OK")
+    assert calls.labels("Hint", "OK") is first
+    assert calls.labels("Hint", "INTERNAL") is not first
+    for _ in range(3):
+        calls.labels("Hint", "OK").inc()
+        took.labels("Hint").observe(0.002)
+    assert registry.get_sample_value("t_calls_total", {"rpc": "Hint", "code": "OK"}) == 3
+    assert registry.get_sample_value("t_calls_total", {"rpc": "Hint", "code": "INTERNAL"}) == 0
+    assert registry.get_sample_value("t_seconds_count", {"rpc": "Hint"}) == 3
+    with pytest.raises(ValueError):  # still checked the first time: a wrong number of values
+        calls.labels("Hint")

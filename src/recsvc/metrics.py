@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import write_to_textfile
@@ -23,19 +24,44 @@ LATENCY_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
                    0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+def remembered(metric: M) -> M:
+    """`metric` whose `labels(...)` answers from a dict after the first call with the same
+    values: prometheus-client checks the values and takes a lock on every call, and a hint asks
+    for four series. A series stays the same object while the metric is not cleared, and
+    recsvc never clears or removes one. Positional label values only."""
+    children: dict[tuple[str, ...], Any] = {}
+    labels = metric.labels
+
+    def cached(*values: str) -> Any:
+        child = children.get(values)
+        if child is None:
+            child = children[values] = labels(*values)
+        return child
+
+    metric.labels = cached  # type: ignore[method-assign]
+    return metric
+
+
 class ServiceMetrics:
-    """The gRPC service's metrics, registered on the registry passed in (one per test)."""
+    """The gRPC service's metrics, registered on the registry passed in (one per test); the
+    families asked on every call remember their series (`remembered`)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("recsvc_requests_total", "RPCs answered, by RPC and status code.",
-                                ["rpc", "code"], registry=registry)
-        self.latency = Histogram("recsvc_request_duration_seconds", "RPC latency, server side.",
-                                 ["rpc"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.requests = remembered(Counter("recsvc_requests_total",
+                                           "RPCs answered, by RPC and status code.",
+                                           ["rpc", "code"], registry=registry))
+        self.latency = remembered(Histogram("recsvc_request_duration_seconds",
+                                            "RPC latency, server side.", ["rpc"],
+                                            buckets=LATENCY_BUCKETS, registry=registry))
         self.feature_read = Histogram("recsvc_feature_read_duration_seconds",
                                       "Online feature reads.", ["service"],
                                       buckets=LATENCY_BUCKETS, registry=registry)
-        self.predict = Histogram("recsvc_model_predict_duration_seconds", "Model scoring.",
-                                 ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.predict = remembered(Histogram("recsvc_model_predict_duration_seconds",
+                                            "Model scoring.", ["model"],
+                                            buckets=LATENCY_BUCKETS, registry=registry))
         self.degraded = Counter("recsvc_degraded_answers_total",
                                 "Answers given from safe defaults, by RPC and reason.",
                                 ["rpc", "reason"], registry=registry)
@@ -46,9 +72,10 @@ class ServiceMetrics:
         self.model_created = Gauge("recsvc_model_created_timestamp_seconds",
                                    "When the model version being served was trained.", ["model"],
                                    registry=registry, multiprocess_mode="livemax")
-        self.hints = Counter("recsvc_hints_total",
-                             "Hints answered, by experiment arm and whether points were better.",
-                             ["arm", "points_better"], registry=registry)
+        self.hints = remembered(Counter(
+            "recsvc_hints_total",
+            "Hints answered, by experiment arm and whether points were better.",
+            ["arm", "points_better"], registry=registry))
         self.cart_points = Counter("recsvc_cart_points_recommended_total",
                                    "Points the cart splits told members to use, by experiment "
                                    "arm and the rule that bound.", ["arm", "binding_rule"],

@@ -26,7 +26,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -62,13 +62,13 @@ class OnlineReader(Protocol):
     """Online feature values of entities, by view or by feature service."""
 
     def read(self, view_names: Sequence[str], entity_key: str,
-             ids: Sequence[Any]) -> dict[str, list[Any]]:
+             ids: Sequence[Any]) -> Mapping[str, list[Any]]:
         """All features of the views for the ids (all views keyed by `entity_key`), as
         {"<view>__<feature>": [value per id, None where missing]}; no join-key column."""
         ...
 
     def read_service(self, service_name: str, entity_key: str,
-                     ids: Sequence[Any]) -> dict[str, list[Any]]:
+                     ids: Sequence[Any]) -> Mapping[str, list[Any]]:
         """The service's features of the views keyed by `entity_key`, named as the SDK names
         them ("<view or alias>__<feature>"): a member's and the items' parts of one service
         are read separately, the member once rather than on every item row."""
@@ -370,7 +370,7 @@ class RowCache:
     def size(self) -> int:
         return sum(len(t) for t in list(self.rows.values()))
 
-    def peek(self, plan: Plan, keys: list[bytes]) -> dict[str, list[Any]] | None:
+    def peek(self, plan: Plan, keys: list[bytes]) -> HeldColumns | None:
         """The plan's columns for `keys` if every row is held, else None (nothing fetched)."""
         table = self.rows.get(id(plan))
         if table is None:
@@ -382,15 +382,10 @@ class RowCache:
                 return None
             rows.append(row)
         self.hits += len(keys)
-        return self._columns(plan, rows)
-
-    @staticmethod
-    def _columns(plan: Plan, rows: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
-        return {c.name: list(values) if c.scalar else [_copy(v) for v in values]
-                for c, values in zip(plan.columns, zip(*rows, strict=True), strict=True)}
+        return HeldColumns(plan, tuple(rows))
 
     def read(self, plan: Plan, keys: list[bytes],
-             fetch: Callable[[Plan, list[bytes]], list[Any]]) -> dict[str, list[Any]]:
+             fetch: Callable[[Plan, list[bytes]], list[Any]]) -> HeldColumns:
         """The plan's columns for `keys`, fetching the rows not held; fetched rows are kept
         unless rows were dropped while the fetch ran (what it read may predate the change)."""
         table = self.rows.setdefault(id(plan), {})
@@ -414,7 +409,45 @@ class RowCache:
                     table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
                 table.update(fresh)
             held.update(fresh)
-        return self._columns(plan, [held[k] for k in keys])
+        return HeldColumns(plan, tuple(held[k] for k in keys))
+
+
+class HeldColumns(Mapping[str, list[Any]]):
+    """A cached read: the plan's columns, built on first use from the rows the cache holds
+    (`rows`, one per key asked, the held tuples themselves). A caller that kept what it derived
+    from an earlier read tells that nothing changed by comparing `rows` (tuples compare their
+    items by identity first: an unchanged member costs one comparison and no columns). The
+    columns are copies: a caller that changes them changes nothing held."""
+
+    __slots__ = ("_built", "_plan", "rows")
+
+    def __init__(self, plan: Plan, rows: tuple[tuple[Any, ...], ...]) -> None:
+        self._plan = plan
+        self.rows = rows
+        self._built: dict[str, list[Any]] | None = None
+
+    @property
+    def snapshot(self) -> tuple[Any, ...]:
+        """The read as one immutable value, the columns asked and the rows held, equal to
+        another read's exactly when their columns are (compared by identity first)."""
+        return (self._plan.columns, self.rows)
+
+    def columns(self) -> dict[str, list[Any]]:
+        if self._built is None:
+            rows = self.rows
+            self._built = {c.name: list(values) if c.scalar else [_copy(v) for v in values]
+                           for c, values in zip(self._plan.columns, zip(*rows, strict=True),
+                                                strict=True)}
+        return self._built
+
+    def __getitem__(self, name: str) -> list[Any]:
+        return self.columns()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns())
+
+    def __len__(self) -> int:
+        return len(self._plan.columns)
 
 
 def _decode(plan: Plan, slots: list[Any]) -> dict[str, list[Any]]:
@@ -505,14 +538,14 @@ class _BaseReader(OnlineReader):
 
     # ---- reads ---------------------------------------------------------------------------
     def read(self, view_names: Sequence[str], entity_key: str,
-             ids: Sequence[Any]) -> dict[str, list[Any]]:
+             ids: Sequence[Any]) -> Mapping[str, list[Any]]:
         return self._read(self._views_plan(tuple(view_names), entity_key), ids)
 
     def read_service(self, service_name: str, entity_key: str,
-                     ids: Sequence[Any]) -> dict[str, list[Any]]:
+                     ids: Sequence[Any]) -> Mapping[str, list[Any]]:
         return self._read(self._service_plan(service_name, entity_key), ids)
 
-    def _read(self, plan: Plan, ids: Sequence[Any]) -> dict[str, list[Any]]:
+    def _read(self, plan: Plan, ids: Sequence[Any]) -> Mapping[str, list[Any]]:
         columns = plan.columns
         if not ids:
             return {c.name: [] for c in columns}
@@ -703,7 +736,7 @@ class RedisReader(_BaseReader):
             self._tracking = _Tracking(client, prefixes, self._suffix, self.cache)
         super().__init__(views, services, project)
 
-    def _read(self, plan: Plan, ids: Sequence[Any]) -> dict[str, list[Any]]:
+    def _read(self, plan: Plan, ids: Sequence[Any]) -> Mapping[str, list[Any]]:
         if not ids or self._tracking is None:
             return super()._read(plan, ids)
         keys = plan.codec.keys(ids)
@@ -713,7 +746,7 @@ class RedisReader(_BaseReader):
             return self.cache.read(plan, keys, self._fetch)
 
     def read_nowait(self, service_name: str, entity_key: str,
-                    ids: Sequence[Any]) -> dict[str, list[Any]] | None:
+                    ids: Sequence[Any]) -> Mapping[str, list[Any]] | None:
         """`read_service` answered from memory when every row is cached and Redis has
         announced no write to them, else None: never waits on Redis (the announcements are
         taken with a non-blocking poll), so a caller on an event loop may ask."""
@@ -924,7 +957,7 @@ class SqliteReader(_BaseReader):
         return state
 
     def read_nowait(self, service_name: str, entity_key: str,
-                    ids: Sequence[Any]) -> dict[str, list[Any]] | None:
+                    ids: Sequence[Any]) -> Mapping[str, list[Any]] | None:
         """`read_service` if it needs no wait for SQLite's lock, else None (nothing read): on
         a connection of its own that never waits, rows held while no connection has
         committed since, the others read from the file (in the OS's page cache: CPU work).
@@ -954,7 +987,7 @@ class SqliteReader(_BaseReader):
             self.cache.clear()
         return conn
 
-    def _read(self, plan: Plan, ids: Sequence[Any]) -> dict[str, list[Any]]:
+    def _read(self, plan: Plan, ids: Sequence[Any]) -> Mapping[str, list[Any]]:
         if not ids or not self._cache_rows:
             return super()._read(plan, ids)
         keys = plan.codec.keys(ids)

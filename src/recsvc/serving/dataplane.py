@@ -34,6 +34,7 @@ from recsvc.errors import (
     InvalidArgument,
     NotFound,
 )
+from recsvc.features.online import HeldColumns
 from recsvc.metrics import ServiceMetrics
 from recsvc.models import inputs
 from recsvc.models.scoring import ChurnScorer
@@ -64,7 +65,7 @@ class FeatureSource(Protocol):
 
     def read_service(
         self, service: str, entity_key: str, ids: Sequence[int]
-    ) -> dict[str, list[Any]]: ...
+    ) -> Mapping[str, list[Any]]: ...
 
 
 class PropensityModel(Protocol):
@@ -90,7 +91,7 @@ class FeastSource:
 
     def read_service(
         self, service: str, entity_key: str, ids: Sequence[int]
-    ) -> dict[str, list[Any]]:
+    ) -> Mapping[str, list[Any]]:
         """The service's views keyed by `entity_key` only (a member's part, or the items')."""
         from recsvc.features import store as fstore
 
@@ -115,7 +116,7 @@ class Read:
     """Online features read for an answer (ahead of it, off the event loop, by `read_async`):
     {"<view>__<feature>": values}, empty when the store failed (`degraded` says so)."""
 
-    raw: dict[str, list[Any]]
+    raw: Mapping[str, list[Any]]
     degraded: tuple[str, ...] = ()
 
 
@@ -161,7 +162,7 @@ def _check_id(name: str, value: int) -> None:
         raise InvalidArgument(name, f"must be >= 1 (ids start at 1), got {value}")
 
 
-def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
+def _columns(raw: Mapping[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
     """Feature columns by feature name, and which rows have no features at all (unknown
     members: cold start; items the store does not know)."""
     present = np.zeros(n, dtype=bool)
@@ -173,8 +174,8 @@ def _columns(raw: dict[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndar
     return inputs.feature_columns(raw), ~present
 
 
-def _keep_lost_rows(ids: list[int], raw: dict[str, list[Any]], old_ids: list[int],
-                    old: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], int]:
+def _keep_lost_rows(ids: list[int], raw: Mapping[str, list[Any]], old_ids: list[int],
+                    old: Mapping[str, list[Any]]) -> tuple[Mapping[str, list[Any]], int]:
     """`raw` with the rows it lacks (every feature None) taken from `old` where `old` had
     them, and how many were taken."""
     features = [name for name in raw if "__" in name]
@@ -214,7 +215,7 @@ class Items:
     similar: core_catalogue.Attributes
 
     @classmethod
-    def build(cls, ids: Sequence[int], raw: dict[str, list[Any]]) -> Items:
+    def build(cls, ids: Sequence[int], raw: Mapping[str, list[Any]]) -> Items:
         cols, missing = _columns(raw, len(ids))
         keep = np.flatnonzero(~missing)
         cols = {k: v[keep] for k, v in cols.items()}
@@ -250,7 +251,7 @@ class Catalogue:
         self.features = features
         self.item_ids = item_ids  # () -> list of ids
         self.items = Items.build([], {})
-        self._loaded: tuple[list[int], dict[str, list[Any]]] | None = None
+        self._loaded: tuple[list[int], Mapping[str, list[Any]]] | None = None
 
     def refresh(self) -> int:
         """Reload; the same `Items` stay when nothing changed, so what answers prepare from a
@@ -299,9 +300,12 @@ class _Kept:
     context: Context
 
 
-def snapshot(raw: dict[str, list[Any]]) -> tuple[Any, ...]:
+def snapshot(raw: Mapping[str, list[Any]]) -> tuple[Any, ...]:
     """A one-member read as one tuple of plain values (lists as tuples): compared as the read
-    is, and, holding nothing mutable, left alone by the cyclic garbage collector."""
+    is, and, holding nothing mutable, left alone by the cyclic garbage collector. A read from
+    a reader's row cache is that already (`HeldColumns.snapshot`: no columns built for it)."""
+    if isinstance(raw, HeldColumns):
+        return raw.snapshot
     return tuple((k, tuple(v[0]) if isinstance(v[0], list) else v[0]) for k, v in raw.items())
 
 
@@ -565,7 +569,7 @@ class Dataplane:
         self._kept[key] = _Kept(seen, until, context)
         return context
 
-    def _profile(self, raw: dict[str, list[Any]], balance: int | None,
+    def _profile(self, raw: Mapping[str, list[Any]], balance: int | None,
                  now: dt.datetime) -> tuple[Context, float]:
         """The Context of a member's features, and until when it holds (the next lapse of
         the member's points, epoch seconds)."""
