@@ -316,6 +316,10 @@ class Plan:
     columns: tuple[Column, ...]
     codec: EntityKeyCodec
     backend: Any = None
+    names: tuple[str, ...] = ()  # the columns' names (strings only: untracked by the gc)
+
+    def __post_init__(self) -> None:
+        self.names = tuple(c.name for c in self.columns)
 
 
 @dataclass(frozen=True)
@@ -428,9 +432,11 @@ class HeldColumns(Mapping[str, list[Any]]):
 
     @property
     def snapshot(self) -> tuple[Any, ...]:
-        """The read as one immutable value, the columns asked and the rows held, equal to
-        another read's exactly when their columns are (compared by identity first)."""
-        return (self._plan.columns, self.rows)
+        """The read as one immutable value, the names of the columns asked and the rows held,
+        equal to another read's exactly when their columns are (compared by identity first).
+        Strings and numbers only, like the rows: the cyclic garbage collector leaves the
+        snapshots a caller keeps alone."""
+        return (self._plan.names, self.rows)
 
     def columns(self) -> dict[str, list[Any]]:
         if self._built is None:
