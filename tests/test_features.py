@@ -278,6 +278,8 @@ def test_upstream_noise_is_silenced_and_nothing_else(sqlite_store: Any, tiny_tab
     data = tmp_path / "data"
     shutil.copytree(tiny_tables_dir, data)
     caplog.set_level(logging.INFO)
+    # Feast's own logger too: a level set on it elsewhere (an earlier test) would hide INFO
+    caplog.set_level(logging.INFO, logger="feast.infra.registry.registry")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("default")
         store._quiet_upstream.__wrapped__()  # as the first open did, over the "default"

@@ -124,8 +124,8 @@ def check_population(data_dir: Path, asked: Size) -> str:
         note = ("" if asked == Size() else
                 "; --members, --days and --seed size a simulation and do not apply to them")
         return f"tables: found under {tables} (imported, {found.size.members:,} members){note}"
-    size = found.size if found.recorded else Size(found.size.members, found.size.days)
-    if differences(found.size, asked):
+    size = found.size  # counted from the tables (no record): its seed is None, unknown
+    if differences(size, asked):
         want = replace(size, **{k: v for k, v in asdict(asked).items() if v is not None})
         raise PopulationMismatch(
             f"the tables under {tables} were simulated with {size.describe()}, not "

@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -316,7 +316,7 @@ class Plan:
     columns: tuple[Column, ...]
     codec: EntityKeyCodec
     backend: Any = None
-    names: tuple[str, ...] = ()  # the columns' names (strings only: untracked by the gc)
+    names: tuple[str, ...] = field(init=False)  # of the columns: strings, untracked by the gc
 
     def __post_init__(self) -> None:
         self.names = tuple(c.name for c in self.columns)
