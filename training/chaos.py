@@ -436,7 +436,23 @@ def summarise(name: str, parts: list[dict[str, Any]], fault_start: float,
         # when the failed calls were sent, in seconds from the fault's start
         "failed_sent_s": [round(float(t - fault_start), 2) for t in
                           np.percentile(intended[~ok], [0, 50, 100])] if (~ok).any() else [],
+        "timeline": timeline(intended - fault_start, lat, ok, degraded),
     }
+
+
+def timeline(sent: np.ndarray, lat_ms: np.ndarray, ok: np.ndarray, degraded: np.ndarray,
+             step_s: float = 0.5) -> list[dict[str, float]]:
+    """Per `step_s` of the row (by when calls were sent, from the fault's start): calls,
+    failed, degraded and the answered calls' p99, so a reader sees when a fault hurt."""
+    out = []
+    for lo in np.arange(np.floor(sent.min() / step_s) * step_s, sent.max(), step_s):
+        at = (sent >= lo) & (sent < lo + step_s)
+        good = at & ok
+        out.append({"from_s": round(float(lo), 2), "calls": int(at.sum()),
+                    "failed": int((at & ~ok).sum()), "degraded": int((good & degraded).sum()),
+                    "p99_ms": round(float(np.percentile(lat_ms[good], 99)), 2)
+                    if good.any() else None})
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -124,16 +124,23 @@ _STATUS = health_pb2.HealthCheckResponse
 
 class Health(health_pb2_grpc.HealthServicer):
     """grpc.health.v1 for a server that drains: `drain()` turns every service NOT_SERVING,
-    tells every Watch stream so and ends it (OK), and from then on no status changes.
+    tells every Watch stream so and ends it (OK), and from then on no status changes;
+    `close()`, when the notice is over, ends the watches begun since.
 
     grpcio's own aio HealthServicer keeps Watch streams open through shutdown, so the
     server's grace period is spent waiting on them and they end cancelled (with tracebacks in
-    the log); a watcher then never sees NOT_SERVING."""
+    the log); a watcher then never sees NOT_SERVING. A gRPC client restarts a watch that
+    ended after a message at once, without backoff (A17's client, C-core's
+    SubchannelStreamClient), so a watch that begins while draining is told NOT_SERVING and
+    held open until `close()`: ended at once too, each caller's channel would ask again in a
+    loop that took the draining worker's CPU (measured: ~900 watches in 0.5 s from one
+    channel; the load's calls waited behind them)."""
 
     def __init__(self) -> None:
         self._status: dict[str, int] = {"": _STATUS.SERVING}
         self._changed = asyncio.Condition()
         self.draining = False
+        self.closed = False
 
     async def set(self, service: str, status: int) -> None:
         async with self._changed:
@@ -148,6 +155,11 @@ class Health(health_pb2_grpc.HealthServicer):
                 self._status[service] = _STATUS.NOT_SERVING
             self._changed.notify_all()
 
+    async def close(self) -> None:
+        async with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
     async def Check(self, request: Any, context: Any) -> Any:
         status = self._status.get(request.service)
         if status is None:
@@ -157,12 +169,13 @@ class Health(health_pb2_grpc.HealthServicer):
     async def Watch(self, request: Any, context: Any) -> None:
         last = None
         async with self._changed:
+            began_draining = self.draining
             while True:
                 status = self._status.get(request.service, _STATUS.SERVICE_UNKNOWN)
                 if status != last:
                     await context.write(_STATUS(status=status))
                     last = status
-                if self.draining:
+                if self.closed or (self.draining and not began_draining):
                     return  # the stream ends: the watcher reconnects elsewhere
                 await self._changed.wait()
 
@@ -180,6 +193,7 @@ async def drain(server: grpc.aio.Server, health_servicer: Health, notice_s: floa
     await health_servicer.drain()
     if notice_s > 0:
         await asyncio.sleep(notice_s)
+    await health_servicer.close()
     await server.stop(grace_s)
 
 
