@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import multiprocessing
 import os
@@ -150,20 +151,38 @@ def generate(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
-    options = None
+    options: list[tuple[str, Any]] = []
     if spec.get("advised"):  # the client set-up recsvc advises: calls retried (channel.py)
         from recsvc.serving.channel import options as advised
 
         # balanced: a target of several replicas, each left out while it drains
         options = advised(balanced=spec.get("balanced", False))
-    async with grpc.aio.insecure_channel(spec["address"], options=options) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 10)
-        call = channel.unary_unary(spec["method"])  # bytes in, bytes out: no protobuf here
-        with contextlib.suppress(grpc.aio.AioRpcError):  # the probe already said how it fares
-            await call(spec["payloads"][0], timeout=spec["deadline"])
+    # "connections": this process's calls spread over that many channels, each with a TCP
+    # connection of its own (channels with the same options share one otherwise). A server of
+    # several workers on one port (SO_REUSEPORT) gets each connection's calls in one worker,
+    # so a load of a few connections can fall on one worker; many callers spread.
+    connections = spec.get("connections", 1)
+    if connections > 1:
+        options = [*options, ("grpc.use_local_subchannel_pool", 1)]
+    async with contextlib.AsyncExitStack() as stack:
+        calls = []
+        for _ in range(connections):
+            channel = await stack.enter_async_context(
+                grpc.aio.insecure_channel(spec["address"], options=options or None))
+            await asyncio.wait_for(channel.channel_ready(), 10)
+            call = channel.unary_unary(spec["method"])  # bytes in, bytes out: no protobuf
+            with contextlib.suppress(grpc.aio.AioRpcError):  # the probe says how it fares
+                await call(spec["payloads"][0], timeout=spec["deadline"])
+            calls.append(call)
+        spread = calls[0] if connections == 1 else _round_robin(calls)
         if spec["rate"]:
-            return await _open_loop(spec, call)
-        return await _closed_loop(spec, call)
+            return await _open_loop(spec, spread)
+        return await _closed_loop(spec, spread)
+
+
+def _round_robin(calls: list[Any]) -> Any:
+    turn = itertools.cycle(calls)
+    return lambda *args, **kwargs: next(turn)(*args, **kwargs)
 
 
 async def _open_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:

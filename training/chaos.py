@@ -104,6 +104,9 @@ STORM_SHARE = 0.25
 HINT_CLIENTS = 2  # generator processes for the hints
 POOL = HINT_CLIENTS + len(MIX) + 1  # and one per other RPC, one for a storm
 STORM_CANCEL_WITHIN_S = 0.005
+# each generator process's channels (connections): with --workers 2 on one port, the kernel
+# gives each connection to one worker, and a few connections can all fall on one
+CONNECTIONS = 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,7 +362,7 @@ def load_specs(served: Served, name: str, row: int, payloads: dict[str, Any], ra
                start: float, total: float, args: argparse.Namespace) -> list[dict[str, Any]]:
     base = {"address": served.address, "balanced": served.balanced, "start": start,
             "warmup": 0.0, "duration": total, "deadline": args.deadline, "concurrency": None,
-            "advised": not args.no_retries}
+            "advised": not args.no_retries, "connections": CONNECTIONS}
     specs = [{**base, "method": f"/{SERVICE}/GetRedemptionHint",
               "payloads": payloads["GetRedemptionHint"], "rate": rate, "clients": HINT_CLIENTS,
               "index": i, "response": "GetRedemptionHintResponse"} for i in range(HINT_CLIENTS)]
@@ -554,7 +557,7 @@ def closed_loop(pool: Any, address: str, payloads: list[bytes], args: argparse.N
     spec = {"address": address, "start": time.monotonic() + 1.0, "warmup": warmup,
             "duration": duration, "deadline": args.deadline, "concurrency": 50, "rate": None,
             "payloads": payloads, "clients": 2, "advised": not args.no_retries,
-            "method": f"/{SERVICE}/GetRedemptionHint"}
+            "method": f"/{SERVICE}/GetRedemptionHint", "connections": CONNECTIONS}
     parts = pool.map(generate, [{**spec, "index": i} for i in range(2)], chunksize=1)
     return sum(c == "OK" for p in parts for c in p["codes"]) / duration
 
