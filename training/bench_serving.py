@@ -182,7 +182,10 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _round_robin(calls: list[Any]) -> Any:
     turn = itertools.cycle(calls)
-    return lambda *args, **kwargs: next(turn)(*args, **kwargs)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return next(turn)(*args, **kwargs)
+    return call
 
 
 async def _open_loop(spec: dict[str, Any], call: Any) -> dict[str, Any]:

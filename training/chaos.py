@@ -444,7 +444,7 @@ def summarise(name: str, parts: list[dict[str, Any]], fault_start: float,
 
 
 def timeline(sent: np.ndarray, lat_ms: np.ndarray, ok: np.ndarray, degraded: np.ndarray,
-             step_s: float = 0.5) -> list[dict[str, float]]:
+             step_s: float = 0.5) -> list[dict[str, float | None]]:
     """Per `step_s` of the row (by when calls were sent, from the fault's start): calls,
     failed, degraded and the answered calls' p99, so a reader sees when a fault hurt."""
     out = []
