@@ -26,7 +26,8 @@ def _by_quadrature(
       f(λ) dλ = α^r e^(−αλ) / Γ(r+1) dv,   f(p) dp = (1−p)^(b−1) / (a·B(a, b)) du.
     An individual's likelihood is (1−p)^x λ^x e^(−λT) (alive at T) plus, when x > 0,
     p(1−p)^(x−1) λ^x e^(−λ t_x) (dropped after the last purchase); an alive customer makes
-    (1 − e^(−λpt)) / p purchases in the next t on average.
+    (1 − e^(−λpt)) / p purchases in the next t on average, and buys at least once in the next t
+    with probability 1 − e^(−λt) (the next purchase comes after an Exp(λ) wait, alive till then).
     """
     v_max = 4.0**m.r  # λ ≤ 4 per period holds all the mass for these parameters
     g, gw = np.polynomial.legendre.leggauss(nodes)
@@ -47,6 +48,7 @@ def _by_quadrature(
         "log_likelihood": math.log(total),
         "p_alive": float(np.sum(weight * alive)) / total,
         "expected": float(np.sum(weight * alive * future)) / total,
+        "within": float(np.sum(weight * alive * -np.expm1(-lam * t))) / total,
         "unconditional": float(np.sum(weight * future)),
     }
 
@@ -68,6 +70,99 @@ def test_closed_forms_equal_direct_integration(x: int, t_x: float, T: float, t: 
     assert CDNOW.expected_purchases_unconditional(t) == pytest.approx(
         want["unconditional"], rel=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    ("x", "t_x", "T", "t"),
+    [
+        (0, 0.0, 38.86, 39.0),
+        (1, 1.71, 38.86, 39.0),
+        (2, 30.43, 38.86, 39.0),
+        (5, 20.0, 30.0, 10.0),
+        (12, 37.0, 38.86, 0.5),
+    ],
+)
+def test_p_purchase_within_equals_direct_integration(
+    x: int, t_x: float, T: float, t: float
+) -> None:
+    want = _by_quadrature(CDNOW, x, t_x, T, t)["within"]
+    assert CDNOW.p_purchase_within(t, x, t_x, T) == pytest.approx(want, rel=1e-6)
+
+
+def _simulate_with_next_window(
+    m: BgNbd, T: np.ndarray, t: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, t_x) on (0, T] and whether the customer buys in (T, T+t], from the generative story.
+
+    Written out purchase by purchase (independently of `simulate`): wait Exp(λ), buy, then drop
+    out with probability p; the first purchase after T ends a customer's story.
+    """
+    n = len(T)
+    lam = rng.gamma(shape=m.r, scale=1.0 / m.alpha, size=n)
+    p = rng.beta(m.a, m.b, size=n)
+    x, t_x, now = np.zeros(n), np.zeros(n), np.zeros(n)
+    bought_later = np.zeros(n, dtype=bool)
+    active = np.arange(n)
+    while active.size:
+        with np.errstate(divide="ignore"):
+            now[active] += rng.exponential(size=active.size) / lam[active]
+        bought_later[active] = (now[active] > T[active]) & (now[active] <= T[active] + t)
+        active = active[now[active] <= T[active]]
+        x[active] += 1
+        t_x[active] = now[active]
+        active = active[rng.random(active.size) >= p[active]]
+    return x, t_x, bought_later
+
+
+def test_p_purchase_within_matches_forward_simulation() -> None:
+    # E[1{buys in (T, T+t]} | x, t_x, T] is the prediction, so within any group of simulated
+    # customers selected on their history the share who buy must match the mean prediction
+    rng = np.random.default_rng(11)
+    T = np.full(400_000, 38.86)
+    t = 20.0
+    x, t_x, bought = _simulate_with_next_window(CDNOW, T, t, rng)
+    groups = {
+        "no repeat": x == 0,
+        "one, early": (x == 1) & (t_x < 10),
+        "two, recent": (x == 2) & (t_x > 30),
+        "five+, mid": (x >= 5) & (t_x > 15) & (t_x < 30),
+        "five+, recent": (x >= 5) & (t_x > 35),
+    }
+    for name, sel in groups.items():
+        predicted = CDNOW.p_purchase_within(t, x[sel], t_x[sel], T[sel])
+        share = bought[sel].mean()
+        se = math.sqrt(predicted.mean() * (1 - predicted.mean()) / sel.sum())
+        assert sel.sum() > 2_000, name
+        assert abs(share - predicted.mean()) < 4 * se, (name, share, predicted.mean())
+
+
+def test_p_purchase_within_is_zero_at_zero_increasing_and_at_most_p_alive() -> None:
+    t = np.array([0.0, 1e-9, 0.5, 1.0, 5.0, 20.0, 39.0, 200.0, 1e4])
+    for x, t_x, T in [(0, 0.0, 38.86), (1, 1.71, 38.86), (2, 30.43, 38.86), (50, 38.0, 38.86)]:
+        within = CDNOW.p_purchase_within(t, x, t_x, T)
+        alive = CDNOW.p_alive(x, t_x, T)
+        assert within[0] == 0.0
+        assert np.all(np.diff(within) >= 0)
+        assert np.all(np.diff(within[:6]) > 0)  # up to t = 20 (later it can round to P(alive))
+        assert np.all(within <= alive)
+    # small t: the rate of a first purchase, P(alive)·(r+x)/(α+T) per unit time
+    x, t_x, T = 2, 30.43, 38.86
+    rate = CDNOW.p_alive(x, t_x, T) * (CDNOW.r + x) / (CDNOW.alpha + T)
+    assert CDNOW.p_purchase_within(1e-8, x, t_x, T) == pytest.approx(rate * 1e-8, rel=1e-6)
+    with pytest.raises(ValueError):
+        CDNOW.p_purchase_within(-1.0, x, t_x, T)
+
+
+def test_p_purchase_within_is_vectorised() -> None:
+    x = np.array([0, 1, 2, 50, 5000])
+    t_x = np.array([0.0, 10, 30.43, 38, 38])
+    got = CDNOW.p_purchase_within(13.0, x, t_x, 38.86)
+    assert got.shape == (5,) and np.all(np.isfinite(got))
+    one_by_one = [
+        CDNOW.p_purchase_within(13.0, int(a), float(b), 38.86) for a, b in zip(x, t_x, strict=True)
+    ]
+    np.testing.assert_allclose(got, one_by_one)
+    assert isinstance(CDNOW.p_purchase_within(1.0, 1, 1.0, 2.0), float)
 
 
 def test_unconditional_expectation_matches_simulation() -> None:

@@ -43,6 +43,11 @@ def test_both_models_beat_their_baselines_and_are_promoted(trained: Context) -> 
         assert (report / "report.md").exists() and (report / "calibration.png").exists()
         assert manifest.feature_service == {"churn": "churn_v1",
                                             "propensity": "propensity_v1"}[name]
+    # the classic churn models, asked the caller's question, are among what churn had to beat
+    churn = trained.registry.manifest("churn", outcome.promoted["churn"])
+    assert {"bgnbd_p_no_purchase", "pareto_nbd_p_no_purchase",
+            "pareto_nbd_expected_purchases"} <= set(churn.baseline_metrics)
+    assert set(churn.extra["pareto_nbd_weekly"]) >= {"r", "alpha", "s", "beta"}
 
 
 def test_the_gate_refuses_a_worse_model_and_rollback_restores(trained: Context) -> None:

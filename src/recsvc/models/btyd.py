@@ -192,6 +192,26 @@ class BgNbd:
             )
         )
 
+    def p_purchase_within(self, t: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Any:
+        """P(at least one purchase in (T, T+t] | x, t_x, T).
+
+        Dropout happens only right after a purchase, so a customer alive at T stays alive until
+        their next purchase, which comes after an Exp(λ) wait: P(none in (T, T+t] | alive, λ)
+        = e^−λt. Given alive at T the likelihood of λ is λ^x e^−λT, so λ | data, alive ~
+        Gamma(r+x, α+T) and E[e^−λt] = ((α+T)/(α+T+t))^(r+x). Hence
+
+            P(at least one) = P(alive) · [1 − ((α+T)/(α+T+t))^(r+x)],
+
+        the bracket computed as −expm1(−(r+x)·ln(1 + t/(α+T))): exact for small t and large x.
+        """
+        ta_, xa, txa, Ta = np.broadcast_arrays(_arr(t), _arr(x), _arr(t_x), _arr(T))
+        _check_history(xa, txa, Ta)
+        if np.any(ta_ < 0):
+            raise ValueError("t must be >= 0")
+        within_if_alive = -np.expm1(-(self.r + xa) * np.log1p(ta_ / (self.alpha + Ta)))
+        alive = np.asarray(self.p_alive(xa, txa, Ta), dtype=np.float64)
+        return _out(np.asarray(alive * within_if_alive, dtype=np.float64))
+
     def expected_purchases_unconditional(self, t: ArrayLike) -> Any:
         """E[X(t)]: repeat purchases in (0, t] by a customer drawn at random from the population."""
         ta_ = _arr(t)
