@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import special, stats
+from scipy import special
 
+from btyd_checks import assert_matches_forward_simulation, assert_recovers
 from recsvc.models.btyd import BgNbd, simulate, summarise_orders
 
 CDNOW = BgNbd(r=0.243, alpha=4.414, a=0.793, b=2.426)  # Fader, Hardie & Lee (2005), table 2
@@ -121,19 +122,7 @@ def test_p_purchase_within_matches_forward_simulation() -> None:
     T = np.full(400_000, 38.86)
     t = 20.0
     x, t_x, bought = _simulate_with_next_window(CDNOW, T, t, rng)
-    groups = {
-        "no repeat": x == 0,
-        "one, early": (x == 1) & (t_x < 10),
-        "two, recent": (x == 2) & (t_x > 30),
-        "five+, mid": (x >= 5) & (t_x > 15) & (t_x < 30),
-        "five+, recent": (x >= 5) & (t_x > 35),
-    }
-    for name, sel in groups.items():
-        predicted = CDNOW.p_purchase_within(t, x[sel], t_x[sel], T[sel])
-        share = bought[sel].mean()
-        se = math.sqrt(predicted.mean() * (1 - predicted.mean()) / sel.sum())
-        assert sel.sum() > 2_000, name
-        assert abs(share - predicted.mean()) < 4 * se, (name, share, predicted.mean())
+    assert_matches_forward_simulation(CDNOW, t, x, t_x, T, bought)
 
 
 def test_p_purchase_within_is_zero_at_zero_increasing_and_at_most_p_alive() -> None:
@@ -215,21 +204,8 @@ def test_a_equal_to_one_is_handled_continuously() -> None:
 
 
 def test_parameter_recovery_on_a_simulated_cdnow_like_cohort() -> None:
-    rng = np.random.default_rng(20_000)
-    T = rng.uniform(27.0, 39.0, 20_000)  # a 12-week acquisition window, as in CDNOW
-    x, t_x = simulate(CDNOW, T, rng)
-    fitted = BgNbd.fit(x, t_x, T)
-    assert fitted.fit_info is not None and fitted.fit_info.converged
-    # the maximum-likelihood estimate can only beat the truth, and by a likelihood ratio
-    # consistent with sampling noise (χ² with 4 degrees of freedom)
-    ll_true = float(np.sum(CDNOW.log_likelihood(x, t_x, T)))
-    lr = 2 * (fitted.fit_info.log_likelihood - ll_true)
-    assert 0 <= lr < stats.chi2.ppf(0.999, df=4)
     # sampling spread seen over 12 seeds: 2 % (r), 3 % (α), 8 % (a), 10 % (b) relative
-    assert fitted.r == pytest.approx(CDNOW.r, rel=0.10)
-    assert fitted.alpha == pytest.approx(CDNOW.alpha, rel=0.15)
-    assert fitted.a == pytest.approx(CDNOW.a, rel=0.35)
-    assert fitted.b == pytest.approx(CDNOW.b, rel=0.40)
+    assert_recovers(CDNOW, simulate, {"r": 0.10, "alpha": 0.15, "a": 0.35, "b": 0.40})
 
 
 def test_weights_equal_repeated_rows_and_time_units_only_rescale_alpha() -> None:

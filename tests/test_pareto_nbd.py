@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import special, stats
+from scipy import special
 
+from btyd_checks import assert_matches_forward_simulation, assert_recovers
 from recsvc.models.pareto_nbd import ParetoNbd, _log_power_integral, simulate
 
 # Fader, Hardie & Lee (2005), "Counting your customers the easy way", table 1, weeks:
@@ -198,18 +199,7 @@ def test_p_purchase_within_matches_forward_simulation() -> None:
     # memoryless: alive at T, the next purchase is an Exp(λ) wait, and must beat the death
     next_purchase = T + rng.exponential(size=n) / lam
     bought = (lifetime > T) & (next_purchase <= np.minimum(lifetime, T + t))
-    groups = {
-        "no repeat": x == 0,
-        "one, early": (x == 1) & (t_x < 10),
-        "two, recent": (x == 2) & (t_x > 30),
-        "five+, mid": (x >= 5) & (t_x > 15) & (t_x < 30),
-        "five+, recent": (x >= 5) & (t_x > 35),
-    }
-    for name, sel in groups.items():
-        predicted = float(np.mean(CDNOW.p_purchase_within(t, x[sel], t_x[sel], T)))
-        se = math.sqrt(predicted * (1 - predicted) / sel.sum())
-        assert sel.sum() > 2_000, name
-        assert abs(bought[sel].mean() - predicted) < 4 * se, (name, bought[sel].mean(), predicted)
+    assert_matches_forward_simulation(CDNOW, t, x, t_x, np.full(n, T), bought)
 
 
 def test_more_recent_last_purchase_means_more_alive_and_more_purchases() -> None:
@@ -299,22 +289,9 @@ def test_s_equal_to_one_is_handled_continuously() -> None:
 
 
 def test_parameter_recovery_on_a_simulated_cdnow_like_cohort() -> None:
-    rng = np.random.default_rng(20_000)
-    T = rng.uniform(27.0, 39.0, 20_000)  # a 12-week acquisition window, as in CDNOW
-    x, t_x = simulate(CDNOW, T, rng)
-    fitted = ParetoNbd.fit(x, t_x, T)
-    assert fitted.fit_info is not None and fitted.fit_info.converged
-    # the maximum-likelihood estimate can only beat the truth, and by a likelihood ratio
-    # consistent with sampling noise (χ² with 4 degrees of freedom)
-    ll_true = float(np.sum(CDNOW.log_likelihood(x, t_x, T)))
-    lr = 2 * (fitted.fit_info.log_likelihood - ll_true)
-    assert 0 <= lr < stats.chi2.ppf(0.999, df=4)
     # sampling spread seen over 12 seeds: 3.5 % (r), 2.9 % (α), 10 % (s), 18 % (β) relative
     # standard deviation (largest deviations 8 %, 5 %, 18 %, 32 %): about four of them
-    assert fitted.r == pytest.approx(CDNOW.r, rel=0.15)
-    assert fitted.alpha == pytest.approx(CDNOW.alpha, rel=0.12)
-    assert fitted.s == pytest.approx(CDNOW.s, rel=0.40)
-    assert fitted.beta == pytest.approx(CDNOW.beta, rel=0.70)
+    assert_recovers(CDNOW, simulate, {"r": 0.15, "alpha": 0.12, "s": 0.40, "beta": 0.70})
 
 
 def test_weights_equal_repeated_rows_and_time_units_only_rescale_the_rates() -> None:

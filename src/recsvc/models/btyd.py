@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -50,8 +50,31 @@ def _check_history(x: FloatArray, t_x: FloatArray, T: FloatArray) -> None:
         raise ValueError("T (age) must be finite and >= t_x")
 
 
+def fit_inputs(x: ArrayLike, t_x: ArrayLike, T: ArrayLike, weights: ArrayLike | None
+               ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]:
+    """A fit's (x, t_x, T, weights, customers): checked, flattened, and identical histories
+    collapsed into one weighted row (the likelihood is a product over customers, so a weight
+    is an exponent)."""
+    xa, ta, Ta = (np.ravel(v) for v in np.broadcast_arrays(_arr(x), _arr(t_x), _arr(T)))
+    _check_history(xa, ta, Ta)
+    w = np.ones_like(xa) if weights is None else np.ravel(_arr(weights))
+    if w.shape != xa.shape or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError("weights must be >= 0, finite, one per customer and not all zero")
+    xa, ta, Ta, w = _collapse(xa, ta, Ta, w)
+    return xa, ta, Ta, w, float(w.sum())
+
+
+def minimize(objective: Callable[[FloatArray], tuple[float, FloatArray]],
+             initial: tuple[float, ...], gtol: float) -> Any:
+    """L-BFGS-B over the log parameters from `initial`; `objective` gives the mean negative
+    log-likelihood and its gradient."""
+    return optimize.minimize(objective, np.log(np.asarray(initial, dtype=np.float64)),
+                             jac=True, method="L-BFGS-B", bounds=[(-12.0, 12.0)] * len(initial),
+                             options={"maxiter": 2000, "ftol": 1e-13, "gtol": gtol})
+
+
 @dataclass(frozen=True, slots=True)
-class BgNbdFitInfo:
+class FitInfo:
     """How a fit went: total log-likelihood, customers used, optimiser outcome."""
 
     log_likelihood: float
@@ -60,41 +83,55 @@ class BgNbdFitInfo:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class BgNbd:
-    """A BG/NBD model with parameters r, alpha (purchase process) and a, b (dropout process)."""
+class Parameters:
+    """What the BTYD models share: positive, finite parameters named by `PARAMS` (the
+    dataclass fields before `fit_info`), checked on construction, and their JSON form."""
 
-    r: float
-    alpha: float
-    a: float
-    b: float
-    fit_info: BgNbdFitInfo | None = None
+    __slots__ = ()
+    PARAMS: ClassVar[tuple[str, ...]]
 
     def __post_init__(self) -> None:
-        for name in ("r", "alpha", "a", "b"):
+        for name in self.PARAMS:
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
 
-    # -- persistence -------------------------------------------------------------------------
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (parameters and, when fitted, the fit summary)."""
-        out: dict[str, Any] = {"r": self.r, "alpha": self.alpha, "a": self.a, "b": self.b}
-        if self.fit_info is not None:
-            out["fit_info"] = asdict(self.fit_info)
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.PARAMS}
+        info = getattr(self, "fit_info", None)
+        if info is not None:
+            out["fit_info"] = asdict(info)
         return out
+
+    @classmethod
+    def fitted(cls, best: Any, n: float) -> Self:
+        """The model at `best`, a scipy.optimize result over the log parameters (in `PARAMS`
+        order) whose value is the mean negative log-likelihood of `n` customers."""
+        params = np.exp(best.x)
+        if not np.all(np.isfinite(params)) or not best.fun < 1e300:
+            raise ValueError(f"{cls.__name__} fit failed: {best.message}")
+        info = FitInfo(log_likelihood=-float(best.fun) * n, n_customers=n,
+                       converged=bool(best.success), message=str(best.message))
+        return cls(*(float(p) for p in params), fit_info=info)  # type: ignore[call-arg]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         info = data.get("fit_info")
-        return cls(
-            float(data["r"]),
-            float(data["alpha"]),
-            float(data["a"]),
-            float(data["b"]),
-            BgNbdFitInfo(**info) if info else None,
-        )
+        return cls(*(float(data[name]) for name in cls.PARAMS),  # type: ignore[call-arg]
+                   fit_info=FitInfo(**info) if info else None)
+
+
+@dataclass(frozen=True, slots=True)
+class BgNbd(Parameters):
+    """A BG/NBD model with parameters r, alpha (purchase process) and a, b (dropout process)."""
+
+    PARAMS: ClassVar[tuple[str, ...]] = ("r", "alpha", "a", "b")
+    r: float
+    alpha: float
+    a: float
+    b: float
+    fit_info: FitInfo | None = None
 
     # -- likelihood and fitting --------------------------------------------------------------
 
@@ -120,13 +157,7 @@ class BgNbd:
         product over customers, so a weight is an exponent. Raises ValueError when the optimiser
         fails to produce finite parameters.
         """
-        xa, ta, Ta = (np.ravel(v) for v in np.broadcast_arrays(_arr(x), _arr(t_x), _arr(T)))
-        _check_history(xa, ta, Ta)
-        w = np.ones_like(xa) if weights is None else np.ravel(_arr(weights))
-        if w.shape != xa.shape or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-            raise ValueError("weights must be >= 0, finite, one per customer and not all zero")
-        xa, ta, Ta, w = _collapse(xa, ta, Ta, w)
-        n = float(w.sum())
+        xa, ta, Ta, w, n = fit_inputs(x, t_x, T, weights)
 
         def objective(log_params: FloatArray) -> tuple[float, FloatArray]:
             # the mean keeps the objective's scale independent of the sample size
@@ -136,26 +167,7 @@ class BgNbd:
                 return 1e300, np.zeros(4)
             return value, -(w @ grad) / n
 
-        start = np.log(np.asarray(initial, dtype=np.float64))
-        best = optimize.minimize(
-            objective,
-            start,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=[(-12.0, 12.0)] * 4,
-            options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9},
-        )
-        params = np.exp(best.x)
-        if not np.all(np.isfinite(params)):
-            raise ValueError(f"BG/NBD fit failed: {best.message}")
-        info = BgNbdFitInfo(
-            log_likelihood=-float(best.fun) * n,
-            n_customers=n,
-            converged=bool(best.success),
-            message=str(best.message),
-        )
-        r, alpha, a, b = (float(p) for p in params)
-        return cls(r, alpha, a, b, fit_info=info)
+        return cls.fitted(minimize(objective, initial, gtol=1e-9), n)
 
     # -- predictions -------------------------------------------------------------------------
 

@@ -51,14 +51,24 @@ estimates (Fader, Hardie & Lee 2005, "Counting your customers the easy way", tab
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Self
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
-from scipy import optimize, special
+from scipy import special
 
-from recsvc.models.btyd import ArrayLike, FloatArray, _arr, _check_history, _collapse, _out
+from recsvc.models.btyd import (
+    ArrayLike,
+    FitInfo,
+    FloatArray,
+    Parameters,
+    _arr,
+    _check_history,
+    _out,
+    fit_inputs,
+    minimize,
+)
 
 # above this 2F1 argument the integral is done by quadrature (see the module docstring)
 _Z_MAX = 0.5
@@ -69,50 +79,15 @@ _BISECTIONS = 30
 
 
 @dataclass(frozen=True, slots=True)
-class ParetoNbdFitInfo:
-    """How a fit went: total log-likelihood, customers used, optimiser outcome."""
-
-    log_likelihood: float
-    n_customers: float
-    converged: bool
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class ParetoNbd:
+class ParetoNbd(Parameters):
     """A Pareto/NBD model: purchase rates ~ Gamma(r, alpha), dropout rates ~ Gamma(s, beta)."""
 
+    PARAMS: ClassVar[tuple[str, ...]] = ("r", "alpha", "s", "beta")
     r: float
     alpha: float
     s: float
     beta: float
-    fit_info: ParetoNbdFitInfo | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("r", "alpha", "s", "beta"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {value}")
-
-    # -- persistence -------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (parameters and, when fitted, the fit summary)."""
-        out: dict[str, Any] = {"r": self.r, "alpha": self.alpha, "s": self.s, "beta": self.beta}
-        if self.fit_info is not None:
-            out["fit_info"] = asdict(self.fit_info)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        info = data.get("fit_info")
-        return cls(
-            float(data["r"]),
-            float(data["alpha"]),
-            float(data["s"]),
-            float(data["beta"]),
-            ParetoNbdFitInfo(**info) if info else None,
-        )
+    fit_info: FitInfo | None = None
 
     # -- likelihood and fitting --------------------------------------------------------------
 
@@ -145,13 +120,7 @@ class ParetoNbd:
         other (then most of the likelihood goes through the quadrature). Raises ValueError when
         the optimiser fails to produce finite parameters.
         """
-        xa, ta, Ta = (np.ravel(v) for v in np.broadcast_arrays(_arr(x), _arr(t_x), _arr(T)))
-        _check_history(xa, ta, Ta)
-        w = np.ones_like(xa) if weights is None else np.ravel(_arr(weights))
-        if w.shape != xa.shape or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-            raise ValueError("weights must be >= 0, finite, one per customer and not all zero")
-        xa, ta, Ta, w = _collapse(xa, ta, Ta, w)
-        n = float(w.sum())
+        xa, ta, Ta, w, n = fit_inputs(x, t_x, T, weights)
 
         def mean_nll(log_params: FloatArray) -> float:
             # the mean keeps the objective's scale independent of the sample size
@@ -176,26 +145,7 @@ class ParetoNbd:
         if initial is None:
             scale = max(float(np.dot(w, Ta)) / n, 1e-3)
             initial = (1.0, scale, 1.0, scale)
-        start = np.log(np.asarray(initial, dtype=np.float64))
-        best = optimize.minimize(
-            objective,
-            start,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=[(-12.0, 12.0)] * 4,
-            options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-7},
-        )
-        params = np.exp(best.x)
-        if not np.all(np.isfinite(params)) or best.fun >= 1e300:
-            raise ValueError(f"Pareto/NBD fit failed: {best.message}")
-        info = ParetoNbdFitInfo(
-            log_likelihood=-float(best.fun) * n,
-            n_customers=n,
-            converged=bool(best.success),
-            message=str(best.message),
-        )
-        r, alpha, s, beta = (float(p) for p in params)
-        return cls(r, alpha, s, beta, fit_info=info)
+        return cls.fitted(minimize(objective, initial, gtol=1e-7), n)
 
     # -- predictions -------------------------------------------------------------------------
 
