@@ -197,3 +197,42 @@ def test_report_without_probabilities_or_importance(tmp_path: Path) -> None:
     )
     assert set(files.plots) == {"roc", "gains"}
     assert "## Top drivers" not in files.markdown.read_text()
+
+
+def test_bootstrap_auc_equals_sklearn_on_each_resample() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(700) < 0.3).astype(int)
+    scorers = {"smooth": rng.normal(y, 1.5),
+               "ties": np.round(rng.normal(y, 1.0)),  # few distinct values: ties matter
+               "constant": np.zeros(700)}
+    got = ev.bootstrap_auc(y, scorers, resamples=25, seed=9)
+    draws = np.random.default_rng(9)  # the same resamples, drawn again
+    for b in range(25):
+        idx = draws.integers(0, 700, 700)
+        for name, s in scorers.items():
+            assert got[name][b] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
+    assert np.all(got["constant"] == 0.5)
+
+
+def test_bootstrap_interval_has_the_width_sampling_theory_gives() -> None:
+    # Hanley & McNeil (1982): the standard error of an AUC from its value and class sizes
+    rng = np.random.default_rng(4)
+    n_pos, n_neg = 600, 2400
+    y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    s = rng.normal(y * 1.0, 1.0)
+    result = ev.evaluate(y, {"model": s, "noise": rng.random(y.size)}, baselines=["noise"],
+                         probabilistic=[])
+    auc = result["scorers"]["model"]["roc_auc"]
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    se = np.sqrt((auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2))
+                 / (n_pos * n_neg))
+    lo, hi = result["scorers"]["model"]["roc_auc_ci"]
+    assert lo < auc < hi
+    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.25)
+    # the margin over the baseline comes with its own interval, clear of zero here
+    margin_lo, margin_hi = result["comparison"]["model"]["vs_best_baseline_ci"]
+    assert 0 < margin_lo < result["comparison"]["model"]["vs_best_baseline"] < margin_hi
+    table = ev.metrics_table(result)
+    assert f"({lo:.4f}–{hi:.4f})" in table and "95 % bootstrap interval" in table
