@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -225,15 +225,25 @@ def purchase_history(cols: Columns) -> tuple[F64, F64, F64]:
     return x, t_x, t_x + since
 
 
+def over_history(x: F64, t_x: F64, T: F64, answer: Callable[[F64, F64, F64], Any]) -> F64:
+    """`answer(x, t_x, T)` for the members with a purchase history (`purchase_history`), NaN
+    for those without an order."""
+    known = np.isfinite(x) & np.isfinite(T)
+    out = np.full(len(x), np.nan)
+    if known.any():
+        out[known] = answer(x[known], t_x[known], T[known])
+    return out
+
+
 def churn_inputs(cols: Columns, bgnbd: Any, horizon_days: float) -> dict[str, F64]:
     """BG/NBD expectations (params fitted on the training window) and a recency ratio."""
     x, t_x, T = purchase_history(cols)
-    known = np.isfinite(x) & np.isfinite(T)
-    p_alive = np.full(len(x), np.nan)
-    expected = np.full(len(x), np.nan)
-    if bgnbd is not None and known.any():
-        p_alive[known] = bgnbd.p_alive(x[known], t_x[known], T[known])
-        expected[known] = bgnbd.expected_purchases(horizon_days, x[known], t_x[known], T[known])
+    if bgnbd is None:
+        p_alive, expected = np.full(len(x), np.nan), np.full(len(x), np.nan)
+    else:
+        p_alive = over_history(x, t_x, T, bgnbd.p_alive)
+        expected = over_history(
+            x, t_x, T, lambda *h: bgnbd.expected_purchases(horizon_days, *h))
     since = _f(cols, "days_since_last_order")
     gap = _f(cols, "mean_interpurchase_days")
     with np.errstate(divide="ignore", invalid="ignore"):

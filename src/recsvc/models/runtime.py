@@ -23,10 +23,11 @@ def calibrated(raw: F64, platt: Mapping[str, float]) -> F64:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-class WeeklyBgNbd:
-    """A BG/NBD fitted in weeks, answering in days (the feature store's unit)."""
+class WeeklyBtyd:
+    """A BTYD model (BG/NBD, Pareto/NBD) fitted in weeks, answering in days (the feature
+    store's unit)."""
 
-    def __init__(self, model: BgNbd) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
 
     def p_alive(self, x: F64, t_x: F64, T: F64) -> F64:
@@ -36,8 +37,12 @@ class WeeklyBgNbd:
         return np.asarray(self.model.expected_purchases(t / 7.0, x, t_x / 7.0, T / 7.0),
                           dtype=np.float64)
 
+    def p_purchase_within(self, t: float, x: F64, t_x: F64, T: F64) -> F64:
+        return np.asarray(self.model.p_purchase_within(t / 7.0, x, t_x / 7.0, T / 7.0),
+                          dtype=np.float64)
 
-def weekly_bgnbd(extra: Mapping[str, Any]) -> WeeklyBgNbd | None:
+
+def weekly_bgnbd(extra: Mapping[str, Any]) -> WeeklyBtyd | None:
     """The BG/NBD saved with a churn manifest, for serving the same derived inputs."""
     params = extra.get("bgnbd_weekly")
-    return WeeklyBgNbd(BgNbd.from_dict(params)) if params else None
+    return WeeklyBtyd(BgNbd.from_dict(params)) if params else None

@@ -44,7 +44,7 @@ from recsvc.models import evaluation, inputs
 from recsvc.models.btyd import BgNbd
 from recsvc.models.pareto_nbd import ParetoNbd
 from recsvc.models.registry import Manifest, Registry
-from recsvc.models.runtime import WeeklyBgNbd, calibrated
+from recsvc.models.runtime import WeeklyBtyd, calibrated
 from recsvc.progress import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -391,13 +391,19 @@ def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _P
     last = split.frame.event_timestamp.to_numpy() == split.frame.event_timestamp[train].max()
     ok &= last
     bgnbd = BgNbd.fit(x[ok], t_x[ok] / 7.0, T[ok] / 7.0)  # time in weeks, as usual
-    pareto = ParetoNbd.fit(x[ok], t_x[ok] / 7.0, T[ok] / 7.0)
-    weekly = WeeklyBgNbd(bgnbd)
+    pareto = WeeklyBtyd(ParetoNbd.fit(x[ok], t_x[ok] / 7.0, T[ok] / 7.0))
+    weekly = WeeklyBtyd(bgnbd)
+
+    def within(model: WeeklyBtyd) -> F64:  # P(a purchase within the horizon), NaN: no order
+        return inputs.over_history(
+            x, t_x, T, lambda *h: model.p_purchase_within(opts.horizon_days, *h))
+
     cols.update(inputs.churn_inputs(cols, weekly, opts.horizon_days))
     names = list(inputs.CHURN_INPUTS)
     vocab = inputs.vocabularies({k: cols[k] for k in inputs.CATEGORICAL if k in cols})
     X = inputs.matrix(cols, names, vocab)
     since = np.nan_to_num(cols["days_since_last_order"], nan=1e6)
+
     rfm = np.column_stack([since, cols["orders_total"], cols["orders_365d"],
                            cols["spend_365d_minor"], cols["tenure_days"]])
     lr = logistic_baseline(rfm[train], split.label[train])
@@ -407,9 +413,11 @@ def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _P
         "bgnbd_p_alive": 1.0 - np.nan_to_num(cols["bgnbd_p_alive"], nan=0.0),
         "bgnbd_expected_purchases": -np.nan_to_num(cols["bgnbd_expected_purchases"], nan=0.0),
         # the classic models as the caller asks the question: no purchase within the horizon
-        "bgnbd_p_no_purchase": btyd_no_purchase(bgnbd, opts.horizon_days, x, t_x, T),
-        "pareto_nbd_p_no_purchase": btyd_no_purchase(pareto, opts.horizon_days, x, t_x, T),
-        "pareto_nbd_expected_purchases": -btyd_expected(pareto, opts.horizon_days, x, t_x, T),
+        # (a member with no order yet: no history says they will buy)
+        "bgnbd_p_no_purchase": 1.0 - np.nan_to_num(within(weekly), nan=0.0),
+        "pareto_nbd_p_no_purchase": 1.0 - np.nan_to_num(within(pareto), nan=0.0),
+        "pareto_nbd_expected_purchases": -np.nan_to_num(inputs.over_history(
+            x, t_x, T, lambda *h: pareto.expected_purchases(opts.horizon_days, *h)), nan=0.0),
     }
     buyers = train & np.isfinite(cols["days_since_last_order"])
     rfm_thresholds = segments.fit_rfm_thresholds(
@@ -418,40 +426,13 @@ def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _P
     rate = float(np.clip(split.label[train].mean(), 1e-4, 1 - 1e-4))
     fallback = float(np.log(rate / (1 - rate)))
     extra = {"vocabularies": vocab, "bgnbd_weekly": bgnbd.to_dict(),
-             "pareto_nbd_weekly": pareto.to_dict(),
+             "pareto_nbd_weekly": pareto.model.to_dict(),
              "horizon_days": opts.horizon_days, "rfm_thresholds": rfm_thresholds.to_dict(),
              "band_cuts": list(segments.DEFAULT_BAND_CUTS), "prior_fallback": fallback}
     return _Prepared(names, list(inputs.CHURN_DERIVED), X, extra, baselines,
                      ["rfm_logistic_regression", "bgnbd_p_no_purchase",
                       "pareto_nbd_p_no_purchase"],
                      inputs.churn_prior_margin(cols, fallback))
-
-
-def _weeks(model: Any, horizon_days: float, x: F64, t_x: F64, T: F64,
-           answer: Callable[..., Any]) -> tuple[F64, npt.NDArray[np.bool_]]:
-    """`answer(model, horizon, x, t_x, T)` in weeks (the BTYD fits' unit) for the rows with a
-    purchase history (x, t_x, T in days, NaN without an order), and which rows those are."""
-    known = np.isfinite(x) & np.isfinite(T)
-    out = np.full(len(x), np.nan)
-    if known.any():
-        out[known] = answer(model, horizon_days / 7.0, x[known], t_x[known] / 7.0,
-                            T[known] / 7.0)
-    return out, known
-
-
-def btyd_no_purchase(model: Any, horizon_days: float, x: F64, t_x: F64, T: F64) -> F64:
-    """P(no purchase within `horizon_days`) per row from a BTYD model (BG/NBD or Pareto/NBD);
-    a member with no order yet scores 1 (no history says they will buy)."""
-    p, known = _weeks(model, horizon_days, x, t_x, T,
-                      lambda m, *a: m.p_purchase_within(*a))
-    return np.where(known, 1.0 - p, 1.0)
-
-
-def btyd_expected(model: Any, horizon_days: float, x: F64, t_x: F64, T: F64) -> F64:
-    """E[purchases within `horizon_days`] per row from a BTYD model; 0 with no order yet."""
-    e, known = _weeks(model, horizon_days, x, t_x, T,
-                      lambda m, *a: m.expected_purchases(*a))
-    return np.where(known, e, 0.0)
 
 
 def train_model(
@@ -496,7 +477,8 @@ def train_model(
     scorers = {"lightgbm": prob, **prep.baselines}
     valid_eval = evaluation.evaluate(split.label[va], {k: v[va] for k, v in scorers.items()},
                                      baselines=list(prep.baselines),
-                                     probabilistic=["lightgbm", *prep.baseline_probabilistic])
+                                     probabilistic=["lightgbm", *prep.baseline_probabilistic],
+                                     resamples=0)  # the gate reads the point metrics only
     oracle = _oracle_scores(data_dir, name, feats[te])
     test_scorers = {k: v[te] for k, v in scorers.items()}
     if oracle is not None:
