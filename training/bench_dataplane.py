@@ -110,8 +110,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--profile",
-                        choices=["hint", "hint-warm", "hint-warm-rpc", "hints100", "recommend",
-                                 "churn"])
+                        choices=["hint", "hint-warm", "hint-warm-rpc", "hints100",
+                                 "hints100-rpc", "recommend", "recommend-rpc", "churn"])
     args = parser.parse_args()
     from recsvc.serving.dataplane import HintRequest, RecommendRequest
     from recsvc.serving.servicer import RedemptionServicer
@@ -128,18 +128,30 @@ def main() -> None:
     wire = [pb.GetRedemptionHintRequest(member_id=m, item_id=i).SerializeToString()
             for m, i in zip(warm, one, strict=True)]
 
-    def rpc(k: int) -> bytes:  # what the worker does between grpc's bytes in and out
-        request = pb.GetRedemptionHintRequest.FromString(wire[k])
-        answer = run_now(servicer.GetRedemptionHint(request, _Context()))
-        return answer.SerializeToString()  # type: ignore[no-any-return]
+    batches = [pb.BatchGetRedemptionHintsRequest(member_id=m, item_ids=many[k % 50])
+               .SerializeToString() for k, m in enumerate(cold)]
+    rankings = [pb.RecommendRedemptionsRequest(member_id=m, limit=200).SerializeToString()
+                for m in cold]
+
+    def handled(method: Any, kind: Any, requests: list[bytes]) -> Callable[[int], bytes]:
+        """What the worker does between grpc's bytes in and out for one RPC."""
+        def call(k: int) -> bytes:
+            answer = run_now(method(kind.FromString(requests[k]), _Context()))
+            return answer.SerializeToString()  # type: ignore[no-any-return]
+        return call
     cases: dict[str, tuple[Callable[[int], Any], int]] = {
         "hint": (lambda k: plane.hints(HintRequest(cold[k], [one[k]]), "bench"), n),
         "hint-warm": (lambda k: plane.hints(HintRequest(warm[k], [one[k]]), "bench"), n),
-        "hint-warm-rpc": (rpc, n),
+        "hint-warm-rpc": (handled(servicer.GetRedemptionHint, pb.GetRedemptionHintRequest,
+                                  wire), n),
         "hints100": (lambda k: plane.hints(HintRequest(cold[k], many[k % 50]), "bench"),
                      n // 10),
+        "hints100-rpc": (handled(servicer.BatchGetRedemptionHints,
+                                 pb.BatchGetRedemptionHintsRequest, batches), n // 10),
         "recommend": (lambda k: plane.recommend(RecommendRequest(cold[k], limit=200),
                                                 "bench"), n // 10),
+        "recommend-rpc": (handled(servicer.RecommendRedemptions,
+                                  pb.RecommendRedemptionsRequest, rankings), n // 10),
         "churn": (lambda k: plane.churn_risk(cold[k * 1000 % n:][:1000] or cold[:1000],
                                              "bench"), max(n // 100, 5)),
     }
