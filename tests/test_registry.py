@@ -156,6 +156,18 @@ def test_gate_refuses_a_model_that_does_not_beat_its_best_baseline(
     assert [e["action"] for e in events] == ["register", "refused", "register", "promote"]
 
 
+def test_a_version_serving_a_baseline_must_beat_the_other_baselines(
+    registry: Registry, booster: lgb.Booster
+) -> None:
+    # a classic model won the version's competition: it serves, and is judged against the rest
+    served = add(registry, booster, auc=0.70, baseline=0.70,
+                 extra={"served": "logistic_rfm"})
+    assert registry.promote("churn", served).changed
+    below = add(registry, booster, auc=0.59, baseline=0.59, extra={"served": "logistic_rfm"})
+    with pytest.raises(PromotionRefused, match="does not beat the best baseline 'recency'"):
+        registry.promote("churn", below)
+
+
 def test_gate_refuses_a_regression_beyond_tolerance(
     registry: Registry, booster: lgb.Booster
 ) -> None:

@@ -195,6 +195,12 @@ class Fraud(_Section):
     """Share of members the isolation forest flags as anomalous."""
 
 
+class Churn(_Section):
+    horizon_days: int = Field(90, ge=1, le=730)
+    """A churn probability is P(no order within this many days): the default horizon of
+    training, batch scoring and the answers (`--horizon-days` overrides it per job)."""
+
+
 class Liability(_Section):
     horizon_months: int = Field(12, gt=0, le=60)
     bootstrap_samples: int = Field(200, ge=20)
@@ -242,6 +248,7 @@ class Programme(_Section):
     inventory: Inventory = Inventory()
     nudges: Nudges = Nudges()
     fraud: Fraud = Fraud()
+    churn: Churn = Churn()
     liability: Liability = Liability()
     experiments: Experiments = Experiments()
 

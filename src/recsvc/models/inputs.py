@@ -72,6 +72,10 @@ PROPENSITY_INPUTS = tuple(
 )
 CHURN_INPUTS = tuple(n for n in MEMBER_ACTIVITY + MEMBER_POINTS + CHURN_DERIVED
                      if n not in NOT_INPUTS)
+# recency, frequency and monetary value, and tenure: the classic logistic regression's inputs
+RFM_INPUTS = ("days_since_last_order", "orders_total", "orders_365d", "spend_365d_minor",
+              "tenure_days")
+NEVER_ORDERED_DAYS = 1e6  # the recency of a member with no order, for the RFM inputs
 
 
 def _f(cols: Columns, name: str) -> F64:
@@ -223,6 +227,12 @@ def purchase_history(cols: Columns) -> tuple[F64, F64, F64]:
     x = np.where(bought, orders - 1, np.nan)
     t_x = np.where(bought, gap * x, np.nan)
     return x, t_x, t_x + since
+
+
+def rfm_matrix(cols: Columns) -> F64:
+    """The RFM_INPUTS as a matrix; a member with no order is NEVER_ORDERED_DAYS from one."""
+    return np.column_stack([_fill(_f(cols, RFM_INPUTS[0]), NEVER_ORDERED_DAYS),
+                            *(_f(cols, name) for name in RFM_INPUTS[1:])])
 
 
 def over_history(x: F64, t_x: F64, T: F64, answer: Callable[[F64, F64, F64], Any]) -> F64:

@@ -108,14 +108,15 @@ def train_and_promote(
     models: tuple[str, ...],
     *,
     as_of: dt.datetime | None,
-    horizon_days: int,
+    horizon_days: int | None = None,
     promote: bool = True,
     say: Callable[[str], None] = print,
 ) -> Outcome:
     from recsvc.models.registry import Gate
     from recsvc.models.training import TrainOptions, train_model
 
-    opts = TrainOptions(as_of=as_of, horizon_days=horizon_days)
+    opts = TrainOptions(as_of=as_of,
+                        horizon_days=horizon_days or ctx.programme.churn.horizon_days)
     outcome = Outcome({}, {}, {})
     for name in models:
         if name == "propensity" and len(models) > 1 and not _has_exposures(ctx.settings):
@@ -244,8 +245,9 @@ _horizon = int_in(1, 730)
 def _add_window(p: argparse.ArgumentParser) -> None:
     p.add_argument("--as-of", type=date_arg, default=None,
                    help="use only data up to the end of this day, YYYY-MM-DD (default: all)")
-    p.add_argument("--horizon-days", type=_horizon, default=90,
-                   help="churn label: no order within this many days after a cut-off (90)")
+    p.add_argument("--horizon-days", type=_horizon, default=None,
+                   help="churn label: no order within this many days after a cut-off "
+                        "(default: the programme's churn.horizon_days, 90)")
 
 
 def register(sub: Any) -> None:
@@ -298,6 +300,7 @@ def register(sub: Any) -> None:
     p.add_argument("--as-of", type=date_arg, default=None,
                    help="score as of the end of this day (default: the end of the data)")
     p.add_argument("--out", type=Path, default=None, help="also write the scores to this CSV")
-    p.add_argument("--horizon-days", type=_horizon, default=90,
-                   help="churn horizon of a model trained on the fly for an early --as-of (90)")
+    p.add_argument("--horizon-days", type=_horizon, default=None,
+                   help="score P(no order within this many days) with a churn version trained "
+                        "at that horizon (default: the programme's churn.horizon_days, 90)")
     p.set_defaults(func=_cmd_score_batch)

@@ -272,7 +272,9 @@ class Gate:
 
     A candidate must beat the best baseline by more than `min_margin`, and must not fall more
     than `tolerance` below the production version (its `champion` re-score when the manifest
-    has one for that version, else the production manifest's own metric).
+    has one for that version, else the production manifest's own metric). A version that
+    serves one of its baselines (`extra["served"]`, a classic churn model that beat the trees)
+    is that baseline: it must beat the others.
     """
 
     metric: str = "roc_auc"
@@ -289,7 +291,9 @@ class Gate:
             return [f"candidate {candidate.version} has no {m!r} metric"]
         mine = candidate.metrics[m]
         reasons = []
-        baselines = {n: v[m] for n, v in candidate.baseline_metrics.items() if m in v}
+        served = candidate.extra.get("served")
+        baselines = {n: v[m] for n, v in candidate.baseline_metrics.items()
+                     if m in v and n != served}
         if baselines:
             best = max(baselines, key=lambda n: sign * baselines[n])
             if not sign * (mine - baselines[best]) > self.min_margin:

@@ -22,7 +22,7 @@ from recsvc.data import schema
 from recsvc.errors import DataMissing
 from recsvc.models import inputs
 from recsvc.models.attribution import PathAttribution
-from recsvc.models.runtime import calibrated, weekly_bgnbd
+from recsvc.models.runtime import TREES, ClassicChurn, calibrated, weekly_bgnbd
 from recsvc.progress import Stopwatch
 
 F64 = npt.NDArray[np.float64]
@@ -36,15 +36,24 @@ class ChurnScores:
     segment: npt.NDArray[np.str_]
     action: npt.NDArray[np.str_]
     contributions: F64 | None  # (rows, inputs): per-prediction drivers in log-odds
+    inputs: tuple[str, ...] = ()  # the contributions' columns
 
 
 class ChurnScorer:
-    """Scores members from their churn_v1 features with a loaded registry version."""
+    """Scores members from their churn_v1 features with a loaded registry version: with what
+    won its training's competition (`extra["served"]`): the trees boosted from BG/NBD's
+    log-odds (versions from before the competition), the trees alone, or a classic model.
+    `model_version`, which answers carry, names the version and, when its trees do not
+    serve, the classic scorer that does ("v0003/pareto_nbd_p_no_purchase")."""
 
     def __init__(self, loaded: Any) -> None:
         manifest = loaded.manifest
         extra = manifest.extra
         self.version: str = manifest.version
+        self.served: str = str(extra.get("served", "lightgbm"))
+        self.model_version = (self.version if self.served in TREES
+                              else f"{self.version}/{self.served}")
+        self.classic = None if self.served in TREES else ClassicChurn(extra)
         self.features: list[str] = list(manifest.features)
         self.booster = loaded.booster
         # the drivers; a compiled model keeps LightGBM's booster beside its native code, and
@@ -67,25 +76,33 @@ class ChurnScorer:
         self.band_cuts: tuple[float, float] = (float(cuts[0]), float(cuts[1]))
 
     def matrix(self, cols: Mapping[str, Any]) -> tuple[F64, F64]:
-        """The model matrix and the prior margin the trees correct."""
+        """The model matrix and the prior margin the trees correct (0: trees boosted from a
+        constant)."""
         derived = inputs.churn_inputs(cols, self.bgnbd, self.horizon)
         X = inputs.matrix({**cols, **derived}, self.features, self.vocab)
+        if self.served == "lightgbm_plain":
+            return X, np.zeros(len(X))
         return X, inputs.churn_prior_margin(derived, self.prior_fallback)
 
     def score(self, cols: Mapping[str, Any], *, contributions: bool = False,
               num_threads: int = 1) -> ChurnScores:
-        X, prior = self.matrix(cols)
-        raw = prior + np.asarray(self.booster.predict(X, raw_score=True, num_threads=num_threads))
+        names: tuple[str, ...]
+        if self.classic is not None:
+            raw, contrib = self.classic.margin(self.served, cols)
+            names = inputs.RFM_INPUTS if contrib is not None else ()
+        else:
+            X, prior = self.matrix(cols)
+            raw = prior + np.asarray(self.booster.predict(X, raw_score=True,
+                                                          num_threads=num_threads))
+            contrib = self.attribution.contributions(X, num_threads) if contributions else None
+            names = tuple(self.features)
         prob = calibrated(raw, self.platt)
         band = np.asarray(segments.band(prob, self.band_cuts), dtype=str).reshape(-1)
         seg = np.asarray(segments.segment(
             self.rfm, cols["days_since_last_order"], _num(cols["orders_365d"]),
             _num(cols["spend_365d_minor"]), _num(cols["tenure_days"])), dtype=str).reshape(-1)
         action = segments.recommended_action_codes(seg, band)
-        contrib = None
-        if contributions:
-            contrib = self.attribution.contributions(X, num_threads)
-        return ChurnScores(prob, band, seg, action, contrib)
+        return ChurnScores(prob, band, seg, action, contrib if contributions else None, names)
 
 
 class PropensityScorer:
@@ -186,31 +203,40 @@ def features_as_of(data_dir: Path) -> dt.datetime:
         raise DataMissing(f"no features under {path.parent}: run `make features`") from None
 
 
-def version_as_of(registry: Any, model: str, as_of: dt.datetime) -> str | None:
-    """The version of `model` that saw nothing after `as_of`: production if its training data
-    ends by then, else the newest registered one that does, else None."""
+def version_as_of(registry: Any, model: str, as_of: dt.datetime,
+                  horizon_days: int | None = None) -> str | None:
+    """The version of `model` that saw nothing after `as_of` (and, given `horizon_days`, whose
+    churn probabilities are about that horizon): production if it qualifies, else the newest
+    registered one that does, else None."""
     production = registry.production(model)
-    eligible = [v for v in reversed(registry.versions(model))
-                if registry.manifest(model, v).training_window.end <= as_of]
+
+    def qualifies(version: str) -> bool:
+        manifest = registry.manifest(model, version)
+        return manifest.training_window.end <= as_of and (
+            horizon_days is None or manifest.extra.get("horizon_days") == horizon_days)
+
+    eligible = [v for v in reversed(registry.versions(model)) if qualifies(v)]
     if production in eligible:
         return str(production)
     return str(eligible[0]) if eligible else None
 
 
 def model_as_of(ctx: Any, as_of: dt.datetime, horizon_days: int, say: Any = print) -> str:
-    """A churn version that saw nothing after `as_of`: production if its training data ends by
-    then, else the newest registered one that does, else one trained now (not promoted)."""
+    """A churn version at `horizon_days` that saw nothing after `as_of`: production if it
+    qualifies, else the newest registered one that does, else one trained now (registered,
+    not promoted)."""
     from recsvc.models.training import TrainOptions, train_model
 
     reg = ctx.registry
-    version = version_as_of(reg, "churn", as_of)
+    version = version_as_of(reg, "churn", as_of, horizon_days)
     if version is not None:
         if version != reg.production("churn"):
-            say(f"score-batch: production churn model saw data after {as_of:%Y-%m-%d}; using "
-                f"{version}, trained on data up to then")
+            say(f"score-batch: the production churn model saw data after {as_of:%Y-%m-%d} or "
+                f"answers another horizon; using {version}, trained on data up to then at "
+                f"{horizon_days} days")
         return version
-    say(f"score-batch: no churn model trained on data up to {as_of:%Y-%m-%d}; training one "
-        "now (registered, not promoted)")
+    say(f"score-batch: no churn model at {horizon_days} days trained on data up to "
+        f"{as_of:%Y-%m-%d}; training one now (registered, not promoted)")
     result = train_model("churn", Path(ctx.settings.data_dir), ctx.programme, ctx.history, reg,
                          TrainOptions(as_of=as_of, horizon_days=horizon_days),
                          data_fingerprint="as-of " + as_of.isoformat(), say=say)
@@ -218,15 +244,16 @@ def model_as_of(ctx: Any, as_of: dt.datetime, horizon_days: int, say: Any = prin
 
 
 def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
-                horizon_days: int = 90, say: Any = print) -> BatchResult:
-    """Score every member who joined before `as_of` and publish the scores (offline + online)."""
+                horizon_days: int | None = None, say: Any = print) -> BatchResult:
+    """Score every member who joined before `as_of` and publish the scores (offline + online):
+    P(no order within `horizon_days`, default the programme's churn horizon)."""
     from recsvc.features import store as fstore
     from recsvc.models.training import with_features
 
     watch = Stopwatch()
     data_dir = Path(ctx.settings.data_dir)
     as_of = as_of or features_as_of(data_dir)
-    version = model_as_of(ctx, as_of, horizon_days, say)
+    version = model_as_of(ctx, as_of, horizon_days or ctx.programme.churn.horizon_days, say)
     loaded = ctx.registry.load("churn", version, known_features=ctx.known_features)
     scorer = ChurnScorer(loaded)
     members = schema.read_table(data_dir, "members", ["member_id", "external_id", "signup_at"])
@@ -235,7 +262,7 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
     entity = pd.DataFrame({"member_id": frame.member_id.to_numpy(),
                            "event_timestamp": pd.Timestamp(as_of)})
     say(f"score-batch: {len(entity):,} members as of {as_of:%Y-%m-%d %H:%M} UTC with churn "
-        f"{scorer.version}")
+        f"{scorer.model_version}")
     feats = with_features(ctx.history, "churn_v1", entity)
     cols = inputs.frame_columns(feats)
     step = Stopwatch()
@@ -250,7 +277,7 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
         "churn_band": pa.array(scores.band.astype(object), pa.string()),
         "segment": pa.array(scores.segment.astype(object), pa.string()),
         "action": pa.array(scores.action.astype(object), pa.string()),
-        "model_version": pa.array([scorer.version] * len(entity), pa.string()),
+        "model_version": pa.array([scorer.model_version] * len(entity), pa.string()),
     })
     target = data_dir / "scores" / SCORES_VIEW
     target.mkdir(parents=True, exist_ok=True)

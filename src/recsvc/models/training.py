@@ -25,7 +25,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,15 @@ from recsvc.models import evaluation, inputs
 from recsvc.models.btyd import BgNbd
 from recsvc.models.pareto_nbd import ParetoNbd
 from recsvc.models.registry import Manifest, Registry
-from recsvc.models.runtime import WeeklyBtyd, calibrated
+from recsvc.models.runtime import (
+    BTYD,
+    CLASSIC,
+    LOG_ODDS,
+    ClassicChurn,
+    LinearModel,
+    WeeklyBtyd,
+    calibrated,
+)
 from recsvc.progress import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -169,16 +177,27 @@ def churn_frame(
     data_dir: Path, limit: dt.datetime, opts: TrainOptions
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Members who had ordered before each cut-off, labelled 1 when they place no order in the
-    `horizon_days` after it; only cut-offs whose whole label window lies before `limit`."""
+    label horizon after it; only cut-offs whose whole label window lies before `limit`. The
+    label horizon is `horizon_days` where the history has three cut-offs for it, else the
+    longest of `fallback_horizons` that does (`bounds["horizon_days"]` says which)."""
     orders = schema.read_table(data_dir, "orders", ["member_id", "ts"]).to_pandas()
     orders = orders[orders.ts < limit]
     if orders.empty:
         raise DataMissing("no orders before the as-of instant")
-    horizon = dt.timedelta(days=opts.horizon_days)
     first = orders.ts.min().to_pydatetime() + dt.timedelta(days=opts.min_history_days)
-    starts = month_start_instants(int(first.timestamp() * US),
-                                  int((limit - horizon).timestamp() * US))
-    cutoffs = [instant(int(us)) for us in starts]
+    for days in (opts.horizon_days, *fallback_horizons(opts.horizon_days)):
+        horizon = dt.timedelta(days=days)
+        starts = month_start_instants(int(first.timestamp() * US),
+                                      int((limit - horizon).timestamp() * US))
+        cutoffs = [instant(int(us)) for us in starts]
+        if len(cutoffs) >= 3:
+            break
+    else:
+        span = (limit - orders.ts.min().to_pydatetime()).days
+        raise DataMissing(
+            f"the orders before {limit:%Y-%m-%d} span {span} days: too short to label churn "
+            f"at {opts.horizon_days} days or even 7 (a label needs {opts.min_history_days} days "
+            "of history, then three month starts whose windows end before the as-of date)")
     train, valid, test = split_cutoffs(cutoffs, horizon)
     member = orders.member_id.to_numpy()
     ts = _us(orders.ts)
@@ -203,10 +222,32 @@ def churn_frame(
             }))
     bounds = {"train": f"{train[0]:%Y-%m-%d} .. {train[-1]:%Y-%m-%d} ({len(train)} cut-offs)",
               "valid": f"{valid:%Y-%m-%d}", "test": f"{test:%Y-%m-%d}",
-              "horizon_days": str(opts.horizon_days)}
-    if train[-1] + horizon > valid or valid + horizon > test:
+              "horizon_days": str(horizon.days)}
+    if horizon.days != opts.horizon_days:
+        bounds["note"] = (f"the history before {limit:%Y-%m-%d} is too short for labels at "
+                          f"{opts.horizon_days} days: labelled at {horizon.days}")
+    elif train[-1] + horizon > valid or valid + horizon > test:
         bounds["note"] = "label windows overlap between splits: the data is short"
     return pd.concat(frames, ignore_index=True), bounds
+
+
+def whole_history(data_dir: Path, limit: dt.datetime) -> tuple[F64, F64, F64]:
+    """Every buyer's BTYD statistics at `limit` from the orders before it, in days: repeat
+    orders x, first to last order t_x, first order to `limit` T."""
+    orders = schema.read_table(data_dir, "orders", ["member_id", "ts"]).to_pandas()
+    orders = orders[orders.ts < limit]
+    ts = _us(orders.ts).astype(np.float64) / (US * 86400.0)
+    g = pd.DataFrame({"m": orders.member_id.to_numpy(), "t": ts}).groupby("m").t
+    first, last, n = g.min().to_numpy(), g.max().to_numpy(), g.size().to_numpy()
+    end = limit.timestamp() / 86400.0
+    return (n - 1).astype(np.float64), last - first, end - first
+
+
+def fallback_horizons(days: int) -> list[int]:
+    """The shorter label horizons tried, longest first, when the history has too few cut-offs
+    for labels at `days`."""
+    ladder = (days * 3 // 4, days // 2, days // 3, days // 4, 28, 14, 7)
+    return sorted({d for d in ladder if 7 <= d < days}, reverse=True)
 
 
 def propensity_frame(
@@ -358,6 +399,7 @@ class _Prepared:
     baselines: dict[str, F64]  # scores per row (all splits), higher = more likely positive
     baseline_probabilistic: list[str]
     init: F64 | None = None  # the margin boosting starts from, per row
+    candidates: dict[str, F64] = field(default_factory=dict)  # margins that may serve instead
 
 
 def _prepare_propensity(cols: dict[str, Any], split: Split, programme: Programme) -> _Prepared:
@@ -394,31 +436,13 @@ def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _P
     pareto = WeeklyBtyd(ParetoNbd.fit(x[ok], t_x[ok] / 7.0, T[ok] / 7.0))
     weekly = WeeklyBtyd(bgnbd)
 
-    def within(model: WeeklyBtyd) -> F64:  # P(a purchase within the horizon), NaN: no order
-        return inputs.over_history(
-            x, t_x, T, lambda *h: model.p_purchase_within(opts.horizon_days, *h))
-
     cols.update(inputs.churn_inputs(cols, weekly, opts.horizon_days))
     names = list(inputs.CHURN_INPUTS)
     vocab = inputs.vocabularies({k: cols[k] for k in inputs.CATEGORICAL if k in cols})
     X = inputs.matrix(cols, names, vocab)
-    since = np.nan_to_num(cols["days_since_last_order"], nan=1e6)
-
-    rfm = np.column_stack([since, cols["orders_total"], cols["orders_365d"],
-                           cols["spend_365d_minor"], cols["tenure_days"]])
-    lr = logistic_baseline(rfm[train], split.label[train])
-    baselines = {
-        "recency_only": since,
-        "rfm_logistic_regression": lr.predict_proba(rfm)[:, 1],
-        "bgnbd_p_alive": 1.0 - np.nan_to_num(cols["bgnbd_p_alive"], nan=0.0),
-        "bgnbd_expected_purchases": -np.nan_to_num(cols["bgnbd_expected_purchases"], nan=0.0),
-        # the classic models as the caller asks the question: no purchase within the horizon
-        # (a member with no order yet: no history says they will buy)
-        "bgnbd_p_no_purchase": 1.0 - np.nan_to_num(within(weekly), nan=0.0),
-        "pareto_nbd_p_no_purchase": 1.0 - np.nan_to_num(within(pareto), nan=0.0),
-        "pareto_nbd_expected_purchases": -np.nan_to_num(inputs.over_history(
-            x, t_x, T, lambda *h: pareto.expected_purchases(opts.horizon_days, *h)), nan=0.0),
-    }
+    rfm = inputs.rfm_matrix(cols)
+    lr = LinearModel.from_pipeline(inputs.RFM_INPUTS, logistic_baseline(rfm[train],
+                                                                        split.label[train]))
     buyers = train & np.isfinite(cols["days_since_last_order"])
     rfm_thresholds = segments.fit_rfm_thresholds(
         cols["days_since_last_order"][buyers], cols["orders_365d"][buyers],
@@ -426,13 +450,85 @@ def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _P
     rate = float(np.clip(split.label[train].mean(), 1e-4, 1 - 1e-4))
     fallback = float(np.log(rate / (1 - rate)))
     extra = {"vocabularies": vocab, "bgnbd_weekly": bgnbd.to_dict(),
-             "pareto_nbd_weekly": pareto.model.to_dict(),
+             "pareto_nbd_weekly": pareto.model.to_dict(), "rfm_logistic": lr.to_dict(),
              "horizon_days": opts.horizon_days, "rfm_thresholds": rfm_thresholds.to_dict(),
              "band_cuts": list(segments.DEFAULT_BAND_CUTS), "prior_fallback": fallback}
-    return _Prepared(names, list(inputs.CHURN_DERIVED), X, extra, baselines,
-                     ["rfm_logistic_regression", "bgnbd_p_no_purchase",
-                      "pareto_nbd_p_no_purchase"],
-                     inputs.churn_prior_margin(cols, fallback))
+    # the classic models, among them BG/NBD and Pareto/NBD asked the caller's question (no
+    # purchase within the horizon), scored exactly as a version serving one of them would
+    classic = ClassicChurn(extra)
+    candidates = {kind: classic.margin(kind, cols)[0] for kind in CLASSIC}
+    baselines = {kind: sigmoid(score) if kind in LOG_ODDS else score
+                 for kind, score in candidates.items()}
+    return _Prepared(names, list(inputs.CHURN_DERIVED), X, extra, baselines, list(LOG_ODDS),
+                     inputs.churn_prior_margin(cols, fallback), candidates)
+
+
+def sigmoid(margin: F64) -> F64:
+    return np.asarray(1.0 / (1.0 + np.exp(-margin)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What a new version serves: the candidate that ranked validation best."""
+
+    name: str
+    booster: Any
+    platt: dict[str, float]
+    probability: F64  # every row's, calibrated
+    candidates: dict[str, float]  # validation ROC-AUC of each candidate
+
+
+def _compete(prep: _Prepared, split: Split, booster: Any, opts: TrainOptions,
+             say: Callable[[str], None], *, trees: bool = True,
+             ) -> tuple[_Served, dict[str, F64]]:
+    """The candidates on the validation split, each calibrated there: the trees boosted from
+    the prior, and (churn) the trees boosted from a constant and every classic model alone.
+
+    Which serves. The trees must earn their place: of the two variants, the one boosted from
+    the prior unless the other ranks validation better beyond its noise (the 95 % paired
+    bootstrap interval of the difference above 0); then those trees only if they rank
+    validation better than the best classic model beyond its noise too, else that classic
+    model. On a log a classic process describes, the classic model is as good as anything
+    learnt from the same histories, and the trees' edge of a few thousandths on one
+    validation cut-off is noise that the test split does not repeat. Either way nothing that
+    serves ranks validation below a classic model. `trees=False`: only the classic candidates
+    may serve (the labels could not reach the horizon asked for). Also every tree variant's
+    calibrated probabilities, for the report."""
+    from sklearn.metrics import roc_auc_score
+
+    tr, va = split.rows("train"), split.rows("valid")
+    boosters = {"lightgbm": booster}
+    margins = {"lightgbm": margin(booster, prep.X, prep.init)}
+    if prep.candidates:
+        plain = fit_booster(prep.X[tr], split.label[tr], prep.X[va], split.label[va],
+                            prep.names, inputs.CATEGORICAL, MONOTONE[CHURN], opts)
+        boosters["lightgbm_plain"] = plain
+        margins["lightgbm_plain"] = margin(plain, prep.X)
+        margins.update(prep.candidates)
+    platts = {k: fit_platt(m[va], split.label[va]) for k, m in margins.items()}
+    probs = {k: calibrated(m, platts[k]) for k, m in margins.items()}
+    valid = {k: p[va] for k, p in probs.items()}
+    aucs = {k: float(roc_auc_score(split.label[va], p)) for k, p in valid.items()}
+    samples = (evaluation.bootstrap_auc(split.label[va], valid, seed=opts.seed)
+               if len(valid) > 1 else {})
+
+    def clearly_better(a: str, b: str) -> bool:
+        low = evaluation.interval(samples[a] - samples[b])
+        return aucs[a] > aucs[b] and low is not None and low[0] > 0
+
+    best = "lightgbm"
+    if "lightgbm_plain" in aucs and clearly_better("lightgbm_plain", best):
+        best = "lightgbm_plain"
+    if prep.candidates:
+        classic = max(prep.candidates, key=lambda k: aucs[k])
+        if not trees or not clearly_better(best, classic):
+            best = classic
+    if len(aucs) > 1:
+        say("candidates (validation ROC-AUC): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in sorted(aucs.items(), key=lambda kv: -kv[1]))
+            + f"; serving {best}")
+    served = _Served(best, boosters.get(best, booster), platts[best], probs[best], aucs)
+    return served, {k: probs[k] for k in boosters}
 
 
 def train_model(
@@ -461,8 +557,15 @@ def train_model(
     split = Split(feats, feats.part.to_numpy(), feats.label.to_numpy().astype(np.int64),
                   (instant(int(_us(feats.event_timestamp).min())), limit), bounds)
     cols = inputs.frame_columns(feats)
+    # a history too short for labels at the horizon asked for: everything is fitted and
+    # validated at the label horizon, and only a BTYD model, which answers any horizon, serves
+    label_days = int(bounds.get("horizon_days", opts.horizon_days))
+    short = name == CHURN and label_days != opts.horizon_days
     prep = (_prepare_propensity(cols, split, programme) if name == PROPENSITY
-            else _prepare_churn(cols, split, opts))
+            else _prepare_churn(cols, split, replace(opts, horizon_days=label_days)))
+    if short:  # the BTYD models' own probabilities of no purchase within the horizon
+        prep.candidates = {k: v for k, v in prep.candidates.items()
+                           if k in BTYD and k in LOG_ODDS}
     tr, va, te = split.rows("train"), split.rows("valid"), split.rows("test")
     step = Stopwatch()
     init = prep.init
@@ -471,41 +574,57 @@ def train_model(
                           None if init is None else init[tr], None if init is None else init[va])
     say(f"{name}: LightGBM {booster.best_iteration} trees on {int(tr.sum()):,} rows in "
         f"{step.seconds:.1f} s")
-    raw = margin(booster, prep.X, init)
-    platt = fit_platt(raw[va], split.label[va])
-    prob = calibrated(raw, platt)
-    scorers = {"lightgbm": prob, **prep.baselines}
+    served, trees = _compete(prep, split, booster, opts, say, trees=not short)
+    calibration = served.platt
+    if served.name in BTYD:  # serves refitted on every purchase history up to the as-of date
+        x, t_x, T = whole_history(data_dir, limit)
+        family = BgNbd if BTYD[served.name][0] == "bgnbd" else ParetoNbd
+        prep.extra["served_btyd"] = family.fit(x, t_x / 7.0, T / 7.0).to_dict()
+    if short:  # calibrated at the label horizon, so served as the model's own probability
+        prep.extra.update(horizon_days=opts.horizon_days, label_horizon_days=label_days)
+        calibration = {"a": 1.0, "b": 0.0}
+        say(f"{name}: {bounds['note']}; serving {served.name} at {opts.horizon_days} days "
+            f"(refitted on every history up to then, it answers any horizon; it ranked the "
+            f"{label_days}-day validation labels best of the classic models)")
+    scorers = {**trees, **prep.baselines}
+    probabilistic = [*trees, *prep.baseline_probabilistic]
+    if len(served.candidates) > 1:  # what serves, beside what competed
+        scorers, probabilistic = {"served": served.probability, **scorers}, ["served",
+                                                                             *probabilistic]
     valid_eval = evaluation.evaluate(split.label[va], {k: v[va] for k, v in scorers.items()},
-                                     baselines=list(prep.baselines),
-                                     probabilistic=["lightgbm", *prep.baseline_probabilistic],
+                                     baselines=list(prep.baselines), probabilistic=probabilistic,
                                      resamples=0)  # the gate reads the point metrics only
     oracle = _oracle_scores(data_dir, name, feats[te])
     test_scorers = {k: v[te] for k, v in scorers.items()}
     if oracle is not None:
         test_scorers["oracle"] = oracle
-    metrics = _metrics(valid_eval["scorers"]["lightgbm"])
+    metrics = _metrics(valid_eval["scorers"]["served" if "served" in scorers else "lightgbm"])
     baseline_metrics = {b: _metrics(valid_eval["scorers"][b]) for b in prep.baselines}
+    booster = served.booster  # the trees that serve, or those kept beside a classic scorer
     importance = dict(zip(prep.names, booster.feature_importance("gain").tolist(), strict=True))
     drivers = _drivers(booster, prep.X[te], prep.names)
     with tempfile.TemporaryDirectory() as tmp:
         files = evaluation.write_report(
             tmp, split.label[te], test_scorers, title=f"{name} model (test split)",
             baselines=list(prep.baselines), oracle="oracle" if oracle is not None else None,
-            probabilistic=["lightgbm", *prep.baseline_probabilistic,
-                           *(["oracle"] if oracle is not None else [])],
+            probabilistic=[*probabilistic, *(["oracle"] if oracle is not None else [])],
             training_window=(split.window[0].isoformat(), split.window[1].isoformat()),
             data_sizes={"train": int(tr.sum()), "valid": int(va.sum()), "test": int(te.sum())},
             importance=importance, drivers=drivers,
             notes=[f"{k}: {v}" for k, v in bounds.items()]
-            + [f"trees: {booster.best_iteration}; Platt a={platt['a']:.4f} b={platt['b']:.4f}"],
-            extra={"validation": metrics},
+            + [f"served: {served.name} (validation ROC-AUC "
+               + ", ".join(f"{k} {v:.4f}" for k, v in served.candidates.items()) + ")",
+               f"trees: {booster.best_iteration}; Platt a={served.platt['a']:.4f} "
+               f"b={served.platt['b']:.4f}"],
+            extra={"validation": metrics, "served": served.name},
         )
         test_eval = json.loads(Path(files.metrics_json).read_text())["evaluation"]
         manifest = registry.register(
             name, booster, feature_service=service, training_window=split.window,
             data_fingerprint=data_fingerprint, metrics=metrics, baseline_metrics=baseline_metrics,
             features=prep.names, derived_features=prep.derived,
-            extra={**prep.extra, "calibration": {"platt": platt}, "split": bounds,
+            extra={**prep.extra, "calibration": {"platt": calibration}, "split": bounds,
+                   "served": served.name, "candidates": served.candidates,
                    "test": _headline(test_eval), "library_versions": _library_versions()},
             report_dir=tmp,
         )

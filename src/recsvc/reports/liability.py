@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-CHURN_HORIZON_DAYS = 90  # the horizon of a churn model trained on the fly (as score-batch)
 SEED = 20240601  # the bootstrap's seed: the same data gives the same interval
 REPORT = "liability"
 
@@ -336,7 +335,7 @@ def churn_from_model(settings: Settings, book: Book, as_of: dt.datetime,
         raise DataMissing(f"the features end at {built:%Y-%m-%d}, before the as-of instant: "
                           "run `recsvc features`")
     ctx = open_context(settings)
-    version = model_as_of(ctx, as_of, CHURN_HORIZON_DAYS, say)
+    version = model_as_of(ctx, as_of, ctx.programme.churn.horizon_days, say)
     scorer = ChurnScorer(ctx.registry.load("churn", version, known_features=ctx.known_features))
     cut = as_of - dt.timedelta(days=scorer.horizon)
     earlier = book.joined_before(epoch_us(cut))
@@ -348,7 +347,7 @@ def churn_from_model(settings: Settings, book: Book, as_of: dt.datetime,
     prob = np.asarray(scorer.score(inputs.frame_columns(feats), num_threads=0).probability,
                       dtype=np.float64)
     n = len(book.ids)
-    return Churn(prob[:n], prob[n:], earlier, scorer.horizon, "model", scorer.version,
+    return Churn(prob[:n], prob[n:], earlier, scorer.horizon, "model", scorer.model_version,
                  f"churn model {scorer.version}: P(no order in {scorer.horizon:.0f} days) on "
                  "the features known at the as-of instant (and one horizon earlier)")
 
@@ -424,7 +423,7 @@ def backfit(book: Book, programme: Programme, as_of: dt.datetime, history_months
         if len(sub.ids) == 0:
             continue
         try:
-            churn = churn_from_history(sub, origin, CHURN_HORIZON_DAYS, "back-fit")
+            churn = churn_from_history(sub, origin, programme.churn.horizon_days, "back-fit")
         except DataMissing:
             continue
         bounds = li.month_bounds(origin, as_of)
@@ -481,9 +480,9 @@ def forecast(settings: Settings, programme: Programme, as_of: dt.datetime, horiz
         except RecsvcError as exc:
             say(f"liability-report: churn model unavailable ({exc}); using the history-based "
                 "fallback")
-            churn = churn_from_history(book, as_of, CHURN_HORIZON_DAYS, str(exc))
+            churn = churn_from_history(book, as_of, programme.churn.horizon_days, str(exc))
     else:
-        churn = churn_from_history(book, as_of, CHURN_HORIZON_DAYS, "--no-model")
+        churn = churn_from_history(book, as_of, programme.churn.horizon_days, "--no-model")
     start = start_at(book, programme, churn, as_of, history_months)
     cal = (backfit(book, programme, as_of, history_months, say) if calibrate
            else li.NO_CALIBRATION)

@@ -941,7 +941,7 @@ class Dataplane:
             contrib = scores.contributions
             top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :TOP_DRIVERS]
             values = np.take_along_axis(contrib, top, axis=1).tolist()
-            names = np.asarray(scorer.features, dtype=object)[top].tolist()
+            names = np.asarray(scores.inputs, dtype=object)[top].tolist()
             drivers = [tuple(zip(n, v, strict=True)) for n, v in zip(names, values, strict=True)]
         else:
             drivers = [() for _ in range(n)]
@@ -952,7 +952,7 @@ class Dataplane:
                  for member, prob, band, seg, drv, is_cold in zip(
                      member_ids, scores.probability.tolist(), bands, segs, drivers,
                      cold.tolist(), strict=True)]
-        return ChurnAnswer(risks, served.version, self._count(rpc, degraded))
+        return ChurnAnswer(risks, scorer.model_version, self._count(rpc, degraded))
 
     # -- the RPCs for the event loop: features read ahead (`read_async`), then the answer ------
     # `admit` runs between the two: the read may have waited, and the answer takes the loop.
