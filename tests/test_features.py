@@ -164,10 +164,12 @@ def test_item_catalogue_and_stats(tiny_features: dict) -> None:
 def test_snapshot_instants(tiny_features: dict) -> None:
     act = tiny_features["member_activity"]
     days = {m: sorted(g["ts"].dt.strftime("%m-%d")) for m, g in act.groupby("member_id")}
-    # member 3: end of signup day, weekly after it, end of each order day, each month start
-    # (the churn cut-offs: 02-01 and 03-01 at midnight), and the as-of
-    assert days[3] == ["01-16", "01-21", "01-23", "01-30", "02-01", "02-06", "02-13", "02-20",
-                       "02-27", "03-01", "03-06", "03-13", "03-20", "03-21"]
+    # member 3: end of signup day, weekly after it, end of each order day, each week start
+    # (Mondays at midnight: the churn cut-offs) and month start (02-01 and 03-01), and the as-of
+    mondays = ["01-20", "01-27", "02-03", "02-10", "02-17", "02-24", "03-03", "03-10", "03-17"]
+    assert days[3] == sorted(["01-16", "01-21", "01-23", "01-30", "02-01", "02-06", "02-13",
+                              "02-20", "02-27", "03-01", "03-06", "03-13", "03-20", "03-21",
+                              *mondays])
     # member 1 signed up before the first event: nothing before the end of 2025-01-01
     assert days[1][0] == "01-02" and "03-16" in days[1]  # the lapse on 03-15 refreshes
     for frame in tiny_features.values():
@@ -368,7 +370,7 @@ def test_features_job_second_run_does_nothing(tiny_data_dir: Path, capsys: Any,
     monkeypatch.setenv("RECSVC_FEATURE_REPO", str(REPO))
     assert cli.main(["features", "--data-dir", str(tiny_data_dir)]) == 0
     first = capsys.readouterr().out
-    assert "features: 420 snapshot rows" in first and "definitions: applied" in first
+    assert "features: 477 snapshot rows" in first and "definitions: applied" in first
     assert "online (sqlite, rewrite): 13 rows" in first
     assert cli.main(["features", "--data-dir", str(tiny_data_dir)]) == 0
     second = capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from recsvc.config import load_programme
 from recsvc.core import index as idx
+from recsvc.data import schema
 from recsvc.errors import PromotionRefused
 from recsvc.features import store as fstore
 from recsvc.models import inputs, runtime
@@ -20,6 +22,9 @@ from recsvc.models.scoring import ChurnScorer, score_batch
 from recsvc.models.training import (
     TrainOptions,
     calibrated,
+    churn_cutoffs,
+    churn_frame,
+    fallback_horizons,
     split_cutoffs,
     train_model,
 )
@@ -139,8 +144,58 @@ def test_cutoffs_are_split_with_label_gaps() -> None:
     # a short log: the windows overlap rather than leave nothing to train on
     short_train, short_valid, short_test = split_cutoffs(months[:4], dt.timedelta(days=90))
     assert (short_train, short_valid, short_test) == (months[:2], months[2], months[3])
-    with pytest.raises(Exception, match="at least 3 month-start cut-offs"):
+    with pytest.raises(Exception, match="at least 3 cut-offs"):
         split_cutoffs(months[:2], dt.timedelta(days=90))
+
+
+def _us(day: dt.datetime) -> int:
+    return int(day.timestamp()) * 1_000_000
+
+
+def test_churn_cutoffs_are_week_starts_up_to_a_month_start_for_test() -> None:
+    got = [dt.datetime.fromtimestamp(us / 1e6, dt.UTC) for us in churn_cutoffs(
+        _us(dt.datetime(2025, 1, 1, tzinfo=dt.UTC)), _us(dt.datetime(2025, 6, 20, tzinfo=dt.UTC)))]
+    assert got[-1] == dt.datetime(2025, 6, 1, tzinfo=dt.UTC)  # the last month start: test
+    weekly = got[:-1]
+    assert all(d.weekday() == 0 and d.hour == 0 for d in weekly)  # Mondays, midnight UTC
+    assert {(b - a).days for a, b in itertools.pairwise(weekly)} == {7}
+    assert weekly[0] == dt.datetime(2025, 1, 6, tzinfo=dt.UTC)
+    assert weekly[-1] == dt.datetime(2025, 5, 26, tzinfo=dt.UTC)
+    # a span with no month start: the week starts alone
+    short = churn_cutoffs(_us(dt.datetime(2025, 1, 2, tzinfo=dt.UTC)),
+                          _us(dt.datetime(2025, 1, 20, tzinfo=dt.UTC)))
+    assert len(short) == 3
+
+
+def test_a_short_history_is_labelled_at_the_longest_horizon_with_honest_splits(
+        tmp_path: Path) -> None:
+    # nine months of orders from one member a week; asked about 273 days
+    orders = pd.DataFrame({"member_id": np.repeat(np.arange(1, 41), 39),
+                           "ts": np.tile(pd.date_range("2025-01-01", periods=39, freq="7D",
+                                                       tz="UTC"), 40)})
+    data = tmp_path / "data"
+    n = len(orders)
+    with schema.atomic_tables(schema.tables_dir(data)) as tables:
+        tables.write("orders", {
+            "order_id": np.arange(n), "member_id": orders.member_id.to_numpy(),
+            "ts": orders.ts.to_numpy(), "amount_minor": np.full(n, 1000),
+            "quantity": np.ones(n, dtype=np.int64), "category": ["food"] * n,
+            "points_earned": np.full(n, 10)})
+    limit = dt.datetime(2025, 10, 1, tzinfo=dt.UTC)
+    frame, bounds = churn_frame(data, limit, TrainOptions(horizon_days=273))
+    days = int(bounds["horizon_days"])
+    assert days < 273 and "too short for labels at 273 days" in bounds["note"]
+    cuts = sorted(frame.event_timestamp.unique())
+    train = frame[frame.part == "train"].event_timestamp.max()
+    valid = frame[frame.part == "valid"].event_timestamp.max()
+    test = frame[frame.part == "test"].event_timestamp.max()
+    window = pd.Timedelta(days=days)
+    assert train + window <= valid and valid + window <= test  # a label window apart
+    assert test + window <= pd.Timestamp(limit) and len(cuts) >= 3
+    # the longest such: asked at any longer horizon of the ladder, it had to go shorter too
+    for d in (d for d in fallback_horizons(273) if d > days):
+        _, shorter = churn_frame(data, limit, TrainOptions(horizon_days=d))
+        assert int(shorter["horizon_days"]) < d
 
 
 def test_platt_calibration_is_monotone() -> None:

@@ -116,6 +116,9 @@ def test_churn_risk_over_grpc_matches_the_scorer(trained: Any) -> None:
         batch = await stub.BatchGetChurnRisk(pb.BatchGetChurnRiskRequest(
             member_ids=[*ids, 10**9]))
         assert [r.member_id for r in batch.risks] == [*ids, 10**9]  # request order
+        # the probabilities say what they are about: the served version's horizon
+        horizon = trained.registry.load("churn").manifest.extra["horizon_days"]
+        assert one.horizon_days == batch.horizon_days == horizon == 90
         assert batch.risks[-1].cold_start and not batch.risks[0].cold_start
         # the same numbers as the scorer on the same online features
         online = fstore.online_features(trained.store, "churn_v1",

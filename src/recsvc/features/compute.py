@@ -452,6 +452,23 @@ def month_start_instants(first_us: int, last_us: int) -> I64:
         y, m = (y + 1, 1) if m == 12 else (y, m + 1)
 
 
+def week_start_instants(first_us: int, last_us: int) -> I64:
+    """Week-start instants (UTC midnight of each Monday, µs) in [first_us, last_us]."""
+    week = 7 * DAY_US
+    monday = 4 * DAY_US  # 1970-01-05, the first Monday after the epoch (a Thursday)
+    k0 = -(-(first_us - monday) // week)
+    k1 = (last_us - monday) // week
+    return monday + np.arange(k0, k1 + 1, dtype=np.int64) * week
+
+
+def cutoff_instants(first_us: int, last_us: int) -> I64:
+    """The instants every member has a snapshot at: month starts and week starts, so the
+    churn model's training cut-offs (week starts) and an as-of date at a month start are
+    seen exactly, not up to a week late."""
+    return np.union1d(month_start_instants(first_us, last_us),
+                      week_start_instants(first_us, last_us))
+
+
 def _member_snapshots(signup: I64, event_mi: I64, event_ts: I64, history_start: int,
                       as_of: int, period_days: int) -> tuple[I64, I64]:
     """(member index, instant) of every member snapshot, sorted by member then instant."""
@@ -466,10 +483,10 @@ def _member_snapshots(signup: I64, event_mi: I64, event_ts: I64, history_start: 
     w_t = first[w_mi] + (k0[w_mi] + offset) * period
     e_t = _day_end(event_ts)
     joined = np.flatnonzero(signup < as_of)
-    # every month start too: the churn model's training cut-offs, seen exactly, not a week late
-    months = month_start_instants(history_start, as_of)
-    m_mi = np.repeat(np.arange(n, dtype=np.int64), len(months))
-    m_t = np.tile(months, n)
+    # every cut-off instant too (cutoff_instants)
+    cuts = cutoff_instants(history_start, as_of)
+    m_mi = np.repeat(np.arange(n, dtype=np.int64), len(cuts))
+    m_t = np.tile(cuts, n)
     mi = np.concatenate([w_mi, event_mi, joined, m_mi])
     t = np.concatenate([w_t, e_t, np.full(len(joined), as_of, dtype=np.int64), m_t])
     keep = (t > signup[mi]) & (t >= history_start) & (t <= as_of)

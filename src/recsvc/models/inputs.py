@@ -56,7 +56,8 @@ INDEX_DERIVED = (
     "member_redemption_rate_90d", "member_redemption_rate_365d", "points_centre_share_90d",
     "points_centre_share_365d",
 )  # fmt: skip
-CHURN_DERIVED = ("bgnbd_p_alive", "bgnbd_expected_purchases", "recency_ratio")
+CHURN_DERIVED = ("bgnbd_p_alive", "bgnbd_expected_purchases", "recency_ratio",
+                 "days_since_first_order", "orders_trend_90d", "spend_trend_90d")
 
 CATEGORICAL = ("tier", "age_band", "category", "points_class", "surface")
 # The favourite categories are inputs only through category_affinity: as codes they would
@@ -246,7 +247,10 @@ def over_history(x: F64, t_x: F64, T: F64, answer: Callable[[F64, F64, F64], Any
 
 
 def churn_inputs(cols: Columns, bgnbd: Any, horizon_days: float) -> dict[str, F64]:
-    """BG/NBD expectations (params fitted on the training window) and a recency ratio."""
+    """BG/NBD expectations (params fitted on the training window) and the purchase timing
+    every log has: the gap since the last order relative to the member's own mean gap, the
+    time since the first order (BTYD's T), and the last 90 days' orders and spend against
+    the year's quarterly mean (1: steady, 0: stopped, above 1: rising)."""
     x, t_x, T = purchase_history(cols)
     if bgnbd is None:
         p_alive, expected = np.full(len(x), np.nan), np.full(len(x), np.nan)
@@ -258,7 +262,16 @@ def churn_inputs(cols: Columns, bgnbd: Any, horizon_days: float) -> dict[str, F6
     gap = _f(cols, "mean_interpurchase_days")
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(gap > 0, since / gap, np.nan)
-    return {"bgnbd_p_alive": p_alive, "bgnbd_expected_purchases": expected, "recency_ratio": ratio}
+    return {"bgnbd_p_alive": p_alive, "bgnbd_expected_purchases": expected, "recency_ratio": ratio,
+            "days_since_first_order": T,
+            "orders_trend_90d": _trend(_f(cols, "orders_90d"), _f(cols, "orders_365d")),
+            "spend_trend_90d": _trend(_f(cols, "spend_90d_minor"), _f(cols, "spend_365d_minor"))}
+
+
+def _trend(last_90d: F64, last_365d: F64) -> F64:
+    """The last 90 days against a quarter of the year's (NaN: nothing in the year)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(last_365d > 0, last_90d * (365.0 / 90.0) / last_365d, np.nan)
 
 
 def churn_prior_margin(derived: Mapping[str, F64], fallback: float) -> F64:

@@ -110,13 +110,16 @@ answer any horizon."""
 CLASSIC = (RECENCY, RFM_LOGISTIC, *BTYD)
 """The classic churn scorers: every one competes with the trees, and serves if it wins."""
 LOG_ODDS = (RFM_LOGISTIC, "bgnbd_p_no_purchase", "pareto_nbd_p_no_purchase")
-"""The classic scores that are log-odds of churn (the rest rank: days, -purchases, p_alive)."""
+"""The classic scores that are log-odds of churn; the others are monotone in it (the log of
+the days since the last order, the log-odds of no purchase were the expected purchases
+Poisson, of not alive), shaped so that Platt scaling calibrates them well."""
 
 
 class ClassicChurn:
     """The classic churn scorers saved with a churn version (its `extra`), each as a score
     that is higher the likelier no purchase within the horizon (log-odds for those in
-    LOG_ODDS): one code path for training's candidates and serving."""
+    LOG_ODDS, a monotone stand-in for the rest): one code path for training's candidates and
+    serving."""
 
     def __init__(self, extra: Mapping[str, Any]) -> None:
         from recsvc.models.pareto_nbd import ParetoNbd
@@ -138,8 +141,8 @@ class ClassicChurn:
     def margin(self, kind: str, cols: Mapping[str, Any]) -> tuple[F64, F64 | None]:
         """The churn score by `kind`, and each input's part of it where the model is additive
         (the RFM regression; None for the others)."""
-        if kind == RECENCY:
-            return inputs.rfm_matrix(cols)[:, 0], None
+        if kind == RECENCY:  # the log of days since the last order: Platt makes a power law
+            return np.log1p(inputs.rfm_matrix(cols)[:, 0]), None
         if kind == RFM_LOGISTIC:
             if self.rfm is None:
                 raise ValueError("this churn version has no RFM regression saved")
@@ -150,10 +153,10 @@ class ClassicChurn:
         if model is None:
             raise ValueError(f"this churn version has no {kind!r} scorer saved")
         x, t_x, T = inputs.purchase_history(cols)
-        if question == "expected_purchases":  # no order yet: none expected either
+        if question == "expected_purchases":  # as log-odds of no purchase, were they Poisson
             got = inputs.over_history(x, t_x, T,
                                       lambda *h: model.expected_purchases(self.horizon, *h))
-            return -np.where(np.isfinite(got), got, 0.0), None
+            return np.where(np.isfinite(got), logit(np.exp(-got)), self.fallback), None
         alive = (inputs.over_history(x, t_x, T, model.p_alive) if question == "p_alive" else
                  inputs.over_history(x, t_x, T,
                                      lambda *h: model.p_purchase_within(self.horizon, *h)))

@@ -39,7 +39,7 @@ from recsvc.core import segments
 from recsvc.core.ledger import US, instant
 from recsvc.data import schema
 from recsvc.errors import DataMissing
-from recsvc.features.compute import month_start_instants
+from recsvc.features.compute import month_start_instants, week_start_instants
 from recsvc.models import evaluation, inputs
 from recsvc.models.btyd import BgNbd
 from recsvc.models.pareto_nbd import ParetoNbd
@@ -160,7 +160,7 @@ def split_cutoffs(
     """
     if len(cutoffs) < 3:
         raise DataMissing(
-            f"need at least 3 month-start cut-offs with an observable {horizon.days}-day label, "
+            f"need at least 3 cut-offs with an observable {horizon.days}-day label, "
             f"have {len(cutoffs)}: the data covers too short a period (try --horizon-days)"
         )
     test = cutoffs[-1]
@@ -176,28 +176,40 @@ def split_cutoffs(
 def churn_frame(
     data_dir: Path, limit: dt.datetime, opts: TrainOptions
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Members who had ordered before each cut-off, labelled 1 when they place no order in the
-    label horizon after it; only cut-offs whose whole label window lies before `limit`. The
-    label horizon is `horizon_days` where the history has three cut-offs for it, else the
-    longest of `fallback_horizons` that does (`bounds["horizon_days"]` says which)."""
+    """Members who had ordered before each weekly cut-off (`churn_cutoffs`), labelled 1 when
+    they place no order in the label horizon after it; only cut-offs whose whole label
+    window lies before `limit`, a member repeated across them. The label horizon is
+    `horizon_days` where the history lets training, validation and test cut-offs lie a label
+    window apart, else the longest of `fallback_horizons` that does, else the longest with
+    three cut-offs at all (`bounds["horizon_days"]` says which, `bounds["note"]` why)."""
     orders = schema.read_table(data_dir, "orders", ["member_id", "ts"]).to_pandas()
     orders = orders[orders.ts < limit]
     if orders.empty:
         raise DataMissing("no orders before the as-of instant")
     first = orders.ts.min().to_pydatetime() + dt.timedelta(days=opts.min_history_days)
+    # the horizon asked if its splits can be a label window apart (the test cut-off a month
+    # start, else the last week start), else the longest shorter one whose can, else the
+    # longest with three cut-offs at all (their windows overlap)
+    tried = []
     for days in (opts.horizon_days, *fallback_horizons(opts.horizon_days)):
         horizon = dt.timedelta(days=days)
-        starts = month_start_instants(int(first.timestamp() * US),
-                                      int((limit - horizon).timestamp() * US))
-        cutoffs = [instant(int(us)) for us in starts]
-        if len(cutoffs) >= 3:
+        span = (int(first.timestamp() * US), int((limit - horizon).timestamp() * US))
+        tried += [(horizon, [instant(int(us)) for us in starts])
+                  for starts in (churn_cutoffs(*span), week_start_instants(*span))]
+        apart = [(h, c) for h, c in tried[-2:] if len(c) >= 3 and _apart(c, h)]
+        if apart:
+            horizon, cutoffs = apart[0]
             break
     else:
-        span = (limit - orders.ts.min().to_pydatetime()).days
-        raise DataMissing(
-            f"the orders before {limit:%Y-%m-%d} span {span} days: too short to label churn "
-            f"at {opts.horizon_days} days or even 7 (a label needs {opts.min_history_days} days "
-            "of history, then three month starts whose windows end before the as-of date)")
+        usable = [(h, c) for h, c in tried if len(c) >= 3]
+        if not usable:
+            span_days = (limit - orders.ts.min().to_pydatetime()).days
+            raise DataMissing(
+                f"the orders before {limit:%Y-%m-%d} span {span_days} days: too short to "
+                f"label churn at {opts.horizon_days} days or even 7 (a label needs "
+                f"{opts.min_history_days} days of history, then three week starts whose "
+                "windows end before the as-of date)")
+        horizon, cutoffs = usable[0]
     train, valid, test = split_cutoffs(cutoffs, horizon)
     member = orders.member_id.to_numpy()
     ts = _us(orders.ts)
@@ -241,6 +253,24 @@ def whole_history(data_dir: Path, limit: dt.datetime) -> tuple[F64, F64, F64]:
     first, last, n = g.min().to_numpy(), g.max().to_numpy(), g.size().to_numpy()
     end = limit.timestamp() / 86400.0
     return (n - 1).astype(np.float64), last - first, end - first
+
+
+def churn_cutoffs(first_us: int, last_us: int) -> npt.NDArray[np.int64]:
+    """The churn cut-offs in [first_us, last_us]: every week start up to the last month start,
+    and that month start, which is the test cut-off (where the simulator's oracle is known,
+    and a date a report reads as "the end of the month"); a span without a month start: the
+    week starts alone."""
+    weeks = week_start_instants(first_us, last_us)
+    months = month_start_instants(first_us, last_us)
+    if not len(months):
+        return weeks
+    return np.union1d(weeks[weeks <= months[-1]], months[-1:])
+
+
+def _apart(cutoffs: Sequence[dt.datetime], horizon: dt.timedelta) -> bool:
+    """Whether training, validation and test cut-offs can be a label window apart."""
+    train, valid, test = split_cutoffs(cutoffs, horizon)
+    return train[-1] + horizon <= valid and valid + horizon <= test
 
 
 def fallback_horizons(days: int) -> list[int]:
@@ -484,16 +514,17 @@ def _compete(prep: _Prepared, split: Split, booster: Any, opts: TrainOptions,
     """The candidates on the validation split, each calibrated there: the trees boosted from
     the prior, and (churn) the trees boosted from a constant and every classic model alone.
 
-    Which serves. The trees must earn their place: of the two variants, the one boosted from
-    the prior unless the other ranks validation better beyond its noise (the 95 % paired
-    bootstrap interval of the difference above 0); then those trees only if they rank
-    validation better than the best classic model beyond its noise too, else that classic
-    model. On a log a classic process describes, the classic model is as good as anything
-    learnt from the same histories, and the trees' edge of a few thousandths on one
-    validation cut-off is noise that the test split does not repeat. Either way nothing that
-    serves ranks validation below a classic model. `trees=False`: only the classic candidates
-    may serve (the labels could not reach the horizon asked for). Also every tree variant's
-    calibrated probabilities, for the report."""
+    Which serves: the one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and
+    Friedman, ESL 7.10), the standard error of a difference in validation ROC-AUC taken from
+    paired bootstrap resamples. Of the two tree variants, the one boosted from the prior
+    unless the other ranks validation better by more than one standard error; then those
+    trees only if they rank validation better than the best classic model by more than one
+    standard error too, else that classic model, the simpler one. On a log a classic process
+    describes, the classic model is as good as anything learnt from the same histories, and
+    the trees' edge of a few thousandths on one validation cut-off is noise the test split
+    does not repeat. Either way nothing that serves ranks validation below a classic model.
+    `trees=False`: only the classic candidates may serve (the labels could not reach the
+    horizon asked for). Also every tree variant's calibrated probabilities, for the report."""
     from sklearn.metrics import roc_auc_score
 
     tr, va = split.rows("train"), split.rows("valid")
@@ -512,15 +543,22 @@ def _compete(prep: _Prepared, split: Split, booster: Any, opts: TrainOptions,
     samples = (evaluation.bootstrap_auc(split.label[va], valid, seed=opts.seed)
                if len(valid) > 1 else {})
 
+    def edge(a: str, b: str) -> tuple[float, float]:
+        """a's validation ROC-AUC less b's, and its standard error."""
+        diff = samples[a] - samples[b]
+        return aucs[a] - aucs[b], float(np.std(diff[np.isfinite(diff)]))
+
     def clearly_better(a: str, b: str) -> bool:
-        low = evaluation.interval(samples[a] - samples[b])
-        return aucs[a] > aucs[b] and low is not None and low[0] > 0
+        gain, se = edge(a, b)
+        return gain > se
 
     best = "lightgbm"
     if "lightgbm_plain" in aucs and clearly_better("lightgbm_plain", best):
         best = "lightgbm_plain"
     if prep.candidates:
         classic = max(prep.candidates, key=lambda k: aucs[k])
+        gain, se = edge(best, classic)
+        say(f"{best} vs {classic} on validation: {gain:+.4f} ± {se:.4f} (1 SE, bootstrap)")
         if not trees or not clearly_better(best, classic):
             best = classic
     if len(aucs) > 1:
@@ -563,9 +601,13 @@ def train_model(
     short = name == CHURN and label_days != opts.horizon_days
     prep = (_prepare_propensity(cols, split, programme) if name == PROPENSITY
             else _prepare_churn(cols, split, replace(opts, horizon_days=label_days)))
-    if short:  # the BTYD models' own probabilities of no purchase within the horizon
-        prep.candidates = {k: v for k, v in prep.candidates.items()
-                           if k in BTYD and k in LOG_ODDS}
+    refits: dict[str, Any] = {}  # BTYD models fitted on every history up to `limit`
+    if short:  # BG/NBD or Pareto/NBD, whichever is likelier on every history, answers
+        x, t_x, T = whole_history(data_dir, limit)
+        refits = {kind: (BgNbd if BTYD[kind][0] == "bgnbd" else ParetoNbd).fit(
+            x, t_x / 7.0, T / 7.0) for kind in prep.candidates if kind in BTYD and kind in LOG_ODDS}
+        likeliest = max(refits, key=lambda k: refits[k].fit_info.log_likelihood)
+        prep.candidates = {likeliest: prep.candidates[likeliest]}
     tr, va, te = split.rows("train"), split.rows("valid"), split.rows("test")
     step = Stopwatch()
     init = prep.init
@@ -577,15 +619,19 @@ def train_model(
     served, trees = _compete(prep, split, booster, opts, say, trees=not short)
     calibration = served.platt
     if served.name in BTYD:  # serves refitted on every purchase history up to the as-of date
-        x, t_x, T = whole_history(data_dir, limit)
-        family = BgNbd if BTYD[served.name][0] == "bgnbd" else ParetoNbd
-        prep.extra["served_btyd"] = family.fit(x, t_x / 7.0, T / 7.0).to_dict()
+        if served.name not in refits:
+            x, t_x, T = whole_history(data_dir, limit)
+            family = BgNbd if BTYD[served.name][0] == "bgnbd" else ParetoNbd
+            refits[served.name] = family.fit(x, t_x / 7.0, T / 7.0)
+        prep.extra["served_btyd"] = refits[served.name].to_dict()
     if short:  # calibrated at the label horizon, so served as the model's own probability
         prep.extra.update(horizon_days=opts.horizon_days, label_horizon_days=label_days)
         calibration = {"a": 1.0, "b": 0.0}
-        say(f"{name}: {bounds['note']}; serving {served.name} at {opts.horizon_days} days "
-            f"(refitted on every history up to then, it answers any horizon; it ranked the "
-            f"{label_days}-day validation labels best of the classic models)")
+        likelihoods = ", ".join(f"{k} {m.fit_info.log_likelihood:,.0f}"
+                                for k, m in refits.items())
+        say(f"{name}: {bounds['note']}; serving {served.name} at {opts.horizon_days} days, "
+            f"refitted on every history up to then: a BTYD model answers any horizon, and of "
+            f"the two it is the likelier (log-likelihood {likelihoods})")
     scorers = {**trees, **prep.baselines}
     probabilistic = [*trees, *prep.baseline_probabilistic]
     if len(served.candidates) > 1:  # what serves, beside what competed

@@ -136,6 +136,7 @@ class ChurnAnswer:
     risks: list[Risk]
     model_version: str
     degraded: tuple[str, ...] = field(default_factory=tuple)
+    horizon_days: int = 0  # the probabilities are P(no order within it); 0: no model
 
 
 Admit = Callable[[], None]
@@ -952,7 +953,8 @@ class Dataplane:
                  for member, prob, band, seg, drv, is_cold in zip(
                      member_ids, scores.probability.tolist(), bands, segs, drivers,
                      cold.tolist(), strict=True)]
-        return ChurnAnswer(risks, scorer.model_version, self._count(rpc, degraded))
+        return ChurnAnswer(risks, scorer.model_version, self._count(rpc, degraded),
+                           round(scorer.horizon))
 
     # -- the RPCs for the event loop: features read ahead (`read_async`), then the answer ------
     # `admit` runs between the two: the read may have waited, and the answer takes the loop.

@@ -242,7 +242,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             return pb.GetChurnRiskResponse(
                 risk=converters.churn_risk(answer.risks[0]), model_version=answer.model_version,
                 degraded=bool(answer.degraded),
-                degraded_reasons=converters.degraded_reasons(answer.degraded))
+                degraded_reasons=converters.degraded_reasons(answer.degraded),
+                horizon_days=answer.horizon_days)
 
         return await self._call("GetChurnRisk", context, request, work)
 
@@ -253,7 +254,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                 list(request.member_ids), "BatchGetChurnRisk", admit)
             msg = pb.BatchGetChurnRiskResponse(
                 model_version=answer.model_version, degraded=bool(answer.degraded),
-                degraded_reasons=converters.degraded_reasons(answer.degraded))
+                degraded_reasons=converters.degraded_reasons(answer.degraded),
+                horizon_days=answer.horizon_days)
             for risk in answer.risks:
                 converters.fill_churn_risk(msg.risks.add(), risk)
             return msg

@@ -486,16 +486,18 @@ class GetChurnRiskRequest(_message.Message):
     def __init__(self, member_id: _Optional[int] = ...) -> None: ...
 
 class GetChurnRiskResponse(_message.Message):
-    __slots__ = ("risk", "model_version", "degraded", "degraded_reasons")
+    __slots__ = ("risk", "model_version", "degraded", "degraded_reasons", "horizon_days")
     RISK_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_DAYS_FIELD_NUMBER: _ClassVar[int]
     risk: ChurnRisk
     model_version: str
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[DegradedReason]
-    def __init__(self, risk: _Optional[_Union[ChurnRisk, _Mapping]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ...) -> None: ...
+    horizon_days: int
+    def __init__(self, risk: _Optional[_Union[ChurnRisk, _Mapping]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ..., horizon_days: _Optional[int] = ...) -> None: ...
 
 class BatchGetChurnRiskRequest(_message.Message):
     __slots__ = ("member_ids",)
@@ -504,16 +506,18 @@ class BatchGetChurnRiskRequest(_message.Message):
     def __init__(self, member_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BatchGetChurnRiskResponse(_message.Message):
-    __slots__ = ("risks", "model_version", "degraded", "degraded_reasons")
+    __slots__ = ("risks", "model_version", "degraded", "degraded_reasons", "horizon_days")
     RISKS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASONS_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_DAYS_FIELD_NUMBER: _ClassVar[int]
     risks: _containers.RepeatedCompositeFieldContainer[ChurnRisk]
     model_version: str
     degraded: bool
     degraded_reasons: _containers.RepeatedScalarFieldContainer[DegradedReason]
-    def __init__(self, risks: _Optional[_Iterable[_Union[ChurnRisk, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ...) -> None: ...
+    horizon_days: int
+    def __init__(self, risks: _Optional[_Iterable[_Union[ChurnRisk, _Mapping]]] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[_Union[DegradedReason, str]]] = ..., horizon_days: _Optional[int] = ...) -> None: ...
 
 class Nudge(_message.Message):
     __slots__ = ("kind", "points", "expires_at", "options", "unlock", "message")
