@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightgbm as lgb
 import numpy as np
 
@@ -54,3 +56,31 @@ def test_each_row_is_its_leaves_table_rows_added_tree_by_tree() -> None:
     got = attribution.contributions(X)
     assert np.array_equal(got, want)
     assert attribution.contributions(X[:0]).shape == (0, 8)
+
+
+class _NoDump:
+    """A booster whose trees may not be walked again: tables must come from the cache."""
+
+    def __init__(self, booster: lgb.Booster) -> None:
+        self.booster = booster
+
+    def dump_model(self) -> None:
+        raise AssertionError("the tables were built again instead of read")
+
+    def predict(self, *args: object, **kwargs: object) -> object:
+        return self.booster.predict(*args, **kwargs)
+
+
+def test_the_tables_are_kept_in_a_cache_file_and_read_back(tmp_path: Path) -> None:
+    booster, X = _model(40)
+    cache = tmp_path / "attribution.npz"
+    built = PathAttribution(booster, cache=cache)
+    assert cache.exists()
+    read = PathAttribution(_NoDump(booster), cache=cache)  # type: ignore[arg-type]
+    assert read.bias == built.bias
+    np.testing.assert_array_equal(read.contributions(X), built.contributions(X))
+    # a damaged file is not trusted: the tables are built again, and the file repaired
+    cache.write_bytes(b"not an npz file")
+    again = PathAttribution(booster, cache=cache)
+    np.testing.assert_array_equal(again.contributions(X), built.contributions(X))
+    assert PathAttribution(_NoDump(booster), cache=cache).bias == built.bias  # type: ignore[arg-type]

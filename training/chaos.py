@@ -713,26 +713,28 @@ def main() -> int:
     redis = PrivateRedis(port, work / "redis")
     redis.start()
     faults = Faults(redis, env, log, data_dir / SQLITE_FILE)
-    if "model_swaps" in names:
-        from recsvc.models.scoring import features_as_of
-
-        earlier = (features_as_of(data_dir) - dt.timedelta(days=30)).date().isoformat()
-        faults.versions = second_churn_version(env, log, earlier)
-        # both compiled into the cache first, as a deployment does before it promotes: a swap
-        # row measures loading; the first compile of a version runs in a child process
-        from recsvc.models.compiled import compile_in_child
-        from recsvc.models.registry import MODEL_FILE
-
-        for version in faults.versions:
-            why = compile_in_child(registry / "churn" / version / MODEL_FILE, leaves=True)
-            if why is not None:
-                raise SystemExit(f"compiling churn {version} failed: {why}")
-        print(f"chaos: churn versions to swap: {faults.versions}", flush=True)
     ctx = multiprocessing.get_context("spawn")
     rate = saturated = 0.0
     try:
+        # the private Redis filled, and the harness's Feast project applied, before anything reads
+        # through it (the second churn version's training below does)
         if sh([str(RECSVC), "features"], env, log):
             raise SystemExit("recsvc features into the private Redis failed:\n" + tail(log))
+        if "model_swaps" in names:
+            from recsvc.models.scoring import features_as_of
+
+            earlier = (features_as_of(data_dir) - dt.timedelta(days=30)).date().isoformat()
+            faults.versions = second_churn_version(env, log, earlier)
+            # both compiled into the cache first, as a deployment does before it promotes: a swap
+            # row measures loading; the first compile of a version runs in a child process
+            from recsvc.models.compiled import compile_in_child
+            from recsvc.models.registry import MODEL_FILE
+
+            for version in faults.versions:
+                why = compile_in_child(registry / "churn" / version / MODEL_FILE, leaves=True)
+                if why is not None:
+                    raise SystemExit(f"compiling churn {version} failed: {why}")
+            print(f"chaos: churn versions to swap: {faults.versions}", flush=True)
         with ctx.Pool(POOL) as pool, contextlib.ExitStack() as outer:
             pool.map(_warm, range(POOL), chunksize=1)
             phase, stack = None, outer

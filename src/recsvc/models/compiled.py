@@ -361,6 +361,13 @@ class CompiledLeaves:
         return leaves
 
 
+def attribution_file(cache_dir: str | os.PathLike[str], sha256: str) -> Path:
+    """Where the path-attribution tables of the model whose SHA-256 is `sha256` are kept
+    (`attribution.PathAttribution`): beside its compiled code, built by the compiling child
+    so a serving worker only reads them."""
+    return Path(cache_dir) / sha256 / "attribution.npz"
+
+
 def _leaves_file(folder: Path) -> Path:
     return folder / "leaves-model.txt"
 
@@ -509,33 +516,33 @@ def probe_rows(text: str, n_features: int, rows: int = PROBE_ROWS, seed: int = 0
         elif info != "none":  # categorical: the seen codes, and one unseen
             codes = [float(v) for v in info.split(":")]
             candidates[j] += [*codes, max(codes) + 1.0, max(codes) + 40.0, 2.5]
-    features: list[int] = []
-    for line in text.splitlines():
+    split_features: list[npt.NDArray[np.int64]] = []
+    thresholds: list[F64] = []
+    features = np.empty(0, dtype=np.int64)
+    for line in text.splitlines():  # every tree's splits, in the file's order
         if line.startswith("split_feature="):
-            features = [int(v) for v in line.split("=", 1)[1].split()]
-        elif line.startswith("threshold=") and features:
-            for j, value in zip(features, line.split("=", 1)[1].split(), strict=False):
-                t = float(value)
-                if 0 <= j < n_features:
-                    candidates[j] += [t, float(np.nextafter(t, np.inf)),
-                                      float(np.nextafter(t, -np.inf))]
-            features = []
+            features = np.array(line.split("=", 1)[1].split(), dtype=np.int64)
+        elif line.startswith("threshold=") and len(features):
+            values = np.array(line.split("=", 1)[1].split(), dtype=np.float64)
+            n = min(len(features), len(values))
+            split_features.append(features[:n])
+            thresholds.append(values[:n])
+            features = np.empty(0, dtype=np.int64)
+    f = np.concatenate(split_features) if split_features else np.empty(0, dtype=np.int64)
+    t = np.concatenate(thresholds) if thresholds else np.empty(0)
     out = np.empty((rows, n_features), dtype=np.float64)
-    for j, values in enumerate(candidates):
-        pool = np.asarray(_unique(values), dtype=np.float64)
+    for j, base in enumerate(candidates):
+        mine = t[f == j]  # each threshold, and the doubles either side of it
+        beside = np.column_stack([mine, np.nextafter(mine, np.inf), np.nextafter(mine, -np.inf)])
+        pool = _unique(np.concatenate([np.asarray(base, dtype=np.float64), beside.ravel()]))
         out[:, j] = pool[rng.integers(0, len(pool), rows)]
     return out
 
 
-def _unique(values: Sequence[float]) -> list[float]:
-    seen: list[float] = []
-    keys: set[Any] = set()
-    for v in values:
-        key = "nan" if np.isnan(v) else v
-        if key not in keys:
-            keys.add(key)
-            seen.append(v)
-    return seen
+def _unique(values: F64) -> F64:
+    """The distinct values (NaN once) in the order they first appear."""
+    _, first = np.unique(values, return_index=True, equal_nan=True)
+    return values[np.sort(first)]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -557,8 +564,11 @@ def main(argv: Sequence[str]) -> int:
     booster = lgb.Booster(model_file=model_file)
     model = CompiledModel(model_file, cache, booster=booster)
     ok = model.compiled
-    if "--leaves" in argv:
+    if "--leaves" in argv:  # a model explained per prediction: its tables too
         ok = ok and CompiledLeaves(model_file, booster, cache).compiled
+        from recsvc.models.attribution import PathAttribution
+
+        PathAttribution(booster, cache=attribution_file(cache, model.sha256))
     return 0 if ok else 1
 
 

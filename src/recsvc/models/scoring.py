@@ -57,15 +57,16 @@ class ChurnScorer:
         self.features: list[str] = list(manifest.features)
         self.booster = loaded.booster
         # the drivers; a compiled model keeps LightGBM's booster beside its native code, and
-        # its leaves are compiled too
+        # its leaves are compiled too, and its attribution tables kept beside that code
         native = loaded.booster
         booster = getattr(native, "booster", native)
-        leaves = None
+        leaves, tables = None, None
         if getattr(native, "compiled", False):
-            from recsvc.models.compiled import CompiledLeaves
+            from recsvc.models.compiled import CompiledLeaves, attribution_file
 
             leaves = CompiledLeaves(native.model_file, booster, native.cache_dir).predict_leaf
-        self.attribution = PathAttribution(booster, leaves=leaves)
+            tables = attribution_file(native.cache_dir, native.sha256)
+        self.attribution = PathAttribution(booster, leaves=leaves, cache=tables)
         self.vocab: dict[str, list[str]] = extra["vocabularies"]
         self.platt: dict[str, float] = extra["calibration"]["platt"]
         self.bgnbd = weekly_bgnbd(extra)
