@@ -72,14 +72,17 @@ def test_the_other_classic_scores_rank_churn_as_their_models_do() -> None:
     h = (x[known], t_x[known], T[known])
     for kind, model in (("bgnbd_expected_purchases", BG), ("pareto_nbd_expected_purchases",
                                                            PARETO)):
+        # the log-odds of no purchase, were the expected purchases Poisson: ranks as -E
         score, _ = classic.margin(kind, cols)
-        np.testing.assert_allclose(score[known], -WeeklyBtyd(model).expected_purchases(91, *h))
-        assert (score[~known] == 0.0).all()  # no order yet: no purchase expected
+        expected = WeeklyBtyd(model).expected_purchases(91, *h)
+        np.testing.assert_allclose(score[known], logit(np.exp(-expected)))
+        assert (np.diff(score[known][np.argsort(expected)]) <= 1e-12).all()
+        assert (score[~known] == -0.4).all()  # no order yet: the base rate
     score, _ = classic.margin("bgnbd_p_alive", cols)
     np.testing.assert_allclose(score[known], logit(1.0 - WeeklyBtyd(BG).p_alive(*h)))
-    score, _ = classic.margin("recency_only", cols)
-    np.testing.assert_array_equal(score, inputs.rfm_matrix(cols)[:, 0])
-    assert (score[~known] == inputs.NEVER_ORDERED_DAYS).all()
+    score, _ = classic.margin("recency_only", cols)  # the log of the days since the last order
+    np.testing.assert_allclose(score, np.log1p(inputs.rfm_matrix(cols)[:, 0]))
+    assert (score[~known] == np.log1p(inputs.NEVER_ORDERED_DAYS)).all()
 
 
 def test_a_version_serving_a_btyd_model_serves_its_refit() -> None:

@@ -211,7 +211,7 @@ NUMBER = re.compile(r"[-+]?\d[\d,]*(\.\d+)?(e[-+]?\d+)?%?")
 
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?|\d{8}")
-HEX = re.compile(r"\b[0-9a-f]{12,}\b")
+HEX = re.compile(r"\b(?=[0-9a-f]*[a-f])[0-9a-f]{12,}\b")  # a digest: some letter in it
 
 
 def text_shape(out: str, data_dir: Path, project: str = "") -> list[str]:
@@ -222,7 +222,8 @@ def text_shape(out: str, data_dir: Path, project: str = "") -> list[str]:
         line = raw.replace(str(data_dir), "<data>").replace(str(ROOT), "<repo>")
         line = line.replace(project, "<project>") if project else line
         line = re.sub(r"/tmp/\S+", "<tmp>", line)
-        line = NUMBER.sub("<n>", HEX.sub("<hex>", DATE.sub("<date>", line)))
+        # digests first: one may hold eight digits in a row, which would read as a date
+        line = NUMBER.sub("<n>", DATE.sub("<date>", HEX.sub("<hex>", line)))
         line = re.sub(r"\s+", " ", line).strip()
         if line:
             lines.add(line)
@@ -235,6 +236,8 @@ def test_shapes_see_keys_and_words_not_values(tmp_path: Path) -> None:
         ["wrote <n> rows to <data>/x.csv in <n> s"]
     assert text_shape("as of 2026-06-25 00:00 UTC, fingerprint 3f9a0c2bd81e77, p_ab12\n",
                       tmp_path, "p_ab12") == ["as of <date> UTC, fingerprint <hex>, <project>"]
+    assert text_shape("fingerprint 5a20261206df3d1, as of 20261206\n", tmp_path) == \
+        ["fingerprint <hex>, as of <date>"]
 
 
 # --------------------------------------------------------------------------------------------
