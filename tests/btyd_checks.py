@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -48,3 +49,15 @@ def assert_recovers(truth: Any, simulate: Any, rel: dict[str, float]) -> None:
     assert 0 <= lr < stats.chi2.ppf(0.999, df=4)
     for name, tolerance in rel.items():
         assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=tolerance), name
+
+
+def assert_round_trips_through_json(truth: Any, simulate: Any) -> None:
+    """A model fitted to 500 simulated customers, and `truth` itself, come back equal from
+    their JSON form (`to_dict` / `from_dict`, as a manifest stores them)."""
+    rng = np.random.default_rng(1)
+    T = np.full(500, 30.0)
+    x, t_x = simulate(truth, T, rng)
+    family = type(truth)
+    fitted = family.fit(x, t_x, T)
+    assert family.from_dict(json.loads(json.dumps(fitted.to_dict()))) == fitted
+    assert family.from_dict(truth.to_dict()) == truth

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -11,7 +10,11 @@ import numpy as np
 import pytest
 from scipy import special
 
-from btyd_checks import assert_matches_forward_simulation, assert_recovers
+from btyd_checks import (
+    assert_matches_forward_simulation,
+    assert_recovers,
+    assert_round_trips_through_json,
+)
 from recsvc.models.pareto_nbd import ParetoNbd, _log_power_integral, simulate
 
 # Fader, Hardie & Lee (2005), "Counting your customers the easy way", table 1, weeks:
@@ -315,13 +318,7 @@ def test_weights_equal_repeated_rows_and_time_units_only_rescale_the_rates() -> 
 
 
 def test_round_trips_through_json() -> None:
-    rng = np.random.default_rng(1)
-    T = np.full(500, 30.0)
-    x, t_x = simulate(CDNOW, T, rng)
-    fitted = ParetoNbd.fit(x, t_x, T)
-    again = ParetoNbd.from_dict(json.loads(json.dumps(fitted.to_dict())))
-    assert again == fitted
-    assert ParetoNbd.from_dict(CDNOW.to_dict()) == CDNOW
+    assert_round_trips_through_json(CDNOW, simulate)
 
 
 @pytest.mark.parametrize(

@@ -50,13 +50,21 @@ def _check_history(x: FloatArray, t_x: FloatArray, T: FloatArray) -> None:
         raise ValueError("T (age) must be finite and >= t_x")
 
 
+def histories(x: ArrayLike, t_x: ArrayLike, T: ArrayLike, *more: ArrayLike
+              ) -> tuple[FloatArray, ...]:
+    """x, t_x, T (and `more`: a horizon) as arrays broadcast together, the purchase histories
+    checked (`_check_history`)."""
+    arrays = tuple(np.broadcast_arrays(_arr(x), _arr(t_x), _arr(T), *(_arr(m) for m in more)))
+    _check_history(*arrays[:3])
+    return arrays
+
+
 def fit_inputs(x: ArrayLike, t_x: ArrayLike, T: ArrayLike, weights: ArrayLike | None
                ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]:
     """A fit's (x, t_x, T, weights, customers): checked, flattened, and identical histories
     collapsed into one weighted row (the likelihood is a product over customers, so a weight
     is an exponent)."""
-    xa, ta, Ta = (np.ravel(v) for v in np.broadcast_arrays(_arr(x), _arr(t_x), _arr(T)))
-    _check_history(xa, ta, Ta)
+    xa, ta, Ta = (np.ravel(v) for v in histories(x, t_x, T))
     w = np.ones_like(xa) if weights is None else np.ravel(_arr(weights))
     if w.shape != xa.shape or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
         raise ValueError("weights must be >= 0, finite, one per customer and not all zero")
@@ -137,8 +145,7 @@ class BgNbd(Parameters):
 
     def log_likelihood(self, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Any:
         """Per-customer log-likelihood of (x, t_x, T) under these parameters."""
-        xa, ta, Ta = np.broadcast_arrays(_arr(x), _arr(t_x), _arr(T))
-        _check_history(xa, ta, Ta)
+        xa, ta, Ta = histories(x, t_x, T)
         return _out(_log_likelihood(np.log([self.r, self.alpha, self.a, self.b]), xa, ta, Ta))
 
     @classmethod
@@ -178,8 +185,7 @@ class BgNbd(Parameters):
         never came back is "alive" by construction. That makes P(alive) a poor churn ranking
         on its own where most customers buy once; `expected_purchases` ranks far better.
         """
-        xa, ta, Ta = np.broadcast_arrays(_arr(x), _arr(t_x), _arr(T))
-        _check_history(xa, ta, Ta)
+        xa, ta, Ta = histories(x, t_x, T)
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
         with np.errstate(divide="ignore", invalid="ignore"):
             log_odds_dead = (
@@ -193,8 +199,7 @@ class BgNbd(Parameters):
 
     def expected_purchases(self, t: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Any:
         """E[purchases in (T, T+t] | x, t_x, T], the paper's equation (10)."""
-        ta_, xa, txa, Ta = np.broadcast_arrays(_arr(t), _arr(x), _arr(t_x), _arr(T))
-        _check_history(xa, txa, Ta)
+        xa, txa, Ta, ta_ = histories(x, t_x, T, t)
         if np.any(ta_ < 0):
             raise ValueError("t must be >= 0")
         return _out(
@@ -216,8 +221,7 @@ class BgNbd(Parameters):
 
         the bracket computed as −expm1(−(r+x)·ln(1 + t/(α+T))): exact for small t and large x.
         """
-        ta_, xa, txa, Ta = np.broadcast_arrays(_arr(t), _arr(x), _arr(t_x), _arr(T))
-        _check_history(xa, txa, Ta)
+        xa, txa, Ta, ta_ = histories(x, t_x, T, t)
         if np.any(ta_ < 0):
             raise ValueError("t must be >= 0")
         within_if_alive = -np.expm1(-(self.r + xa) * np.log1p(ta_ / (self.alpha + Ta)))
