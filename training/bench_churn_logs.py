@@ -39,9 +39,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from benchutil import OUT_HELP, choose_out, cpu_model, save_results
-from recsvc.data.btyd_log import CDNOW, LOGS, btyd_log, churn_truth
+from recsvc.data.btyd_log import LOGS, btyd_log, churn_truth, true_churn
 from recsvc.models import runtime
-from recsvc.models.btyd import BgNbd
 
 CUSTOMERS = 23_570  # CDNOW's master file
 SHORT_AS_OF = "1997-09-30"
@@ -119,25 +118,16 @@ def short_row(customers: int, seed: int, root: Path) -> dict[str, Any]:
     got = pd.read_csv(scores).set_index("customer_id")
     truth = churn_truth(log, SHORT_CUTOFF, weeks=SHORT_WEEKS)
     joined = got.join(truth.rename("churned"), how="inner")
-    g = before.assign(ts=ts[ts < SHORT_CUTOFF]).groupby("customer_id").ts
-    first, last = g.min(), g.max()
-    x = (g.size() - 1).astype(float)
-    true = 1 - BgNbd.from_dict(CDNOW).p_purchase_within(
-        SHORT_WEEKS, x.to_numpy(), _weeks(last - first),
-        _weeks(pd.Timestamp(SHORT_CUTOFF) - first))
+    true = true_churn(log, SHORT_CUTOFF, weeks=SHORT_WEEKS)
     told = [line for line in said.splitlines() if "too short" in line]
     version = next(line.rsplit(" with churn ", 1)[1] for line in said.splitlines()
                    if " with churn " in line)
     return {"customers": customers, "as_of": SHORT_AS_OF, "horizon_days": SHORT_WEEKS * 7,
             "model_version": version,
             "auc": float(roc_auc_score(joined.churned, joined.churn_probability)),
-            "true_bgnbd_auc": float(roc_auc_score(truth.reindex(x.index), true)),
+            "true_bgnbd_auc": float(roc_auc_score(truth.reindex(true.index), true)),
             "mean_probability": float(joined.churn_probability.mean()),
             "share_churned": float(joined.churned.mean()), "told": told}
-
-
-def _weeks(spans: pd.Series) -> Any:
-    return (spans.dt.total_seconds() / (7 * 86400.0)).to_numpy()
 
 
 def render(result: dict[str, Any]) -> str:

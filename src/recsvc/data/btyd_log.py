@@ -125,3 +125,22 @@ def churn_truth(frame: pd.DataFrame, cutoff: dt.datetime, weeks: float = 39) -> 
     truth = pd.Series(1, index=pd.Index(before, name="customer_id"))
     truth[truth.index.isin(after)] = 0
     return truth
+
+
+def true_churn(frame: pd.DataFrame, cutoff: dt.datetime, weeks: float = 39,
+               params: dict[str, float] | None = None) -> pd.Series:
+    """Per customer who bought before `cutoff`: P(no purchase in the `weeks` after it) under
+    the BG/NBD `btyd_log` draws from (CDNOW's parameters unless `params`), from the purchases
+    before `cutoff`: the best ranking any scorer of that log can hope for, in form."""
+    from recsvc.models.btyd import BgNbd
+
+    ts = pd.to_datetime(frame.timestamp)
+    g = frame[ts < cutoff].assign(ts=ts[ts < cutoff]).groupby("customer_id").ts
+    first, last = g.min(), g.max()
+    def in_weeks(spans: pd.Series) -> npt.NDArray[np.float64]:
+        return (spans.dt.total_seconds() / (7 * 86400.0)).to_numpy(dtype=np.float64)
+
+    x = (g.size() - 1).to_numpy(dtype=np.float64)
+    bought = BgNbd.from_dict(params or CDNOW).p_purchase_within(
+        weeks, x, in_weeks(last - first), in_weeks(pd.Timestamp(cutoff) - first))
+    return pd.Series(1.0 - bought, index=g.size().index)

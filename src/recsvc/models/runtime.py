@@ -16,14 +16,18 @@ import numpy.typing as npt
 
 from recsvc.models import inputs
 from recsvc.models.btyd import BgNbd
+from recsvc.models.pareto_nbd import ParetoNbd
 
 F64 = npt.NDArray[np.float64]
 
 
 def calibrated(raw: F64, platt: Mapping[str, float]) -> F64:
     """Probabilities from raw margins with the Platt scaling fitted at training."""
-    z = platt["a"] * raw + platt["b"]
-    return 1.0 / (1.0 + np.exp(-z))
+    return sigmoid(platt["a"] * raw + platt["b"])
+
+
+def sigmoid(z: F64) -> F64:
+    return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
 
 class WeeklyBtyd:
@@ -107,6 +111,8 @@ BTYD = {  # name: (model, what of it)
 }
 """The classic models fitted on the purchase histories alone, each asked one question: they
 answer any horizon."""
+FAMILIES: dict[str, Any] = {"bgnbd": BgNbd, "pareto_nbd": ParetoNbd}
+"""The BTYD models by the name BTYD gives them."""
 CLASSIC = (RECENCY, RFM_LOGISTIC, *BTYD)
 """The classic churn scorers: every one competes with the trees, and serves if it wins."""
 LOG_ODDS = (RFM_LOGISTIC, "bgnbd_p_no_purchase", "pareto_nbd_p_no_purchase")
@@ -122,18 +128,15 @@ class ClassicChurn:
     serving."""
 
     def __init__(self, extra: Mapping[str, Any]) -> None:
-        from recsvc.models.pareto_nbd import ParetoNbd
-
         self.horizon = float(extra["horizon_days"])
         self.fallback = float(extra["prior_fallback"])
-        families: dict[str, Any] = {"bgnbd": BgNbd, "pareto_nbd": ParetoNbd}
         saved = {"bgnbd": extra.get("bgnbd_weekly"), "pareto_nbd": extra.get("pareto_nbd_weekly")}
         # a version serving a BTYD model keeps it refitted on every history up to its as-of
         # date (training's candidates are the fits at the last training cut-off)
         served = BTYD.get(str(extra.get("served")))
         if served is not None and extra.get("served_btyd"):
             saved[served[0]] = extra["served_btyd"]
-        self.btyd = {name: WeeklyBtyd(families[name].from_dict(params))
+        self.btyd = {name: WeeklyBtyd(FAMILIES[name].from_dict(params))
                      for name, params in saved.items() if params}
         rfm = extra.get("rfm_logistic")
         self.rfm = LinearModel.from_dict(rfm) if rfm else None

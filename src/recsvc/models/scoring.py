@@ -56,17 +56,20 @@ class ChurnScorer:
         self.classic = None if self.served in TREES else ClassicChurn(extra)
         self.features: list[str] = list(manifest.features)
         self.booster = loaded.booster
-        # the drivers; a compiled model keeps LightGBM's booster beside its native code, and
-        # its leaves are compiled too, and its attribution tables kept beside that code
+        # the drivers, when the trees serve; a compiled model keeps LightGBM's booster beside
+        # its native code, and its leaves are compiled too, its attribution tables kept beside
         native = loaded.booster
         booster = getattr(native, "booster", native)
-        leaves, tables = None, None
-        if getattr(native, "compiled", False):
-            from recsvc.models.compiled import CompiledLeaves, attribution_file
+        self.attribution: PathAttribution | None = None
+        if self.classic is None:
+            leaves, tables = None, None
+            if getattr(native, "compiled", False):
+                from recsvc.models.compiled import CompiledLeaves, attribution_file
 
-            leaves = CompiledLeaves(native.model_file, booster, native.cache_dir).predict_leaf
-            tables = attribution_file(native.cache_dir, native.sha256)
-        self.attribution = PathAttribution(booster, leaves=leaves, cache=tables)
+                leaves = CompiledLeaves(native.model_file, booster,
+                                        native.cache_dir).predict_leaf
+                tables = attribution_file(native.cache_dir, native.sha256)
+            self.attribution = PathAttribution(booster, leaves=leaves, cache=tables)
         self.vocab: dict[str, list[str]] = extra["vocabularies"]
         self.platt: dict[str, float] = extra["calibration"]["platt"]
         self.bgnbd = weekly_bgnbd(extra)
@@ -95,7 +98,10 @@ class ChurnScorer:
             X, prior = self.matrix(cols)
             raw = prior + np.asarray(self.booster.predict(X, raw_score=True,
                                                           num_threads=num_threads))
-            contrib = self.attribution.contributions(X, num_threads) if contributions else None
+            contrib = None
+            if contributions:
+                assert self.attribution is not None  # built whenever the trees serve
+                contrib = self.attribution.contributions(X, num_threads)
             names = tuple(self.features)
         prob = calibrated(raw, self.platt)
         band = np.asarray(segments.band(prob, self.band_cuts), dtype=str).reshape(-1)

@@ -47,11 +47,13 @@ from recsvc.models.registry import Manifest, Registry
 from recsvc.models.runtime import (
     BTYD,
     CLASSIC,
+    FAMILIES,
     LOG_ODDS,
     ClassicChurn,
     LinearModel,
     WeeklyBtyd,
     calibrated,
+    sigmoid,
 )
 from recsvc.progress import Stopwatch
 
@@ -253,6 +255,13 @@ def whole_history(data_dir: Path, limit: dt.datetime) -> tuple[F64, F64, F64]:
     first, last, n = g.min().to_numpy(), g.max().to_numpy(), g.size().to_numpy()
     end = limit.timestamp() / 86400.0
     return (n - 1).astype(np.float64), last - first, end - first
+
+
+def refit_btyd(kinds: Sequence[str], data_dir: Path, limit: dt.datetime) -> dict[str, Any]:
+    """Each BTYD scorer's model (runtime.BTYD names) fitted on every purchase history up to
+    `limit`, in weeks."""
+    x, t_x, T = whole_history(data_dir, limit)
+    return {kind: FAMILIES[BTYD[kind][0]].fit(x, t_x / 7.0, T / 7.0) for kind in kinds}
 
 
 def churn_cutoffs(first_us: int, last_us: int) -> npt.NDArray[np.int64]:
@@ -493,10 +502,6 @@ def _prepare_churn(cols: dict[str, Any], split: Split, opts: TrainOptions) -> _P
                      inputs.churn_prior_margin(cols, fallback), candidates)
 
 
-def sigmoid(margin: F64) -> F64:
-    return np.asarray(1.0 / (1.0 + np.exp(-margin)), dtype=np.float64)
-
-
 @dataclass(frozen=True)
 class _Served:
     """What a new version serves: the candidate that ranked validation best."""
@@ -540,8 +545,11 @@ def _compete(prep: _Prepared, split: Split, booster: Any, opts: TrainOptions,
     probs = {k: calibrated(m, platts[k]) for k, m in margins.items()}
     valid = {k: p[va] for k, p in probs.items()}
     aucs = {k: float(roc_auc_score(split.label[va], p)) for k, p in valid.items()}
-    samples = (evaluation.bootstrap_auc(split.label[va], valid, seed=opts.seed)
-               if len(valid) > 1 else {})
+    classic = max(prep.candidates, key=lambda k: aucs[k]) if prep.candidates else None
+    # resampled only for the comparisons made (the resamples do not depend on which)
+    compared = [*boosters, *([classic] if classic else [])]
+    samples = (evaluation.bootstrap_auc(split.label[va], {k: valid[k] for k in compared},
+                                        seed=opts.seed) if len(compared) > 1 else {})
 
     def edge(a: str, b: str) -> tuple[float, float]:
         """a's validation ROC-AUC less b's, and its standard error."""
@@ -555,8 +563,7 @@ def _compete(prep: _Prepared, split: Split, booster: Any, opts: TrainOptions,
     best = "lightgbm"
     if "lightgbm_plain" in aucs and clearly_better("lightgbm_plain", best):
         best = "lightgbm_plain"
-    if prep.candidates:
-        classic = max(prep.candidates, key=lambda k: aucs[k])
+    if classic is not None:
         gain, se = edge(best, classic)
         say(f"{best} vs {classic} on validation: {gain:+.4f} ± {se:.4f} (1 SE, bootstrap)")
         if not trees or not clearly_better(best, classic):
@@ -603,9 +610,8 @@ def train_model(
             else _prepare_churn(cols, split, replace(opts, horizon_days=label_days)))
     refits: dict[str, Any] = {}  # BTYD models fitted on every history up to `limit`
     if short:  # BG/NBD or Pareto/NBD, whichever is likelier on every history, answers
-        x, t_x, T = whole_history(data_dir, limit)
-        refits = {kind: (BgNbd if BTYD[kind][0] == "bgnbd" else ParetoNbd).fit(
-            x, t_x / 7.0, T / 7.0) for kind in prep.candidates if kind in BTYD and kind in LOG_ODDS}
+        refits = refit_btyd([k for k in prep.candidates if k in BTYD and k in LOG_ODDS],
+                            data_dir, limit)
         likeliest = max(refits, key=lambda k: refits[k].fit_info.log_likelihood)
         prep.candidates = {likeliest: prep.candidates[likeliest]}
     tr, va, te = split.rows("train"), split.rows("valid"), split.rows("test")
@@ -620,9 +626,7 @@ def train_model(
     calibration = served.platt
     if served.name in BTYD:  # serves refitted on every purchase history up to the as-of date
         if served.name not in refits:
-            x, t_x, T = whole_history(data_dir, limit)
-            family = BgNbd if BTYD[served.name][0] == "bgnbd" else ParetoNbd
-            refits[served.name] = family.fit(x, t_x / 7.0, T / 7.0)
+            refits |= refit_btyd([served.name], data_dir, limit)
         prep.extra["served_btyd"] = refits[served.name].to_dict()
     if short:  # calibrated at the label horizon, so served as the model's own probability
         prep.extra.update(horizon_days=opts.horizon_days, label_horizon_days=label_days)
