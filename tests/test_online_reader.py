@@ -402,6 +402,29 @@ def test_redis_rows_are_cached_until_redis_announces_a_write(redis_store: Any,
         reader.close()
 
 
+def test_redis_reads_on_the_loop_never_wait_for_tracking_held_by_a_thread(
+        redis_store: Any) -> None:
+    """While a thread holds the subscription (restarting it against a Redis that answers
+    slowly holds it up to its timeouts), what the event loop asks gets None at once, and the
+    store read, on a thread, tells; once free, the held rows answer again."""
+    import threading
+
+    reader = OnlineReader.from_store(redis_store)
+    assert isinstance(reader, online.RedisReader) and reader._tracking is not None
+    ids = [WRITTEN_MEMBER]
+    read = reader.read_service("churn_v1", "member_id", ids)  # held from now on
+    assert reader.read_nowait("churn_v1", "member_id", ids) == read
+    got: list[Any] = []
+    with reader._tracking._lock:  # as a thread in `_start` holds it
+        asker = threading.Thread(target=lambda: got.append(
+            reader.read_nowait("churn_v1", "member_id", ids)))
+        asker.start()
+        asker.join(timeout=10)  # a guard against a hang, not a timing
+        assert not asker.is_alive() and got == [None]
+    assert reader.read_nowait("churn_v1", "member_id", ids) == read
+    reader.close()
+
+
 def test_sqlite_reads_without_waiting_until_a_writer_holds_the_lock(
         sqlite_store: Any) -> None:
     """What the event loop may ask: rows held while no connection has committed since, the

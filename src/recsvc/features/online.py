@@ -672,43 +672,52 @@ class _Tracking:
         for conn in conns or ():
             conn.disconnect()
 
-    def drain(self, start: bool = True) -> bool:
+    def drain(self, start: bool = True, wait: bool = True) -> bool:
         """Take the announcements that have arrived; True while the cache may be used.
         Without `start`, tracking that is not running is not (re)started here: connecting
-        may wait on the network."""
+        may wait on the network. Without `wait`, a drain another thread is in (restarting
+        tracking against a Redis that answers slowly holds the lock up to its timeouts) is
+        not waited for: False, the cache not known fresh now."""
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
+            return self._drain(start)
+        finally:
+            self._lock.release()
+
+    def _drain(self, start: bool) -> bool:
         import redis
 
-        with self._lock:
-            if self._conns is None:
-                if not start:
-                    return False
-                now = time.monotonic()
-                if now < self._retry_at:
-                    return False
-                self._retry_at = now + 1.0
-                try:
-                    self._start()
-                except redis.RedisError:
-                    return False
-            assert self._conns is not None
-            sub = self._conns[0]
-            try:
-                while sub.can_read(timeout=0):
-                    message = sub.read_response()
-                    if not (isinstance(message, list) and len(message) == 3
-                            and message[0] == b"message"):
-                        continue
-                    keys = message[2]
-                    if keys is None:  # FLUSHDB / FLUSHALL
-                        self._cache.clear()
-                        continue
-                    size = len(self._suffix)
-                    self._cache.drop([k[:-size] if size and k.endswith(self._suffix) else k
-                                      for k in keys])
-            except (redis.RedisError, OSError):
-                self._stop()
+        if self._conns is None:
+            if not start:
                 return False
-            return True
+            now = time.monotonic()
+            if now < self._retry_at:
+                return False
+            self._retry_at = now + 1.0
+            try:
+                self._start()
+            except redis.RedisError:
+                return False
+        assert self._conns is not None
+        sub = self._conns[0]
+        try:
+            while sub.can_read(timeout=0):
+                message = sub.read_response()
+                if not (isinstance(message, list) and len(message) == 3
+                        and message[0] == b"message"):
+                    continue
+                keys = message[2]
+                if keys is None:  # FLUSHDB / FLUSHALL
+                    self._cache.clear()
+                    continue
+                size = len(self._suffix)
+                self._cache.drop([k[:-size] if size and k.endswith(self._suffix) else k
+                                  for k in keys])
+        except (redis.RedisError, OSError):
+            self._stop()
+            return False
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -761,7 +770,7 @@ class RedisReader(_BaseReader):
         plan = self._service_plan(service_name, entity_key)
         keys = plan.codec.keys(ids)
         try:
-            if not self._tracking.drain(start=False):
+            if not self._tracking.drain(start=False, wait=False):
                 return None
         except Exception:  # whatever the subscription did, the store read will tell
             return None
