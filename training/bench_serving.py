@@ -784,7 +784,7 @@ def _ratio_goal(num: dict[str, Any], den: dict[str, Any], key: str, limit: float
 def _ms_goal(row: dict[str, Any], limit_ms: float,
              floor: dict[str, Any]) -> dict[str, Any] | None:
     """row's p99 against `limit_ms`, with the p99 of the echo floor at the row's rate beside
-    it (`floor`, when it ran): a floor above the limit says no server meets it here."""
+    it (`floor`, when it ran): a floor over the limit already misses the goal itself."""
     out: dict[str, Any]
     if "p99_ms" in row:
         out = {"value": row["p99_ms"], "met": row["p99_ms"] <= limit_ms}
