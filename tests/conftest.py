@@ -245,6 +245,89 @@ def private_redis() -> Iterator[tuple[str, subprocess.Popen]]:
         proc.wait(timeout=10)
 
 
+def _free_cluster_ports(n: int) -> list[int]:
+    """`n` ports free on 127.0.0.1 whose cluster bus ports (port + 10000) are free too."""
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis Cluster of the session's own: three masters with one replica each, from
+    the Debian redis-server on free ports, joined by `redis-cli --cluster create`; stopped
+    (killed) at the end of the session. The URL names one node; clients discover the rest."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        pytest.fail("redis-server and redis-cli are needed for the Redis Cluster tests")
+    home = tmp_path_factory.mktemp("redis-cluster")
+    ports = _free_cluster_ports(6)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            node = home / str(port)
+            node.mkdir()
+            procs.append(subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                 "--save", "", "--appendonly", "no", "--dir", str(node)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 20
+        for port, proc in zip(ports, procs, strict=True):
+            while not _ping(f"redis://127.0.0.1:{port}", 0.2):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"redis-server (cluster node) on port {port} did not start")
+                time.sleep(0.05)
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                        "--cluster-replicas", "1", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        _wait_cluster_ok(ports, deadline=time.monotonic() + 30)
+        yield f"redis://127.0.0.1:{ports[0]}"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _wait_cluster_ok(ports: list[int], deadline: float) -> None:
+    """Until every node says cluster_state:ok (slots assigned, nodes agreed)."""
+    import redis
+
+    for port in ports:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+        try:
+            while client.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    pytest.fail(f"Redis Cluster node {port} never reported cluster_state:ok")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+
+def cluster_feature_repo(tmp: Path) -> Path:
+    """The project's feature repository with its online store configured as a production one
+    on Redis Cluster is (`redis_type: redis_cluster`; the address comes from the settings)."""
+    import yaml
+
+    repo = tmp / "feature_repo_cluster"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "feature_repo", repo)
+    config = yaml.safe_load((repo / "feature_store.yaml").read_text(encoding="utf-8"))
+    config["online_store"] = {"type": "redis", "redis_type": "redis_cluster"}
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return repo
+
+
 @pytest.fixture
 def redis_project(redis_url: str) -> Iterator[str]:
     """A Feast project name of the test's own; its Redis keys are deleted afterwards."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from conftest import cluster_feature_repo
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.errors import ConfigError, DataMissing, FeatureStoreUnavailable, InvalidArgument
@@ -81,7 +82,29 @@ def redis_store(data_dir: tuple[Path, str], redis_url: str) -> Iterator[Any]:
             client.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(scope="module")
+def redis_cluster_store(data_dir: tuple[Path, str], redis_cluster_url: str,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The same snapshots materialised into a real Redis Cluster (three masters, a replica
+    each), through a feature repository configured as production is (`redis_cluster`)."""
+    from redis.cluster import RedisCluster
+
+    data, project = data_dir
+    settings = Settings(data_dir=data, feast_project=project, redis_url=redis_cluster_url,
+                        feature_repo=cluster_feature_repo(tmp_path_factory.mktemp("repo")))
+    try:
+        run_features(settings, P, say=_quiet)
+        yield store.open_store(settings)
+    finally:
+        client = RedisCluster.from_url(redis_cluster_url)
+        try:
+            store.delete_project_keys(client, project)
+        finally:
+            client.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("redis_cluster", marks=pytest.mark.redis)])
 def feast_store(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue(f"{request.param}_store")
 

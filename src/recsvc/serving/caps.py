@@ -180,16 +180,18 @@ class RedisCapStore:
         self._script = client.register_script(RESERVE_LUA)
 
     @classmethod
-    def from_url(cls, url: str, project: str, timeout_s: float = REDIS_TIMEOUT_S
-                 ) -> RedisCapStore:
-        """A plain Redis at `url` with the online reader's timeouts (tests, tools)."""
+    def from_url(cls, url: str, project: str, timeout_s: float = REDIS_TIMEOUT_S, *,
+                 cluster: bool = False) -> RedisCapStore:
+        """A plain Redis (or, with `cluster`, the Redis Cluster a node of which is) at `url`
+        with the online reader's timeouts (tests, tools)."""
         import redis
         from redis.backoff import NoBackoff
+        from redis.cluster import RedisCluster
         from redis.retry import Retry
 
-        client = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                      socket_connect_timeout=timeout_s,
-                                      retry=Retry(NoBackoff(), 0))
+        kind: Any = RedisCluster if cluster else redis.Redis
+        client = kind.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                               retry=Retry(NoBackoff(), 0))
         return cls(client, project)
 
     def _key(self, member_id: int, key: CapKey) -> str:
