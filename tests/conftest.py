@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -315,17 +316,38 @@ def _wait_cluster_ok(ports: list[int], deadline: float) -> None:
             client.close()
 
 
-def cluster_feature_repo(tmp: Path) -> Path:
-    """The project's feature repository with its online store configured as a production one
-    on Redis Cluster is (`redis_type: redis_cluster`; the address comes from the settings)."""
+@contextlib.contextmanager
+def on_cluster(data_dir: Path, project: str, url: str, tmp: Path,
+               programme: Any) -> Iterator[Any]:
+    """Settings of `project` on the Redis Cluster a node of which is at `url`, through the
+    project's feature repository configured as a production one on Redis Cluster is
+    (`redis_type: redis_cluster`; the address comes from the settings), with `data_dir`'s
+    snapshots materialised into it; the project's feature and cap keys deleted afterwards."""
     import yaml
+    from redis.cluster import RedisCluster
+
+    from recsvc.features.jobs import run_features
+    from recsvc.features.store import delete_project_keys
+    from recsvc.serving.caps import RedisCapStore
+    from recsvc.settings import Settings
 
     repo = tmp / "feature_repo_cluster"
     shutil.copytree(Path(__file__).resolve().parent.parent / "feature_repo", repo)
     config = yaml.safe_load((repo / "feature_store.yaml").read_text(encoding="utf-8"))
     config["online_store"] = {"type": "redis", "redis_type": "redis_cluster"}
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    return repo
+    settings = Settings(data_dir=data_dir, feast_project=project, redis_url=url,
+                        feature_repo=repo)
+    try:
+        run_features(settings, programme, say=lambda _: None)
+        yield settings
+    finally:
+        client = RedisCluster.from_url(url)
+        try:
+            delete_project_keys(client, project)
+            RedisCapStore(client, project).delete_all()
+        finally:
+            client.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import cluster_feature_repo
+from conftest import on_cluster
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.errors import ConfigError, DataMissing, FeatureStoreUnavailable, InvalidArgument
@@ -87,20 +87,9 @@ def redis_cluster_store(data_dir: tuple[Path, str], redis_cluster_url: str,
                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The same snapshots materialised into a real Redis Cluster (three masters, a replica
     each), through a feature repository configured as production is (`redis_cluster`)."""
-    from redis.cluster import RedisCluster
-
-    data, project = data_dir
-    settings = Settings(data_dir=data, feast_project=project, redis_url=redis_cluster_url,
-                        feature_repo=cluster_feature_repo(tmp_path_factory.mktemp("repo")))
-    try:
-        run_features(settings, P, say=_quiet)
+    with on_cluster(*data_dir, redis_cluster_url, tmp_path_factory.mktemp("repo"),
+                    P) as settings:
         yield store.open_store(settings)
-    finally:
-        client = RedisCluster.from_url(redis_cluster_url)
-        try:
-            store.delete_project_keys(client, project)
-        finally:
-            client.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis),

@@ -19,11 +19,9 @@ from typing import Any
 
 import pytest
 
-from conftest import cluster_feature_repo
+from conftest import on_cluster
 from recsvc.data import schema
 from recsvc.features.jobs import run_features
-from recsvc.features.store import delete_project_keys
-from recsvc.serving.caps import RedisCapStore
 from recsvc.settings import Settings
 
 RECSVC = [sys.executable, "-m", "recsvc.cli"]
@@ -199,23 +197,20 @@ def test_two_replicas_on_a_redis_cluster_answer_as_sqlite_does_and_share_the_cap
     """Two independent `recsvc serve` processes on one real Redis Cluster (features and
     caps): each answers what the embedded store answers, and a reminder one of them granted
     is capped on the other (the caps are the cluster's, not a process's)."""
-    from redis.cluster import RedisCluster
-
-    project = f"recsvc_test_{uuid.uuid4().hex[:10]}"
-    repo = cluster_feature_repo(tmp_path)
-    settings = Settings(data_dir=trained.settings.data_dir, feast_project=project,
-                        redis_url=redis_cluster_url, feature_repo=repo)
-    env = serve_env(trained, RECSVC_REDIS_URL=redis_cluster_url, RECSVC_FEAST_PROJECT=project,
-                    RECSVC_FEATURE_REPO=str(repo), RECSVC_COMPILED_MODELS="false")
     member = _ids(trained, "members", "member_id")[2]
     items = [str(i) for i in _ids(trained, "items", "item_id")[:3]]
     calls = [("churn", str(member)), ("hint", str(member), *items),
              ("recommend", str(member), "--limit", "5"), ("cart", str(member), "1:30000")]
-    try:
-        run_features(settings, trained.programme, say=lambda _: None)  # into the cluster
-        sqlite_env = serve_env(trained, RECSVC_COMPILED_MODELS="false")
-        with recsvc_serve(sqlite_env, "--metrics-port", "0") as (address, _):
-            embedded = [client(sqlite_env, address, *call) for call in calls]
+    sqlite_env = serve_env(trained, RECSVC_COMPILED_MODELS="false")
+    with recsvc_serve(sqlite_env, "--metrics-port", "0") as (address, _):
+        embedded = [client(sqlite_env, address, *call) for call in calls]
+    project = f"recsvc_test_{uuid.uuid4().hex[:10]}"
+    with on_cluster(trained.settings.data_dir, project, redis_cluster_url, tmp_path,
+                    trained.programme) as settings:
+        env = serve_env(trained, RECSVC_REDIS_URL=redis_cluster_url,
+                        RECSVC_FEAST_PROJECT=project,
+                        RECSVC_FEATURE_REPO=str(settings.feature_repo),
+                        RECSVC_COMPILED_MODELS="false")
         with recsvc_serve(env, "--metrics-port", "0") as (first, _), \
                 recsvc_serve(env, "--metrics-port", "0") as (second, _):
             for address in (first, second):
@@ -227,13 +222,6 @@ def test_two_replicas_on_a_redis_cluster_answer_as_sqlite_does_and_share_the_cap
             assert {"kind": "NUDGE_KIND_LOW_BALANCE", "cap": "low_balance_weekly"} in \
                 again["capped"]
             assert "NUDGE_KIND_LOW_BALANCE" not in [n["kind"] for n in again["nudges"]]
-    finally:
-        cluster = RedisCluster.from_url(redis_cluster_url)
-        try:
-            delete_project_keys(cluster, project)
-            RedisCapStore(cluster, project).delete_all()
-        finally:
-            cluster.close()
 
 
 def test_a_redis_that_stops_answering_mid_run_degrades_answers_and_they_recover(
