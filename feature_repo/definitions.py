@@ -96,6 +96,8 @@ member_activity = FeatureView(
         Field(name="tenure_days", dtype=Float64),
         Field(name="avg_order_value_365d_minor", dtype=Float64, description="null: no order"),
         Field(name="mean_interpurchase_days", dtype=Float64, description="null: < 2 orders"),
+        Field(name="interpurchase_days_std", dtype=Float64,
+              description="sample standard deviation of the gaps; null: < 3 orders"),
         Field(name="tier", dtype=String, description="tier earned by cumulative spend"),
         Field(name="age_band", dtype=String, description="null: unknown"),
         Field(name="top_category_1", dtype=String, description="most ordered, 365 days"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import special
+from scipy import special, stats
 
 from btyd_checks import (
     assert_matches_forward_simulation,
@@ -38,11 +38,16 @@ def _by_quadrature(
     v, wv = (g + 1) / 2 * v_max, gw / 2 * v_max
     u, wu = (g + 1) / 2, gw / 2
     lam = v[:, None] ** (1 / m.r)
-    p = u[None, :] ** (1 / m.a)
-    prior = (
-        m.alpha**m.r * np.exp(-m.alpha * lam) / math.gamma(m.r + 1)
-        * (1 - p) ** (m.b - 1) / (m.a * math.exp(special.betaln(m.a, m.b)))
-    )  # fmt: skip
+    if m.a < 50:
+        p = u[None, :] ** (1 / m.a)
+        p_prior = (1 - p) ** (m.b - 1) / (m.a * math.exp(special.betaln(m.a, m.b)))
+    else:  # a peaked prior (huge a and b): p itself over twelve standard deviations
+        mean = m.a / (m.a + m.b)
+        sd = math.sqrt(mean * (1 - mean) / (m.a + m.b + 1))
+        lo, hi = max(mean - 12 * sd, 0.0), min(mean + 12 * sd, 1.0)
+        p, wu = (lo + u * (hi - lo))[None, :], wu * (hi - lo)
+        p_prior = np.exp(stats.beta.logpdf(p, m.a, m.b))
+    prior = m.alpha**m.r * np.exp(-m.alpha * lam) / math.gamma(m.r + 1) * p_prior
     weight = wv[:, None] * wu[None, :] * prior
     alive = (1 - p) ** x * lam**x * np.exp(-lam * T)
     dead = p * (1 - p) ** (x - 1) * lam**x * np.exp(-lam * t_x) if x > 0 else 0.0
@@ -194,6 +199,15 @@ def test_predictions_are_vectorised_and_finite_for_heavy_buyers() -> None:
     ]
     np.testing.assert_allclose(got, one_by_one)
     assert isinstance(CDNOW.p_alive(1, 1.0, 2.0), float)
+
+
+def test_a_fixed_drop_out_chance_keeps_the_expectations_right() -> None:
+    # huge a and b (a drop-out chance a/(a+b) nearly fixed), as a fit on a few weeks of
+    # history gave: the transformed hypergeometric form overflows there, the textbook one not
+    model = BgNbd(r=0.867, alpha=3.41, a=17726.0, b=162754.0)
+    for x, t_x, T in ((4, 9.15, 12.0), (0, 0.0, 8.55), (1, 0.57, 11.26), (12, 11.0, 12.0)):
+        want = _by_quadrature(model, x, t_x, T, 12.9)["expected"]
+        assert model.expected_purchases(12.9, x, t_x, T) == pytest.approx(want, rel=2e-6)
 
 
 def test_a_equal_to_one_is_handled_continuously() -> None:

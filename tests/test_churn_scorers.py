@@ -103,3 +103,40 @@ def test_a_version_without_the_scorer_it_is_asked_for_says_so() -> None:
         classic.margin("rfm_logistic_regression", _members(5))
     with pytest.raises(ValueError, match="no 'pareto_nbd_p_no_purchase' scorer"):
         classic.margin("pareto_nbd_p_no_purchase", _members(5))
+
+
+@pytest.mark.parametrize("model", [BG, PARETO])
+def test_the_horizon_answers_in_one_pass_are_the_two_answers(model: object) -> None:
+    x, t_x, T = inputs.purchase_history(_members(400))
+    known = np.isfinite(x)
+    h = (x[known], t_x[known], T[known])
+    weekly = WeeklyBtyd(model)
+    within, expected = weekly.horizon_answers(91, *h)
+    np.testing.assert_array_equal(within, weekly.p_purchase_within(91, *h))
+    np.testing.assert_array_equal(expected, weekly.expected_purchases(91, *h))
+
+
+def test_the_churn_inputs_carry_both_btyd_models_and_the_gaps_spread() -> None:
+    cols = _members(300)
+    rng = np.random.default_rng(4)
+    cols["interpurchase_days_std"] = np.where(cols["orders_total"] > 2,
+                                              rng.uniform(0, 60, 300), np.nan)
+    cols |= {"orders_90d": cols["orders_365d"] / 2, "spend_90d_minor": cols["spend_365d_minor"]}
+    models = {"bgnbd": WeeklyBtyd(BG), "pareto_nbd": WeeklyBtyd(PARETO)}
+    got = inputs.churn_inputs(cols, models, 91)
+    assert set(got) == set(inputs.CHURN_DERIVED)
+    x, t_x, T = inputs.purchase_history(cols)
+    known = np.isfinite(x)
+    for family, model in models.items():
+        want = model.p_purchase_within(91, x[known], t_x[known], T[known])
+        np.testing.assert_array_equal(got[f"{family}_p_purchase"][known], want)
+        assert np.isnan(got[f"{family}_expected_purchases"][~known]).all()
+    cv = cols["interpurchase_days_std"] / cols["mean_interpurchase_days"]
+    np.testing.assert_array_equal(got["interpurchase_cv"], cv)
+    # a version asks only for what its trees read; a model it lacks is missing, not made up
+    few = inputs.churn_inputs(cols, {"bgnbd": models["bgnbd"]}, 91,
+                              ["pareto_nbd_p_purchase", "bgnbd_expected_purchases"])
+    assert "bgnbd_p_alive" not in few and "interpurchase_cv" not in few
+    assert np.isnan(few["pareto_nbd_p_purchase"]).all()
+    np.testing.assert_array_equal(few["bgnbd_expected_purchases"],
+                                  got["bgnbd_expected_purchases"])

@@ -86,6 +86,10 @@ def test_member_activity_windows_recency_tier_and_nulls(tiny_features: dict) -> 
     # three orders: mean gap = (03-01 09:00 - 01-05 10:00) / 2
     assert _row(act, "member_id", 1, "2025-03-21")["mean_interpurchase_days"] == pytest.approx(
         (54 + 23 / 24) / 2)
+    # and the gaps' spread: 36 days, then 18 days 23 hours (a sample of two)
+    assert _row(act, "member_id", 1, "2025-03-21")["interpurchase_days_std"] == pytest.approx(
+        (36 - (18 + 23 / 24)) / np.sqrt(2))
+    assert m1["interpurchase_days_std"] is None  # two orders: one gap, no spread
     # member 3 turns gold with 6,000.00 of spend, one order has no inter-purchase gap
     assert _row(act, "member_id", 3, "2025-01-16")["tier"] == "silver"
     m3 = _row(act, "member_id", 3, "2025-01-21")
@@ -95,6 +99,24 @@ def test_member_activity_windows_recency_tier_and_nulls(tiny_features: dict) -> 
     assert m2 == m2 | {"days_since_last_order": None, "avg_order_value_365d_minor": None,
                        "mean_interpurchase_days": None, "orders_total": 0, "orders_30d": 0,
                        "spend_total_minor": 0, "tier": "silver", "age_band": None}
+
+
+def test_gap_spread_matches_numpy_on_simulated_orders(tmp_path: Path) -> None:
+    from recsvc.data.simulate import run_simulation
+
+    run_simulation(tmp_path, members=300, days=300, seed=5, programme=P, show_progress=False)
+    tables = compute.read_inputs(tmp_path)
+    act = compute.compute_features(tables, P)["member_activity"].to_pandas()
+    orders = tables["orders"].to_pandas()
+    orders["s"] = [int(t.timestamp()) for t in orders.ts]  # whole seconds, as the job keys them
+    checked = 0
+    for row in act[act.orders_total >= 3].sample(400, random_state=1).itertuples():
+        mine = orders[(orders.member_id == row.member_id) & (orders.ts < row.ts)]
+        gaps = np.diff(np.sort(mine.s.to_numpy())) / 86400.0
+        assert row.interpurchase_days_std == pytest.approx(np.std(gaps, ddof=1), abs=1e-9)
+        checked += 1
+    assert checked == 400
+    assert act[act.orders_total < 3].interpurchase_days_std.isna().all()
 
 
 def test_member_points_balance_fifo_expiry_and_90_day_windows(tiny_features: dict) -> None:

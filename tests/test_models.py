@@ -20,10 +20,12 @@ from recsvc.models.jobs import Context
 from recsvc.models.registry import Gate
 from recsvc.models.scoring import ChurnScorer, score_batch
 from recsvc.models.training import (
+    Split,
     TrainOptions,
     calibrated,
     churn_cutoffs,
     churn_frame,
+    earlier_split,
     fallback_horizons,
     split_cutoffs,
     train_model,
@@ -146,6 +148,29 @@ def test_cutoffs_are_split_with_label_gaps() -> None:
     assert (short_train, short_valid, short_test) == (months[:2], months[2], months[3])
     with pytest.raises(Exception, match="at least 3 cut-offs"):
         split_cutoffs(months[:2], dt.timedelta(days=90))
+
+
+def test_the_earlier_fold_is_the_split_one_label_window_back() -> None:
+    weeks = [dt.datetime(2025, 1, 6, tzinfo=dt.UTC) + dt.timedelta(weeks=w) for w in range(40)]
+    train, valid, test = split_cutoffs(weeks, dt.timedelta(days=28))
+    at = [*train, valid, test]
+    stamps = np.array([c for c in at for _ in range(3)])
+    frame = pd.DataFrame({"event_timestamp": pd.to_datetime(stamps, utc=True)})
+    part = np.array(["train"] * 3 * len(train) + ["valid"] * 3 + ["test"] * 3)
+    split = Split(frame, part, np.zeros(len(frame), dtype=np.int64), (weeks[0], weeks[-1]))
+    earlier = earlier_split(split, dt.timedelta(days=28))
+    assert earlier is not None
+    e_valid = {s for s, p in zip(stamps, earlier.part, strict=True) if p == "valid"}
+    e_train = sorted({s for s, p in zip(stamps, earlier.part, strict=True) if p == "train"})
+    assert e_valid == {train[-1]}  # the last training cut-off validates
+    assert e_train == [c for c in train if c + dt.timedelta(days=28) <= train[-1]]
+    # the old validation and test rows judge nothing here
+    assert set(earlier.part[part != "train"]) == {"unused"}
+    assert earlier.bounds["valid"] == f"{train[-1]:%Y-%m-%d}"
+    # too few training cut-offs for a window before the last: one fold decides
+    few = Split(frame, np.where(np.isin(stamps, train[-2:]), "train", "x"), split.label,
+                split.window)
+    assert earlier_split(few, dt.timedelta(days=28)) is None
 
 
 def _us(day: dt.datetime) -> int:

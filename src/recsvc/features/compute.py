@@ -58,7 +58,7 @@ EXPIRING_WINDOW_DAYS = 30
 KEY_SHIFT = 40
 # Bump when a feature's definition changes: it is part of the fingerprint, so old snapshots
 # are recomputed rather than served under a new meaning.
-FEATURES_VERSION = 6
+FEATURES_VERSION = 7
 MANIFEST = "_manifest.json"
 PART_ROWS = 200_000  # rows per offline-store file
 # The member's favourite categories are named among the most ordered ones; a long tail of
@@ -78,7 +78,7 @@ MEMBER_ACTIVITY = pa.schema([
     ("spend_30d_minor", I), ("spend_90d_minor", I), ("spend_365d_minor", I),
     ("orders_total", I), ("spend_total_minor", I),
     ("tenure_days", F), ("avg_order_value_365d_minor", F), ("mean_interpurchase_days", F),
-    ("tier", S), ("age_band", S),
+    ("interpurchase_days_std", F), ("tier", S), ("age_band", S),
     ("top_category_1", S), ("top_category_1_share", F),
     ("top_category_2", S), ("top_category_2_share", F),
     ("top_category_3", S), ("top_category_3_share", F),
@@ -189,6 +189,7 @@ class _Timeline:
         self.values = {name: np.asarray(v)[order] for name, v in (values or {}).items()}
         self.inclusive = inclusive
         self._cumsums: dict[str, I64] = {}
+        self._gap_squares: I64 | None = None
 
     def __len__(self) -> int:
         return len(self.key)
@@ -213,6 +214,17 @@ class _Timeline:
             cs = np.concatenate([[0], np.cumsum(self.values[name], dtype=np.int64)])
             self._cumsums[name] = cs
         return cs[hi] - cs[lo]
+
+    def squared_gaps(self, lo: I64, hi: I64) -> I64:
+        """The sum of the squared gaps, in whole seconds, between consecutive events at
+        positions lo..hi-1 (one entity's). Exact: the running sum may wrap around int64, but
+        numpy wraps silently and the difference of two wrapped sums is the true sum, which
+        for one entity's gaps ((a span of at most ~290 years)^2) fits."""
+        if self._gap_squares is None:
+            gaps = np.diff(self.ts // US, prepend=self.ts[:1] // US)
+            self._gap_squares = np.concatenate([[0], np.cumsum(gaps * gaps, dtype=np.int64)])
+        first_gap = np.minimum(lo + 1, len(self.ts))
+        return self._gap_squares[np.maximum(hi, first_gap)] - self._gap_squares[first_gap]
 
     def windows(self, entity: I64, t_us: I64, days: tuple[int, ...]) -> tuple[I64, dict[int, I64]]:
         """(hi, {days: lo}): events of [t - days, t) are positions lo..hi-1."""
@@ -518,6 +530,18 @@ def _top_category_columns(o_mi: I64, o_ts: I64, o_cat: I64, categories: list[str
     return out
 
 
+def _gap_std(orders: _Timeline, start: I64, hi: I64, first: I64, last: I64) -> F64:
+    """The sample standard deviation, in days, of each member's gaps between consecutive
+    orders (positions start..hi-1 of `orders`; meaningful from three orders, two gaps), from
+    whole seconds in integers: n*sum(g^2) - (sum g)^2 is exact, so equal gaps give exactly 0."""
+    n = np.maximum(hi - start - 1, 0)  # gaps
+    total = last // US - first // US
+    spread = n * orders.squared_gaps(start, hi) - total * total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.where(n >= 2, spread / np.maximum(n * (n - 1), 1), np.nan)
+    return np.sqrt(np.maximum(var, 0.0)) / 86400.0
+
+
 def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, history_start: int,
                   as_of: int, period_days: int) -> tuple[pa.Table, pa.Table, pa.Table]:
     signup = inp.signup[a:b]
@@ -539,6 +563,7 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
     n365 = hi - lo[365]
     spend365 = orders.sum("amount", lo[365], hi)
     many = n_total >= 2
+    gap_std = _gap_std(orders, start, hi, first, last)
     tier_idx = np.asarray(ledger.tier_for_spend(programme, spend_total), dtype=np.int64)
     tier_names = np.asarray(programme.tiers.order, dtype=object)
     ids = inp.ids[a:b][mi]
@@ -554,6 +579,7 @@ def _member_chunk(inp: _MemberInputs, a: int, b: int, programme: Programme, hist
         _float((t - signup[mi]) / DAY_US, inp.signup_known[a:b][mi]),
         _float(spend365 / np.maximum(n365, 1), n365 > 0),
         _float((last - first) / np.maximum(n_total - 1, 1) / DAY_US, many),
+        _float(gap_std, n_total >= 3),
         pa.array(tier_names[tier_idx], type=pa.string()),
         inp.age_band.slice(a, b - a).take(pa.array(mi)),
         *_top_category_columns(o_mi, o_ts, o_cat, inp.categories, mi, t, n365),

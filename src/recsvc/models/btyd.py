@@ -228,6 +228,13 @@ class BgNbd(Parameters):
         alive = np.asarray(self.p_alive(xa, txa, Ta), dtype=np.float64)
         return _out(np.asarray(alive * within_if_alive, dtype=np.float64))
 
+    def horizon_answers(self, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
+                        ) -> tuple[FloatArray, FloatArray]:
+        """(p_purchase_within, expected_purchases) over the same horizon (each is cheap here;
+        Pareto/NBD shares the costly part)."""
+        return (np.asarray(self.p_purchase_within(t, x, t_x, T), dtype=np.float64),
+                np.asarray(self.expected_purchases(t, x, t_x, T), dtype=np.float64))
+
     def expected_purchases_unconditional(self, t: ArrayLike) -> Any:
         """E[X(t)]: repeat purchases in (0, t] by a customer drawn at random from the population."""
         ta_ = _arr(t)
@@ -321,7 +328,16 @@ def _conditional_expectation(
     # Euler's transformation turns (1−z)^(r+x) · 2F1(r+x, b+x; c; z) into
     # (1−z)^(a−1) · 2F1(a−1, a+b−1−r; c; z): the same value without the huge first arguments
     # that make the textbook form overflow for frequent buyers (Fader & Hardie's "#NUM!" note).
-    tail = np.exp((a - 1.0) * np.log1p(-z)) * special.hyp2f1(a - 1.0, a + b - 1.0 - r, c, z)
+    # A fit with huge a and b (a fixed drop-out chance; seen on a few weeks of history) makes
+    # the transformed form overflow instead: those rows take the textbook form, finite there.
+    with np.errstate(over="ignore", invalid="ignore"):
+        tail = np.exp((a - 1.0) * np.log1p(-z)) * special.hyp2f1(a - 1.0, a + b - 1.0 - r, c, z)
+    bad = ~np.isfinite(tail)
+    if bad.any():
+        tail, z, c, x = (np.array(v, dtype=np.float64) for v in np.broadcast_arrays(tail, z, c, x))
+        bad = ~np.isfinite(tail)
+        tail[bad] = (np.exp((r + x[bad]) * np.log1p(-z[bad]))
+                     * special.hyp2f1(r + x[bad], b + x[bad], c[bad], z[bad]))
     numerator = c / (a - 1.0) * (1.0 - tail)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = (

@@ -30,8 +30,8 @@ MEMBER_ACTIVITY = (
     "days_since_last_order", "orders_30d", "orders_90d", "orders_365d",
     "spend_30d_minor", "spend_90d_minor", "spend_365d_minor", "orders_total",
     "spend_total_minor", "tenure_days", "avg_order_value_365d_minor", "mean_interpurchase_days",
-    "tier", "age_band", "top_category_1", "top_category_1_share", "top_category_2",
-    "top_category_2_share", "top_category_3", "top_category_3_share",
+    "interpurchase_days_std", "tier", "age_band", "top_category_1", "top_category_1_share",
+    "top_category_2", "top_category_2_share", "top_category_3", "top_category_3_share",
 )  # fmt: skip
 MEMBER_POINTS = (
     "points_balance", "points_expiring_30d", "points_earned_90d", "points_redeemed_90d",
@@ -56,8 +56,15 @@ INDEX_DERIVED = (
     "member_redemption_rate_90d", "member_redemption_rate_365d", "points_centre_share_90d",
     "points_centre_share_365d",
 )  # fmt: skip
-CHURN_DERIVED = ("bgnbd_p_alive", "bgnbd_expected_purchases", "recency_ratio",
-                 "days_since_first_order", "orders_trend_90d", "spend_trend_90d")
+BTYD_FAMILIES = ("bgnbd", "pareto_nbd")
+"""The BTYD models whose answers at the horizon are churn inputs (runtime.FAMILIES names)."""
+BTYD_HORIZON = tuple(f"{family}_{answer}" for family in BTYD_FAMILIES
+                     for answer in ("p_purchase", "expected_purchases"))
+"""Each BTYD model's P(a purchase within the horizon) and expected purchases within it."""
+CHURN_DERIVED = ("bgnbd_p_alive", *BTYD_HORIZON, "recency_ratio", "days_since_first_order",
+                 "orders_trend_90d", "spend_trend_90d", "interpurchase_cv")
+# read by the churn model only: the propensity model's inputs are as they were trained
+CHURN_ONLY = ("interpurchase_days_std",)
 
 CATEGORICAL = ("tier", "age_band", "category", "points_class", "surface")
 # The favourite categories are inputs only through category_affinity: as codes they would
@@ -65,12 +72,10 @@ CATEGORICAL = ("tier", "age_band", "category", "points_class", "surface")
 NOT_INPUTS = ("top_category_1", "top_category_2", "top_category_3")
 
 # every feature a propensity row is built from, before derivation
-RAW_PROPENSITY = MEMBER_ACTIVITY + MEMBER_POINTS + ITEM_CATALOGUE + ITEM_STATS + REQUEST_TIME
+RAW_PROPENSITY = tuple(n for n in MEMBER_ACTIVITY + MEMBER_POINTS + ITEM_CATALOGUE + ITEM_STATS
+                       + REQUEST_TIME if n not in CHURN_ONLY)
 
-PROPENSITY_INPUTS = tuple(
-    n for n in MEMBER_ACTIVITY + MEMBER_POINTS + ITEM_CATALOGUE + ITEM_STATS + REQUEST_TIME
-    + INDEX_DERIVED if n not in NOT_INPUTS
-)
+PROPENSITY_INPUTS = tuple(n for n in RAW_PROPENSITY + INDEX_DERIVED if n not in NOT_INPUTS)
 CHURN_INPUTS = tuple(n for n in MEMBER_ACTIVITY + MEMBER_POINTS + CHURN_DERIVED
                      if n not in NOT_INPUTS)
 # recency, frequency and monetary value, and tenure: the classic logistic regression's inputs
@@ -239,33 +244,63 @@ def rfm_matrix(cols: Columns) -> F64:
 def over_history(x: F64, t_x: F64, T: F64, answer: Callable[[F64, F64, F64], Any]) -> F64:
     """`answer(x, t_x, T)` for the members with a purchase history (`purchase_history`), NaN
     for those without an order."""
+    return over_histories(x, t_x, T, lambda *h: (answer(*h),))[0]
+
+
+def over_histories(x: F64, t_x: F64, T: F64,
+                   answers: Callable[[F64, F64, F64], Sequence[Any]]) -> list[F64]:
+    """Each of `answers(x, t_x, T)` (several arrays from one call) for the members with a
+    purchase history, NaN for those without an order."""
     known = np.isfinite(x) & np.isfinite(T)
-    out = np.full(len(x), np.nan)
-    if known.any():
-        out[known] = answer(x[known], t_x[known], T[known])
-    return out
+    if not known.any():
+        return [np.full(len(x), np.nan) for _ in range(len(answers(x[:0], t_x[:0], T[:0])))]
+    got = answers(x[known], t_x[known], T[known])
+    outs = []
+    for values in got:
+        out = np.full(len(x), np.nan)
+        out[known] = values
+        outs.append(out)
+    return outs
 
 
-def churn_inputs(cols: Columns, bgnbd: Any, horizon_days: float) -> dict[str, F64]:
-    """BG/NBD expectations (params fitted on the training window) and the purchase timing
+def churn_inputs(cols: Columns, btyd: Mapping[str, Any], horizon_days: float,
+                 wanted: Sequence[str] | None = None) -> dict[str, F64]:
+    """The churn model's derived inputs (CHURN_DERIVED), those in `wanted` if given: each BTYD
+    model's answers at the horizon (`btyd`: runtime.WeeklyBtyd by family, fitted on the
+    training window; NaN where one is missing), BG/NBD's P(alive), and the purchase timing
     every log has: the gap since the last order relative to the member's own mean gap, the
-    time since the first order (BTYD's T), and the last 90 days' orders and spend against
-    the year's quarterly mean (1: steady, 0: stopped, above 1: rising)."""
+    gaps' coefficient of variation (regular buyers against bursty ones), the time since the
+    first order (BTYD's T), and the last 90 days' orders and spend against the year's
+    quarterly mean (1: steady, 0: stopped, above 1: rising)."""
+    want = set(CHURN_DERIVED if wanted is None else wanted)
     x, t_x, T = purchase_history(cols)
-    if bgnbd is None:
-        p_alive, expected = np.full(len(x), np.nan), np.full(len(x), np.nan)
-    else:
-        p_alive = over_history(x, t_x, T, bgnbd.p_alive)
-        expected = over_history(
-            x, t_x, T, lambda *h: bgnbd.expected_purchases(horizon_days, *h))
+    out: dict[str, F64] = {}
+    for family in BTYD_FAMILIES:
+        names = (f"{family}_p_purchase", f"{family}_expected_purchases")
+        model = btyd.get(family)
+        if not want.intersection(names):
+            continue
+        if model is None:
+            out.update((n, np.full(len(x), np.nan)) for n in names)
+        else:
+            out.update(zip(names, over_histories(
+                x, t_x, T, lambda *h, m=model: m.horizon_answers(horizon_days, *h)), strict=True))
+    if "bgnbd_p_alive" in want:
+        bgnbd = btyd.get("bgnbd")
+        out["bgnbd_p_alive"] = (np.full(len(x), np.nan) if bgnbd is None
+                                else over_history(x, t_x, T, bgnbd.p_alive))
     since = _f(cols, "days_since_last_order")
     gap = _f(cols, "mean_interpurchase_days")
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(gap > 0, since / gap, np.nan)
-    return {"bgnbd_p_alive": p_alive, "bgnbd_expected_purchases": expected, "recency_ratio": ratio,
-            "days_since_first_order": T,
-            "orders_trend_90d": _trend(_f(cols, "orders_90d"), _f(cols, "orders_365d")),
-            "spend_trend_90d": _trend(_f(cols, "spend_90d_minor"), _f(cols, "spend_365d_minor"))}
+        out["recency_ratio"] = np.where(gap > 0, since / gap, np.nan)
+        if "interpurchase_cv" in want:
+            out["interpurchase_cv"] = np.where(gap > 0, _f(cols, "interpurchase_days_std") / gap,
+                                               np.nan)
+    out.update({"days_since_first_order": T,
+                "orders_trend_90d": _trend(_f(cols, "orders_90d"), _f(cols, "orders_365d")),
+                "spend_trend_90d": _trend(_f(cols, "spend_90d_minor"),
+                                          _f(cols, "spend_365d_minor"))})
+    return out
 
 
 def _trend(last_90d: F64, last_365d: F64) -> F64:

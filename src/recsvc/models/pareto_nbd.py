@@ -167,10 +167,7 @@ class ParetoNbd(Parameters):
         """
         xa, txa, Ta, ta_ = histories(x, t_x, T, t)
         _check_horizon(ta_)
-        per_alive = (
-            (self.r + xa) / (self.alpha + Ta) * _mean_lifetime_within(self.s, self.beta + Ta, ta_)
-        )
-        return _out(np.asarray(per_alive * self._p_alive(xa, txa, Ta), dtype=np.float64))
+        return _out(self._expected_if_alive(xa, Ta, ta_) * self._p_alive(xa, txa, Ta))
 
     def expected_purchases_unconditional(self, t: ArrayLike) -> Any:
         """E[X(t)]: repeat purchases in (0, t] by a customer drawn at random from the population.
@@ -199,6 +196,19 @@ class ParetoNbd(Parameters):
         """
         xa, txa, Ta, ta_ = histories(x, t_x, T, t)
         _check_horizon(ta_)
+        return _out(self._within_if_alive(xa, Ta, ta_) * self._p_alive(xa, txa, Ta))
+
+    def horizon_answers(self, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
+                        ) -> tuple[FloatArray, FloatArray]:
+        """(p_purchase_within, expected_purchases) over the same horizon, P(alive) computed
+        once for both (it is most of either's cost)."""
+        xa, txa, Ta, ta_ = histories(x, t_x, T, t)
+        _check_horizon(ta_)
+        alive = self._p_alive(xa, txa, Ta)
+        return (self._within_if_alive(xa, Ta, ta_) * alive,
+                self._expected_if_alive(xa, Ta, ta_) * alive)
+
+    def _within_if_alive(self, xa: FloatArray, Ta: FloatArray, ta_: FloatArray) -> FloatArray:
         r, alpha, s, beta = self.r, self.alpha, self.s, self.beta
         with np.errstate(divide="ignore"):  # t = 0: an empty integral, log 0 = −inf
             log_within = (
@@ -214,8 +224,11 @@ class ParetoNbd(Parameters):
                     np.full_like(ta_, s),
                 )
             )
-        within = np.minimum(np.exp(log_within), 1.0)
-        return _out(np.asarray(within * self._p_alive(xa, txa, Ta), dtype=np.float64))
+        return np.asarray(np.minimum(np.exp(log_within), 1.0), dtype=np.float64)
+
+    def _expected_if_alive(self, xa: FloatArray, Ta: FloatArray, ta_: FloatArray) -> FloatArray:
+        return np.asarray((self.r + xa) / (self.alpha + Ta)
+                          * _mean_lifetime_within(self.s, self.beta + Ta, ta_), dtype=np.float64)
 
     def _p_alive(self, x: FloatArray, t_x: FloatArray, T: FloatArray) -> FloatArray:
         log_alive, log_dead = _log_terms((self.r, self.alpha, self.s, self.beta), x, t_x, T)

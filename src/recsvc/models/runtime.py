@@ -48,11 +48,17 @@ class WeeklyBtyd:
         return np.asarray(self.model.p_purchase_within(t / 7.0, x, t_x / 7.0, T / 7.0),
                           dtype=np.float64)
 
+    def horizon_answers(self, t: float, x: F64, t_x: F64, T: F64) -> tuple[F64, F64]:
+        """(p_purchase_within, expected_purchases) over the horizon t, in one pass."""
+        within, expected = self.model.horizon_answers(t / 7.0, x, t_x / 7.0, T / 7.0)
+        return np.asarray(within, dtype=np.float64), np.asarray(expected, dtype=np.float64)
 
-def weekly_bgnbd(extra: Mapping[str, Any]) -> WeeklyBtyd | None:
-    """The BG/NBD saved with a churn manifest, for serving the same derived inputs."""
-    params = extra.get("bgnbd_weekly")
-    return WeeklyBtyd(BgNbd.from_dict(params)) if params else None
+
+def weekly_btyd(extra: Mapping[str, Any]) -> dict[str, WeeklyBtyd]:
+    """The BTYD models a churn version was trained with (fitted at its last training cut-off),
+    by family name, for serving the same derived inputs."""
+    return {name: WeeklyBtyd(FAMILIES[name].from_dict(extra[f"{name}_weekly"]))
+            for name in inputs.BTYD_FAMILIES if extra.get(f"{name}_weekly")}
 
 
 def logit(p: F64, eps: float = 1e-6) -> F64:

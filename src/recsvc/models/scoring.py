@@ -22,7 +22,7 @@ from recsvc.data import schema
 from recsvc.errors import DataMissing
 from recsvc.models import inputs
 from recsvc.models.attribution import PathAttribution
-from recsvc.models.runtime import TREES, ClassicChurn, calibrated, weekly_bgnbd
+from recsvc.models.runtime import TREES, ClassicChurn, calibrated, weekly_btyd
 from recsvc.progress import Stopwatch
 
 F64 = npt.NDArray[np.float64]
@@ -55,6 +55,9 @@ class ChurnScorer:
                               else f"{self.version}/{self.served}")
         self.classic = None if self.served in TREES else ClassicChurn(extra)
         self.features: list[str] = list(manifest.features)
+        # the derived inputs the trees read, and BG/NBD's expectation their prior is made of
+        self.derived = [n for n in inputs.CHURN_DERIVED
+                        if n in self.features or n == "bgnbd_expected_purchases"]
         self.booster = loaded.booster
         # the drivers, when the trees serve; a compiled model keeps LightGBM's booster beside
         # its native code, and its leaves are compiled too, its attribution tables kept beside
@@ -72,7 +75,7 @@ class ChurnScorer:
             self.attribution = PathAttribution(booster, leaves=leaves, cache=tables)
         self.vocab: dict[str, list[str]] = extra["vocabularies"]
         self.platt: dict[str, float] = extra["calibration"]["platt"]
-        self.bgnbd = weekly_bgnbd(extra)
+        self.btyd = weekly_btyd(extra)
         self.horizon = float(extra["horizon_days"])
         self.prior_fallback = float(extra["prior_fallback"])
         self.rfm = segments.RfmThresholds.from_dict(extra["rfm_thresholds"])
@@ -82,7 +85,7 @@ class ChurnScorer:
     def matrix(self, cols: Mapping[str, Any]) -> tuple[F64, F64]:
         """The model matrix and the prior margin the trees correct (0: trees boosted from a
         constant)."""
-        derived = inputs.churn_inputs(cols, self.bgnbd, self.horizon)
+        derived = inputs.churn_inputs(cols, self.btyd, self.horizon, self.derived)
         X = inputs.matrix({**cols, **derived}, self.features, self.vocab)
         if self.served == "lightgbm_plain":
             return X, np.zeros(len(X))
