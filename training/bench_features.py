@@ -229,8 +229,10 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{g['p50_ms']:.2f} / {g['p99_ms']:.2f} | {f50} / {f99} |")
     lines += [
         "",
-        "recsvc materialises from the latest snapshot per entity (a filtered Parquet read) "
-        "through the online store's own `online_write_batch`, in Feast's layout; Feast's "
+        "recsvc materialises from the latest snapshot per entity (a filtered Parquet read), "
+        "in Feast's layout: into SQLite through the online store's own `online_write_batch`, "
+        "into Redis with its numpy writer (`recsvc.features.redis_write`: the same bytes, the "
+        "commands built per column and written down one connection); Feast's "
         "`materialize` reads and sorts the views' whole history with Dask and converts every "
         "value through pandas first. FACTS.md's read numbers used 18 features per member and "
         f"13 per item; churn_v1 has {n_member} and propensity_v1 {n_member + n_item} "
