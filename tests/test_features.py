@@ -70,6 +70,19 @@ def test_snapshots_have_the_columns_and_types_the_feast_views_declare(tmp_path: 
         assert view.batch_source.path == str(expected)
 
 
+def test_the_model_inputs_read_every_column_of_their_views_in_order() -> None:
+    """The three lists of a view's features (the feature job's schema, the Feast definitions,
+    above, and the model inputs' names) cannot drift: a column added to one is missed here."""
+    from recsvc.models import inputs
+
+    for view, names in (("member_activity", inputs.MEMBER_ACTIVITY),
+                        ("member_points", inputs.MEMBER_POINTS),
+                        ("item_catalogue", inputs.ITEM_CATALOGUE),
+                        ("item_stats", inputs.ITEM_STATS)):
+        key = compute.ENTITY_KEY[view]
+        assert compute.VIEWS[view].names == [key, "ts", *names], view
+
+
 def test_member_activity_windows_recency_tier_and_nulls(tiny_features: dict) -> None:
     act = tiny_features["member_activity"]
     m1 = _row(act, "member_id", 1, "2025-02-16")
