@@ -118,7 +118,7 @@ def test_slots_are_redis_clusters() -> None:
     keys[:40, 5] = ord("{")  # hash tags, with and without a closing brace after them
     keys[:20, 9] = ord("}")
     keys[40:45, 3:6] = [ord("{"), ord("}"), ord("a")]  # "{}": no tag
-    got = rw.key_slots(keys, np.full(len(keys), keys.shape[1]))
+    got = rw.key_slots(keys)
     assert got.tolist() == [key_slot(k.tobytes()) for k in keys]
 
 

@@ -100,6 +100,9 @@ _TAG_INT64 = 0x20  # int64_val = 4, varint
 _TAG_DOUBLE = 0x29  # double_val = 5, 64-bit
 _TAG_FLOAT = 0x35  # float_val = 6, 32-bit
 _TAG_BOOL = 0x38  # bool_val = 7, varint
+VALUE_TAGS = {"STRING": _TAG_STRING, "INT32": _TAG_INT32, "INT64": _TAG_INT64,
+              "DOUBLE": _TAG_DOUBLE, "FLOAT": _TAG_FLOAT, "BOOL": _TAG_BOOL}
+"""The tags by value type, for the writer that encodes what these decoders read."""
 _unpack_double = struct.Struct("<d").unpack_from
 _unpack_float = struct.Struct("<f").unpack_from
 
@@ -266,6 +269,19 @@ class EntityKeyCodec:
     def prefix(self) -> bytes | None:
         """The bytes every serialised key of this join key starts with (None: not known)."""
         return self._prefix
+
+    def key_matrix(self, ids: Any) -> Any:
+        """The serialised keys of int64 `ids` (a numpy array) as the rows of a uint8 matrix:
+        the prefix, then the 8-byte little-endian value (only where `prefix` is known)."""
+        import numpy as np
+
+        prefix = self._prefix
+        assert prefix is not None
+        rows = len(ids)
+        head = np.frombuffer(prefix, dtype=np.uint8)
+        return np.concatenate([np.broadcast_to(head, (rows, len(head))),
+                               np.asarray(ids, dtype="<i8").view(np.uint8).reshape(rows, 8)],
+                              axis=1)
 
     def _fast_keys(self, ids: Sequence[Any]) -> list[bytes]:
         prefix = self._prefix
@@ -608,7 +624,8 @@ def registry_specs(feast_store: FeatureStore) -> tuple[
 # --------------------------------------------------------------------------------------------
 # Redis.
 # --------------------------------------------------------------------------------------------
-def _resp_bulk(data: bytes) -> bytes:
+def resp_bulk(data: bytes) -> bytes:
+    """`data` as a RESP bulk string."""
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
@@ -792,8 +809,8 @@ class RedisReader(_BaseReader):
         from feast.infra.online_stores.helpers import _mmh3
 
         fields = tuple(_mmh3(f"{c.view.stored}:{c.feature}") for c in plan.columns)
-        head = b"*%d\r\n%b" % (len(fields) + 2, _resp_bulk(b"HMGET"))
-        tail = self._suffix + b"\r\n" + b"".join(_resp_bulk(f) for f in fields)
+        head = b"*%d\r\n%b" % (len(fields) + 2, resp_bulk(b"HMGET"))
+        tail = self._suffix + b"\r\n" + b"".join(resp_bulk(f) for f in fields)
         return _RedisPlan(fields, head, tail)
 
     def _fetch(self, plan: Plan, keys: list[bytes]) -> list[Any]:

@@ -31,13 +31,13 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsvc.core.ledger import US
+from recsvc.features.online import VALUE_TAGS, EntityKeyCodec, resp_bulk
+
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
 
-# ValueProto's field tags (field number << 3 | wire type), as feast/types/Value.proto has them
-_TAGS = {"STRING": 0x12, "INT32": 0x18, "INT64": 0x20, "DOUBLE": 0x29, "FLOAT": 0x35,
-         "BOOL": 0x38}
 _TAG_INT64_LIST = 0x72  # int64_list_val = 14, length-delimited
 _LIST_FIELD = 0x0A  # Int64List.val = 1, packed
 # google.protobuf.Timestamp: seconds = 1 (varint), nanos = 2 (varint)
@@ -156,7 +156,7 @@ def value_protos(column: pa.Array | pa.ChunkedArray, type_name: str) -> Ragged |
     the empty Value, b""); None for a type not encoded here."""
     if type_name == "INT64_LIST":
         return _int64_lists(column)
-    tag = _TAGS.get(type_name)
+    tag = VALUE_TAGS.get(type_name)
     if tag is None:
         return None
     if isinstance(column, pa.ChunkedArray):
@@ -214,8 +214,8 @@ def timestamp_protos(stamps: pa.Array | pa.ChunkedArray) -> tuple[Ragged, I64]:
     (zero fields omitted), and the instants in nanoseconds."""
     us = np.asarray(pc.cast(stamps, pa.timestamp("us", tz="UTC")).cast(pa.int64())
                     .to_numpy(zero_copy_only=False), dtype=np.int64)
-    seconds = us // 1_000_000
-    nanos = (us % 1_000_000) * 1000
+    seconds = us // US
+    nanos = (us % US) * 1000
     rows = len(us)
     return concat([
         Ragged.constant(bytes([_TS_SECONDS]), rows, seconds != 0), varints(seconds, seconds != 0),
@@ -243,19 +243,15 @@ def parse_timestamp(blob: bytes | None) -> int:
     return fields[1] * 1_000_000_000 + fields[2]
 
 
-def _bulk_bytes(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
 def commands(name: bytes, key: Ragged, args: Sequence[Ragged | bytes]) -> Ragged:
     """One RESP command per row: `name`, the row's key, then `args` (a constant argument as
     bytes, a per-row one as Ragged)."""
     rows = len(key.lengths)
     pieces: list[Ragged] = []
-    run = b"*%d\r\n%b" % (2 + len(args), _bulk_bytes(name))
+    run = b"*%d\r\n%b" % (2 + len(args), resp_bulk(name))
     for arg in [key, *args]:
         if isinstance(arg, bytes):
-            run += _bulk_bytes(arg)
+            run += resp_bulk(arg)
             continue
         pieces += [Ragged.constant(run, rows), bulk_headers(arg.lengths), arg]
         run = b"\r\n"
@@ -263,9 +259,9 @@ def commands(name: bytes, key: Ragged, args: Sequence[Ragged | bytes]) -> Ragged
     return concat(pieces)
 
 
-def key_slots(keys: U8, lengths: I64) -> I64:
-    """Redis Cluster's hash slot of each key (CRC16/XMODEM mod 16384); every key the same
-    length, as the rows of `keys`. A key holding '{' may carry a hash tag: those are
+def key_slots(keys: U8) -> I64:
+    """Redis Cluster's hash slot of each key (CRC16/XMODEM mod 16384), the keys being the
+    rows of `keys` (all of one length). A key holding '{' may carry a hash tag: those are
     computed by redis-py's rule one by one (rare in binary keys)."""
     from redis.crc import key_slot
 
@@ -276,7 +272,7 @@ def key_slots(keys: U8, lengths: I64) -> I64:
     slots = crc % SLOTS
     tagged = np.flatnonzero((keys == ord("{")).any(axis=1))
     for i in tagged.tolist():
-        slots[i] = key_slot(keys[i, :lengths[i]].tobytes())
+        slots[i] = key_slot(keys[i].tobytes())
     return slots
 
 
@@ -335,12 +331,12 @@ def _exchange(client: Any, packed: Ragged, chunk_rows: int = 5_000) -> list[Any]
     return replies
 
 
-def _targets(client: Any, keys: U8, lengths: I64) -> list[tuple[Any, I64]]:
+def _targets(client: Any, keys: U8) -> list[tuple[Any, I64]]:
     """(a redis-py Redis, the rows whose keys it owns) per node: one for a single Redis; on a
     cluster, the primary of each key's slot."""
     if not hasattr(client, "nodes_manager"):
         return [(client, np.arange(len(keys), dtype=np.int64))]
-    slots = key_slots(keys, lengths)
+    slots = key_slots(keys)
     cache = client.nodes_manager.slots_cache
     owners = np.array([cache[s][0].name if s in cache else "" for s in range(SLOTS)],
                       dtype=object)[slots]
@@ -371,7 +367,7 @@ def write_view(client: Any, project: str, spec: Any, table: pa.Table, ts_field: 
     this process) and storing (Redis's own core) overlap. `on_rows(n)` after each chunk."""
     codec = spec.codec
     if codec is None or codec.prefix is None or ttl_seconds or not all(
-            vtype.name in _TAGS or vtype.name == "INT64_LIST" for _, vtype in spec.features):
+            vtype.name in VALUE_TAGS or vtype.name == "INT64_LIST" for _, vtype in spec.features):
         return None
     ids = np.asarray(table.column(spec.join_key).to_numpy(zero_copy_only=False),
                      dtype=np.int64)
@@ -379,7 +375,7 @@ def write_view(client: Any, project: str, spec: Any, table: pa.Table, ts_field: 
         return None  # several rows of one entity: Feast's order-by-time rule applies
     from feast.infra.online_stores.helpers import _mmh3
 
-    layout = _Layout(codec.prefix + b"", project.encode(), f"_ts:{spec.stored}".encode(),
+    layout = _Layout(codec, project.encode(), f"_ts:{spec.stored}".encode(),
                      [(name, vtype.name, _mmh3(f"{spec.stored}:{name}"))
                       for name, vtype in spec.features], ts_field, spec.join_key)
     written = 0
@@ -406,10 +402,10 @@ def write_view(client: Any, project: str, spec: Any, table: pa.Table, ts_field: 
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where a view's rows go in Redis: key prefix and project suffix, the event-time field,
-    and (feature, value type, hash field) per feature."""
+    """Where a view's rows go in Redis: the entity key's codec and the project suffix, the
+    event-time field, and (feature, value type, hash field) per feature."""
 
-    key_head: bytes
+    codec: EntityKeyCodec  # the key's serialised entity part
     key_tail: bytes
     ts_key: bytes
     features: list[tuple[str, str, bytes]]
@@ -424,17 +420,14 @@ def _chunk_commands(client: Any, layout: _Layout, table: pa.Table
     rows = table.num_rows
     ids = np.asarray(table.column(layout.join_key).to_numpy(zero_copy_only=False),
                      dtype=np.int64)
-    head = np.frombuffer(layout.key_head, dtype=np.uint8)
     tail = np.frombuffer(layout.key_tail, dtype=np.uint8)
-    key_matrix = np.concatenate([np.broadcast_to(head, (rows, len(head))),
-                                 ids.astype("<i8").view(np.uint8).reshape(rows, 8),
+    key_matrix = np.concatenate([layout.codec.key_matrix(ids),
                                  np.broadcast_to(tail, (rows, len(tail)))], axis=1)
-    key_lengths = np.full(rows, key_matrix.shape[1], dtype=np.int64)
     stamps, nanos = timestamp_protos(table.column(layout.ts_field))
     values = [value_protos(table.column(name), type_name)
               for name, type_name, _ in layout.features]
     out = []
-    for node, idx in _targets(client, key_matrix, key_lengths):
+    for node, idx in _targets(client, key_matrix):
         keys = Ragged.fixed(key_matrix[idx])
         args: list[Ragged | bytes] = [layout.ts_key, stamps.take(idx)]
         for (_, _, field), value in zip(layout.features, values, strict=True):
