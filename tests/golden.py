@@ -7,6 +7,13 @@ field its BadRequest names); `differences()` compares an answer with the recorde
 propensities, churn probabilities, contributions and scores within 1e-9, other floats to 1e-12
 (relative: the index factors are rounded to 12 decimals), everything else exactly.
 
+The fixture carries the models the answers came from (each one's production pointer, trees and
+manifest), and the replay serves those: the session's own training gives the same features on
+every machine, but not the same trees on every CPU family (the churn model's BTYD fits go
+through numpy's and OpenBLAS's CPU-specific kernels, whose last bits differ between AVX-512 and
+AVX2 machines, and LightGBM's thresholds keep every bit), and what is held still here is the
+serving path, not training.
+
 Capture (once, from the code whose answers are the reference):
     RECSVC_GOLDEN_CAPTURE=1 .venv/bin/python -m pytest tests/test_golden.py
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,7 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from conftest import bad_request_field
+from recsvc.models.registry import MANIFEST_FILE, MODEL_FILE, POINTER_FILE, Registry
 from recsvc.v1 import recsvc_pb2 as pb
 
 FIXTURE = Path(__file__).parent / "fixtures" / "golden_answers.json.gz"
@@ -132,7 +141,33 @@ def encode_request(rpc: str, request: Any) -> dict[str, Any]:
     return {"rpc": rpc, "request": MessageToDict(request, preserving_proto_field_name=True)}
 
 
-def save(records: list[dict[str, Any]], models: dict[str, str]) -> None:
+MODELS = ("churn", "propensity")
+
+
+def model_files(registry: Registry) -> dict[str, dict[str, str]]:
+    """The files of each model's production version, and its pointer, by path in the registry."""
+    out = {}
+    for name in MODELS:
+        version = registry.production(name)
+        assert version is not None, f"no {name} model in production"
+        out[name] = {path: (registry.root / path).read_text(encoding="utf-8")
+                     for path in (f"{name}/{POINTER_FILE}", f"{name}/{version}/{MODEL_FILE}",
+                                  f"{name}/{version}/{MANIFEST_FILE}")}
+    return out
+
+
+def registry_of(models: dict[str, dict[str, str]], root: Path, like: Registry) -> Registry:
+    """A registry at `root` holding the fixture's models in production (checked as `like`
+    checks what it loads)."""
+    for files in models.values():
+        for path, text in files.items():
+            target = root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+    return Registry(os.fspath(root), known_features=like.known_features)
+
+
+def save(records: list[dict[str, Any]], models: dict[str, dict[str, str]]) -> None:
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(FIXTURE, "wt", encoding="utf-8") as f:
         json.dump({"models": models, "records": records}, f, separators=(",", ":"))

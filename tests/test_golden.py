@@ -7,7 +7,6 @@ says how they are compared and how to capture them again)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from recsvc.features import store as fstore
 from recsvc.features.jobs import run_features
 from recsvc.features.online import OnlineReader
 from recsvc.metrics import ServiceMetrics
-from recsvc.models.registry import MODEL_FILE
 from recsvc.models.scoring import ChurnScorer, PropensityScorer, features_as_of
 from recsvc.serving.caps import SqliteCapStore
 from recsvc.serving.dataplane import Catalogue, Dataplane
@@ -49,18 +47,6 @@ def flagged(trained: Any) -> Any:
     return trained
 
 
-def _models(ctx: Any) -> dict[str, str]:
-    """The production version of each model and a digest of its trees: a replay is only
-    meaningful against the models the answers were captured with."""
-    out = {}
-    for name in ("churn", "propensity"):
-        version = ctx.registry.production(name)
-        loaded = ctx.registry.load(name, version)
-        out[name] = f"{version} " + hashlib.sha256(
-            (loaded.directory / MODEL_FILE).read_bytes()).hexdigest()[:16]
-    return out
-
-
 def _ids(ctx: Any, table: str, column: str) -> list[int]:
     return [int(i) for i in schema.read_table(ctx.settings.data_dir, table,
                                               [column])[column].to_numpy()]
@@ -74,15 +60,16 @@ def _requests(ctx: Any) -> list[tuple[str, Any]]:
         [a.name for a in ctx.programme.experiments.arms])
 
 
-def _replay(ctx: Any, feast_store: Any, caps: Path, calls: list[tuple[str, Any]],
-            ) -> list[dict[str, Any]]:
+def _replay(ctx: Any, registry: Any, feast_store: Any, caps: Path,
+            calls: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     """Answers to `calls` from a server built as `recsvc serve` builds it (the direct online
-    reader, the catalogue in memory, the LightGBM boosters) at the features' as-of instant."""
+    reader, the catalogue in memory, the LightGBM boosters of `registry`) at the features'
+    as-of instant."""
     async def main() -> list[dict[str, Any]]:
         metrics = ServiceMetrics(CollectorRegistry())
-        churn = ModelHolder("churn", ctx.registry, ChurnScorer, metrics, ctx.known_features)
+        churn = ModelHolder("churn", registry, ChurnScorer, metrics, ctx.known_features)
         propensity = ModelHolder(
-            "propensity", ctx.registry,
+            "propensity", registry,
             lambda loaded: PropensityScorer(loaded, ctx.programme),
             metrics, ctx.known_features)
         churn.refresh()
@@ -129,15 +116,17 @@ def test_sqlite_answers_match_the_golden_answers(flagged: Any, tmp_path: Path) -
     trained = flagged
     if CAPTURE:
         calls = _requests(trained)
-        answers = _replay(trained, trained.store, tmp_path / "capture-caps.sqlite", calls)
+        answers = _replay(trained, trained.registry, trained.store,
+                          tmp_path / "capture-caps.sqlite", calls)
         golden.save([{**golden.encode_request(rpc, req), "answer": a}
-                     for (rpc, req), a in zip(calls, answers, strict=True)], _models(trained))
+                     for (rpc, req), a in zip(calls, answers, strict=True)],
+                    golden.model_files(trained.registry))
     fixture = golden.load()
-    assert fixture["models"] == _models(trained), "the session's trained models are not the " \
-        "ones the answers were captured with: training is no longer reproducible"
     records = fixture["records"]
     assert len(records) >= 7 * golden.PER_RPC
-    _check(_replay(trained, trained.store, tmp_path / "caps.sqlite", _calls(records)), records)
+    registry = golden.registry_of(fixture["models"], tmp_path / "models", trained.registry)
+    _check(_replay(trained, registry, trained.store, tmp_path / "caps.sqlite", _calls(records)),
+           records)
 
 
 @pytest.mark.redis
@@ -152,5 +141,7 @@ def test_redis_answers_match_the_golden_answers(flagged: Any, tmp_path: Path, re
     run_fraud_flags(settings, trained.programme, say=lambda _: None)  # and flags
     fixture = golden.load()
     records = fixture["records"]
+    registry = golden.registry_of(fixture["models"], tmp_path / "models", trained.registry)
     feast_store = fstore.open_store(settings)
-    _check(_replay(trained, feast_store, tmp_path / "caps.sqlite", _calls(records)), records)
+    _check(_replay(trained, registry, feast_store, tmp_path / "caps.sqlite", _calls(records)),
+           records)
