@@ -137,6 +137,37 @@ def test_training_and_serving_use_the_one_index_definition() -> None:
     assert inputs.idx is idx  # the module training imports is the core's
 
 
+def test_a_members_compiled_inputs_equal_the_training_matrix() -> None:
+    """The service encodes a member's inputs once per read, in plain Python
+    (`PropensityRows.member`); training builds the same inputs as columns (`member_rates`,
+    `matrix`). Both must give the same bits: missing values, no views, NaN and unknown
+    categories included."""
+    rng = np.random.default_rng(5)
+    numeric = [n for n in inputs.MEMBER_ACTIVITY + inputs.MEMBER_POINTS
+               if n not in (*inputs.CATEGORICAL, *inputs.NOT_INPUTS, "points_balance")]
+    names = [*numeric, "tier", "age_band", *inputs.MEMBER_RATES]
+    vocab = {"tier": ["gold", "silver"], "age_band": ["18-24", "25-34"]}
+    members = []
+    for _ in range(300):
+        member = {}
+        for n in numeric:
+            r = rng.random()
+            member[n] = (None if r < 0.15 else float("nan") if r < 0.2 else 0 if r < 0.35
+                         else int(rng.integers(0, 50)) if r < 0.7 else float(rng.random() * 9))
+        member["tier"] = rng.choice(["gold", "silver", "bronze", None])
+        member["age_band"] = rng.choice(["18-24", "25-34", None])
+        members.append(member)
+    cols = {n: np.array([m.get(n) for m in members], dtype=object) for n in numeric}
+    cols |= {n: np.array([m[n] for m in members], dtype=object) for n in vocab}
+    cols |= inputs.member_rates(cols)
+    want = inputs.matrix(cols, names, vocab)
+    rows = inputs.PropensityRows(names, vocab, {}, 0)
+    assert list(rows.member_names) == names
+    got = np.stack([rows.member(m) for m in members])
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(want[:, names.index("member_redemption_rate_90d")]).any()  # no views seen
+
+
 def test_cutoffs_are_split_with_label_gaps() -> None:
     months = [dt.datetime(2025, m, 1, tzinfo=dt.UTC) for m in range(1, 13)]
     train, valid, test = split_cutoffs(months, dt.timedelta(days=90))

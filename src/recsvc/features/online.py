@@ -333,9 +333,11 @@ class Plan:
     codec: EntityKeyCodec
     backend: Any = None
     names: tuple[str, ...] = field(init=False)  # of the columns: strings, untracked by the gc
+    short_names: tuple[str, ...] = field(init=False)  # the features' own, without "<view>__"
 
     def __post_init__(self) -> None:
         self.names = tuple(c.name for c in self.columns)
+        self.short_names = tuple(n.split("__", 1)[-1] for n in self.names)
 
 
 @dataclass(frozen=True)
@@ -453,6 +455,11 @@ class HeldColumns(Mapping[str, list[Any]]):
         Strings and numbers only, like the rows: the cyclic garbage collector leaves the
         snapshots a caller keeps alone."""
         return (self._plan.names, self.rows)
+
+    def record(self) -> dict[str, Any]:
+        """A one-entity read as {feature name: value} (names without their view's prefix; list
+        values as the tuples held), built from the held row without building columns."""
+        return dict(zip(self._plan.short_names, self.rows[0], strict=True))
 
     def columns(self) -> dict[str, list[Any]]:
         if self._built is None:

@@ -169,22 +169,18 @@ def index_inputs(cols: Columns, programme: Programme) -> dict[str, F64]:
     }
 
 
-MEMBER_RATES = ("member_redemption_rate_90d", "member_redemption_rate_365d",
-                "points_centre_share_90d", "points_centre_share_365d")
-"""The derived inputs that depend on the member alone."""
+MEMBER_RATES = {f"{rate}_{days}d": (f"{numerator}_{days}d", f"member_views_{days}d")
+                for days in (90, 365)
+                for rate, numerator in (("member_redemption_rate", "redemptions"),
+                                        ("points_centre_share", "points_centre_views"))}
+"""The derived inputs that depend on the member alone: redemptions per view and the points
+centre's share of views, over 90 and 365 days (name -> numerator, views)."""
 
 
 def member_rates(cols: Columns) -> dict[str, F64]:
-    """Redemptions per view and the points centre's share of views, over 90 and 365 days."""
-    rates = {}
-    for days in (90, 365):
-        views = _f(cols, f"member_views_{days}d")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rates[f"member_redemption_rate_{days}d"] = np.where(
-                views > 0, _f(cols, f"redemptions_{days}d") / views, np.nan)
-            rates[f"points_centre_share_{days}d"] = np.where(
-                views > 0, _f(cols, f"points_centre_views_{days}d") / views, np.nan)
-    return rates
+    """`MEMBER_RATES` of the members' feature columns."""
+    return {name: ew.ratio(_f(cols, numerator), _f(cols, views), math.nan)
+            for name, (numerator, views) in MEMBER_RATES.items()}
 
 
 def pair_inputs(factors: idx.IndexFactors, *, balance: Any, points_price: Any, expiring: Any,
@@ -387,6 +383,9 @@ class PropensityRows:
         member = [n for n in names if n not in ITEM_FEATURES and n not in PAIR_DERIVED
                   and n not in ("points_balance", "surface")]
         self.member_names = tuple(member)
+        # how each is encoded: a vocabulary's code, a rate of two features, or a number
+        self._member_inputs = [(n, _lookup(tuple(vocab[n])) if n in vocab else None,
+                                MEMBER_RATES.get(n)) for n in member]
         self.member_at = np.array([at[n] for n in member], dtype=np.intp)
         self.pair_names = tuple(n for n in names if n in PAIR_DERIVED)
         self.pair_at = [at[n] for n in self.pair_names]
@@ -402,19 +401,12 @@ class PropensityRows:
 
     def member(self, features: Mapping[str, Any]) -> F64:
         """The member's inputs (None or absent: missing), in `member_names` order."""
-        cols = {n: np.array([features.get(n)], dtype=object) for n in MEMBER_RATES_INPUTS}
-        rates = member_rates(cols)
-        out = np.empty(len(self.member_names))
-        for k, name in enumerate(self.member_names):
-            if name in rates:
-                out[k] = rates[name][0]
-                continue
-            value = features.get(name)
-            if name in self.vocab:
-                out[k] = _lookup(tuple(self.vocab[name])).get(value, np.nan)  # type: ignore[arg-type]
-            else:
-                out[k] = np.nan if value is None else float(value)
-        return out
+        return np.array([
+            lookup.get(features.get(name), np.nan) if lookup is not None
+            else ew.ratio(_number(features.get(rate[0])), _number(features.get(rate[1])),
+                          math.nan) if rate is not None
+            else _number(features.get(name))
+            for name, lookup, rate in self._member_inputs])
 
     def rows(self, positions: npt.NDArray[np.intp], features: Mapping[str, Any], member: F64,
              balance: float, surface: str, factors: idx.IndexFactors) -> F64:
@@ -457,10 +449,12 @@ def _tops(features: Mapping[str, Any]) -> list[tuple[Any, float]]:
             for j in (1, 2, 3)]
 
 
+def _number(value: Any) -> float:
+    """A stored number as a float, NaN where missing."""
+    return math.nan if value is None else float(value)
+
+
 def _or0(value: Any) -> float:
     """A stored number, 0 where missing (None or NaN)."""
     return 0.0 if value is None or math.isnan(value) else float(value)
 
-
-MEMBER_RATES_INPUTS = tuple(f"{kind}_{days}d" for days in (90, 365) for kind in (
-    "member_views", "redemptions", "points_centre_views"))

@@ -310,6 +310,14 @@ def snapshot(raw: Mapping[str, list[Any]]) -> tuple[Any, ...]:
     return tuple((k, tuple(v[0]) if isinstance(v[0], list) else v[0]) for k, v in raw.items())
 
 
+def features_of(raw: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """A one-member read as {feature name: value} (join keys by their own name); a read from
+    a reader's row cache gives the row it holds (`HeldColumns.record`: no columns built)."""
+    if isinstance(raw, HeldColumns):
+        return raw.record()
+    return {k.split("__", 1)[-1]: v[0] for k, v in raw.items()}
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """What answers take from one catalogue load and the programme, computed once a load:
@@ -576,7 +584,7 @@ class Dataplane:
         the member's points, epoch seconds)."""
         assert self.programme is not None
         p = self.programme
-        f = {(k.split("__", 1)[1] if "__" in k else k): v[0] for k, v in raw.items()}
+        f = features_of(raw)
         cold = all(v is None for v in f.values())
 
         def num(name: str, default: float) -> float:
