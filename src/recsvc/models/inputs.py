@@ -384,8 +384,10 @@ class PropensityRows:
                   and n not in ("points_balance", "surface")]
         self.member_names = tuple(member)
         # how each is encoded: a vocabulary's code, a rate of two features, or a number
-        self._member_inputs = [(n, _lookup(tuple(vocab[n])) if n in vocab else None,
-                                MEMBER_RATES.get(n)) for n in member]
+        self._member_inputs: list[tuple[str, Mapping[Any, float] | None,
+                                        tuple[str, str] | None]] = [
+            (n, _lookup(tuple(vocab[n])) if n in vocab else None, MEMBER_RATES.get(n))
+            for n in member]
         self.member_at = np.array([at[n] for n in member], dtype=np.intp)
         self.pair_names = tuple(n for n in names if n in PAIR_DERIVED)
         self.pair_at = [at[n] for n in self.pair_names]
