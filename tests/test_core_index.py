@@ -49,6 +49,17 @@ def test_behaviour_weight_bounds_and_multipliers() -> None:
     assert idx.behaviour_weight(RULES, 3, 10) > idx.behaviour_weight(RULES, 3, 100)
 
 
+def test_a_high_spender_reaches_the_line_in_any_currency_and_unknown_is_not() -> None:
+    line = RULES.high_spender_min_aov_units  # units of the currency
+    assert idx.high_spender(RULES, line * 100, 100) is True
+    assert idx.high_spender(RULES, line * 100 - 1, 100) is False
+    assert idx.high_spender(RULES, line * 1000, 1000) is True  # three-decimal currencies
+    assert idx.high_spender(RULES, line * 100, 1000) is False
+    assert idx.high_spender(RULES, math.nan, 100) is False
+    got = idx.high_spender(RULES, np.array([line * 100, line * 100 - 1, np.nan]), 100)
+    assert got.tolist() == [True, False, False]
+
+
 def test_discount_coefficient_for_high_spenders() -> None:
     assert idx.discount_coefficient(RULES, 0.8) == 0.8
     assert math.isclose(idx.discount_coefficient(RULES, 1.0, high_spender=True), 0.9)

@@ -81,6 +81,13 @@ def behaviour_weight(
     return _out(w)
 
 
+def high_spender(rules: IndexRules, avg_order_value_minor: FloatLike,
+                 minor_per_unit: int) -> Any:
+    """Whether the member's average order over the last year reaches the high-spender line of
+    the rules (an unknown average, NaN: not); a bool or a bool array."""
+    return avg_order_value_minor >= rules.high_spender_min_aov_units * minor_per_unit
+
+
 def discount_coefficient(
     rules: IndexRules, item_discount: FloatLike, high_spender: FloatLike = False
 ) -> FloatLike:

@@ -553,8 +553,8 @@ class Simulator:
                 orders_90d=orders_90d[sel],
                 days_since_last_order=since[sel],
                 young=young[sel],
-                high_spender=high[sel]
-                & (m.aov_minor[who] >= self.p.index.high_spender_min_aov_units * 100),
+                high_spender=high[sel] & idx.high_spender(
+                    self.p.index, m.aov_minor[who], self.p.currency.minor_per_unit),
             )
             logit = redeem_logit(
                 value_coeff=f.value_coefficient,

@@ -145,8 +145,7 @@ def index_inputs(cols: Columns, programme: Programme) -> dict[str, F64]:
     bands = frozenset(rules.young_age_bands)  # np.isin sorts object arrays: slow per call
     young = np.fromiter((v in bands for v in cols["age_band"]), dtype=bool,
                         count=len(cols["age_band"]))
-    aov = _f(cols, "avg_order_value_365d_minor")
-    high = _fill(aov, 0.0) >= rules.high_spender_min_aov_units * minor
+    high = idx.high_spender(rules, _f(cols, "avg_order_value_365d_minor"), minor)
     factors = idx.index_factors(
         rules,
         market_price=_f(cols, "market_price_minor") / minor,

@@ -599,8 +599,8 @@ class Dataplane:
             orders_90d=num("orders_90d", 0.0),
             days_since_last_order=num("days_since_last_order", float("inf")),
             young=f.get("age_band") in p.index.young_age_bands,
-            high_spender=num("avg_order_value_365d_minor", 0.0)
-            >= p.index.high_spender_min_aov_units * p.currency.minor_per_unit,
+            high_spender=idx.high_spender(p.index, num("avg_order_value_365d_minor", math.nan),
+                                          p.currency.minor_per_unit),
             tier_multiplier=p.earning.tier_multipliers.get(tier, 1.0) if tier else 1.0)
         lots = list(zip(f.get("expiry_at_s") or [], f.get("expiry_points") or [], strict=True))
         points = cart.PointsBalance.reconcile(lots, live, now, same_snapshot=balance is None)
