@@ -264,28 +264,27 @@ def _free_cluster_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.fixture(scope="session")
-def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis Cluster of the session's own: three masters with one replica each, from
-    the Debian redis-server on free ports, joined by `redis-cli --cluster create`; stopped
-    (killed) at the end of the session. The URL names one node; clients discover the rest."""
+@contextlib.contextmanager
+def redis_cluster(home: Path) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
+    """A real Redis Cluster: three masters with one replica each, from the Debian redis-server
+    on free ports (a node that stops answering for 2 s is failed over), joined by `redis-cli
+    --cluster create`; killed on exit. Yields the nodes' processes by port."""
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if server is None or cli is None:
         pytest.fail("redis-server and redis-cli are needed for the Redis Cluster tests")
-    home = tmp_path_factory.mktemp("redis-cluster")
     ports = _free_cluster_ports(6)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: dict[int, subprocess.Popen[bytes]] = {}
     try:
         for port in ports:
             node = home / str(port)
             node.mkdir()
-            procs.append(subprocess.Popen(
+            procs[port] = subprocess.Popen(
                 [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
                  "--save", "", "--appendonly", "no", "--dir", str(node)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
-        for port, proc in zip(ports, procs, strict=True):
+        for port, proc in procs.items():
             while not _ping(f"redis://127.0.0.1:{port}", 0.2):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"redis-server (cluster node) on port {port} did not start")
@@ -294,11 +293,29 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                         "--cluster-replicas", "1", "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         _wait_cluster_ok(ports, deadline=time.monotonic() + 30)
-        yield f"redis://127.0.0.1:{ports[0]}"
+        yield procs
     finally:
-        for proc in procs:
-            proc.kill()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Redis Cluster (`redis_cluster`). The URL names one node; clients discover
+    the rest."""
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
+        yield f"redis://127.0.0.1:{next(iter(nodes))}"
+
+
+@pytest.fixture
+def private_redis_cluster(tmp_path: Path) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
+    """A Redis Cluster of the test's own (`redis_cluster`), to kill nodes of."""
+    home = tmp_path / "redis-cluster"
+    home.mkdir()
+    with redis_cluster(home) as nodes:
+        yield nodes
 
 
 def _wait_cluster_ok(ports: list[int], deadline: float) -> None:

@@ -224,6 +224,91 @@ def test_two_replicas_on_a_redis_cluster_answer_as_sqlite_does_and_share_the_cap
             assert "NUDGE_KIND_LOW_BALANCE" not in [n["kind"] for n in again["nudges"]]
 
 
+def _masters(ports: Iterator[int] | list[int]) -> list[int]:
+    """The ports among `ports` whose node is a master now."""
+    import redis
+
+    out = []
+    for port in ports:
+        node = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        try:
+            if node.execute_command("ROLE")[0] in (b"master", "master"):
+                out.append(port)
+        finally:
+            node.close()
+    return out
+
+
+@pytest.mark.redis
+def test_a_cluster_master_killed_under_load_fails_over_and_no_call_fails(
+        trained: Any, private_redis_cluster: dict[int, subprocess.Popen[bytes]],
+        tmp_path: Path) -> None:
+    """A Redis Cluster master is killed while a server answers hints, each for a member it has
+    not read yet (a cluster is read uncached: every call asks the store). Until its replica is
+    elected (the cluster's node timeout is 2 s) no call fails: they degrade (the store's
+    reason given, the member a cold start), and once the replica serves every call is whole
+    again, with no restart."""
+    import grpc
+
+    from recsvc.v1 import recsvc_pb2 as pb
+    from recsvc.v1 import recsvc_pb2_grpc
+
+    nodes = private_redis_cluster
+    first = next(iter(nodes))  # the URL's node: the clean-up reaches the cluster through it
+    url = f"redis://127.0.0.1:{first}"
+    members = [int(i) for i in schema.read_table(trained.settings.data_dir, "members",
+                                                 ["member_id"])["member_id"].to_numpy()]
+    item = _ids(trained, "items", "item_id")[0]
+    project = f"recsvc_test_{uuid.uuid4().hex[:10]}"
+    with on_cluster(trained.settings.data_dir, project, url, tmp_path,
+                    trained.programme) as settings:
+        env = serve_env(trained, RECSVC_REDIS_URL=url, RECSVC_FEAST_PROJECT=project,
+                        RECSVC_FEATURE_REPO=str(settings.feature_repo),
+                        RECSVC_COMPILED_MODELS="false")
+        victim = next(p for p in _masters(nodes) if p != first)
+        calls: list[tuple[float, bool]] = []  # (seconds since the kill, degraded)
+        failed: list[str] = []
+        with recsvc_serve(env, "--metrics-port", "0") as (address, _), \
+                grpc.insecure_channel(address) as channel:
+            stub = recsvc_pb2_grpc.RedemptionServiceStub(channel)
+            start = time.monotonic()
+            killed: float | None = None
+            for member in members:
+                now = time.monotonic()
+                if killed is None and now - start > 2:
+                    nodes[victim].kill()
+                    killed = now
+                try:
+                    got = stub.GetRedemptionHint(pb.GetRedemptionHintRequest(
+                        member_id=member, item_id=item), timeout=10)
+                except grpc.RpcError as err:
+                    failed.append(f"member {member}: {err.code()} {err.details()}")
+                    continue
+                if got.degraded:
+                    assert list(got.degraded_reasons) == [
+                        pb.DEGRADED_REASON_FEATURE_STORE_UNAVAILABLE]
+                    assert pb.REASON_CODE_COLD_START in got.hint.reasons
+                calls.append((now - (killed if killed is not None else now + 1e-9),
+                              got.degraded))
+                recovered = killed is not None and any(d for _, d in calls) and \
+                    len(calls) > 100 and not any(d for _, d in calls[-100:])
+                if recovered or (killed is not None and now - killed > 60):
+                    break
+                time.sleep(0.005)
+        survivors = [p for p in nodes if p != victim]
+        assert len(_masters(survivors)) == 3  # the victim's replica took its slots
+    assert not failed, f"{len(failed)} calls failed, the first: {failed[:3]}"
+    before = [d for t, d in calls if t < 0]
+    after = [(t, d) for t, d in calls if t >= 0]
+    degraded = [t for t, d in after if d]
+    assert before and not any(before)
+    assert degraded, "no call felt the lost master"
+    assert len(after) > 100 and not any(d for _, d in after[-100:]), "never recovered"
+    print(f"master killed under load: {len(calls)} calls ({len(before)} before), none failed; "
+          f"{len(degraded)} of {len(after)} after it degraded, the last {degraded[-1]:.1f} s "
+          "after the kill")
+
+
 def test_a_redis_that_stops_answering_mid_run_degrades_answers_and_they_recover(
         trained: Any, private_redis: tuple[str, subprocess.Popen]) -> None:
     url, redis_proc = private_redis
