@@ -394,7 +394,7 @@ def _library_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for dist in ("lightgbm", "numpy", "scikit-learn", "scipy", "pandas", "recsvc"):
+    for dist in ("lightgbm", "numpy", "scikit-learn", "scipy", "pandas", "feast", "recsvc"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import platform
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -400,18 +399,6 @@ def _drivers(booster: Any, X: F64, names: Sequence[str], rows: int = 5000) -> di
     return {n: float(v) for n, v in zip(names, np.abs(contrib[:, :-1]).mean(0), strict=True)}
 
 
-def _library_versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    libs = {"python": platform.python_version()}
-    for name in ("lightgbm", "scikit-learn", "numpy", "feast", "recsvc"):
-        try:
-            libs[name] = version(name)
-        except Exception:  # a library that is not installed is simply not listed
-            continue
-    return libs
-
-
 def _oracle_scores(data_dir: Path, name: str, frame: pd.DataFrame) -> F64 | None:
     """The simulator's true probabilities for the rows of `frame`, if the data has an oracle."""
     path = schema.oracle_dir(data_dir) / ("exposures" if name == PROPENSITY else "churn")
@@ -733,7 +720,7 @@ def train_model(
             features=prep.names, derived_features=prep.derived,
             extra={**prep.extra, "calibration": {"platt": calibration}, "split": bounds,
                    "served": served.name, "candidates": served.candidates,
-                   "test": _headline(test_eval), "library_versions": _library_versions()},
+                   "test": _headline(test_eval)},
             report_dir=tmp,
         )
     result = TrainResult(name, manifest, registry.report_dir(name, manifest.version),
