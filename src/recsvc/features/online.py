@@ -357,7 +357,7 @@ def _copy(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _held(row: tuple[Any, ...]) -> tuple[Any, ...]:
+def _held(row: Sequence[Any]) -> tuple[Any, ...]:
     """A row as the cache holds it: list values as tuples, so a row of numbers, strings and
     tuples of them is one object the cyclic garbage collector stops tracking (a full
     collection walks every tracked object; the cache holds up to `limit` rows)."""
@@ -423,9 +423,13 @@ class RowCache:
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
         if missing:
-            decoded = _decode(plan, fetch(plan, missing))
-            fresh = {k: _held(row) for k, row in zip(missing, zip(*decoded.values(),
-                                                                 strict=True), strict=True)}
+            slots = fetch(plan, missing)
+            if len(missing) == 1:  # a product page's member: no columns built for one row
+                fresh = {missing[0]: _decode_row(plan, slots)}
+            else:
+                decoded = _decode(plan, slots)
+                fresh = {k: _held(row) for k, row in zip(missing, zip(*decoded.values(),
+                                                                     strict=True), strict=True)}
             if self.stamp == stamp:
                 if len(table) + len(missing) > self.limit:
                     table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
@@ -477,6 +481,12 @@ class HeldColumns(Mapping[str, list[Any]]):
 
     def __len__(self) -> int:
         return len(self._plan.columns)
+
+
+def _decode_row(plan: Plan, slots: list[Any]) -> tuple[Any, ...]:
+    """One entity's fetched blobs (one per column) as the row the cache holds: `_decode` then
+    `_held` of a single row, without building columns."""
+    return _held([c.decode(blob) for c, blob in zip(plan.columns, slots, strict=True)])
 
 
 def _decode(plan: Plan, slots: list[Any]) -> dict[str, list[Any]]:
