@@ -33,8 +33,6 @@ METRICS_PORT = 9464
 # the oldest Kubernetes the manifests are checked against (podFailurePolicy rules with exit
 # codes alone are valid from 1.29's schema on; gRPC probes and CronJob time zones are GA in 1.27)
 MIN_KUBERNETES = "1.29.0"
-# read by recsvc outside Settings (recsvc.models.compiled.default_cache_dir)
-EXTRA_RECSVC_ENV = {"RECSVC_COMPILED_CACHE"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +340,7 @@ def test_every_setting_is_a_real_one_and_every_reference_resolves(
     from recsvc.settings import Settings, load_settings
 
     configmap = _one(docs, "ConfigMap")
-    known = {f"RECSVC_{name.upper()}" for name in Settings.model_fields} | EXTRA_RECSVC_ENV
+    known = {f"RECSVC_{name.upper()}" for name in Settings.model_fields}
     for name, pod in _pod_specs(docs):
         container = pod["containers"][0]
         env = _env(container, configmap)

@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     """Score with the models compiled to native code (lleaves, verified against LightGBM at
     load); False: LightGBM's own predict."""
 
+    compiled_cache: Path | None = None
+    """Where models compiled to native code are kept between runs, shared by the processes of
+    a machine; default $XDG_CACHE_HOME/recsvc/compiled (~/.cache/recsvc/compiled)."""
+
+    sim_members: int | None = Field(None, ge=1)
+    """Members `recsvc features` simulates when there are no tables (its --members wins);
+    default 20,000."""
+
     model_refresh_seconds: float = 10.0
     """How often the service looks for a newly promoted model version."""
 

@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,17 +212,6 @@ def run_features(
 # --------------------------------------------------------------------------------------------
 
 
-def _default_members() -> int | None:
-    """$RECSVC_SIM_MEMBERS, a size asked for like --members; None when unset."""
-    raw = os.environ.get(MEMBERS_ENV)
-    if raw is None:
-        return None
-    try:
-        return positive_int(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"{MEMBERS_ENV}: {exc}") from None
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "features",
@@ -266,7 +254,7 @@ def _main(args: argparse.Namespace) -> int:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("feast").setLevel(logging.WARNING)  # a line per registry refresh
     programme = load_programme(settings.programme)
-    members = args.members if args.members is not None else _default_members()
+    members = args.members if args.members is not None else settings.sim_members
     run_features(settings, programme, as_of=args.as_of, members=members, days=args.days,
                  seed=args.seed, snapshot_every_days=args.snapshot_every_days, force=args.force)
     return 0

@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from recsvc.settings import load_settings
+
 log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
@@ -61,10 +63,11 @@ _ENTRY = CFUNCTYPE(None, c_void_p, c_void_p, c_int32, c_int32)
 
 
 def default_cache_dir() -> Path:
-    """$RECSVC_COMPILED_CACHE, else $XDG_CACHE_HOME/recsvc/compiled (~/.cache/...)."""
-    explicit = os.environ.get("RECSVC_COMPILED_CACHE")
-    if explicit:
-        return Path(explicit)
+    """The settings' `compiled_cache` (RECSVC_COMPILED_CACHE), else the XDG cache directory's
+    recsvc/compiled ($XDG_CACHE_HOME, ~/.cache by default)."""
+    explicit = load_settings().compiled_cache
+    if explicit is not None:
+        return explicit
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "recsvc" / "compiled"
 
