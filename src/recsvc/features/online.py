@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from recsvc.errors import ConfigError, InvalidArgument
-from recsvc.features.store import feast_errors
+from recsvc.features.store import feast_errors, feature_name
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -337,7 +337,7 @@ class Plan:
 
     def __post_init__(self) -> None:
         self.names = tuple(c.name for c in self.columns)
-        self.short_names = tuple(n.split("__", 1)[-1] for n in self.names)
+        self.short_names = tuple(feature_name(n) for n in self.names)
 
 
 @dataclass(frozen=True)

@@ -379,6 +379,17 @@ def apply_definitions(store: FeatureStore, defs: Definitions) -> bool:
 FULL_FEATURE_NAMES = True
 
 
+def feature_name(column: str) -> str:
+    """A column's feature name: "member_points__points_balance" -> "points_balance"; a join
+    key (a column without a view) is its own name."""
+    return column.split("__", 1)[-1]
+
+
+def is_feature(column: str) -> bool:
+    """Whether a column is a view's feature ("<view>__<feature>") rather than a join key."""
+    return "__" in column
+
+
 def feature_names(store: FeatureStore, service: str) -> list[str]:
     """The columns a service yields, in its declared order ("<view>__<feature>")."""
     with feast_errors(f"look up feature service {service!r}"):

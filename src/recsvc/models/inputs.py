@@ -22,6 +22,7 @@ from pandas import isna as pd_isna
 from recsvc.config import Programme
 from recsvc.core import elementwise as ew
 from recsvc.core import index as idx
+from recsvc.features.store import feature_name, is_feature
 
 F64 = npt.NDArray[np.float64]
 Columns = Mapping[str, Any]
@@ -116,8 +117,8 @@ def column(values: Sequence[Any]) -> npt.NDArray[Any]:
 def feature_columns(raw: Mapping[str, Sequence[Any]]) -> dict[str, npt.NDArray[Any]]:
     """An online read ({"<view>__<feature>": values}) as columns by feature name; join keys
     (names without a view) are left out."""
-    return {name.split("__", 1)[1]: column(values) for name, values in raw.items()
-            if "__" in name}
+    return {feature_name(name): column(values) for name, values in raw.items()
+            if is_feature(name)}
 
 
 def frame_columns(df: Any) -> dict[str, npt.NDArray[Any]]:

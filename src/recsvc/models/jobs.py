@@ -66,7 +66,7 @@ class Context:
         from recsvc.features import store as fstore
 
         try:
-            return {n.split("__", 1)[1] for n in fstore.feature_names(self.store, service)}
+            return {fstore.feature_name(n) for n in fstore.feature_names(self.store, service)}
         except RecsvcError:
             return None
 

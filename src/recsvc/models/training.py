@@ -40,6 +40,7 @@ from recsvc.core.ledger import US, instant
 from recsvc.data import schema
 from recsvc.errors import DataMissing
 from recsvc.features.compute import month_start_instants, week_start_instants
+from recsvc.features.store import feature_name
 from recsvc.models import evaluation, inputs
 from recsvc.models.btyd import BgNbd
 from recsvc.models.pareto_nbd import ParetoNbd
@@ -331,7 +332,7 @@ def with_features(
     frame = frame.reset_index(drop=True).assign(_row=lambda f: np.arange(len(f)))
     got = history(service, frame)
     got = got.sort_values("_row").reset_index(drop=True)
-    got.columns = [c.split("__", 1)[1] if "__" in c else c for c in got.columns]
+    got.columns = [feature_name(c) for c in got.columns]
     clash = got.columns[got.columns.duplicated()].tolist()
     if clash:  # feature names are unique across views by design; refuse to guess
         raise DataMissing(f"{service}: feature names {clash} appear in more than one view")

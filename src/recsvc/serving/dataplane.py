@@ -35,6 +35,7 @@ from recsvc.errors import (
     NotFound,
 )
 from recsvc.features.online import HeldColumns
+from recsvc.features.store import feature_name, is_feature
 from recsvc.metrics import ServiceMetrics
 from recsvc.models import inputs
 from recsvc.models.scoring import ChurnScorer
@@ -168,7 +169,7 @@ def _columns(raw: Mapping[str, list[Any]], n: int) -> tuple[dict[str, Any], np.n
     members: cold start; items the store does not know)."""
     present = np.zeros(n, dtype=bool)
     for name, values in raw.items():
-        if "__" in name:
+        if is_feature(name):
             present |= np.asarray(values, dtype=object) != None  # noqa: E711 - element-wise
             if present.all():  # the usual batch: every member known after the first column
                 break
@@ -179,8 +180,8 @@ def _keep_lost_rows(ids: list[int], raw: Mapping[str, list[Any]], old_ids: list[
                     old: Mapping[str, list[Any]]) -> tuple[Mapping[str, list[Any]], int]:
     """`raw` with the rows it lacks (every feature None) taken from `old` where `old` had
     them, and how many were taken."""
-    features = [name for name in raw if "__" in name]
-    if not features or set(features) != {name for name in old if "__" in name}:
+    features = [name for name in raw if is_feature(name)]
+    if not features or set(features) != {name for name in old if is_feature(name)}:
         return raw, 0
     before = {item: k for k, item in enumerate(old_ids)}
     out = {name: list(values) for name, values in raw.items()}
@@ -315,7 +316,7 @@ def features_of(raw: Mapping[str, list[Any]]) -> dict[str, Any]:
     a reader's row cache gives the row it holds (`HeldColumns.record`: no columns built)."""
     if isinstance(raw, HeldColumns):
         return raw.record()
-    return {k.split("__", 1)[-1]: v[0] for k, v in raw.items()}
+    return {feature_name(k): v[0] for k, v in raw.items()}
 
 
 @dataclass(frozen=True)
