@@ -20,6 +20,7 @@ from typing import Any
 
 from recsvc.cliargs import date_arg, end_of_day, positive_int
 from recsvc.config import Programme, load_programme
+from recsvc.engine import LOCAL, Engine, add_engine_args, open_engine
 from recsvc.errors import ConfigError, DataMissing
 from recsvc.settings import Settings, load_settings
 
@@ -80,6 +81,7 @@ def run_features(
     seed: int | None = None,
     snapshot_every_days: int = 7,
     force: bool = False,
+    engine: Engine = LOCAL,
     say: Callable[[str], None] = print,
 ) -> FeaturesRun:
     """Run the whole job for `settings` (data dir, project, online store).
@@ -87,6 +89,7 @@ def run_features(
     `members`, `days` and `seed` size the population simulated when there are no tables
     (default DEFAULT_MEMBERS x DEFAULT_DAYS, seed DEFAULT_SEED); given while there are simulated
     tables of another size, they are refused (provenance.PopulationMismatch), never ignored.
+    On a distributed `engine`, the online store is filled by ranges of ids on its workers.
     """
     from recsvc.data import provenance, schema
     from recsvc.features import compute, store
@@ -189,7 +192,8 @@ def run_features(
         store.clear_online(feast_store, list(compute.VIEWS))
     # the computed views only: batch scores are materialised by the scoring job
     results = store.materialize(feast_store, build.as_of, list(compute.VIEWS),
-                                full=mode != "incremental")
+                                full=mode != "incremental", engine=engine, settings=settings,
+                                say=tell)
     rows = sum(r.rows for r in results)
     run.materialized_rows = rows
     if all(r.skipped for r in results):
@@ -224,7 +228,9 @@ def register(sub: Any) -> None:
             "offline store), apply the definitions of feature_repo/ to the registry and "
             "materialise the latest snapshot of every member and item into the online store "
             "(SQLite, or Redis when RECSVC_REDIS_URL is set). Each step is skipped when its "
-            "output is up to date."
+            "output is up to date. With --engine dask, a Redis online store is filled by "
+            "ranges of ids on the Dask workers, in parallel (the snapshots are computed by "
+            "this process)."
         ),
     )
     p.add_argument("--data-dir", type=Path, default=None,
@@ -246,6 +252,7 @@ def register(sub: Any) -> None:
                    help="a member snapshot at least this often, in days (default 7)")
     p.add_argument("--force", action="store_true",
                    help="recompute the snapshots and rewrite the online store")
+    add_engine_args(p)
     p.set_defaults(func=_main)
 
 
@@ -255,6 +262,8 @@ def _main(args: argparse.Namespace) -> int:
         logging.getLogger("feast").setLevel(logging.WARNING)  # a line per registry refresh
     programme = load_programme(settings.programme)
     members = args.members if args.members is not None else settings.sim_members
-    run_features(settings, programme, as_of=args.as_of, members=members, days=args.days,
-                 seed=args.seed, snapshot_every_days=args.snapshot_every_days, force=args.force)
+    with open_engine(args.engine, args.scheduler, args.workers) as engine:
+        run_features(settings, programme, as_of=args.as_of, members=members, days=args.days,
+                     seed=args.seed, snapshot_every_days=args.snapshot_every_days,
+                     force=args.force, engine=engine)
     return 0

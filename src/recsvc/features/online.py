@@ -247,6 +247,7 @@ class EntityKeyCodec:
         from feast.type_map import python_values_to_proto_values
 
         self.join_key = join_key
+        self._args = (join_key, value_type, version)
 
         def feast_key(value: Any) -> bytes:
             proto = python_values_to_proto_values([value], value_type)[0]
@@ -264,6 +265,10 @@ class EntityKeyCodec:
                 self._prefix = prefix
         self.keys: Callable[[Sequence[Any]], list[bytes]] = (
             self._fast_keys if self._prefix is not None else self._slow_keys)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its arguments (a batch job's partitions carry it to their workers)."""
+        return (EntityKeyCodec, self._args)
 
     @property
     def prefix(self) -> bytes | None:

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
 
+from recsvc.engine import LOCAL, Engine, id_ranges
 from recsvc.errors import (
     ConfigError,
     DataMissing,
@@ -54,6 +55,8 @@ from recsvc.settings import Settings
 if TYPE_CHECKING:
     from feast import Entity, FeatureService, FeatureStore, FeatureView
     from feast.repo_config import RepoConfig
+
+    from recsvc.features.online import ViewSpec
 
 log = logging.getLogger(__name__)
 
@@ -445,8 +448,31 @@ def _latest_per_entity(table: pa.Table, key: str, ts: str) -> pa.Table:
 
 
 def snapshot_rows(store: FeatureStore, view: FeatureView, start: dt.datetime,
-                  end: dt.datetime) -> pa.Table:
-    """Latest offline row per entity with start <= ts <= end (Feast's own window)."""
+                  end: dt.datetime, within: tuple[int, int] | None = None) -> pa.Table:
+    """Latest offline row per entity with start <= ts <= end (Feast's own window); given
+    `within` = [low, high), only the entities whose id is in it (one partition)."""
+    uri, ts_col = _source(store, view)
+    keys = [e.name for e in view.entity_columns]
+    columns = [*keys, ts_col, *(f.name for f in view.features)]
+    # strings (tiers, bands, categories: a few distinct values) read as dictionaries: most
+    # of a string view's read was making millions of string objects for the rows not kept
+    strings = [f.name for f in view.features if f.dtype.to_value_type().name == "STRING"]
+    data = ds.dataset(uri, format=ds.ParquetFileFormat(
+        read_options=ds.ParquetReadOptions(dictionary_columns=strings)))
+    window = _window(ts_col, start, end)
+    if within is not None:
+        window &= (pc.field(keys[0]) >= within[0]) & (pc.field(keys[0]) < within[1])
+    table = data.to_table(columns=columns, filter=window)
+    return _latest_per_entity(table, keys[0], ts_col)
+
+
+def _window(ts_col: str, start: dt.datetime, end: dt.datetime) -> pc.Expression:
+    ts, stamp = pc.field(ts_col), pa.timestamp("us", tz="UTC")
+    return (ts >= pa.scalar(start, type=stamp)) & (ts <= pa.scalar(end, type=stamp))
+
+
+def _source(store: FeatureStore, view: FeatureView) -> tuple[str, str]:
+    """The directory of a view's Parquet snapshots, and their timestamp column."""
     from feast.infra.offline_stores.file_source import FileSource
 
     source = view.batch_source
@@ -454,20 +480,22 @@ def snapshot_rows(store: FeatureStore, view: FeatureView, start: dt.datetime,
         raise ConfigError(f"{view.name}: recsvc materialises only Parquet (file) sources")
     uri = FileSource.get_uri_for_file_path(store.config.repo_path, source.path)
     uri = uri.removesuffix("/*.parquet")  # the directory behind the DuckDB store's glob
-    ts_col = source.timestamp_field
-    keys = [e.name for e in view.entity_columns]
-    columns = [*keys, ts_col, *(f.name for f in view.features)]
     if not Path(uri).exists():
         raise DataMissing(f"{view.name}: no offline snapshots at {uri} (run `recsvc features`)")
-    # strings (tiers, bands, categories: a few distinct values) read as dictionaries: most
-    # of a string view's read was making millions of string objects for the rows not kept
-    strings = [f.name for f in view.features if f.dtype.to_value_type().name == "STRING"]
-    data = ds.dataset(uri, format=ds.ParquetFileFormat(
-        read_options=ds.ParquetReadOptions(dictionary_columns=strings)))
-    ts = pc.field(ts_col)
-    table = data.to_table(columns=columns, filter=(ts >= pa.scalar(start, type=pa.timestamp(
-        "us", tz="UTC"))) & (ts <= pa.scalar(end, type=pa.timestamp("us", tz="UTC"))))
-    return _latest_per_entity(table, keys[0], ts_col)
+    return str(uri), source.timestamp_field
+
+
+def entity_range(store: FeatureStore, view: FeatureView, start: dt.datetime,
+                 end: dt.datetime) -> tuple[int, int] | None:
+    """The lowest and highest entity id with a snapshot in [start, end], or None (no rows)."""
+    key = view.entity_columns[0].name
+    uri, ts_col = _source(store, view)
+    ids = ds.dataset(uri, format="parquet").to_table(
+        columns=[key], filter=_window(ts_col, start, end))[key]
+    if len(ids) == 0:
+        return None
+    bounds = pc.min_max(ids)
+    return int(bounds["min"].as_py()), int(bounds["max"].as_py())
 
 
 # Scalar value types written directly; anything else goes through Feast's own conversion.
@@ -531,15 +559,16 @@ def arrow_to_online_rows(batch: pa.RecordBatch, view: FeatureView) -> list[Any]:
 
 
 def write_online(store: FeatureStore, view: FeatureView, table: pa.Table,
-                 on_rows: Any = None) -> None:
+                 on_rows: Any = None, spec: ViewSpec | None = None) -> None:
     """Write offline-shaped rows into the online store, in Feast's own layout, in batches.
 
     On Redis (single or cluster) the numpy writer (`recsvc.features.redis_write`) writes the
     bytes Feast would, several times faster; elsewhere, and for a batch it leaves, the rows go
     through the online store's `online_write_batch`, as Feast's materialisation does, but
-    without its Dask pass over the whole offline history.
+    without its Dask pass over the whole offline history. `spec`: the view as the registry
+    describes it to the readers (`online.registry_specs`), when the caller has it already.
     """
-    fast = _redis_writer(store, view)
+    fast = _redis_writer(store, view, spec)
     if fast is not None and fast(table, on_rows) is not None:
         return
     provider = store._get_provider()
@@ -550,7 +579,7 @@ def write_online(store: FeatureStore, view: FeatureView, table: pa.Table,
             on_rows(batch.num_rows)
 
 
-def _redis_writer(store: FeatureStore, view: FeatureView
+def _redis_writer(store: FeatureStore, view: FeatureView, spec: ViewSpec | None = None,
                   ) -> Callable[[pa.Table, Callable[[int], Any] | None], int | None] | None:
     """The numpy writer (`recsvc.features.redis_write`) for a view on a Redis online store:
     rows in, rows written out, None when it leaves the rows to Feast (a view it does not
@@ -565,7 +594,8 @@ def _redis_writer(store: FeatureStore, view: FeatureView
     online = store._get_provider().online_store
     if not isinstance(online, RedisOnlineStore):
         return None
-    spec = registry_specs(store)[0].get(view.name)
+    if spec is None:
+        spec = registry_specs(store)[0].get(view.name)
     if spec is None or view.batch_source is None:
         return None
     client = online._get_client(store.config.online_store)
@@ -588,32 +618,135 @@ def materialize(
     views: Sequence[str] | None = None,
     *,
     full: bool = False,
+    engine: Engine = LOCAL,
+    settings: Settings | None = None,
+    say: Callable[[str], Any] = log.info,
 ) -> list[ViewMaterialization]:
     """Bring the online store up to `end`, view by view, and record it in the registry.
 
     Incremental: rows stamped after the view's last materialised end (or, the first time or
     with `full`, after end - ttl), newest per entity. Intervals go to the registry exactly as
     Feast's `materialize_incremental` records them, so either can continue the other.
+
+    On a distributed `engine` (with the `settings` the store was opened from) and a Redis
+    online store, each view is read and written by ranges of entity ids, one worker each,
+    in parallel; the interval is recorded once every range is written. SQLite takes one
+    writer at a time, so there the rows are written here, as with the local engine.
     """
-    results = []
+    if engine.distributed and settings is None:
+        raise ConfigError("materialising on a distributed engine needs the store's settings")
+    parts_on = engine if engine.distributed and _online_type(store) == "redis" else None
+    if engine.distributed and parts_on is None:
+        say("materialise: the SQLite online store takes one writer: written by this process")
+    results: dict[str, ViewMaterialization] = {}
+    todo: list[tuple[FeatureView, dt.datetime]] = []
     with feast_errors("materialise features"):
         names = list(views) if views else [v.name for v in store.list_feature_views()]
+        specs = _online_specs(store)
         for name in names:
             view = store.get_feature_view(name, allow_registry_cache=False)
-            watch = Stopwatch()
             start = view.most_recent_end_time
             if full or start is None:
                 start = end - (view.ttl or dt.timedelta(0))
             if start >= end:
-                results.append(ViewMaterialization(name, start, end, 0, 0.0, True))
-                continue
+                results[name] = ViewMaterialization(name, start, end, 0, 0.0, True)
+            else:
+                todo.append((view, start))
+        if parts_on is not None and todo:
+            assert settings is not None
+            watch = Stopwatch()
+            written = _materialize_parts(parts_on, settings, store, todo, end, specs)
+            for view, start in todo:  # written together: each view is given the job's time
+                store.registry.apply_materialization(view, store.project, start, end,
+                                                     commit=True)
+                results[view.name] = ViewMaterialization(view.name, start, end,
+                                                         written[view.name], watch.seconds, False)
+        for view, start in todo if parts_on is None else ():
+            watch = Stopwatch()
             table = snapshot_rows(store, view, start, end)
-            with progress(f"materialise {name}", table.num_rows) as bar:
-                write_online(store, view, table, bar.update)
+            with progress(f"materialise {view.name}", table.num_rows) as bar:
+                write_online(store, view, table, bar.update, specs.get(view.name))
             store.registry.apply_materialization(view, store.project, start, end, commit=True)
-            results.append(
-                ViewMaterialization(name, start, end, table.num_rows, watch.seconds, False))
-    return results
+            results[view.name] = ViewMaterialization(view.name, start, end, table.num_rows,
+                                                     watch.seconds, False)
+    return [results[name] for name in names]
+
+
+def _online_type(store: FeatureStore) -> str:
+    return str(getattr(store.config.online_store, "type", "sqlite"))
+
+
+def _online_specs(store: FeatureStore) -> dict[str, ViewSpec]:
+    """The online views as the Redis writer needs them, read from the registry once for a
+    whole materialisation (a read costs ~50 ms); none for other stores."""
+    from recsvc.features.online import registry_specs
+
+    return registry_specs(store)[0] if _online_type(store) == "redis" else {}
+
+
+def _materialize_parts(engine: Engine, settings: Settings, store: FeatureStore,
+                       todo: Sequence[tuple[FeatureView, dt.datetime]], end: dt.datetime,
+                       specs: dict[str, ViewSpec]) -> dict[str, int]:
+    """Views by ranges of entity ids on the engine's workers, all views' ranges in one go
+    (a view's ranges alone would leave workers idle at its end); rows written per view."""
+    job = uuid.uuid4().hex  # tells a worker to read the registry again
+    parts = []
+    for view, start in todo:
+        bounds = entity_range(store, view, start, end)
+        if bounds is not None:
+            parts += [MaterializePart(view.name, start, end, ids, specs.get(view.name), job)
+                      for ids in id_ranges(bounds[0], bounds[1] + 1, engine.workers)]
+    written = dict.fromkeys((view.name for view, _ in todo), 0)
+    with progress("materialise", sum(p.ids[1] - p.ids[0] for p in parts), unit="ids") as bar:
+        for part, rows in zip(parts, engine.map(
+                materialize_part, parts, settings=settings,
+                on_done=lambda rows_ids: bar.update(rows_ids[1])), strict=True):
+            written[part.view] += rows[0]
+    return written
+
+
+@dataclass(frozen=True)
+class MaterializePart:
+    """One range of entity ids [low, high) of one view, for a worker to materialise."""
+
+    view: str
+    start: dt.datetime
+    end: dt.datetime
+    ids: tuple[int, int]
+    spec: ViewSpec | None  # as the registry describes the view to the Redis writer
+    job: str
+
+
+def materialize_part(part: MaterializePart, *, settings: Settings) -> tuple[int, int]:
+    """A worker's share of a materialisation: the latest row of each entity with an id in
+    the part's range, read from the offline snapshots and written to the online store.
+    Returns (rows written, ids covered)."""
+    store = worker_store(settings, part.job)
+    with feast_errors("materialise features"):
+        view = store.get_feature_view(part.view, allow_registry_cache=True)
+        table = snapshot_rows(store, view, part.start, part.end, part.ids)
+        write_online(store, view, table, spec=part.spec)
+    return table.num_rows, part.ids[1] - part.ids[0]
+
+
+_WORKER_STORES: dict[str, tuple[FeatureStore, str]] = {}
+
+
+def worker_store(settings: Settings, job: str) -> FeatureStore:
+    """The feature store a worker process keeps for these settings, its registry read again
+    when a new job (`job`: the caller's token) starts: opening the store for every partition
+    would cost more than the partition, and a worker outlives jobs whose definitions change."""
+    key = settings.model_dump_json()
+    held = _WORKER_STORES.get(key)
+    if held is None:
+        store = open_store(settings)
+    else:
+        store = held[0]
+        if held[1] != job:
+            with feast_errors("read the feature registry"):
+                store.refresh_registry()
+    _WORKER_STORES[key] = (store, job)
+    return store
 
 
 FILL_MARK_KEY = "recsvc:online-filled:"

@@ -1,0 +1,171 @@
+"""The batch engines: partitions in this process (local) or on a Dask cluster (a LocalCluster
+of the test's own), and what the jobs that use them write: the same bytes either way."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recsvc.config import load_programme
+from recsvc.engine import LOCAL, LOCAL_CLUSTER_QUIET, Engine, id_ranges, open_engine
+from recsvc.errors import ConfigError, DataMissing
+from recsvc.features import store
+from recsvc.features.jobs import run_features
+from recsvc.features.store import FILL_MARK_KEY, delete_project_keys
+from recsvc.settings import Settings
+
+P = load_programme()
+REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+
+
+def _fail_on(part: int, *, bad: int) -> int:
+    if part == bad:
+        raise DataMissing(f"part {part} has no rows")
+    return part * 10
+
+
+@pytest.mark.parametrize(("low", "high", "parts"), [(1, 100, 4), (5, 5, 3), (1, 3, 8),
+                                                    (0, 1_000_003, 7), (10, 9, 2)])
+def test_id_ranges_cover_every_id_once(low: int, high: int, parts: int) -> None:
+    ranges = id_ranges(low, high, parts)
+    covered = [i for a, b in ranges for i in range(a, b)] if high - low < 10_000 else None
+    if high < low:
+        assert ranges == []
+        return
+    assert ranges[0][0] == low and ranges[-1][1] == high + 1
+    assert all(a < b for a, b in ranges) and len(ranges) <= parts
+    assert all(ranges[k][1] == ranges[k + 1][0] for k in range(len(ranges) - 1))
+    widths = [b - a for a, b in ranges]
+    assert max(widths) - min(widths) <= 1
+    if covered is not None:
+        assert covered == list(range(low, high + 1))
+
+
+def test_the_local_engine_maps_in_order_and_raises_a_partitions_error() -> None:
+    done: list[int] = []
+    assert LOCAL.map(_fail_on, [1, 2, 3], on_done=done.append, bad=0) == [10, 20, 30]
+    assert done == [10, 20, 30] and LOCAL.workers == 1 and not LOCAL.distributed
+    with pytest.raises(DataMissing, match="part 2"):
+        LOCAL.map(_fail_on, [1, 2, 3], bad=2)
+
+
+def test_engine_choices_are_checked() -> None:
+    with pytest.raises(ConfigError, match="unknown engine 'spark'"), open_engine("spark"):
+        pass
+    with pytest.raises(ConfigError, match="--scheduler is for --engine dask"), \
+            open_engine("local", "127.0.0.1:8786"):
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# On a Dask LocalCluster.
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dask_engine() -> Iterator[Engine]:
+    """Two single-threaded worker processes, as `--engine dask` starts on this machine."""
+    with open_engine("dask", workers=2) as engine:
+        yield engine
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_maps_in_order_and_raises_a_partitions_error(
+        dask_engine: Engine) -> None:
+    done: list[int] = []
+    assert dask_engine.map(_fail_on, list(range(1, 9)), on_done=done.append, bad=0) == [
+        10 * k for k in range(1, 9)]
+    assert sorted(done) == [10 * k for k in range(1, 9)]
+    assert dask_engine.workers == 2 and dask_engine.distributed
+    with pytest.raises(DataMissing, match="part 5"):
+        dask_engine.map(_fail_on, list(range(1, 9)), bad=5)
+
+
+@pytest.mark.slow
+def test_a_scheduler_address_is_used_and_a_dead_one_named() -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      **LOCAL_CLUSTER_QUIET) as cluster:
+        with open_engine("dask", cluster.scheduler_address) as engine:
+            assert engine.map(_fail_on, [1, 2], bad=0) == [10, 20]
+        dead = cluster.scheduler_address
+    with pytest.raises(ConfigError, match="no Dask scheduler answers at"), \
+            open_engine("dask", dead):
+        pass
+
+
+@pytest.fixture(scope="module")
+def small_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 simulated members over 200 days: every view, nulls and strings among them."""
+    data = tmp_path_factory.mktemp("engine") / "data"
+    run_features(Settings(data_dir=data, feature_repo=REPO, feast_project="engine_sqlite"), P,
+                 members=300, days=200, seed=11, say=lambda _: None)
+    return data
+
+
+def _dump(client: Any, project: str) -> dict[bytes, dict[bytes, bytes]]:
+    return {key: client.hgetall(key)
+            for key in client.scan_iter(match=b"*" + project.encode(), count=1000)
+            if not key.startswith(FILL_MARK_KEY.encode())}
+
+
+def _same_on_dask(settings: Settings, client: Any, engine: Engine,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Materialised by the local engine, then on the workers: the same keys and bytes, and
+    every part written by a worker, not this process."""
+    delete_project_keys(client, settings.feast_project)
+    local = run_features(settings, P, say=lambda _: None)
+    expected = _dump(client, settings.feast_project)
+    assert local.materialized_rows == 1500 and len(expected) > 300
+    delete_project_keys(client, settings.feast_project)
+    with monkeypatch.context() as m:  # nothing written here: only on the workers
+        m.setattr(store, "write_online", None)
+        lines: list[str] = []
+        run = run_features(settings, P, engine=engine, say=lines.append)
+    assert run.materialized_rows == 1500, lines
+    assert _dump(client, settings.feast_project) == expected
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_materialisation_on_dask_writes_what_the_local_engine_writes(
+        small_tables: Path, redis_url: str, redis_project: str, dask_engine: Engine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    settings = Settings(data_dir=small_tables, feature_repo=REPO, feast_project=redis_project,
+                        redis_url=redis_url)
+    with redis.Redis.from_url(redis_url) as client:
+        _same_on_dask(settings, client, dask_engine, monkeypatch)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_materialisation_on_dask_writes_what_the_local_engine_writes_on_a_cluster(
+        small_tables: Path, redis_cluster_url: str, tmp_path: Path, dask_engine: Engine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.cluster import RedisCluster
+
+    from conftest import on_cluster
+
+    with on_cluster(small_tables, f"eng_{uuid.uuid4().hex[:8]}", redis_cluster_url, tmp_path,
+                    P) as settings:
+        client = RedisCluster.from_url(str(settings.redis_url))
+        try:
+            _same_on_dask(settings, client, dask_engine, monkeypatch)
+        finally:
+            client.close()
+
+
+@pytest.mark.slow
+def test_on_sqlite_the_dask_engine_writes_from_this_process(
+        small_tables: Path, tmp_path: Path, dask_engine: Engine) -> None:
+    settings = Settings(data_dir=small_tables, feature_repo=REPO,
+                        feast_project=f"eng_{uuid.uuid4().hex[:8]}")
+    lines: list[str] = []
+    run = run_features(settings, P, engine=dask_engine, say=lines.append)
+    assert run.materialized_rows == 1500
+    assert any("SQLite online store takes one writer" in line for line in lines)
