@@ -169,3 +169,31 @@ def test_on_sqlite_the_dask_engine_writes_from_this_process(
     run = run_features(settings, P, engine=dask_engine, say=lines.append)
     assert run.materialized_rows == 1500
     assert any("SQLite online store takes one writer" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_batch_scores_on_dask_equal_the_local_engines(trained: Any, tmp_path: Path,
+                                                      dask_engine: Engine) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from recsvc.models.scoring import SCORES_VIEW, score_batch
+
+    def scores(engine: Engine, name: str) -> tuple[Any, Any, list[str]]:
+        lines: list[str] = []
+        result = score_batch(trained, as_of=None, out=tmp_path / name, engine=engine,
+                             say=lines.append)
+        table = pq.read_table(Path(trained.settings.data_dir) / "scores" / SCORES_VIEW /
+                              f"scores-{result.as_of:%Y%m%d}.parquet")
+        return result, table, lines
+
+    local, local_table, _ = scores(LOCAL, "local.csv")
+    dask, dask_table, lines = scores(dask_engine, "dask.csv")
+    assert any("Dask workers" in line for line in lines)
+    assert (dask.rows, dask.model_version) == (local.rows, local.model_version)
+    assert dask.rows == local_table.num_rows > 1000
+    np.testing.assert_allclose(dask_table["churn_probability"].to_numpy(),
+                               local_table["churn_probability"].to_numpy(), rtol=0, atol=1e-9)
+    others = [c for c in local_table.column_names if c != "churn_probability"]
+    assert dask_table.select(others).equals(local_table.select(others))
+    assert (tmp_path / "dask.csv").read_text() == (tmp_path / "local.csv").read_text()

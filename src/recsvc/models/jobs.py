@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from recsvc.cliargs import date_arg, end_of_day, int_in
+from recsvc.engine import add_engine_args, open_engine
 from recsvc.errors import PromotionRefused, RecsvcError
 from recsvc.settings import Settings, load_settings
 
@@ -230,8 +231,9 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
     settings = load_settings()
     with recorded_job(settings.job_metrics_dir / "recsvc_score_batch.prom", "score_batch") as run:
         ctx = open_context(settings)
-        result = score_batch(ctx, as_of=_as_of(args.as_of), out=args.out,
-                             horizon_days=args.horizon_days)
+        with open_engine(args.engine, args.scheduler, args.workers) as engine:
+            result = score_batch(ctx, as_of=_as_of(args.as_of), out=args.out,
+                                 horizon_days=args.horizon_days, engine=engine)
         run.rows = result.rows
     return 0
 
@@ -296,11 +298,14 @@ def register(sub: Any) -> None:
                     "customer_id,churn_probability,band,segment,action,member_id. The cut-off "
                     "is respected everywhere: features as known at the as-of instant, and a "
                     "churn model trained on data up to it (production if it qualifies, else the "
-                    "newest registered one that does, else one trained on the spot).")
+                    "newest registered one that does, else one trained on the spot). With --engine "
+                    "dask, ranges of member ids are scored and materialised on the Dask "
+                    "workers.")
     p.add_argument("--as-of", type=date_arg, default=None,
                    help="score as of the end of this day (default: the end of the data)")
     p.add_argument("--out", type=Path, default=None, help="also write the scores to this CSV")
     p.add_argument("--horizon-days", type=_horizon, default=None,
                    help="score P(no order within this many days) with a churn version trained "
                         "at that horizon (default: the programme's churn.horizon_days, 90)")
+    add_engine_args(p)
     p.set_defaults(func=_cmd_score_batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +14,15 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from recsvc.config import Programme
 from recsvc.core import segments
 from recsvc.core.index import IndexFactors
 from recsvc.data import schema
+from recsvc.engine import LOCAL, Engine, id_ranges
 from recsvc.errors import DataMissing
 from recsvc.models import inputs
 from recsvc.models.attribution import PathAttribution
@@ -254,41 +258,41 @@ def model_as_of(ctx: Any, as_of: dt.datetime, horizon_days: int, say: Any = prin
 
 
 def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
-                horizon_days: int | None = None, say: Any = print) -> BatchResult:
+                horizon_days: int | None = None, engine: Engine = LOCAL,
+                say: Any = print) -> BatchResult:
     """Score every member who joined before `as_of` and publish the scores (offline + online):
-    P(no order within `horizon_days`, default the programme's churn horizon)."""
+    P(no order within `horizon_days`, default the programme's churn horizon). On a
+    distributed `engine`, ranges of member ids are scored on its workers (each reads its
+    members' point-in-time features itself) and the scores materialised by ranges too."""
     from recsvc.features import store as fstore
-    from recsvc.models.training import with_features
 
     watch = Stopwatch()
     data_dir = Path(ctx.settings.data_dir)
     as_of = as_of or features_as_of(data_dir)
     version = model_as_of(ctx, as_of, horizon_days or ctx.programme.churn.horizon_days, say)
-    loaded = ctx.registry.load("churn", version, known_features=ctx.known_features)
-    scorer = ChurnScorer(loaded)
     members = schema.read_table(data_dir, "members", ["member_id", "external_id", "signup_at"])
     frame = members.to_pandas()
     frame = frame[frame.signup_at < as_of]
-    entity = pd.DataFrame({"member_id": frame.member_id.to_numpy(),
-                           "event_timestamp": pd.Timestamp(as_of)})
-    say(f"score-batch: {len(entity):,} members as of {as_of:%Y-%m-%d %H:%M} UTC with churn "
-        f"{scorer.model_version}")
-    feats = with_features(ctx.history, "churn_v1", entity)
-    cols = inputs.frame_columns(feats)
+    ids = frame.member_id.to_numpy()
     step = Stopwatch()
-    scores = scorer.score(cols, num_threads=0)
+    if engine.distributed and len(ids):
+        ranges = id_ranges(int(ids.min()), int(ids.max()) + 1, 4 * engine.workers)
+        say(f"score-batch: {len(ids):,} members as of {as_of:%Y-%m-%d %H:%M} UTC with churn "
+            f"{version}, {len(ranges)} ranges on {engine.workers} Dask workers")
+        parts = engine.map(score_part, ranges, settings=ctx.settings, version=version,
+                           as_of=as_of, job=uuid.uuid4().hex)
+        table = pa.concat_tables(parts)
+        # in the members table's order, as the local engine writes them
+        table = table.take(pd.Index(table["member_id"].to_numpy()).get_indexer(ids))
+    else:
+        scorer = _scorer(ctx, version)
+        say(f"score-batch: {len(ids):,} members as of {as_of:%Y-%m-%d %H:%M} UTC with churn "
+            f"{scorer.model_version}")
+        table = _scores(ctx, scorer, ids, as_of)
     scoring_seconds = step.seconds
-    say(f"score-batch: scored {len(entity):,} members in {scoring_seconds:.2f} s "
-        f"({len(entity) / max(scoring_seconds, 1e-9):,.0f} members/s, excluding I/O)")
-    table = pa.table({
-        "member_id": pa.array(entity.member_id.to_numpy(), pa.int64()),
-        "ts": pa.array([as_of] * len(entity), schema.TS),
-        "churn_probability": pa.array(scores.probability, pa.float64()),
-        "churn_band": pa.array(scores.band.astype(object), pa.string()),
-        "segment": pa.array(scores.segment.astype(object), pa.string()),
-        "action": pa.array(scores.action.astype(object), pa.string()),
-        "model_version": pa.array([scorer.model_version] * len(entity), pa.string()),
-    })
+    say(f"score-batch: scored {len(ids):,} members in {scoring_seconds:.2f} s "
+        f"({len(ids) / max(scoring_seconds, 1e-9):,.0f} members/s, point-in-time features "
+        f"included)")
     target = data_dir / "scores" / SCORES_VIEW
     target.mkdir(parents=True, exist_ok=True)
     tmp = target / f".scores-{as_of:%Y%m%d}.parquet.tmp"
@@ -296,18 +300,72 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
     tmp.replace(target / f"scores-{as_of:%Y%m%d}.parquet")  # one file per as-of, replaced whole
     defs = fstore.load_definitions(data_dir, ctx.settings.feature_repo)
     fstore.apply_definitions(ctx.store, defs)
-    done = fstore.materialize(ctx.store, as_of, [SCORES_VIEW], full=True)
+    done = fstore.materialize(ctx.store, as_of, [SCORES_VIEW], full=True, engine=engine,
+                              settings=ctx.settings, say=say)
     say(f"score-batch: offline {target}; online {sum(r.rows for r in done):,} rows")
     if out is not None:
         ext = frame.external_id.to_numpy(dtype=object)
         customer = np.where(pd.isna(ext), frame.member_id.astype(str).to_numpy(), ext)
         csv = pd.DataFrame({
             "customer_id": customer,
-            "churn_probability": np.round(scores.probability, 6),
-            "band": scores.band, "segment": scores.segment, "action": scores.action,
-            "member_id": entity.member_id.to_numpy(),
+            "churn_probability": np.round(table["churn_probability"].to_numpy(), 6),
+            "band": table["churn_band"].to_numpy(zero_copy_only=False),
+            "segment": table["segment"].to_numpy(zero_copy_only=False),
+            "action": table["action"].to_numpy(zero_copy_only=False),
+            "member_id": ids,
         })
         out.parent.mkdir(parents=True, exist_ok=True)
         csv.to_csv(out, index=False)
         say(f"score-batch: wrote {len(csv):,} rows to {out}")
-    return BatchResult(len(entity), watch.seconds, scoring_seconds, as_of, scorer.version, out)
+    return BatchResult(len(ids), watch.seconds, scoring_seconds, as_of, version, out)
+
+
+def _scorer(ctx: Any, version: str) -> ChurnScorer:
+    return ChurnScorer(ctx.registry.load("churn", version, known_features=ctx.known_features))
+
+
+def _scores(ctx: Any, scorer: ChurnScorer, ids: npt.NDArray[np.int64],
+            as_of: dt.datetime) -> pa.Table:
+    """The scores table of these members as of `as_of` (their point-in-time features read
+    through the context's offline store)."""
+    from recsvc.models.training import with_features
+
+    entity = pd.DataFrame({"member_id": ids, "event_timestamp": pd.Timestamp(as_of)})
+    feats = with_features(ctx.history, "churn_v1", entity)
+    scores = scorer.score(inputs.frame_columns(feats), num_threads=0)
+    return pa.table({
+        "member_id": pa.array(ids, pa.int64()),
+        "ts": pa.array([as_of] * len(ids), schema.TS),
+        "churn_probability": pa.array(scores.probability, pa.float64()),
+        "churn_band": pa.array(scores.band.astype(object), pa.string()),
+        "segment": pa.array(scores.segment.astype(object), pa.string()),
+        "action": pa.array(scores.action.astype(object), pa.string()),
+        "model_version": pa.array([scorer.model_version] * len(ids), pa.string()),
+    })
+
+
+_WORKER: dict[str, tuple[str, Any, dict[str, ChurnScorer]]] = {}
+
+
+def score_part(ids: tuple[int, int], *, settings: Any, version: str, as_of: dt.datetime,
+               job: str) -> pa.Table:
+    """A worker's share of score-batch: the members with an id in [low, high) who joined
+    before `as_of`, scored with churn `version`. The worker opens the feature store and the
+    registry once a job (`job`: the caller's token) and loads the model once."""
+    from recsvc.models.jobs import open_context
+
+    key = settings.model_dump_json()
+    held = _WORKER.get(key)
+    if held is None or held[0] != job:
+        held = _WORKER[key] = (job, open_context(settings), {})
+    _, ctx, scorers = held
+    if version not in scorers:
+        scorers[version] = _scorer(ctx, version)
+    scorer = scorers[version]
+    low, high = ids
+    members = ds.dataset(schema.tables_dir(Path(settings.data_dir)) / "members",
+                         schema=schema.TABLES["members"], format="parquet").to_table(
+        columns=["member_id", "signup_at"],
+        filter=(pc.field("member_id") >= low) & (pc.field("member_id") < high))
+    frame = members.to_pandas()
+    return _scores(ctx, scorer, frame.member_id[frame.signup_at < as_of].to_numpy(), as_of)
