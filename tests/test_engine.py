@@ -197,3 +197,29 @@ def test_batch_scores_on_dask_equal_the_local_engines(trained: Any, tmp_path: Pa
     others = [c for c in local_table.column_names if c != "churn_probability"]
     assert dask_table.select(others).equals(local_table.select(others))
     assert (tmp_path / "dask.csv").read_text() == (tmp_path / "local.csv").read_text()
+
+
+@pytest.mark.slow
+def test_feature_snapshots_on_dask_equal_the_local_engines(small_tables: Path,
+                                                           dask_engine: Engine) -> None:
+    import pyarrow.dataset as ds
+
+    from recsvc.features import compute
+
+    def snapshots() -> dict[str, Any]:
+        return {view: ds.dataset(compute.view_dir(small_tables, view), format="parquet")
+                .to_table().sort_by([(compute.ENTITY_KEY[view], "ascending"),
+                                     (compute.TIMESTAMP_FIELD, "ascending")])
+                for view in compute.VIEWS}
+
+    local = compute.build_features(small_tables, P, force=True)
+    expected = snapshots()
+    dask = compute.build_features(small_tables, P, force=True, engine=dask_engine)
+    assert dask.computed and (dask.rows, dask.as_of, dask.input_rows) == (
+        local.rows, local.as_of, local.input_rows)
+    got = snapshots()
+    for view in compute.VIEWS:
+        assert got[view].num_rows > 0 and got[view].equals(expected[view]), view
+    # the members' files were written by the workers, one prefix a range
+    names = {p.name for p in compute.view_dir(small_tables, "member_points").glob("*.parquet")}
+    assert len({name.split("-")[1] for name in names}) == 2, names

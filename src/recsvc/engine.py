@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -97,6 +98,10 @@ def open_engine(name: str = "local", scheduler: str | None = None,
         from distributed import Client, LocalCluster
     except ImportError as exc:  # pragma: no cover - dask[distributed] is a dependency
         raise ConfigError(f"--engine dask needs dask.distributed: {exc}") from None
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # -v shows them
+        # a line per worker started and stopped, and the comms closed at shutdown (importing
+        # distributed sets its logger to INFO, so after the import)
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler is not None:
         address = scheduler if "://" in scheduler else f"tcp://{scheduler}"
         try:

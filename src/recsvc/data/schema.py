@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -150,23 +151,27 @@ def has_tables(data_dir: Path) -> bool:
     return (tables_dir(data_dir) / "_SUCCESS").exists()
 
 
-def read_table(data_dir: Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """Read one canonical table (all parts), with its declared schema."""
+def read_table(data_dir: Path, name: str, columns: list[str] | None = None,
+               where: pc.Expression | None = None) -> pa.Table:
+    """Read one canonical table (all parts), with its declared schema; `where` keeps only
+    the rows it holds for (e.g. one range of member ids)."""
     path = tables_dir(data_dir) / name
     if not has_tables(data_dir) or not path.exists():
         raise DataMissing(
             f"no {name!r} table under {tables_dir(data_dir)}: run `recsvc simulate` or "
             "`recsvc import-transactions` first (or `make features`)"
         )
-    return ds.dataset(path, schema=TABLES[name], format="parquet").to_table(columns=columns)
+    return ds.dataset(path, schema=TABLES[name], format="parquet").to_table(columns=columns,
+                                                                             filter=where)
 
 
 class TableSetWriter:
     """Writes a complete set of tables part by part into a staging directory."""
 
-    def __init__(self, staging: Path, schemas: dict[str, pa.Schema]) -> None:
+    def __init__(self, staging: Path, schemas: dict[str, pa.Schema], prefix: str = "") -> None:
         self.staging = staging
         self.schemas = schemas
+        self.prefix = prefix  # several writers into one staging directory: one prefix each
         self._parts: dict[str, int] = dict.fromkeys(schemas, 0)
         for name in schemas:
             (staging / name).mkdir(parents=True, exist_ok=True)
@@ -178,8 +183,17 @@ class TableSetWriter:
         if table.num_rows == 0 and self._parts[name] > 0:
             return
         part = self._parts[name]
-        pq.write_table(table, self.staging / name / f"part-{part:05d}.parquet", compression="zstd")
+        pq.write_table(table, self.staging / name / f"part-{self.prefix}{part:05d}.parquet",
+                       compression="zstd")
         self._parts[name] = part + 1
+
+    def written_elsewhere(self, name: str, parts: int) -> None:
+        """Count `parts` files another writer (a worker) put into this staging directory."""
+        self._parts[name] += parts
+
+    @property
+    def parts(self) -> dict[str, int]:
+        return dict(self._parts)
 
     def finish(self) -> None:
         for name, schema in self.schemas.items():

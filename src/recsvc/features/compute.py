@@ -42,6 +42,7 @@ from recsvc.core.catalogue import turnover_days
 from recsvc.core.ledger import DAY_US, US, instant
 from recsvc.data import schema
 from recsvc.data.columns import NULL_US, as_i64, as_us, kind_codes
+from recsvc.engine import LOCAL, Engine, id_ranges
 from recsvc.errors import DataMissing
 from recsvc.progress import Stopwatch, progress
 
@@ -134,6 +135,19 @@ INPUT_COLUMNS: dict[str, list[str]] = {
     "exposures": ["member_id", "item_id", "ts", "surface"],
 }
 EVENT_TABLES = ("orders", "ledger", "redemptions", "exposures")
+MEMBER_INPUTS = ("members", "orders", "ledger", "redemptions", "exposures")
+MEMBER_VIEWS = ("member_activity", "member_points", "member_expiry")
+# What the caller reads when workers compute the member views: the items' inputs, the event
+# instants (the span) and the order categories (the top-3 vocabulary), and the member ids
+DRIVER_COLUMNS: dict[str, list[str]] = {
+    "members": ["member_id"],
+    "items": INPUT_COLUMNS["items"],
+    "item_days": INPUT_COLUMNS["item_days"],
+    "orders": ["ts", "category"],
+    "ledger": ["ts"],
+    "redemptions": ["item_id", "ts"],
+    "exposures": ["item_id", "ts"],
+}
 
 
 def features_dir(data_dir: Path) -> Path:
@@ -395,7 +409,9 @@ def _by_member(mi: I64, *cols: I64) -> tuple[I64, ...]:
 
 
 def _member_inputs(tables: Mapping[str, pa.Table], history_start: int,
-                   as_of: int) -> _MemberInputs:
+                   as_of: int, categories: list[str] | None = None) -> _MemberInputs:
+    """`categories`: the vocabulary of the top-3, when the tables are one partition of the
+    members (it is drawn from every order)."""
     members = tables["members"].sort_by("member_id")
     ids = as_i64(members["member_id"])
     signup = as_us(members["signup_at"])
@@ -403,7 +419,8 @@ def _member_inputs(tables: Mapping[str, pa.Table], history_start: int,
     # an unknown signup is taken as "before the history", so the member still gets snapshots
     signup = np.where(signup_known, signup, history_start - DAY_US)
 
-    categories = _top_categories(tables["orders"]["category"])
+    if categories is None:
+        categories = _top_categories(tables["orders"]["category"])
 
     def events(name: str, *cols: str) -> tuple[I64, ...]:
         tab = tables[name]
@@ -741,7 +758,13 @@ def iter_feature_parts(
     catalogue, stats = _item_tables(tables, span.history_start, span.as_of)
     yield "item_catalogue", catalogue
     yield "item_stats", stats
-    inp = _member_inputs(tables, span.history_start, span.as_of)
+    yield from _member_parts(_member_inputs(tables, span.history_start, span.as_of), programme,
+                             span, snapshot_every_days, chunk_members, on_members)
+
+
+def _member_parts(inp: _MemberInputs, programme: Programme, span: Span,
+                  snapshot_every_days: int, chunk_members: int,
+                  on_members: Any = None) -> Iterator[tuple[str, pa.Table]]:
     n = len(inp.ids)
     for a in range(0, n, chunk_members):
         b = min(a + chunk_members, n)
@@ -763,8 +786,39 @@ def compute_features(tables: Mapping[str, pa.Table], programme: Programme,
     return {v: pa.concat_tables(p) if p else VIEWS[v].empty_table() for v, p in parts.items()}
 
 
-def read_inputs(data_dir: Path) -> dict[str, pa.Table]:
-    return {name: schema.read_table(data_dir, name, cols) for name, cols in INPUT_COLUMNS.items()}
+def read_inputs(data_dir: Path, columns: Mapping[str, list[str]] = INPUT_COLUMNS,
+                where: pc.Expression | None = None) -> dict[str, pa.Table]:
+    return {name: schema.read_table(data_dir, name, cols, where) for name, cols in columns.items()}
+
+
+def _write_view_part(out: schema.TableSetWriter, view: str, part: pa.Table) -> int:
+    """One computed part of a view into the offline store; its rows."""
+    # Files sorted by time and cut small let a reader of the latest days (the
+    # materialisation window) skip the rest by the Parquet statistics on `ts`.
+    by_time = part.sort_by([(TIMESTAMP_FIELD, "ascending"), (ENTITY_KEY[view], "ascending")])
+    for offset in range(0, max(by_time.num_rows, 1), PART_ROWS):
+        out.write(view, by_time.slice(offset, PART_ROWS))
+    return int(by_time.num_rows)
+
+
+def member_snapshot_part(ids: tuple[int, int], *, data_dir: Path, programme: Programme,
+                         span: Span, categories: list[str], snapshot_every_days: int,
+                         chunk_members: int, staging: Path
+                         ) -> tuple[int, dict[str, tuple[int, int]]]:
+    """A worker's share of the member views: the members with an id in [low, high), their
+    events read here, their snapshots written into `staging` under a prefix of their own.
+    Returns (members, {view: (rows, files)})."""
+    member = pc.field("member_id")
+    tables = read_inputs(data_dir, {name: INPUT_COLUMNS[name] for name in MEMBER_INPUTS},
+                         (member >= ids[0]) & (member < ids[1]))
+    inp = _member_inputs(tables, span.history_start, span.as_of, categories)
+    views = {v: VIEWS[v] for v in MEMBER_VIEWS}
+    out = schema.TableSetWriter(Path(staging), views, prefix=f"m{ids[0]:012d}-")
+    rows = dict.fromkeys(views, 0)
+    for view, part in _member_parts(inp, programme, span, snapshot_every_days, chunk_members):
+        rows[view] += _write_view_part(out, view, part)
+    files = out.parts
+    return len(inp.ids), {v: (rows[v], files[v]) for v in views}
 
 
 def fingerprint(data_dir: Path, programme: Programme, *, as_of: dt.datetime | None,
@@ -821,11 +875,15 @@ def build_features(
     snapshot_every_days: int = SNAPSHOT_EVERY_DAYS,
     force: bool = False,
     chunk_members: int = 20_000,
+    engine: Engine = LOCAL,
 ) -> FeatureBuild:
     """Compute the snapshots into `<data_dir>/features/`, unless they match the tables already.
 
     The view directories and the manifest are swapped in together (see
-    `schema.atomic_tables`), so Feast never reads a half-written offline store.
+    `schema.atomic_tables`), so Feast never reads a half-written offline store. On a
+    distributed `engine`, this process computes the items' views (they count every member's
+    events) and the workers the members' views, a range of member ids each, reading their
+    members' rows themselves and writing their files into the same staging directory.
     """
     data_dir = Path(data_dir)
     fp = fingerprint(data_dir, programme, as_of=as_of, snapshot_every_days=snapshot_every_days)
@@ -837,23 +895,36 @@ def build_features(
                             dict(manifest["rows"]), int(manifest["input_rows"]), 0.0, False)
 
     watch = Stopwatch()
-    tables = read_inputs(data_dir)
+    tables = read_inputs(data_dir, DRIVER_COLUMNS if engine.distributed else INPUT_COLUMNS)
     input_rows = sum(t.num_rows for t in tables.values())
     span = snapshot_span(tables, as_of)
     rows = dict.fromkeys(VIEWS, 0)
     with schema.atomic_tables(features_dir(data_dir), VIEWS) as out, \
             progress("features: members", tables["members"].num_rows, "members") as bar:
-        for view, part in iter_feature_parts(tables, programme, as_of=span.as_of_dt,
-                                             snapshot_every_days=snapshot_every_days,
-                                             chunk_members=chunk_members,
-                                             on_members=bar.update):
-            # Files sorted by time and cut small let a reader of the latest days (the
-            # materialisation window) skip the rest by the Parquet statistics on `ts`.
-            by_time = part.sort_by([(TIMESTAMP_FIELD, "ascending"),
-                                    (ENTITY_KEY[view], "ascending")])
-            for offset in range(0, max(by_time.num_rows, 1), PART_ROWS):
-                out.write(view, by_time.slice(offset, PART_ROWS))
-            rows[view] += by_time.num_rows
+        if engine.distributed:
+            catalogue, stats = _item_tables(tables, span.history_start, span.as_of)
+            parts: Iterator[tuple[str, pa.Table]] = iter(
+                [("item_catalogue", catalogue), ("item_stats", stats)])
+        else:
+            parts = iter_feature_parts(tables, programme, as_of=span.as_of_dt,
+                                       snapshot_every_days=snapshot_every_days,
+                                       chunk_members=chunk_members, on_members=bar.update)
+        for view, part in parts:
+            rows[view] += _write_view_part(out, view, part)
+        if engine.distributed:
+            ids = as_i64(tables["members"]["member_id"])
+            ranges = id_ranges(int(ids.min()), int(ids.max()) + 1,
+                               engine.workers) if len(ids) else []
+            done = engine.map(
+                member_snapshot_part, ranges, on_done=lambda r: bar.update(r[0]),
+                data_dir=data_dir, programme=programme, span=span,
+                categories=_top_categories(tables["orders"]["category"]),
+                snapshot_every_days=snapshot_every_days, chunk_members=chunk_members,
+                staging=out.staging)
+            for _, part_rows in done:
+                for view, (n_rows, n_files) in part_rows.items():
+                    rows[view] += n_rows
+                    out.written_elsewhere(view, n_files)
         record = {
             "fingerprint": fp,
             "as_of": span.as_of_dt.isoformat(),

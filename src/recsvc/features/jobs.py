@@ -89,7 +89,8 @@ def run_features(
     `members`, `days` and `seed` size the population simulated when there are no tables
     (default DEFAULT_MEMBERS x DEFAULT_DAYS, seed DEFAULT_SEED); given while there are simulated
     tables of another size, they are refused (provenance.PopulationMismatch), never ignored.
-    On a distributed `engine`, the online store is filled by ranges of ids on its workers.
+    On a distributed `engine`, the members' snapshots are computed and a Redis online store
+    filled by ranges of ids on its workers.
     """
     from recsvc.data import provenance, schema
     from recsvc.features import compute, store
@@ -132,7 +133,8 @@ def run_features(
     # 2. Dated snapshots (the offline store).
     as_of_instant = end_of_day(as_of) if as_of else None
     build = compute.build_features(data_dir, programme, as_of=as_of_instant,
-                                   snapshot_every_days=snapshot_every_days, force=force)
+                                   snapshot_every_days=snapshot_every_days, force=force,
+                                   engine=engine)
     run.as_of = build.as_of
     if build.computed:
         tell(f"features: {build.total_rows:,} snapshot rows from {build.input_rows:,} table rows "
@@ -228,9 +230,9 @@ def register(sub: Any) -> None:
             "offline store), apply the definitions of feature_repo/ to the registry and "
             "materialise the latest snapshot of every member and item into the online store "
             "(SQLite, or Redis when RECSVC_REDIS_URL is set). Each step is skipped when its "
-            "output is up to date. With --engine dask, a Redis online store is filled by "
-            "ranges of ids on the Dask workers, in parallel (the snapshots are computed by "
-            "this process)."
+            "output is up to date. With --engine dask, the members' snapshots are computed "
+            "and a Redis online store filled by ranges of ids on the Dask workers, in "
+            "parallel."
         ),
     )
     p.add_argument("--data-dir", type=Path, default=None,
