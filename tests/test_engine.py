@@ -223,3 +223,23 @@ def test_feature_snapshots_on_dask_equal_the_local_engines(small_tables: Path,
     # the members' files were written by the workers, one prefix a range
     names = {p.name for p in compute.view_dir(small_tables, "member_points").glob("*.parquet")}
     assert len({name.split("-")[1] for name in names}) == 2, names
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_dask_is_as_good_as_the_local_one(trained: Any,
+                                                            dask_engine: Engine) -> None:
+    from recsvc.models.jobs import _fingerprint
+    from recsvc.models.training import TrainOptions, train_model
+
+    def test_auc(engine: Engine) -> tuple[float, Any]:
+        result = train_model("churn", Path(trained.settings.data_dir), trained.programme,
+                             trained.history, trained.registry,
+                             TrainOptions(horizon_days=90, engine=engine),
+                             data_fingerprint=_fingerprint(trained.settings),
+                             say=lambda _: None)
+        return float(result.test_metrics["lightgbm"]["roc_auc"]), result
+
+    local, _ = test_auc(LOCAL)
+    dask, result = test_auc(dask_engine)
+    assert abs(dask - local) <= 0.002, (dask, local)
+    assert result.manifest.version not in (None, "")

@@ -30,7 +30,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)  # one engine is one cluster: compared by identity
 class Engine:
     """Runs a function over partitions, here (`client` None) or on a Dask cluster."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from recsvc.cliargs import date_arg, end_of_day, int_in
-from recsvc.engine import add_engine_args, open_engine
+from recsvc.engine import LOCAL, Engine, add_engine_args, open_engine
 from recsvc.errors import PromotionRefused, RecsvcError
 from recsvc.settings import Settings, load_settings
 
@@ -111,12 +111,13 @@ def train_and_promote(
     as_of: dt.datetime | None,
     horizon_days: int | None = None,
     promote: bool = True,
+    engine: Engine = LOCAL,
     say: Callable[[str], None] = print,
 ) -> Outcome:
     from recsvc.models.registry import Gate
     from recsvc.models.training import TrainOptions, train_model
 
-    opts = TrainOptions(as_of=as_of,
+    opts = TrainOptions(as_of=as_of, engine=engine,
                         horizon_days=horizon_days or ctx.programme.churn.horizon_days)
     outcome = Outcome({}, {}, {})
     for name in models:
@@ -155,8 +156,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = load_settings()
     ctx = open_context(settings)
     models = MODELS if args.model == "all" else (args.model,)
-    outcome = train_and_promote(ctx, models, as_of=_as_of(args.as_of),
-                                horizon_days=args.horizon_days, promote=not args.no_promote)
+    with open_engine(args.engine, args.scheduler, args.workers) as engine:
+        outcome = train_and_promote(ctx, models, as_of=_as_of(args.as_of),
+                                    horizon_days=args.horizon_days, promote=not args.no_promote,
+                                    engine=engine)
     return EXIT_REFUSED if outcome.refused else 0
 
 
@@ -204,13 +207,15 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     started = time.time()
     try:
         with job_lock(Path(settings.data_dir) / ".retrain.lock"), \
-                recorded_job(textfile, "retrain") as run:
+                recorded_job(textfile, "retrain") as run, \
+                open_engine(args.engine, args.scheduler, args.workers) as engine:
             print("retrain: 1/3 refreshing features")
-            run_features(settings, load_programme(settings.programme), as_of=args.as_of)
+            run_features(settings, load_programme(settings.programme), as_of=args.as_of,
+                         engine=engine)
             print("retrain: 2/3 training, evaluating and gating")
             ctx = open_context(settings)
             outcome = train_and_promote(ctx, MODELS, as_of=_as_of(args.as_of),
-                                        horizon_days=args.horizon_days)
+                                        horizon_days=args.horizon_days, engine=engine)
             run.outcome = "refused" if outcome.refused else "promoted"
             run.models = outcome.metrics
     except JobBusy as exc:
@@ -260,10 +265,13 @@ def register(sub: Any) -> None:
                     "calibration, evaluate against baselines (and the simulator's oracle), "
                     "register a new version with its report, and promote it when it beats the "
                     "best baseline and does not regress against production. Exit 3: trained "
-                    "but refused by the gate.")
+                    "but refused by the gate. With --engine dask, LightGBM trains "
+                    "data-parallel on the Dask workers (lightgbm.dask), stopped where early "
+                    "stopping on the whole validation set would stop it.")
     p.add_argument("--model", choices=[*MODELS, "all"], default="all")
     p.add_argument("--no-promote", action="store_true", help="register only")
     _add_window(p)
+    add_engine_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("models", help="list, promote or roll back model versions",
@@ -288,6 +296,7 @@ def register(sub: Any) -> None:
                     "Exit codes: 0 promoted, 2 bad input or missing data, 3 refused by the "
                     "gate, 4 already running.")
     _add_window(p)
+    add_engine_args(p)
     p.set_defaults(func=_cmd_retrain)
 
     p = sub.add_parser(

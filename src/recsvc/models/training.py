@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from recsvc.config import Programme
 from recsvc.core import segments
 from recsvc.core.ledger import US, instant
 from recsvc.data import schema
+from recsvc.engine import LOCAL, Engine
 from recsvc.errors import DataMissing
 from recsvc.features.compute import month_start_instants, week_start_instants
 from recsvc.features.store import feature_name
@@ -109,6 +111,8 @@ class TrainOptions:
     seed: int = 7
     num_threads: int = 0
     """LightGBM threads while training; 0 means all cores."""
+    engine: Engine = LOCAL
+    """Where LightGBM trains: here, or data-parallel over the partitions of a Dask cluster."""
 
 
 @dataclass
@@ -355,6 +359,9 @@ def fit_booster(
     params["monotone_constraints"] = [monotone.get(n, 0) for n in names]
     params["monotone_constraints_method"] = "advanced"
     cats = [n for n in names if n in categorical]
+    if opts.engine.distributed:
+        return _fit_on_dask(opts.engine, params, X, y, X_valid, y_valid, names, cats, init,
+                            init_valid)
     train = lgb.Dataset(X, y, feature_name=list(names), categorical_feature=cats,
                         init_score=init, free_raw_data=False)
     valid = lgb.Dataset(X_valid, y_valid, reference=train, init_score=init_valid)
@@ -363,6 +370,78 @@ def fit_booster(
         callbacks=[lgb.early_stopping(EARLY_STOPPING, first_metric_only=True, verbose=False)],
     )
     return booster
+
+
+def _fit_on_dask(engine: Engine, params: dict[str, Any], X: F64, y: npt.NDArray[np.int64],
+                 X_valid: F64, y_valid: npt.NDArray[np.int64], names: Sequence[str],
+                 cats: list[str], init: F64 | None, init_valid: F64 | None) -> Any:
+    """LightGBM trained data-parallel over row partitions on the Dask workers
+    (`lightgbm.dask`), stopped where `lgb.early_stopping` would stop it.
+
+    lightgbm.dask has no early stopping (each worker sees only its share of a validation set,
+    and workers that stop apart hang: LightGBM issues #3712, #6351). So the validation AUC of
+    every iteration is computed here, on the whole validation set, and the rule of the local
+    fit applied to it: the best iteration, and the trees up to `EARLY_STOPPING` past it. A fit
+    too short to show where that is runs again with twice the rounds (training is
+    deterministic, so the first trees are the same)."""
+    import lightgbm as lgb
+
+    rows = max(1, -(-len(X) // engine.workers))  # one partition a worker
+    data, label = _scattered(engine, X, rows), _scattered(engine, y, rows)
+    offset = None if init is None else _scattered(engine, init, rows)
+    local = {k: v for k, v in params.items() if k not in ("metric", "num_threads")}
+    rounds = 2 * EARLY_STOPPING
+    while True:
+        with engine.client.as_current(), warnings.catch_warnings():
+            # each worker trains with its worker's threads: lightgbm.dask sets num_threads,
+            # and warns of its own estimator's default n_jobs on every fit
+            warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored")
+            model = lgb.DaskLGBMClassifier(client=engine.client, n_estimators=rounds, **local)
+            model.fit(data, label, init_score=offset, feature_name=list(names),
+                      categorical_feature=cats)
+        booster = model.booster_
+        ended = rounds >= MAX_ROUNDS or booster.current_iteration() < rounds  # or no split
+        stop = early_stop(booster, X_valid, y_valid, init_valid, ended)
+        if stop is not None:
+            break
+        rounds = min(2 * rounds, MAX_ROUNDS)
+    trees, best = stop
+    kept = lgb.Booster(model_str=booster.model_to_string(num_iteration=trees))
+    kept.best_iteration = best
+    return kept
+
+
+def _scattered(engine: Engine, values: npt.NDArray[Any], rows: int) -> Any:
+    """`values` as a Dask array of blocks of `rows` rows, each block sent to a worker once
+    (rather than inside every task graph that uses it)."""
+    import dask
+    import dask.array as da
+
+    blocks = [values[a:a + rows] for a in range(0, len(values), rows)]
+    futures = engine.client.scatter(blocks)
+    return da.concatenate([da.from_delayed(dask.delayed(f), shape=b.shape, dtype=b.dtype)
+                           for f, b in zip(futures, blocks, strict=True)])
+
+
+def early_stop(booster: Any, X_valid: F64, y_valid: npt.NDArray[np.int64],
+               init_valid: F64 | None, last: bool) -> tuple[int, int] | None:
+    """(trees trained, best iteration) where `lgb.early_stopping(EARLY_STOPPING)` on the
+    validation AUC stops a fit that trained `booster`'s trees; None if it would go on
+    (`last`: no more rounds may be trained, so it stops at the end)."""
+    from sklearn.metrics import roc_auc_score
+
+    raw = np.zeros(len(X_valid)) if init_valid is None else np.array(init_valid, dtype=float)
+    best, best_at = -np.inf, 0
+    total = booster.current_iteration()
+    for k in range(total):
+        raw += booster.predict(X_valid, raw_score=True, start_iteration=k, num_iteration=1,
+                               num_threads=1)
+        auc = roc_auc_score(y_valid, raw)
+        if auc > best:
+            best, best_at = auc, k
+        elif k - best_at >= EARLY_STOPPING:
+            return k + 1, best_at + 1
+    return (total, best_at + 1) if last else None
 
 
 def margin(booster: Any, X: F64, init: F64 | None = None) -> F64:
