@@ -73,7 +73,8 @@ lint: $(STAMP) $(BUF) prometheus-tools ## ruff, mypy, buf, promtool, hadolint, k
 	promtool test rules deploy/prometheus/tests/*.yml
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet \
-	  $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+	  $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml)) \
+	  deploy/k8s/dask/scheduler.yaml deploy/k8s/dask/workers.yaml
 
 prometheus-tools: ## install prometheus and promtool (Debian's prometheus package) if missing
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \

@@ -461,3 +461,96 @@ def test_every_container_runs_the_image_the_kustomization_names(
     for name, pod in _pod_specs(docs):
         for container in pod["containers"]:
             assert container["image"].split(":")[0] in names, name
+
+
+# --------------------------------------------------------------------------------------------
+# deploy/k8s/dask: the Dask cluster the batch jobs may run their partitions on.
+# --------------------------------------------------------------------------------------------
+DASK = K8S / "dask"
+
+
+def _dask_docs() -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for name in ("scheduler.yaml", "workers.yaml"):
+        for doc in yaml.safe_load_all((DASK / name).read_text(encoding="utf-8")):
+            out[(doc["kind"], doc["metadata"]["name"])] = doc
+    return out
+
+
+def test_the_dask_overlay_is_the_base_plus_a_valid_cluster() -> None:
+    import kubernetes_validate
+
+    kustomization = yaml.safe_load((DASK / "kustomization.yaml").read_text(encoding="utf-8"))
+    files = sorted(p.name for p in DASK.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert kustomization["resources"][0] == "../"  # everything in deploy/k8s, then the cluster
+    assert sorted([*kustomization["resources"][1:],
+                   *(p["path"] for p in kustomization["patches"])]) == files
+    docs = _dask_docs()
+    assert set(docs) == {("Deployment", "recsvc-dask-scheduler"),
+                         ("Service", "recsvc-dask-scheduler"),
+                         ("Deployment", "recsvc-dask-worker")}
+    for version in _kubernetes_versions():
+        for doc in docs.values():
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_dask_workers_reach_the_scheduler_the_data_and_the_store(
+        docs: dict[tuple[str, str], dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsvc.settings import load_settings
+
+    dask = _dask_docs()
+    service = dask[("Service", "recsvc-dask-scheduler")]
+    scheduler = dask[("Deployment", "recsvc-dask-scheduler")]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= scheduler["metadata"]["labels"].items()
+    port = {p["name"]: p["port"] for p in service["spec"]["ports"]}["dask"]
+    address = f"{service['metadata']['name']}:{port}"
+    pod = dask[("Deployment", "recsvc-dask-worker")]["spec"]["template"]["spec"]
+    worker = pod["containers"][0]
+    assert worker["command"] == ["dask"] and worker["args"][:2] == ["worker", f"tcp://{address}"]
+    # every option the worker and scheduler are given is one `dask` knows
+    for container in (worker, scheduler["spec"]["containers"][0]):
+        out = subprocess.run([str(BIN / "dask"), container["args"][0], "--help"],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        for option in (a for a in container["args"] if a.startswith("--")):
+            assert option in out.stdout, (container["name"], option)
+    # the same data directory as the jobs, written (a worker writes its snapshot files) ...
+    configmap = _one(docs, "ConfigMap")
+    data_dir = configmap["data"]["RECSVC_DATA_DIR"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
+    claim = _one(docs, "PersistentVolumeClaim")["metadata"]["name"]
+    assert volumes[mounts[data_dir]["name"]]["persistentVolumeClaim"]["claimName"] == claim
+    assert not mounts[data_dir].get("readOnly", False)
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert worker["securityContext"]["readOnlyRootFilesystem"] is True
+    # ... and the same settings and Redis as the jobs whose partitions it runs
+    job = next(c for c in _cronjobs(docs) if c["metadata"]["name"] == "recsvc-score-batch")
+    job_env = _env(job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0],
+                   configmap)
+    env = _env(worker, configmap)
+    assert {k: v for k, v in env.items() if k.startswith("RECSVC_")} == {
+        k: v for k, v in job_env.items() if k.startswith("RECSVC_")}
+    for key, value in _resolve(env).items():
+        monkeypatch.setenv(key, value)
+    assert load_settings().redis_url is not None
+
+
+def test_the_jobs_on_dask_are_real_commands_on_that_scheduler(
+        docs: dict[tuple[str, str], dict[str, Any]]) -> None:
+    service = _dask_docs()[("Service", "recsvc-dask-scheduler")]
+    port = {p["name"]: p["port"] for p in service["spec"]["ports"]}["dask"]
+    patches = list(yaml.safe_load_all((DASK / "jobs-on-dask.yaml").read_text(encoding="utf-8")))
+    jobs = {c["metadata"]["name"]: c for c in _cronjobs(docs)}
+    assert {p["metadata"]["name"] for p in patches} == {"recsvc-retrain", "recsvc-score-batch"}
+    for patch in patches:
+        container = patch["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        base = jobs[patch["metadata"]["name"]]["spec"]["jobTemplate"]["spec"]["template"][
+            "spec"]["containers"][0]
+        assert container["name"] == base["name"]  # a strategic merge matches containers by name
+        args = container["args"]
+        assert args[0] == base["args"][0]
+        assert args[args.index("--engine") + 1] == "dask"
+        assert args[args.index("--scheduler") + 1] == f"{service['metadata']['name']}:{port}"
+        out = _recsvc(*args, "--help")
+        assert out.returncode == 0, out.stderr
