@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
 .PHONY: help install lock buf lint prometheus-tools proto run stop test features train retrain score-batch bench fuzz chaos \
-        bench-features bench-models bench-churn-logs bench-cli clean fraud-flags catalogue-report nudges liability-report
+        bench-features bench-models bench-churn-logs bench-cli bench-scale clean fraud-flags catalogue-report nudges liability-report
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -147,6 +147,9 @@ bench-features: $(STAMP) ## benchmark simulator, feature jobs, materialisation a
 
 bench-models: $(STAMP) ## benchmark training time, predict latency (Booster vs lleaves), batch scoring
 	$(PY) training/bench_models.py $(BENCH_ARGS)
+
+bench-scale: $(STAMP) ## batch jobs at 1M and 5M members, local vs Dask workers (BENCH_ARGS="--members 100000,200000")
+	$(PY) training/bench_scale.py $(BENCH_ARGS)
 
 bench-churn-logs: $(STAMP) ## the churn gate on four real-shaped logs (BG/NBD, Pareto/NBD, seasonal, abrupt stop) and a short history
 	$(PY) training/bench_churn_logs.py $(BENCH_ARGS)

@@ -333,14 +333,25 @@ def _wait_cluster_ok(ports: list[int], deadline: float) -> None:
             client.close()
 
 
+def cluster_feature_repo(tmp: Path) -> Path:
+    """The project's feature repository configured as a production one on Redis Cluster is
+    (`redis_type: redis_cluster`; the address comes from the settings), under `tmp`."""
+    import yaml
+
+    repo = tmp / "feature_repo_cluster"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "feature_repo", repo)
+    config = yaml.safe_load((repo / "feature_store.yaml").read_text(encoding="utf-8"))
+    config["online_store"] = {"type": "redis", "redis_type": "redis_cluster"}
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return repo
+
+
 @contextlib.contextmanager
 def on_cluster(data_dir: Path, project: str, url: str, tmp: Path,
                programme: Any) -> Iterator[Any]:
-    """Settings of `project` on the Redis Cluster a node of which is at `url`, through the
-    project's feature repository configured as a production one on Redis Cluster is
-    (`redis_type: redis_cluster`; the address comes from the settings), with `data_dir`'s
-    snapshots materialised into it; the project's feature and cap keys deleted afterwards."""
-    import yaml
+    """Settings of `project` on the Redis Cluster a node of which is at `url`, through
+    `cluster_feature_repo`, with `data_dir`'s snapshots materialised into it; the project's
+    feature and cap keys deleted afterwards."""
     from redis.cluster import RedisCluster
 
     from recsvc.features.jobs import run_features
@@ -348,11 +359,7 @@ def on_cluster(data_dir: Path, project: str, url: str, tmp: Path,
     from recsvc.serving.caps import RedisCapStore
     from recsvc.settings import Settings
 
-    repo = tmp / "feature_repo_cluster"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "feature_repo", repo)
-    config = yaml.safe_load((repo / "feature_store.yaml").read_text(encoding="utf-8"))
-    config["online_store"] = {"type": "redis", "redis_type": "redis_cluster"}
-    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    repo = cluster_feature_repo(tmp)
     settings = Settings(data_dir=data_dir, feast_project=project, redis_url=url,
                         feature_repo=repo)
     try:

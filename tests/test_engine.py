@@ -243,3 +243,46 @@ def test_a_model_trained_on_dask_is_as_good_as_the_local_one(trained: Any,
     dask, result = test_auc(dask_engine)
     assert abs(dask - local) <= 0.002, (dask, local)
     assert result.manifest.version not in (None, "")
+
+
+@pytest.mark.slow
+def test_the_jobs_run_on_a_scheduler_and_workers_started_by_hand(trained: Any) -> None:
+    """The README's by-hand cluster: `dask scheduler`, a `dask worker`, and a job given
+    `--scheduler` (here score-batch, from the command line, on the trained programme)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    bin_dir = Path(sys.executable).parent
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    cluster = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1",
+                                 "--port", str(port), "--no-dashboard"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        cluster.append(subprocess.Popen(
+            [str(bin_dir / "dask"), "worker", f"tcp://{address}", "--nthreads", "1",
+             "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        env = dict(os.environ, RECSVC_DATA_DIR=str(trained.settings.data_dir),
+                   RECSVC_FEAST_PROJECT=trained.settings.feast_project)
+        env.pop("RECSVC_REDIS_URL", None)
+        deadline = time.monotonic() + 60
+        while True:  # the worker registers with the scheduler a moment after both start
+            done = subprocess.run([str(bin_dir / "recsvc"), "score-batch", "--engine", "dask",
+                                   "--scheduler", address], env=env, capture_output=True,
+                                  text=True, timeout=600, check=False)
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "ranges on 1 Dask workers" in done.stdout, done.stdout
+        assert "online" in done.stdout
+    finally:
+        for proc in cluster:
+            proc.terminate()
+        for proc in cluster:
+            proc.wait(timeout=30)

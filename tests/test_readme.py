@@ -45,7 +45,7 @@ def readme_commands() -> list[str]:
     """The command lines of the README's ```sh blocks, in order, comments removed."""
     lines, inside = [], False
     for line in README.read_text().splitlines():
-        if line.startswith("```"):
+        if line.lstrip().startswith("```"):  # in a list item too (indented)
             inside = line.strip() == "```sh"
             continue
         if inside:
@@ -149,6 +149,10 @@ def _usage(result: Result) -> None:
 
 
 CLIENT = ".venv/bin/recsvc client "
+_BY_HAND = ("tests/test_engine.py::test_the_jobs_run_on_a_scheduler_and_workers_started_by_hand "
+            "starts a scheduler and a worker so, on a free port, and runs score-batch on them")
+_ON_DASK = ("tests/test_engine.py runs these jobs' functions on a Dask LocalCluster and checks "
+            "them against the local engine's (snapshots, materialisation, training)")
 COMMANDS: dict[str, Entry] = {
     "make run": Entry(),  # started first, in the background; `make stop` ends it
     "make test": Entry(why_not_run="the suite itself"),
@@ -176,6 +180,15 @@ COMMANDS: dict[str, Entry] = {
     "make catalogue-report": Entry(),
     "make liability-report": Entry(),
     "make nudges AS_OF=2026-06-24 DRY_RUN=1": Entry(_nudges_job_not_degraded),
+    # the Dask cluster by hand: processes that run until stopped, each in a terminal
+    ".venv/bin/dask scheduler --port 8786": Entry(why_not_run=_BY_HAND),
+    ".venv/bin/dask worker tcp://127.0.0.1:8786 --nthreads 1": Entry(why_not_run=_BY_HAND),
+    ".venv/bin/recsvc features --engine dask --scheduler 127.0.0.1:8786":
+        Entry(why_not_run=_ON_DASK),
+    ".venv/bin/recsvc train --engine dask --scheduler 127.0.0.1:8786":
+        Entry(why_not_run=_ON_DASK),
+    ".venv/bin/recsvc score-batch --engine dask --scheduler 127.0.0.1:8786":
+        Entry(why_not_run=_BY_HAND),
 }
 
 
