@@ -302,6 +302,21 @@ def redis_cluster(home: Path) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
 
 
 @pytest.fixture(scope="session")
+def small_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 simulated members over 200 days with their features (every view, nulls and strings
+    among them): the data the writer and engine tests materialise."""
+    from recsvc.config import load_programme
+    from recsvc.features.jobs import run_features
+    from recsvc.settings import Settings
+
+    data = tmp_path_factory.mktemp("small") / "data"
+    repo = Path(__file__).resolve().parent.parent / "feature_repo"
+    run_features(Settings(data_dir=data, feature_repo=repo, feast_project="small_sqlite"),
+                 load_programme(), members=300, days=200, seed=11, say=lambda _: None)
+    return data
+
+
+@pytest.fixture(scope="session")
 def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The session's Redis Cluster (`redis_cluster`). The URL names one node; clients discover
     the rest."""

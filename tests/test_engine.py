@@ -97,15 +97,6 @@ def test_a_scheduler_address_is_used_and_a_dead_one_named() -> None:
         pass
 
 
-@pytest.fixture(scope="module")
-def small_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """300 simulated members over 200 days: every view, nulls and strings among them."""
-    data = tmp_path_factory.mktemp("engine") / "data"
-    run_features(Settings(data_dir=data, feature_repo=REPO, feast_project="engine_sqlite"), P,
-                 members=300, days=200, seed=11, say=lambda _: None)
-    return data
-
-
 def _dump(client: Any, project: str) -> dict[bytes, dict[bytes, bytes]]:
     return {key: client.hgetall(key)
             for key in client.scan_iter(match=b"*" + project.encode(), count=1000)

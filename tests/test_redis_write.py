@@ -143,15 +143,6 @@ def _settings(data: Path, project: str, url: str, repo: Path = REPO) -> Settings
     return Settings(data_dir=data, feature_repo=repo, feast_project=project, redis_url=url)
 
 
-@pytest.fixture(scope="module")
-def small_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """300 simulated members over 200 days: every view, nulls and strings among them."""
-    data = tmp_path_factory.mktemp("redis_write") / "data"
-    run_features(Settings(data_dir=data, feature_repo=REPO, feast_project="rw_sqlite"), P,
-                 members=300, days=200, seed=11, say=lambda _: None)
-    return data
-
-
 def _same_as_feast(settings: Settings, cluster: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     written: dict[str, int | None] = {}
 

@@ -167,7 +167,7 @@ def run_step(step: str, engine: str, data_dir: Path, project: str, url: str | No
         cmd += ["--repo", str(repo)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        print(done.stdout[-2000:], done.stderr[-4000:], sys.stderr)
+        print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
