@@ -281,7 +281,9 @@ def redis_cluster(home: Path) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
             procs[port] = subprocess.Popen(
                 [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
-                 "--save", "", "--appendonly", "no", "--dir", str(node)],
+                 "--save", "", "--appendonly", "no", "--dir", str(node),
+                 # a replica's first sync at once, not after the default 5 s wait for others
+                 "--repl-diskless-sync-delay", "0"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         for port, proc in procs.items():
@@ -334,15 +336,26 @@ def private_redis_cluster(tmp_path: Path) -> Iterator[dict[int, subprocess.Popen
 
 
 def _wait_cluster_ok(ports: list[int], deadline: float) -> None:
-    """Until every node says cluster_state:ok (slots assigned, nodes agreed)."""
+    """Until every node says cluster_state:ok (slots assigned, nodes agreed) and every replica
+    has its master's data (link up, no sync in progress): a replica still waiting for its
+    first sync is too stale to be elected, so a master killed before then is never failed
+    over."""
     import redis
+
+    def ready(client: Any) -> bool:
+        if client.cluster("info").get("cluster_state") != "ok":
+            return False
+        info = client.info("replication")
+        return info.get("role") != "slave" or (
+            info.get("master_link_status") == "up" and not info.get("master_sync_in_progress"))
 
     for port in ports:
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
         try:
-            while client.cluster("info").get("cluster_state") != "ok":
+            while not ready(client):
                 if time.monotonic() > deadline:
-                    pytest.fail(f"Redis Cluster node {port} never reported cluster_state:ok")
+                    pytest.fail(f"Redis Cluster node {port} never reported cluster_state:ok "
+                                "with its replication in sync")
                 time.sleep(0.1)
         finally:
             client.close()
