@@ -15,7 +15,6 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from recsvc.config import Programme
@@ -364,9 +363,7 @@ def score_part(ids: tuple[int, int], *, settings: Any, version: str, as_of: dt.d
         scorers[version] = _scorer(ctx, version)
     scorer = scorers[version]
     low, high = ids
-    members = ds.dataset(schema.tables_dir(Path(settings.data_dir)) / "members",
-                         schema=schema.TABLES["members"], format="parquet").to_table(
-        columns=["member_id", "signup_at"],
-        filter=(pc.field("member_id") >= low) & (pc.field("member_id") < high))
+    members = schema.read_table(Path(settings.data_dir), "members", ["member_id", "signup_at"],
+                                (pc.field("member_id") >= low) & (pc.field("member_id") < high))
     frame = members.to_pandas()
     return _scores(ctx, scorer, frame.member_id[frame.signup_at < as_of].to_numpy(), as_of)
