@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from recsvc.models.jobs import Context
 from recsvc.models.registry import Gate
 from recsvc.models.scoring import ChurnScorer, score_batch
 from recsvc.models.training import (
+    EARLY_STOPPING,
+    MAX_ROUNDS,
+    EarlyStop,
     Split,
     TrainOptions,
     calibrated,
@@ -284,3 +288,30 @@ def test_propensity_from_online_features_matches_the_offline_store(trained: Cont
         cols["surface"] = np.full(len(pairs), "product_page", dtype=object)
     np.testing.assert_allclose(scorer.score(online), scorer.score(offline), atol=1e-9)
     assert 0.0 < scorer.score(online).mean() < 0.5
+
+
+def test_the_callers_early_stopping_stops_where_lightgbms_does() -> None:
+    # the rule the Dask fit applies by hand, on fits that extend one another, against
+    # lgb.early_stopping on the same data: the same trees kept, the same best iteration
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 5))
+    y = (X[:, 0] + rng.normal(scale=2.0, size=3000) > 0).astype(np.int64)
+    X_valid = rng.normal(size=(1000, 5))
+    y_valid = (X_valid[:, 0] + rng.normal(scale=2.0, size=1000) > 0).astype(np.int64)
+    params = {"objective": "binary", "metric": "auc", "learning_rate": 0.02, "num_leaves": 7,
+              "min_data_in_leaf": 5, "verbose": -1, "num_threads": 1, "deterministic": True}
+    evals: dict[str, Any] = {}
+    stopped = lgb.train(params, lgb.Dataset(X, y), num_boost_round=MAX_ROUNDS,
+                        valid_sets=[lgb.Dataset(X_valid, y_valid)], valid_names=["v"],
+                        callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False),
+                                   lgb.record_evaluation(evals)])
+    trained, best = len(evals["v"]["auc"]), stopped.best_iteration
+    assert 0 < best < trained < MAX_ROUNDS  # it did stop
+    full = lgb.train(params, lgb.Dataset(X, y), num_boost_round=trained + 50)
+    curve = EarlyStop(X_valid, y_valid, None)
+    short = lgb.Booster(model_str=full.model_to_string(num_iteration=best))
+    assert curve.where(short, last=False) is None  # not yet in sight: fit again, longer
+    assert curve.where(short, last=True) == (best, best)
+    assert curve.where(full, last=False) == (trained, best)

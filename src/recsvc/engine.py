@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from recsvc.cliargs import positive_int
 from recsvc.errors import ConfigError
 
 ENGINES = ("local", "dask")
@@ -127,8 +128,27 @@ def add_engine_args(p: Any) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="the Dask scheduler (host:port) for --engine dask; without it, a "
                         "LocalCluster of this machine's cores for the job")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="worker processes of that LocalCluster (default: the cores)")
+
+
+_HELD: dict[tuple[str, str], tuple[str, Any]] = {}
+
+
+def worker_held(kind: str, settings: Any, job: str, open_: Callable[[], T],
+                renew: Callable[[T], T] | None = None) -> T:
+    """What a worker process keeps between the partitions it runs (a store, a model): opened
+    once for these settings (a pydantic model), and again when a new job starts (`job`: the
+    caller's token), or passed to `renew` then: opening it for every partition would cost more
+    than the partition, and a worker outlives the jobs whose definitions change."""
+    key = (kind, settings.model_dump_json())
+    held = _HELD.get(key)
+    if held is None or (held[0] != job and renew is None):
+        value = open_()
+    else:
+        value = held[1] if held[0] == job else renew(held[1])  # type: ignore[misc]
+    _HELD[key] = (job, value)
+    return value
 
 
 def id_ranges(low: int, high: int, parts: int) -> list[tuple[int, int]]:

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
 
-from recsvc.engine import LOCAL, Engine, id_ranges
+from recsvc.engine import LOCAL, Engine, id_ranges, worker_held
 from recsvc.errors import (
     ConfigError,
     DataMissing,
@@ -661,14 +661,16 @@ def materialize(
                                                      commit=True)
                 results[view.name] = ViewMaterialization(view.name, start, end,
                                                          written[view.name], watch.seconds, False)
-        for view, start in todo if parts_on is None else ():
-            watch = Stopwatch()
-            table = snapshot_rows(store, view, start, end)
-            with progress(f"materialise {view.name}", table.num_rows) as bar:
-                write_online(store, view, table, bar.update, specs.get(view.name))
-            store.registry.apply_materialization(view, store.project, start, end, commit=True)
-            results[view.name] = ViewMaterialization(view.name, start, end, table.num_rows,
-                                                     watch.seconds, False)
+        else:
+            for view, start in todo:
+                watch = Stopwatch()
+                table = snapshot_rows(store, view, start, end)
+                with progress(f"materialise {view.name}", table.num_rows) as bar:
+                    write_online(store, view, table, bar.update, specs.get(view.name))
+                store.registry.apply_materialization(view, store.project, start, end,
+                                                     commit=True)
+                results[view.name] = ViewMaterialization(view.name, start, end, table.num_rows,
+                                                         watch.seconds, False)
     return [results[name] for name in names]
 
 
@@ -729,23 +731,16 @@ def materialize_part(part: MaterializePart, *, settings: Settings) -> tuple[int,
     return table.num_rows, part.ids[1] - part.ids[0]
 
 
-_WORKER_STORES: dict[str, tuple[FeatureStore, str]] = {}
-
-
 def worker_store(settings: Settings, job: str) -> FeatureStore:
     """The feature store a worker process keeps for these settings, its registry read again
-    when a new job (`job`: the caller's token) starts: opening the store for every partition
-    would cost more than the partition, and a worker outlives jobs whose definitions change."""
-    key = settings.model_dump_json()
-    held = _WORKER_STORES.get(key)
-    if held is None:
-        store = open_store(settings)
-    else:
-        store = held[0]
-        if held[1] != job:
-            with feast_errors("read the feature registry"):
-                store.refresh_registry()
-    _WORKER_STORES[key] = (store, job)
+    when a new job (`job`: the caller's token) starts."""
+    return worker_held("feature store", settings, job, lambda: open_store(settings),
+                       renew=_refreshed)
+
+
+def _refreshed(store: FeatureStore) -> FeatureStore:
+    with feast_errors("read the feature registry"):
+        store.refresh_registry()
     return store
 
 

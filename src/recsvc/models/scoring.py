@@ -21,7 +21,7 @@ from recsvc.config import Programme
 from recsvc.core import segments
 from recsvc.core.index import IndexFactors
 from recsvc.data import schema
-from recsvc.engine import LOCAL, Engine, id_ranges
+from recsvc.engine import LOCAL, Engine, id_ranges, worker_held
 from recsvc.errors import DataMissing
 from recsvc.models import inputs
 from recsvc.models.attribution import PathAttribution
@@ -343,9 +343,6 @@ def _scores(ctx: Any, scorer: ChurnScorer, ids: npt.NDArray[np.int64],
     }), seconds
 
 
-_WORKER: dict[str, tuple[str, Any, dict[str, ChurnScorer]]] = {}
-
-
 def score_part(ids: tuple[int, int], *, settings: Any, version: str, as_of: dt.datetime,
                job: str) -> tuple[pa.Table, float]:
     """A worker's share of score-batch: the members with an id in [low, high) who joined
@@ -354,11 +351,8 @@ def score_part(ids: tuple[int, int], *, settings: Any, version: str, as_of: dt.d
     the model once."""
     from recsvc.models.jobs import open_context
 
-    key = settings.model_dump_json()
-    held = _WORKER.get(key)
-    if held is None or held[0] != job:
-        held = _WORKER[key] = (job, open_context(settings), {})
-    _, ctx, scorers = held
+    ctx, scorers = worker_held("score-batch", settings, job,
+                               lambda: (open_context(settings), dict[str, ChurnScorer]()))
     if version not in scorers:
         scorers[version] = _scorer(ctx, version)
     scorer = scorers[version]

@@ -391,6 +391,7 @@ def _fit_on_dask(engine: Engine, params: dict[str, Any], X: F64, y: npt.NDArray[
     offset = None if init is None else _scattered(engine, init, rows)
     local = {k: v for k, v in params.items() if k not in ("metric", "num_threads")}
     rounds = 2 * EARLY_STOPPING
+    curve = EarlyStop(X_valid, y_valid, init_valid)
     while True:
         with engine.client.as_current(), warnings.catch_warnings():
             # each worker trains with its worker's threads: lightgbm.dask sets num_threads,
@@ -401,7 +402,7 @@ def _fit_on_dask(engine: Engine, params: dict[str, Any], X: F64, y: npt.NDArray[
                       categorical_feature=cats)
         booster = model.booster_
         ended = rounds >= MAX_ROUNDS or booster.current_iteration() < rounds  # or no split
-        stop = early_stop(booster, X_valid, y_valid, init_valid, ended)
+        stop = curve.where(booster, ended)
         if stop is not None:
             break
         rounds = min(2 * rounds, MAX_ROUNDS)
@@ -423,25 +424,34 @@ def _scattered(engine: Engine, values: npt.NDArray[Any], rows: int) -> Any:
                            for f, b in zip(futures, blocks, strict=True)])
 
 
-def early_stop(booster: Any, X_valid: F64, y_valid: npt.NDArray[np.int64],
-               init_valid: F64 | None, last: bool) -> tuple[int, int] | None:
-    """(trees trained, best iteration) where `lgb.early_stopping(EARLY_STOPPING)` on the
-    validation AUC stops a fit that trained `booster`'s trees; None if it would go on
-    (`last`: no more rounds may be trained, so it stops at the end)."""
-    from sklearn.metrics import roc_auc_score
+class EarlyStop:
+    """`lgb.early_stopping(EARLY_STOPPING)`'s rule on the validation AUC, applied by the caller
+    to fits that each extend the last (training is deterministic, so a longer fit's first trees
+    are the shorter fit's): the curve is followed from the first tree not yet seen."""
 
-    raw = np.zeros(len(X_valid)) if init_valid is None else np.array(init_valid, dtype=float)
-    best, best_at = -np.inf, 0
-    total = booster.current_iteration()
-    for k in range(total):
-        raw += booster.predict(X_valid, raw_score=True, start_iteration=k, num_iteration=1,
-                               num_threads=1)
-        auc = roc_auc_score(y_valid, raw)
-        if auc > best:
-            best, best_at = auc, k
-        elif k - best_at >= EARLY_STOPPING:
-            return k + 1, best_at + 1
-    return (total, best_at + 1) if last else None
+    def __init__(self, X_valid: F64, y_valid: npt.NDArray[np.int64], init_valid: F64 | None):
+        self.X, self.y = X_valid, y_valid
+        self.raw = (np.zeros(len(X_valid)) if init_valid is None
+                    else np.array(init_valid, dtype=float))
+        self.best, self.best_at, self.seen = -np.inf, 0, 0
+
+    def where(self, booster: Any, last: bool) -> tuple[int, int] | None:
+        """(trees to keep, best iteration) where the rule stops a fit that trained `booster`'s
+        trees; None if it would go on (`last`: no more rounds may be trained, so it stops at
+        the end)."""
+        from sklearn.metrics import roc_auc_score
+
+        total = booster.current_iteration()
+        for k in range(self.seen, total):
+            self.raw += booster.predict(self.X, raw_score=True, start_iteration=k,
+                                        num_iteration=1, num_threads=1)
+            self.seen = k + 1
+            auc = roc_auc_score(self.y, self.raw)
+            if auc > self.best:
+                self.best, self.best_at = auc, k
+            elif k - self.best_at >= EARLY_STOPPING:
+                return k + 1, self.best_at + 1
+        return (total, self.best_at + 1) if last else None
 
 
 def margin(booster: Any, X: F64, init: F64 | None = None) -> F64:
