@@ -43,6 +43,7 @@ _LIST_FIELD = 0x0A  # Int64List.val = 1, packed
 # google.protobuf.Timestamp: seconds = 1 (varint), nanos = 2 (varint)
 _TS_SECONDS, _TS_NANOS = 0x08, 0x10
 SLOTS = 16384
+_BINARY = pa.large_binary()  # 64-bit offsets: no limit on a chunk's bytes
 
 
 class SlotsMoving(Exception):
@@ -83,6 +84,21 @@ class Ragged:
         index = _spans(starts[rows], lengths)
         return Ragged(self.data[index], lengths)
 
+    def arrow(self) -> pa.Array:
+        """The rows as an Arrow large_binary array, sharing `data`."""
+        offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=offsets[1:])
+        return pa.Array.from_buffers(_BINARY, len(self.lengths),
+                                     [None, pa.py_buffer(offsets), pa.py_buffer(self.data)])
+
+    @classmethod
+    def from_arrow(cls, array: pa.Array) -> Ragged:
+        """The rows of an Arrow large_binary array without nulls, sharing its data."""
+        _, offsets_buf, data_buf = array.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[array.offset:][:len(array) + 1]
+        data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]]
+        return cls(data, np.diff(offsets))
+
     def rows(self) -> list[bytes]:
         """Every row as bytes (for replies and tests; slow for many rows)."""
         ends = np.cumsum(self.lengths)
@@ -99,17 +115,17 @@ def _spans(starts: I64, lengths: I64) -> I64:
     return np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
 
 
-def concat(pieces: Sequence[Ragged]) -> Ragged:
-    """Row i of the result is row i of every piece, one after another."""
-    lengths = np.stack([p.lengths for p in pieces], axis=1)
-    row_lengths = lengths.sum(axis=1)
-    row_starts = np.cumsum(row_lengths) - row_lengths
-    piece_starts = row_starts[:, None] + np.cumsum(lengths, axis=1) - lengths
-    out = np.empty(int(row_lengths.sum()), dtype=np.uint8)
-    for j, piece in enumerate(pieces):
-        if piece.data.size:
-            out[_spans(piece_starts[:, j], piece.lengths)] = piece.data
-    return Ragged(out, row_lengths)
+def concat(pieces: Sequence[Ragged | bytes]) -> Ragged:
+    """Row i of the result is row i of every piece, one after another (a bytes piece: the same
+    bytes in every row). Arrow's `binary_join_element_wise` does it in one pass over the rows,
+    half the time of scattering each piece into place with numpy index arrays."""
+    rows = next(len(p.lengths) for p in pieces if isinstance(p, Ragged))
+    if rows == 0:
+        return Ragged(np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int64))
+    joined = pc.binary_join_element_wise(
+        *(pa.scalar(p, _BINARY) if isinstance(p, bytes) else p.arrow() for p in pieces),
+        pa.scalar(b"", _BINARY))
+    return Ragged.from_arrow(joined)
 
 
 def _varint_bytes(values: I64) -> tuple[U8, I64]:
@@ -246,16 +262,15 @@ def parse_timestamp(blob: bytes | None) -> int:
 def commands(name: bytes, key: Ragged, args: Sequence[Ragged | bytes]) -> Ragged:
     """One RESP command per row: `name`, the row's key, then `args` (a constant argument as
     bytes, a per-row one as Ragged)."""
-    rows = len(key.lengths)
-    pieces: list[Ragged] = []
+    pieces: list[Ragged | bytes] = []
     run = b"*%d\r\n%b" % (2 + len(args), resp_bulk(name))
     for arg in [key, *args]:
         if isinstance(arg, bytes):
             run += resp_bulk(arg)
             continue
-        pieces += [Ragged.constant(run, rows), bulk_headers(arg.lengths), arg]
+        pieces += [run, bulk_headers(arg.lengths), arg]
         run = b"\r\n"
-    pieces.append(Ragged.constant(run, rows))
+    pieces.append(run)
     return concat(pieces)
 
 
@@ -428,11 +443,14 @@ def _chunk_commands(client: Any, layout: _Layout, table: pa.Table
               for name, type_name, _ in layout.features]
     out = []
     for node, idx in _targets(client, key_matrix):
+        def mine(rows: Ragged, idx: I64 = idx) -> Ragged:  # the node's rows (all: as they are)
+            return rows if len(idx) == table.num_rows else rows.take(idx)
+
         keys = Ragged.fixed(key_matrix[idx])
-        args: list[Ragged | bytes] = [layout.ts_key, stamps.take(idx)]
+        args: list[Ragged | bytes] = [layout.ts_key, mine(stamps)]
         for (_, _, field), value in zip(layout.features, values, strict=True):
             assert value is not None  # every type was checked by write_view
-            args += [field, value.take(idx)]
+            args += [field, mine(value)]
         out.append((node, commands(b"HGET", keys, [layout.ts_key]),
                      commands(b"HSET", keys, args), nanos[idx]))
     return out
