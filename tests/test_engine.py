@@ -191,29 +191,42 @@ def test_batch_scores_on_dask_equal_the_local_engines(trained: Any, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_feature_snapshots_on_dask_equal_the_local_engines(small_tables: Path,
-                                                           dask_engine: Engine) -> None:
+def test_feature_snapshots_by_ranges_equal_one_pass_over_every_member(small_tables: Path,
+                                                                     dask_engine: Engine) -> None:
+    # the views computed in memory in one pass (compute_features) against the offline store
+    # written by ranges of members: on the local engine with small ranges, and on Dask
     import pyarrow.dataset as ds
 
     from recsvc.features import compute
 
+    def in_order(table: Any, view: str) -> Any:
+        return table.sort_by([(compute.ENTITY_KEY[view], "ascending"),
+                              (compute.TIMESTAMP_FIELD, "ascending")])
+
     def snapshots() -> dict[str, Any]:
-        return {view: ds.dataset(compute.view_dir(small_tables, view), format="parquet")
-                .to_table().sort_by([(compute.ENTITY_KEY[view], "ascending"),
-                                     (compute.TIMESTAMP_FIELD, "ascending")])
+        return {view: in_order(ds.dataset(compute.view_dir(small_tables, view),
+                                          format="parquet").to_table(), view)
                 for view in compute.VIEWS}
 
-    local = compute.build_features(small_tables, P, force=True)
-    expected = snapshots()
-    dask = compute.build_features(small_tables, P, force=True, engine=dask_engine)
-    assert dask.computed and (dask.rows, dask.as_of, dask.input_rows) == (
-        local.rows, local.as_of, local.input_rows)
+    def prefixes() -> set[str]:  # one file-name prefix a range of members
+        return {p.name.split("-")[1]
+                for p in compute.view_dir(small_tables, "member_points").glob("*.parquet")}
+
+    one_pass = compute.compute_features(compute.read_inputs(small_tables), P)
+    expected = {view: in_order(table, view) for view, table in one_pass.items()}
+    local = compute.build_features(small_tables, P, force=True, part_members=70)
+    assert local.computed and len(prefixes()) == 5  # 300 members, 70 at most a range
+    assert local.rows == {view: t.num_rows for view, t in expected.items()}
     got = snapshots()
     for view in compute.VIEWS:
         assert got[view].num_rows > 0 and got[view].equals(expected[view]), view
-    # the members' files were written by the workers, one prefix a range
-    names = {p.name for p in compute.view_dir(small_tables, "member_points").glob("*.parquet")}
-    assert len({name.split("-")[1] for name in names}) == 2, names
+    dask = compute.build_features(small_tables, P, force=True, engine=dask_engine)
+    assert dask.computed and (dask.rows, dask.as_of, dask.input_rows) == (
+        local.rows, local.as_of, local.input_rows)
+    assert len(prefixes()) == 2  # a range a worker
+    got = snapshots()
+    for view in compute.VIEWS:
+        assert got[view].equals(expected[view]), view
 
 
 @pytest.mark.slow

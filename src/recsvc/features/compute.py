@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,8 @@ KEY_SHIFT = 40
 FEATURES_VERSION = 7
 MANIFEST = "_manifest.json"
 PART_ROWS = 200_000  # rows per offline-store file
+# members whose views one range computes: their events are what a process holds at once
+PART_MEMBERS = 100_000
 # The member's favourite categories are named among the most ordered ones; a long tail of
 # categories (real logs have hundreds) would cost a windowed count each for little signal.
 MAX_CATEGORIES = 30
@@ -803,11 +805,13 @@ def _write_view_part(out: schema.TableSetWriter, view: str, part: pa.Table) -> i
 
 def member_snapshot_part(ids: tuple[int, int], *, data_dir: Path, programme: Programme,
                          span: Span, categories: list[str], snapshot_every_days: int,
-                         chunk_members: int, staging: Path
+                         chunk_members: int, staging: Path,
+                         on_members: Callable[[int], Any] | None = None,
                          ) -> tuple[int, dict[str, tuple[int, int]]]:
-    """A worker's share of the member views: the members with an id in [low, high), their
-    events read here, their snapshots written into `staging` under a prefix of their own.
-    Returns (members, {view: (rows, files)})."""
+    """One range of the member views: the members with an id in [low, high), their events
+    read here, their snapshots written into `staging` under a prefix of their own (`on_members`
+    after each chunk of members, for a caller's progress). Returns (members, {view: (rows,
+    files)})."""
     member = pc.field("member_id")
     tables = read_inputs(data_dir, {name: INPUT_COLUMNS[name] for name in MEMBER_INPUTS},
                          (member >= ids[0]) & (member < ids[1]))
@@ -815,7 +819,8 @@ def member_snapshot_part(ids: tuple[int, int], *, data_dir: Path, programme: Pro
     views = {v: VIEWS[v] for v in MEMBER_VIEWS}
     out = schema.TableSetWriter(Path(staging), views, prefix=f"m{ids[0]:012d}-")
     rows = dict.fromkeys(views, 0)
-    for view, part in _member_parts(inp, programme, span, snapshot_every_days, chunk_members):
+    for view, part in _member_parts(inp, programme, span, snapshot_every_days, chunk_members,
+                                    on_members):
         rows[view] += _write_view_part(out, view, part)
     files = out.parts
     return len(inp.ids), {v: (rows[v], files[v]) for v in views}
@@ -875,15 +880,18 @@ def build_features(
     snapshot_every_days: int = SNAPSHOT_EVERY_DAYS,
     force: bool = False,
     chunk_members: int = 20_000,
+    part_members: int = PART_MEMBERS,
     engine: Engine = LOCAL,
 ) -> FeatureBuild:
     """Compute the snapshots into `<data_dir>/features/`, unless they match the tables already.
 
     The view directories and the manifest are swapped in together (see
-    `schema.atomic_tables`), so Feast never reads a half-written offline store. On a
-    distributed `engine`, this process computes the items' views (they count every member's
-    events) and the workers the members' views, a range of member ids each, reading their
-    members' rows themselves and writing their files into the same staging directory.
+    `schema.atomic_tables`), so Feast never reads a half-written offline store. This process
+    computes the items' views (they count every member's events, and read only the items'
+    inputs and the events' items and instants); the members' views are computed by ranges of
+    member ids of at most `part_members` members (at least one range per worker of the
+    engine), each range reading its members' rows itself and writing its files into the same
+    staging directory: a process holds one range's events, whatever the population.
     """
     data_dir = Path(data_dir)
     fp = fingerprint(data_dir, programme, as_of=as_of, snapshot_every_days=snapshot_every_days)
@@ -895,36 +903,30 @@ def build_features(
                             dict(manifest["rows"]), int(manifest["input_rows"]), 0.0, False)
 
     watch = Stopwatch()
-    tables = read_inputs(data_dir, DRIVER_COLUMNS if engine.distributed else INPUT_COLUMNS)
+    tables = read_inputs(data_dir, DRIVER_COLUMNS)
     input_rows = sum(t.num_rows for t in tables.values())
     span = snapshot_span(tables, as_of)
     rows = dict.fromkeys(VIEWS, 0)
+    ids = as_i64(tables["members"]["member_id"])
+    parts = max(engine.workers, -(-len(ids) // part_members))
+    ranges = id_ranges(int(ids.min()), int(ids.max()) + 1, parts) if len(ids) else []
     with schema.atomic_tables(features_dir(data_dir), VIEWS) as out, \
-            progress("features: members", tables["members"].num_rows, "members") as bar:
-        if engine.distributed:
-            catalogue, stats = _item_tables(tables, span.history_start, span.as_of)
-            parts: Iterator[tuple[str, pa.Table]] = iter(
-                [("item_catalogue", catalogue), ("item_stats", stats)])
-        else:
-            parts = iter_feature_parts(tables, programme, as_of=span.as_of_dt,
-                                       snapshot_every_days=snapshot_every_days,
-                                       chunk_members=chunk_members, on_members=bar.update)
-        for view, part in parts:
+            progress("features: members", len(ids), "members") as bar:
+        for view, part in zip(("item_catalogue", "item_stats"),
+                              _item_tables(tables, span.history_start, span.as_of), strict=True):
             rows[view] += _write_view_part(out, view, part)
-        if engine.distributed:
-            ids = as_i64(tables["members"]["member_id"])
-            ranges = id_ranges(int(ids.min()), int(ids.max()) + 1,
-                               engine.workers) if len(ids) else []
-            done = engine.map(
-                member_snapshot_part, ranges, on_done=lambda r: bar.update(r[0]),
-                data_dir=data_dir, programme=programme, span=span,
-                categories=_top_categories(tables["orders"]["category"]),
-                snapshot_every_days=snapshot_every_days, chunk_members=chunk_members,
-                staging=out.staging)
-            for _, part_rows in done:
-                for view, (n_rows, n_files) in part_rows.items():
-                    rows[view] += n_rows
-                    out.written_elsewhere(view, n_files)
+        done = engine.map(
+            member_snapshot_part, ranges,
+            on_done=(lambda r: bar.update(r[0])) if engine.distributed else None,
+            on_members=None if engine.distributed else bar.update,
+            data_dir=data_dir, programme=programme, span=span,
+            categories=_top_categories(tables["orders"]["category"]),
+            snapshot_every_days=snapshot_every_days, chunk_members=chunk_members,
+            staging=out.staging)
+        for _, part_rows in done:
+            for view, (n_rows, n_files) in part_rows.items():
+                rows[view] += n_rows
+                out.written_elsewhere(view, n_files)
         record = {
             "fingerprint": fp,
             "as_of": span.as_of_dt.isoformat(),
