@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from recsvc.config import load_programme
@@ -166,7 +167,6 @@ def test_on_sqlite_the_dask_engine_writes_from_this_process(
 def test_batch_scores_on_dask_equal_the_local_engines(trained: Any, tmp_path: Path,
                                                       dask_engine: Engine) -> None:
     import numpy as np
-    import pyarrow.parquet as pq
 
     from recsvc.models.scoring import SCORES_VIEW, score_batch
 
@@ -188,6 +188,26 @@ def test_batch_scores_on_dask_equal_the_local_engines(trained: Any, tmp_path: Pa
     others = [c for c in local_table.column_names if c != "churn_probability"]
     assert dask_table.select(others).equals(local_table.select(others))
     assert (tmp_path / "dask.csv").read_text() == (tmp_path / "local.csv").read_text()
+
+
+@pytest.mark.slow
+def test_fraud_flags_on_dask_equal_the_local_engines(trained: Any, tmp_path: Path,
+                                                     dask_engine: Engine,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # one range and one block of the forest's scoring locally; several of each on Dask
+    from recsvc.models import fraud
+
+    local = fraud.run_fraud_flags(trained.settings, trained.programme, out=tmp_path / "l.csv",
+                                  say=lambda _: None)
+    local_table = pq.read_table(local.offline)
+    monkeypatch.setattr(fraud, "PART_MEMBERS", 3_000)
+    monkeypatch.setattr(fraud, "SCORE_BLOCK", 2_000)
+    dask = fraud.run_fraud_flags(trained.settings, trained.programme, out=tmp_path / "d.csv",
+                                 engine=dask_engine, say=lambda _: None)
+    assert local.rows >= 6_000 and (dask.rows, dask.as_of, dask.flagged, dask.online_rows) == (
+        local.rows, local.as_of, local.flagged, local.online_rows)
+    assert pq.read_table(dask.offline).equals(local_table)  # anomaly scores to the bit
+    assert (tmp_path / "d.csv").read_text() == (tmp_path / "l.csv").read_text()
 
 
 @pytest.mark.slow

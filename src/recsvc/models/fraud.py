@@ -35,6 +35,7 @@ from recsvc.core import fraud
 from recsvc.core.ledger import DAY_US, epoch_us, instant
 from recsvc.data import schema
 from recsvc.data.columns import NULL_US, as_i64, as_us
+from recsvc.engine import LOCAL, Engine, add_engine_args, open_engine
 from recsvc.errors import DataMissing
 from recsvc.progress import Stopwatch, progress
 
@@ -45,6 +46,8 @@ B = npt.NDArray[np.bool_]
 VIEW = "member_fraud_flags"
 SERVICE = "fraud_v1"
 CHUNK_MEMBERS = 50_000  # members per pass of the rules (bounds the member-day matrices)
+PART_MEMBERS = 500_000  # members per range (a range's ledger rows are read at once)
+SCORE_BLOCK = 250_000  # members per block the forest scores
 FOREST_TREES = 100  # scikit-learn's default; 200 changed 2 of ~90 flags here, at twice the time
 FOREST_SEED = 0  # the forest is part of the job's definition: same data, same flags
 RULES = ("redemption_burst", "balance_drain", "earn_burn_loop")  # rule flags, contract order
@@ -97,10 +100,12 @@ def _concat(parts: list[fraud.RuleResult]) -> fraud.RuleResult:
     return fraud.RuleResult(**{n: np.concatenate([getattr(p, n) for p in parts]) for n in names})
 
 
-def anomaly_scores(aggregates: F64, contamination: float,
-                   seed: int = FOREST_SEED) -> tuple[F64, B]:
+def anomaly_scores(aggregates: F64, contamination: float, seed: int = FOREST_SEED,
+                   engine: Engine = LOCAL) -> tuple[F64, B]:
     """An isolation forest trained on the members' aggregates: (anomaly score s(x) in (0, 1],
-    higher = more anomalous; True for the `contamination` share it flags)."""
+    higher = more anomalous; True for the `contamination` share it flags). The forest learns
+    from subsamples of every member (so here); scoring, most of the time, is by blocks of
+    members on the engine."""
     from sklearn.ensemble import IsolationForest
 
     if len(aggregates) < 2:
@@ -108,8 +113,17 @@ def anomaly_scores(aggregates: F64, contamination: float,
     forest = IsolationForest(n_estimators=FOREST_TREES, contamination=contamination,
                              random_state=seed, n_jobs=1)
     forest.fit(aggregates)
-    raw = forest.score_samples(aggregates)  # once: predict() would score every member again
+    blocks = [aggregates[a:a + SCORE_BLOCK] for a in range(0, len(aggregates), SCORE_BLOCK)]
+    if engine.distributed:
+        blocks = engine.client.scatter(blocks)  # each block sent once, to the worker using it
+    raw = np.concatenate(engine.map(_forest_raw, blocks, forest=forest))
     return -raw, raw < forest.offset_  # exactly predict()'s outliers
+
+
+def _forest_raw(block: F64, *, forest: Any) -> F64:
+    """scikit-learn's score_samples of a block of members (once: predict() would score every
+    member again)."""
+    return np.asarray(forest.score_samples(block), dtype=np.float64)
 
 
 def rule_pass(events: fraud.LedgerEvents, members: I64, rules: Fraud, as_of_us: int,
@@ -224,11 +238,12 @@ class FraudRun:
     report_paths: list[Path] = field(default_factory=list)
 
 
-def read_events(data_dir: Path) -> fraud.LedgerEvents:
-    """The whole ledger as core events, in ledger order (rows without a member or an instant,
-    which the tables never hold, are not entries the rules can place: left out)."""
+def read_events(data_dir: Path, where: pc.Expression | None = None) -> fraud.LedgerEvents:
+    """The ledger (the rows `where` keeps, or all) as core events, in ledger order (rows
+    without a member or an instant, which the tables never hold, are not entries the rules can
+    place: left out)."""
     table = schema.read_table(data_dir, "ledger", ["entry_id", "member_id", "ts", "kind",
-                                                   "points"]).sort_by("entry_id")
+                                                   "points"], where).sort_by("entry_id")
     table = table.filter(pc.and_(pc.is_valid(table["member_id"]), pc.is_valid(table["ts"])))
     return fraud.LedgerEvents(
         as_i64(table["member_id"]), as_us(table["ts"]),
@@ -244,39 +259,66 @@ def read_abusers(data_dir: Path) -> pa.Table | None:
     return pads.dataset(path, schema=schema.ORACLE_ABUSERS, format="parquet").to_table()
 
 
-def default_as_of(events: fraud.LedgerEvents) -> dt.datetime:
+def ledger_instants(data_dir: Path) -> I64:
+    """The instant (µs) of every ledger entry the rules can place (with a member and an
+    instant), for the as-of default and the counts the job reports."""
+    table = schema.read_table(data_dir, "ledger", ["member_id", "ts"])
+    table = table.filter(pc.and_(pc.is_valid(table["member_id"]), pc.is_valid(table["ts"])))
+    return as_us(table["ts"])
+
+
+def default_as_of(instants: I64) -> dt.datetime:
     """The end of the UTC day of the latest ledger entry."""
-    if len(events.ts_us) == 0:
+    if len(instants) == 0:
         raise DataMissing("the ledger is empty: nothing to flag")
-    last = instant(int(events.ts_us.max()))
+    last = instant(int(instants.max()))
     return end_of_day(last.date())
 
 
+def rule_part(members: I64, *, data_dir: Path, rules: Fraud, as_of_us: int
+              ) -> tuple[I64, fraud.RuleResult, F64]:
+    """`rule_pass` over one range of members (ascending ids), their ledger rows read here."""
+    member = pc.field("member_id")
+    where = ((member >= int(members[0])) & (member <= int(members[-1])) if len(members)
+             else pc.scalar(False))  # nobody to flag: no rows
+    return rule_pass(read_events(data_dir, where), members, rules, as_of_us)
+
+
 def run_fraud_flags(settings: Any, programme: Programme, *, as_of: dt.datetime | None = None,
-                    out: Path | None = None, say: Callable[[str], None] = print) -> FraudRun:
-    """Flag every member who joined before `as_of` and publish the flags (offline + online)."""
+                    out: Path | None = None, engine: Engine = LOCAL,
+                    say: Callable[[str], None] = print) -> FraudRun:
+    """Flag every member who joined before `as_of` and publish the flags (offline + online).
+
+    The rules run by ranges of members (each reading its members' ledger rows) on the
+    `engine`, as does the forest's scoring; the forest learns here, from every member."""
     from recsvc.features import store as fstore
 
     watch = Stopwatch()
     data_dir = Path(settings.data_dir)
-    events = read_events(data_dir)
-    as_of = as_of or default_as_of(events)
+    instants = ledger_instants(data_dir)
+    as_of = as_of or default_as_of(instants)
     as_of_us = epoch_us(as_of)
     joined = schema.read_table(data_dir, "members", ["member_id", "signup_at"])
     signup = as_us(joined["signup_at"])
     # a member whose signup is unknown is not flagged
     members = np.unique(as_i64(joined["member_id"])[(signup != NULL_US) & (signup < as_of_us)])
     rules = programme.fraud
-    say(f"fraud-flags: {len(members):,} members, {int((events.ts_us < as_of_us).sum()):,} ledger "
+    say(f"fraud-flags: {len(members):,} members, {int((instants < as_of_us).sum()):,} ledger "
         f"entries before {as_of:%Y-%m-%d %H:%M} UTC; rules over the last {rules.lookback_days} "
         "days")
     step = Stopwatch()
+    parts = max(engine.workers, -(-len(members) // PART_MEMBERS))
+    ranges = [r for r in np.array_split(members, parts) if len(r)] or [members]
     with progress("fraud rules", len(members), unit="members") as bar:
-        members, result, matrix = rule_pass(events, members, rules, as_of_us, bar.update)
-    say(step.summary("fraud-flags: rules and member-day aggregates", len(events.ts_us),
+        passes = engine.map(rule_part, ranges, on_done=lambda r: bar.update(len(r[0])),
+                            data_dir=data_dir, rules=rules, as_of_us=as_of_us)
+    members = np.concatenate([m for m, _, _ in passes])
+    result = _concat([r for _, r, _ in passes])
+    matrix = np.concatenate([a for _, _, a in passes])
+    say(step.summary("fraud-flags: rules and member-day aggregates", len(instants),
                      "ledger entries"))
     step = Stopwatch()
-    score, anomaly = anomaly_scores(matrix, rules.anomaly_contamination)
+    score, anomaly = anomaly_scores(matrix, rules.anomaly_contamination, engine=engine)
     say(step.summary(f"fraud-flags: isolation forest ({FOREST_TREES} trees, contamination "
                      f"{rules.anomaly_contamination:g}) trained and scored", len(members),
                      "members"))
@@ -306,7 +348,8 @@ def run_fraud_flags(settings: Any, programme: Programme, *, as_of: dt.datetime |
     if last_end is not None and last_end >= as_of:
         # not newer than what is online: Redis would keep the newer values, SQLite would not
         fstore.clear_online(feast_store, [VIEW])
-    done = fstore.materialize(feast_store, as_of, [VIEW], full=True)
+    done = fstore.materialize(feast_store, as_of, [VIEW], full=True, engine=engine,
+                              settings=settings, say=say)
     online_rows = sum(r.rows for r in done)
     say(f"fraud-flags: offline {offline}; online {online_rows:,} rows")
     if out is not None:
@@ -326,8 +369,8 @@ def run_fraud_flags(settings: Any, programme: Programme, *, as_of: dt.datetime |
         say(f"fraud-flags: report {paths[0]}")
     seconds = watch.seconds
     say(f"fraud-flags: {len(flags.member):,} members in {seconds:.1f} s "
-        f"({len(events.ts_us) / max(seconds, 1e-9):,.0f} ledger entries/s)")
-    return FraudRun(len(flags.member), len(events.ts_us), as_of, seconds, flagged, offline,
+        f"({len(instants) / max(seconds, 1e-9):,.0f} ledger entries/s)")
+    return FraudRun(len(flags.member), len(instants), as_of, seconds, flagged, offline,
                     online_rows, report, paths)
 
 
@@ -378,6 +421,7 @@ def register(sub: Any) -> None:
                         "the day of the latest ledger entry)")
     p.add_argument("--out", type=Path, default=None,
                    help="also write every member's flags and evidence to this CSV")
+    add_engine_args(p)
     p.set_defaults(func=_main)
 
 
@@ -389,9 +433,10 @@ def _main(args: argparse.Namespace) -> int:
     settings = load_settings()
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("feast").setLevel(logging.WARNING)  # a line per registry refresh
-    with recorded_job(settings.job_metrics_dir / "recsvc_fraud_flags.prom", "fraud_flags") as run:
+    with recorded_job(settings.job_metrics_dir / "recsvc_fraud_flags.prom", "fraud_flags") as run, \
+            open_engine(args.engine, args.scheduler, args.workers) as engine:
         result = run_fraud_flags(settings, load_programme(settings.programme),
                                  as_of=None if args.as_of is None else end_of_day(args.as_of),
-                                 out=args.out)
+                                 out=args.out, engine=engine)
         run.rows = result.rows
     return 0
