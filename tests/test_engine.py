@@ -210,6 +210,79 @@ def test_fraud_flags_on_dask_equal_the_local_engines(trained: Any, tmp_path: Pat
     assert (tmp_path / "d.csv").read_text() == (tmp_path / "l.csv").read_text()
 
 
+@pytest.mark.redis
+@pytest.mark.slow
+def test_nudges_on_dask_equal_the_local_engines_with_caps_counted_across_workers(
+        small_tables: Path, redis_url: str, tmp_path: Path, dask_engine: Engine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    from recsvc.models.jobs import open_context
+    from recsvc.models.scoring import features_as_of
+    from recsvc.serving import nudges_job
+    from recsvc.serving.caps import RedisCapStore
+
+    monkeypatch.setattr(nudges_job, "PART_MEMBERS", 100)  # three ranges of the 300 members
+    as_of = features_as_of(small_tables)
+    projects = [f"eng_{uuid.uuid4().hex[:8]}" for _ in range(2)]  # caps of each run's own
+    client = redis.Redis.from_url(redis_url)
+    try:
+        runs = []
+        for project, engine in zip(projects, (LOCAL, dask_engine), strict=True):
+            settings = Settings(data_dir=small_tables, feature_repo=REPO, feast_project=project,
+                                redis_url=redis_url)
+            run_features(settings, P, say=lambda _: None)
+            runs.append(nudges_job.run_nudges(open_context(settings), as_of=as_of,
+                                              out=tmp_path / f"{project}.csv", engine=engine,
+                                              say=lambda _: None))
+        local, dask = runs
+        assert local.rows > 20 and (dask.rows, dask.capped, dask.degraded) == (
+            local.rows, local.capped, local.degraded)
+        assert dask.out.read_text() == local.out.read_text()
+        # counted in Redis by the workers: the same day again is held back by the caps
+        again = nudges_job.run_nudges(open_context(settings), as_of=as_of,
+                                      out=tmp_path / "again.csv", engine=dask_engine,
+                                      say=lambda _: None)
+        assert again.rows < dask.rows and sum(again.capped.values()) > 0
+        assert not list(tmp_path.glob(".*"))  # no staging left behind
+    finally:
+        for project in projects:
+            RedisCapStore(client, project).delete_all()
+            delete_project_keys(client, project)
+        client.close()
+
+
+@pytest.mark.slow
+def test_nudges_on_dask_with_a_model_and_sqlite_caps(trained: Any, small_tables: Path,
+                                                     tmp_path: Path,
+                                                     dask_engine: Engine) -> None:
+    from recsvc.models.jobs import open_context
+    from recsvc.models.scoring import features_as_of
+    from recsvc.serving import caps, nudges_job
+
+    # a dry run (the caps read, nothing counted) ranks with the propensity model on the workers
+    as_of = features_as_of(Path(trained.settings.data_dir))
+    runs = [nudges_job.run_nudges(trained, as_of=as_of, out=tmp_path / f"{n}.csv",
+                                  dry_run=True, engine=engine, say=lambda _: None)
+            for n, engine in (("l", LOCAL), ("d", dask_engine))]
+    assert runs[0].model_version and runs[0].rows > 100 and runs[1].rows == runs[0].rows
+    assert (tmp_path / "d.csv").read_text() == (tmp_path / "l.csv").read_text()
+    # counting against SQLite caps takes one writer: this process decides
+    settings = Settings(data_dir=small_tables, feature_repo=REPO,
+                        feast_project=f"eng_{uuid.uuid4().hex[:8]}")
+    run_features(settings, P, say=lambda _: None)
+    lines: list[str] = []
+    try:
+        counted = nudges_job.run_nudges(open_context(settings),
+                                        as_of=features_as_of(small_tables),
+                                        out=tmp_path / "c.csv", engine=dask_engine,
+                                        say=lines.append)
+    finally:
+        (small_tables / caps.SQLITE_FILE).unlink(missing_ok=True)
+    assert counted.rows > 0
+    assert any("SQLite cap store takes one writer" in line for line in lines), lines
+
+
 @pytest.mark.slow
 def test_feature_snapshots_by_ranges_equal_one_pass_over_every_member(small_tables: Path,
                                                                      dask_engine: Engine) -> None:
