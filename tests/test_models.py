@@ -268,8 +268,8 @@ def test_propensity_from_online_features_matches_the_offline_store(trained: Cont
     """Serving reads the online store, training the offline one: the same pairs score alike."""
     from recsvc.data import schema
     from recsvc.features.online import OnlineReader
+    from recsvc.models.inputs import with_features
     from recsvc.models.scoring import PropensityScorer, features_as_of
-    from recsvc.models.training import with_features
 
     data_dir = Path(trained.settings.data_dir)
     as_of = features_as_of(data_dir)

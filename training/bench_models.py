@@ -300,8 +300,9 @@ def member_columns(ctx: Any, members: int, seed: int) -> tuple[dict[str, Any], i
     import pandas as pd
 
     from recsvc.data import schema
+    from recsvc.models.inputs import with_features
     from recsvc.models.scoring import features_as_of
-    from recsvc.models.training import _columns, with_features
+    from recsvc.models.training import _columns
 
     data_dir = Path(ctx.settings.data_dir)
     as_of = features_as_of(data_dir)

@@ -1,7 +1,8 @@
 """Benchmark the gRPC service under open-loop load, beside a bare grpc.aio echo server and Feast.
 
     python training/bench_serving.py [--members 20000] [--days 400] [--data-dir DIR]
-                                     [--no-redis] [--redis-url redis://127.0.0.1:6379/15]
+                                     [--no-redis] [--no-cluster]
+                                     [--redis-url redis://127.0.0.1:6379/15]
                                      [--duration 15] [--warmup 3] [--workers 1] [--clients 2]
                                      [--profile] [--quick] [--rows ROW,...] [--out DIR]
 
@@ -10,7 +11,9 @@
   (grpc.aio, grpc.aio on uvloop, grpcio's threaded server), and the score floor: grpc.aio
   scoring one row of the production propensity model, compiled, per call;
 - `recsvc serve` on SQLite, then on Redis (the same data dir materialised under a Feast project
-  of the benchmark's own, whose keys are deleted afterwards; never FLUSHDB, Redis is shared):
+  of the benchmark's own, whose keys are deleted afterwards; never FLUSHDB, Redis is shared),
+  then on a Redis Cluster of the benchmark's own (three masters and three replicas on free
+  ports, the tests' `redis_cluster`, killed afterwards; --no-cluster leaves it out):
   GetRedemptionHint at 500/s and saturated, BatchGetRedemptionHints (100 items) at 100/s,
   RecommendRedemptions (limit 200) at 100/s,
   OptimizeCartSplit (3 lines) at 200/s, BatchGetChurnRisk (1,000 members) at 10/s, GetNudges
@@ -443,10 +446,11 @@ def server(cmd: list[str], env: dict[str, str], address: str, log: Path,
         stop(proc)
 
 
-def service_env(data_dir: Path, project: str, redis_url: str | None) -> dict[str, str]:
+def service_env(data_dir: Path, project: str, redis_url: str | None,
+                repo: Path = ROOT / "feature_repo") -> dict[str, str]:
     """The environment of a recsvc subprocess: none of the caller's RECSVC_* leak in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
-    env |= {"RECSVC_DATA_DIR": str(data_dir), "RECSVC_FEATURE_REPO": str(ROOT / "feature_repo"),
+    env |= {"RECSVC_DATA_DIR": str(data_dir), "RECSVC_FEATURE_REPO": str(repo),
             "RECSVC_FEAST_PROJECT": project, "PYTHONUNBUFFERED": "1"}
     if redis_url:
         env["RECSVC_REDIS_URL"] = redis_url
@@ -977,6 +981,9 @@ def main() -> None:
                              "models if any); default: a temporary directory, removed after")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--no-redis", action="store_true", help="SQLite only")
+    parser.add_argument("--no-cluster", action="store_true",
+                        help="no Redis Cluster row (by default one is started on free ports: "
+                             "three masters, three replicas)")
     parser.add_argument("--duration", type=float, default=None,
                         help="measured seconds per row (default 15, quick 3)")
     parser.add_argument("--warmup", type=float, default=None,
@@ -1032,7 +1039,16 @@ def main() -> None:
     redis_client = None
     print(f"data: {data_dir}; server logs: {log}")
     ctx = multiprocessing.get_context("spawn")
+    cluster = contextlib.ExitStack()
+    cluster_home = Path(tempfile.mkdtemp(prefix="recsvc-bench-cluster-"))
+    cluster_url = None
     try:
+        if not args.no_redis and not args.no_cluster:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from conftest import cluster_feature_repo, redis_cluster  # the tests' own starter
+
+            nodes = cluster.enter_context(redis_cluster(cluster_home))
+            cluster_url = f"redis://127.0.0.1:{next(iter(nodes))}"
         if not args.no_redis:
             import redis
 
@@ -1049,16 +1065,23 @@ def main() -> None:
         result["params"]["members"] = schema.read_table(data_dir, "members",
                                                         ["member_id"]).num_rows
         result["params"]["items"] = schema.read_table(data_dir, "items", ["item_id"]).num_rows
-        stores: dict[str, tuple[str, str | None]] = {"sqlite": (SQLITE_PROJECT, None)}
+        stores: dict[str, dict[str, str]] = {
+            "sqlite": service_env(data_dir, SQLITE_PROJECT, None)}
         if not args.no_redis:
-            env = service_env(data_dir, redis_project, args.redis_url)
-            if sh([str(RECSVC), "features"], env, log):
-                raise RuntimeError("recsvc features (Redis) failed:\n" + tail(log))
-            stores["redis"] = (redis_project, args.redis_url)
-        for store_name, (project, url) in stores.items() if not only else ():
+            stores["redis"] = service_env(data_dir, redis_project, args.redis_url)
+        if cluster_url is not None:
+            stores["cluster"] = service_env(data_dir, redis_project, cluster_url,
+                                            cluster_feature_repo(cluster_home))
+        for store_name, env in stores.items():
+            if store_name != "sqlite" and sh([str(RECSVC), "features"], env, log):
+                raise RuntimeError(f"recsvc features ({store_name}) failed:\n" + tail(log))
+        for store_name, env in stores.items() if not only else ():
+            if store_name == "cluster":
+                continue  # the SDK's read of a cluster: not measured
             print(f"Feast SDK reference, {store_name}:", flush=True)
-            result["sdk"][store_name] = sdk_reference(data_dir, project, url, args.sdk_reads,
-                                                      args.seed)
+            result["sdk"][store_name] = sdk_reference(
+                data_dir, env["RECSVC_FEAST_PROJECT"], env.get("RECSVC_REDIS_URL"),
+                args.sdk_reads, args.seed)
         with ctx.Pool(args.clients) as pool:
             pool.map(_ready, range(args.clients), chunksize=1)
             model = propensity_model(data_dir)
@@ -1078,14 +1101,13 @@ def main() -> None:
                         pool, address, echo_scenarios(requests, args.concurrency,
                                                       slow_rates=name == "echo"),
                         timing, name, server_pid=proc.pid)
-            for store_name, (project, url) in stores.items():
+            for store_name, env in stores.items():
                 address = f"127.0.0.1:{free_port()}"
                 rows = [r for r in scenarios(requests, args.concurrency)
                         if not only or r.key in only]
                 if not rows:
                     continue
-                with server(serve_cmd(address, args.workers),
-                            service_env(data_dir, project, url), address, log) as proc:
+                with server(serve_cmd(address, args.workers), env, address, log) as proc:
                     profile = (proc, args.out / "profiles") if args.profile else None
                     result["rows"][store_name], profiles = measure_service(
                         pool, address, rows, timing, store_name, profile, proc.pid)
@@ -1093,6 +1115,7 @@ def main() -> None:
                         result.setdefault("profiles", {})[store_name] = profiles
         result["goals"] = goals(result)
     finally:
+        cluster.close()  # the cluster's nodes are killed: nothing of it to delete
         if redis_client is not None:
             from recsvc.features import store
             from recsvc.serving.caps import RedisCapStore
@@ -1102,6 +1125,7 @@ def main() -> None:
             redis_client.close()
             print(f"redis: deleted {gone:,} keys and {caps:,} frequency-cap keys of "
                   f"{redis_project}")
+        shutil.rmtree(cluster_home, ignore_errors=True)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     save_results(args.out, "serving", result, markdown)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +22,11 @@ from pandas import isna as pd_isna
 from recsvc.config import Programme
 from recsvc.core import elementwise as ew
 from recsvc.core import index as idx
+from recsvc.errors import DataMissing
 from recsvc.features.store import feature_name, is_feature
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 F64 = npt.NDArray[np.float64]
 Columns = Mapping[str, Any]
@@ -460,3 +464,19 @@ def _or0(value: Any) -> float:
     """A stored number, 0 where missing (None or NaN)."""
     return 0.0 if value is None or math.isnan(value) else float(value)
 
+
+def with_features(
+    history: Callable[[str, pd.DataFrame], pd.DataFrame], service: str, frame: pd.DataFrame
+) -> pd.DataFrame:
+    """The frame with its point-in-time features (`history`: the offline store's retrieval of a
+    feature service), columns by feature name, rows in order."""
+    frame = frame.reset_index(drop=True).assign(_row=lambda f: np.arange(len(f)))
+    got = history(service, frame)
+    got = got.sort_values("_row").reset_index(drop=True)
+    got.columns = [feature_name(c) for c in got.columns]
+    clash = got.columns[got.columns.duplicated()].tolist()
+    if clash:  # feature names are unique across views by design; refuse to guess
+        raise DataMissing(f"{service}: feature names {clash} appear in more than one view")
+    if len(got) != len(frame):
+        raise DataMissing(f"{service}: {len(frame)} entity rows in, {len(got)} rows out")
+    return got.drop(columns="_row")

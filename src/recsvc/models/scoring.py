@@ -238,8 +238,6 @@ def model_as_of(ctx: Any, as_of: dt.datetime, horizon_days: int, say: Any = prin
     """A churn version at `horizon_days` that saw nothing after `as_of`: production if it
     qualifies, else the newest registered one that does, else one trained now (registered,
     not promoted)."""
-    from recsvc.models.training import TrainOptions, train_model
-
     reg = ctx.registry
     version = version_as_of(reg, "churn", as_of, horizon_days)
     if version is not None:
@@ -250,6 +248,8 @@ def model_as_of(ctx: Any, as_of: dt.datetime, horizon_days: int, say: Any = prin
         return version
     say(f"score-batch: no churn model at {horizon_days} days trained on data up to "
         f"{as_of:%Y-%m-%d}; training one now (registered, not promoted)")
+    from recsvc.models.training import TrainOptions, train_model  # scikit-learn: only here
+
     result = train_model("churn", Path(ctx.settings.data_dir), ctx.programme, ctx.history, reg,
                          TrainOptions(as_of=as_of, horizon_days=horizon_days),
                          data_fingerprint="as-of " + as_of.isoformat(), say=say)
@@ -325,10 +325,8 @@ def _scores(ctx: Any, scorer: ChurnScorer, ids: npt.NDArray[np.int64],
             as_of: dt.datetime) -> tuple[pa.Table, float]:
     """The scores table of these members as of `as_of` (their point-in-time features read
     through the context's offline store), and the seconds the scoring itself took."""
-    from recsvc.models.training import with_features
-
     entity = pd.DataFrame({"member_id": ids, "event_timestamp": pd.Timestamp(as_of)})
-    feats = with_features(ctx.history, "churn_v1", entity)
+    feats = inputs.with_features(ctx.history, "churn_v1", entity)
     step = Stopwatch()
     scores = scorer.score(inputs.frame_columns(feats), num_threads=0)
     seconds = step.seconds

@@ -42,7 +42,6 @@ from recsvc.data import schema
 from recsvc.engine import LOCAL, Engine
 from recsvc.errors import DataMissing
 from recsvc.features.compute import month_start_instants, week_start_instants
-from recsvc.features.store import feature_name
 from recsvc.models import evaluation, inputs
 from recsvc.models.btyd import BgNbd
 from recsvc.models.pareto_nbd import ParetoNbd
@@ -327,22 +326,6 @@ def propensity_frame(
               "valid": f"{valid_start:%Y-%m-%d} .. {test_start:%Y-%m-%d}",
               "test": f"{test_start:%Y-%m-%d} .. {limit - REDEEM_WINDOW:%Y-%m-%d}"}
     return exp.reset_index(drop=True), bounds
-
-
-def with_features(
-    history: Callable[[str, pd.DataFrame], pd.DataFrame], service: str, frame: pd.DataFrame
-) -> pd.DataFrame:
-    """The frame with its point-in-time features, columns by feature name, rows in order."""
-    frame = frame.reset_index(drop=True).assign(_row=lambda f: np.arange(len(f)))
-    got = history(service, frame)
-    got = got.sort_values("_row").reset_index(drop=True)
-    got.columns = [feature_name(c) for c in got.columns]
-    clash = got.columns[got.columns.duplicated()].tolist()
-    if clash:  # feature names are unique across views by design; refuse to guess
-        raise DataMissing(f"{service}: feature names {clash} appear in more than one view")
-    if len(got) != len(frame):
-        raise DataMissing(f"{service}: {len(frame)} entity rows in, {len(got)} rows out")
-    return got.drop(columns="_row")
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,7 +706,7 @@ def train_model(
         f"test {bounds['test']}")
     step = Stopwatch()
     service = SERVICES[name]
-    feats = with_features(history, service, frame)
+    feats = inputs.with_features(history, service, frame)
     say(f"{name}: point-in-time features from {service!r} in {step.seconds:.1f} s")
     split = Split(feats, feats.part.to_numpy(), feats.label.to_numpy().astype(np.int64),
                   (instant(int(_us(feats.event_timestamp).min())), limit), bounds)

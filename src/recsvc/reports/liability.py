@@ -328,7 +328,6 @@ def churn_from_model(settings: Settings, book: Book, as_of: dt.datetime,
     from recsvc.models import inputs
     from recsvc.models.jobs import open_context
     from recsvc.models.scoring import ChurnScorer, features_as_of, model_as_of
-    from recsvc.models.training import with_features
 
     built = features_as_of(Path(settings.data_dir))
     if built < as_of:
@@ -343,7 +342,7 @@ def churn_from_model(settings: Settings, book: Book, as_of: dt.datetime,
         "member_id": np.concatenate([book.ids, book.ids[earlier]]),
         "event_timestamp": [pd.Timestamp(as_of)] * len(book.ids)
                            + [pd.Timestamp(cut)] * int(earlier.sum())})
-    feats = with_features(ctx.history, "churn_v1", entity)
+    feats = inputs.with_features(ctx.history, "churn_v1", entity)
     prob = np.asarray(scorer.score(inputs.frame_columns(feats), num_threads=0).probability,
                       dtype=np.float64)
     n = len(book.ids)
