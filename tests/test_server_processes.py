@@ -191,6 +191,24 @@ def test_serves_from_the_real_redis_what_it_serves_from_sqlite(
     assert not any(a.get("degraded") for a in redis_answers)
 
 
+def test_on_uvloop_it_answers_as_on_asyncio(trained: Any) -> None:
+    member = _ids(trained, "members", "member_id")[2]
+    items = [str(i) for i in _ids(trained, "items", "item_id")[:3]]
+    answers = []
+    for loop in ("uvloop", "asyncio"):
+        env = serve_env(trained, RECSVC_EVENT_LOOP=loop)
+        with recsvc_serve(env, "--metrics-port", "0") as (address, proc):
+            answers.append([client(env, address, "hint", str(member), *items),
+                            client(env, address, "recommend", str(member), "--limit", "5"),
+                            client(env, address, "churn", str(member))])
+            proc.send_signal(signal.SIGTERM)  # drains on either loop
+            assert proc.wait(timeout=30) == 0
+            assert proc.stdout is not None
+            said = proc.stdout.read()  # what it printed after its address
+            assert f"event loop: {loop}" in said, said
+    assert answers[0] == answers[1] and not any(a.get("degraded") for a in answers[0])
+
+
 @pytest.mark.redis
 def test_two_replicas_on_a_redis_cluster_answer_as_sqlite_does_and_share_the_caps(
         trained: Any, redis_cluster_url: str, tmp_path: Path) -> None:

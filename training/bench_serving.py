@@ -845,7 +845,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}`  ",
         f"Population: {p['members']:,} members, {p['items']:,} items; models: churn "
         f"{models.get('churn') or 'none'}, propensity {models.get('propensity') or 'none'}. "
-        f"Server: `recsvc serve` with {p['workers']} worker process(es); echo server with the "
+        f"Server: `recsvc serve` with {p['workers']} worker process(es) on the "
+        f"{p.get('event_loop', 'asyncio')} event loop; echo server with the "
         f"same. Load: {p['clients']} generator processes, {p['warmup']:g} s warm-up then "
         f"{p['duration']:g} s measured per row. Run {result['finished']}.",
         "",
@@ -988,6 +989,8 @@ def main() -> None:
                         help="measured seconds per row (default 15, quick 3)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="warm-up seconds per row (default 3, quick 1)")
+    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio",
+                        help="the event loop `recsvc serve` runs on (RECSVC_EVENT_LOOP)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes (`recsvc serve --workers`; the echo server too)")
     parser.add_argument("--clients", type=int, default=2, help="load generator processes")
@@ -1031,7 +1034,8 @@ def main() -> None:
         "machine": machine(),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "params": {"members": args.members, "days": args.days, "seed": args.seed,
-                   "workers": args.workers, "clients": args.clients,
+                   "workers": args.workers, "event_loop": args.event_loop,
+                   "clients": args.clients,
                    "concurrency": args.concurrency, "warmup": args.warmup,
                    "duration": args.duration, "deadline_s": timing.deadline},
         "rows": {}, "sdk": {}, "goals": {}, "how": HOW,
@@ -1072,6 +1076,8 @@ def main() -> None:
         if cluster_url is not None:
             stores["cluster"] = service_env(data_dir, redis_project, cluster_url,
                                             cluster_feature_repo(cluster_home))
+        for env in stores.values():
+            env["RECSVC_EVENT_LOOP"] = args.event_loop
         for store_name, env in stores.items():
             if store_name != "sqlite" and sh([str(RECSVC), "features"], env, log):
                 raise RuntimeError(f"recsvc features ({store_name}) failed:\n" + tail(log))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
 
     workers: int = Field(1, ge=1, le=64)
     """Server processes sharing the gRPC port (SO_REUSEPORT); one per core uses them all."""
+
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The event loop a worker serves on: Python's own, or uvloop's (libuv); grpc.aio runs on
+    either (`make bench` measures both transports' echo floors)."""
 
     max_concurrent_rpcs: int = Field(256, ge=1)
     """RPCs a worker holds in progress; more wait in grpc's queue (bounds memory)."""

@@ -11,8 +11,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -21,6 +21,7 @@ from recsvc.errors import RecsvcError
 from recsvc.settings import load_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 GRACE_SECONDS = 5.0
 CACHE_STATS_SECONDS = 5.0  # how often the online reader's cache counts reach the metrics
 
@@ -149,7 +150,8 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     announce({"pid": os.getpid(), "port": port,
               "models": {h.name: h.current.version if h.current else None
                          for h in (churn, propensity)},
-              "items": len(catalogue.items.position)})
+              "items": len(catalogue.items.position),
+              "loop": type(asyncio.get_running_loop()).__module__.partition(".")[0]})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -193,6 +195,15 @@ def _without_import_time_type_checks() -> None:
     typeguard.typechecked = typechecked
 
 
+def run_loop(main: Coroutine[Any, Any, T], loop: str) -> T:
+    """`main` run to completion on a new event loop of the kind named (Settings.event_loop)."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def _worker_main(address: str, ready: Any, verbose: bool) -> None:
     """Entry point of a worker process (spawned: a fresh interpreter)."""
     _without_import_time_type_checks()
@@ -200,7 +211,7 @@ def _worker_main(address: str, ready: Any, verbose: bool) -> None:
                         format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] %(name)s: "
                                "%(message)s")
     try:
-        code = asyncio.run(serve_worker(address, ready.put))
+        code = run_loop(serve_worker(address, ready.put), load_settings().event_loop)
     except RecsvcError as exc:
         ready.put({"error": str(exc)})
         code = 2
@@ -291,7 +302,7 @@ def serve(address: str | None = None, metrics_port: int | None = None,
                  else ")"), flush=True)
         for name, version in first["models"].items():
             print(f"  {name} model: {version or 'none (degraded)'}")
-        print(f"  catalogue: {first['items']:,} items in memory")
+        print(f"  catalogue: {first['items']:,} items in memory; event loop: {first['loop']}")
         print(f"  try: recsvc client --address {address} recommend 66 --limit 5  "
               "(.venv/bin/recsvc in a checkout)", flush=True)
         while not stopping:
