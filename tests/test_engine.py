@@ -301,14 +301,18 @@ def test_feature_snapshots_by_ranges_equal_one_pass_over_every_member(small_tabl
                                           format="parquet").to_table(), view)
                 for view in compute.VIEWS}
 
-    def prefixes() -> set[str]:  # one file-name prefix a range of members
+    def prefixes(view: str = "member_points") -> set[str]:  # one file-name prefix a range
         return {p.name.split("-")[1]
-                for p in compute.view_dir(small_tables, "member_points").glob("*.parquet")}
+                for p in compute.view_dir(small_tables, view).glob("*.parquet")}
 
     one_pass = compute.compute_features(compute.read_inputs(small_tables), P)
     expected = {view: in_order(table, view) for view, table in one_pass.items()}
-    local = compute.build_features(small_tables, P, force=True, part_members=70)
+    items = compute.read_inputs(small_tables)["items"].num_rows
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(compute, "PART_ITEMS", -(-items // 3))
+        local = compute.build_features(small_tables, P, force=True, part_members=70)
     assert local.computed and len(prefixes()) == 5  # 300 members, 70 at most a range
+    assert len(prefixes("item_stats")) == 3
     assert local.rows == {view: t.num_rows for view, t in expected.items()}
     got = snapshots()
     for view in compute.VIEWS:

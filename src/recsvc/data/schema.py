@@ -155,14 +155,18 @@ def read_table(data_dir: Path, name: str, columns: list[str] | None = None,
                where: pc.Expression | None = None) -> pa.Table:
     """Read one canonical table (all parts), with its declared schema; `where` keeps only
     the rows it holds for (e.g. one range of member ids)."""
+    return dataset(data_dir, name).to_table(columns=columns, filter=where)
+
+
+def dataset(data_dir: Path, name: str) -> ds.Dataset:
+    """One canonical table as an Arrow dataset (all parts, its declared schema), to scan."""
     path = tables_dir(data_dir) / name
     if not has_tables(data_dir) or not path.exists():
         raise DataMissing(
             f"no {name!r} table under {tables_dir(data_dir)}: run `recsvc simulate` or "
             "`recsvc import-transactions` first (or `make features`)"
         )
-    return ds.dataset(path, schema=TABLES[name], format="parquet").to_table(columns=columns,
-                                                                             filter=where)
+    return ds.dataset(path, schema=TABLES[name], format="parquet")
 
 
 class TableSetWriter:

@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ MANIFEST = "_manifest.json"
 PART_ROWS = 200_000  # rows per offline-store file
 # members whose views one range computes: their events are what a process holds at once
 PART_MEMBERS = 100_000
+PART_ITEMS = 25_000  # items whose views one range computes (a row per item and day)
 # The member's favourite categories are named among the most ordered ones; a long tail of
 # categories (real logs have hundreds) would cost a windowed count each for little signal.
 MAX_CATEGORIES = 30
@@ -139,14 +140,11 @@ INPUT_COLUMNS: dict[str, list[str]] = {
 EVENT_TABLES = ("orders", "ledger", "redemptions", "exposures")
 MEMBER_INPUTS = ("members", "orders", "ledger", "redemptions", "exposures")
 MEMBER_VIEWS = ("member_activity", "member_points", "member_expiry")
-# What the caller reads when workers compute the member views: the items' inputs, the event
-# instants (the span) and the order categories (the top-3 vocabulary), and the member ids
-DRIVER_COLUMNS: dict[str, list[str]] = {
-    "members": ["member_id"],
+ITEM_VIEWS = ("item_catalogue", "item_stats")
+# What a range of items reads: the items' own inputs and their events' instants
+ITEM_INPUTS: dict[str, list[str]] = {
     "items": INPUT_COLUMNS["items"],
     "item_days": INPUT_COLUMNS["item_days"],
-    "orders": ["ts", "category"],
-    "ledger": ["ts"],
     "redemptions": ["item_id", "ts"],
     "exposures": ["item_id", "ts"],
 }
@@ -422,7 +420,7 @@ def _member_inputs(tables: Mapping[str, pa.Table], history_start: int,
     signup = np.where(signup_known, signup, history_start - DAY_US)
 
     if categories is None:
-        categories = _top_categories(tables["orders"]["category"])
+        categories = _top_categories([tables["orders"]["category"]])
 
     def events(name: str, *cols: str) -> tuple[I64, ...]:
         tab = tables[name]
@@ -443,11 +441,15 @@ def _member_inputs(tables: Mapping[str, pa.Table], history_start: int,
     )
 
 
-def _top_categories(column: pa.ChunkedArray) -> list[str]:
-    """The most ordered categories (at most MAX_CATEGORIES), the vocabulary of the top-3."""
-    counts = pc.value_counts(column.drop_null()).to_pylist()
-    counts.sort(key=lambda c: (-c["counts"], c["values"]))
-    return [c["values"] for c in counts[:MAX_CATEGORIES]]
+def _top_categories(columns: Iterable[pa.Array | pa.ChunkedArray]) -> list[str]:
+    """The most ordered categories (at most MAX_CATEGORIES) over the orders' category
+    columns (a table's, or a scan's batches): the vocabulary of the top-3."""
+    counts: dict[str, int] = {}
+    for column in columns:
+        for c in pc.value_counts(column.drop_null()).to_pylist():
+            counts[c["values"]] = counts.get(c["values"], 0) + c["counts"]
+    ranked = sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))
+    return [value for value, _ in ranked[:MAX_CATEGORIES]]
 
 
 def _events_col(tab: pa.Table, name: str, categories: list[str]) -> I64:
@@ -704,9 +706,13 @@ def _item_tables(tables: Mapping[str, pa.Table], history_start: int,
 # --------------------------------------------------------------------------------------------
 def event_span(tables: Mapping[str, pa.Table]) -> tuple[int, int] | None:
     """(earliest, latest) event instant in microseconds over the event tables, or None."""
+    return _extent(tables[name]["ts"] for name in EVENT_TABLES)
+
+
+def _extent(columns: Iterable[pa.Array | pa.ChunkedArray]) -> tuple[int, int] | None:
+    """(lowest, highest) instant in microseconds over the columns' values, or None."""
     lows, highs = [], []
-    for name in EVENT_TABLES:
-        col = tables[name]["ts"]
+    for col in columns:
         if len(col) - col.null_count:
             mm = pc.min_max(col.cast(pa.int64()))
             lows.append(mm["min"].as_py())
@@ -729,7 +735,11 @@ class Span:
 
 
 def snapshot_span(tables: Mapping[str, pa.Table], as_of: dt.datetime | None = None) -> Span:
-    span = event_span(tables)
+    return span_of(event_span(tables), as_of)
+
+
+def span_of(span: tuple[int, int] | None, as_of: dt.datetime | None = None) -> Span:
+    """The snapshots' span for events spanning `span` (`event_span`), up to `as_of`."""
     if span is None:
         raise DataMissing("the canonical tables hold no events: nothing to compute features from")
     history_start = int(_day_end(np.array([span[0]]))[0])
@@ -801,6 +811,67 @@ def _write_view_part(out: schema.TableSetWriter, view: str, part: pa.Table) -> i
     for offset in range(0, max(by_time.num_rows, 1), PART_ROWS):
         out.write(view, by_time.slice(offset, PART_ROWS))
     return int(by_time.num_rows)
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    """What the ranges of a snapshot build share, scanned from the tables a batch at a time."""
+
+    span: tuple[int, int] | None  # the events' first and last instants (µs), None: no events
+    categories: list[str]  # the vocabulary of the top-3 order categories (every order's)
+    member_ids: I64  # ascending
+    item_ids: I64  # ascending
+    rows: int  # the input tables' rows
+
+
+def summarise_inputs(data_dir: Path) -> InputSummary:
+    """The tables' `InputSummary`, holding no more than a batch of rows of an event table."""
+    rows = sum(schema.dataset(data_dir, name).count_rows() for name in INPUT_COLUMNS)
+    return InputSummary(
+        _extent(b.column(0) for name in EVENT_TABLES for b in _scan(data_dir, name, ["ts"])),
+        _top_categories(b.column(0) for b in _scan(data_dir, "orders", ["category"])),
+        np.unique(as_i64(schema.read_table(data_dir, "members", ["member_id"])["member_id"])),
+        np.unique(as_i64(schema.read_table(data_dir, "items", ["item_id"])["item_id"])), rows)
+
+
+def _scan(data_dir: Path, name: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    return schema.dataset(data_dir, name).to_batches(columns=columns)
+
+
+def _ranges(ids: I64, parts: int) -> list[tuple[int, int]]:
+    """[low, high) ranges of nearly equal width covering the ids (none for no ids)."""
+    return id_ranges(int(ids[0]), int(ids[-1]) + 1, parts) if len(ids) else []
+
+
+def snapshot_part(part: tuple[str, tuple[int, int]], *, data_dir: Path, programme: Programme,
+                  span: Span, categories: list[str], snapshot_every_days: int,
+                  chunk_members: int, staging: Path,
+                  on_members: Callable[[int], Any] | None = None,
+                  ) -> tuple[int, dict[str, tuple[int, int]]]:
+    """One range of ids of the snapshot build: ("items", range) or ("members", range)."""
+    kind, ids = part
+    if kind == "items":
+        return 0, item_snapshot_part(ids, data_dir=data_dir, span=span, staging=staging)
+    return member_snapshot_part(ids, data_dir=data_dir, programme=programme, span=span,
+                                categories=categories, snapshot_every_days=snapshot_every_days,
+                                chunk_members=chunk_members, staging=staging,
+                                on_members=on_members)
+
+
+def item_snapshot_part(ids: tuple[int, int], *, data_dir: Path, span: Span,
+                       staging: Path) -> dict[str, tuple[int, int]]:
+    """The item views of the items with an id in [low, high): their rows of the items, item
+    days, exposures and redemptions read here, their snapshots written into `staging` under a
+    prefix of their own. Returns {view: (rows, files)}."""
+    item = pc.field("item_id")
+    tables = read_inputs(data_dir, {name: ITEM_INPUTS[name] for name in ITEM_INPUTS},
+                         (item >= ids[0]) & (item < ids[1]))
+    views = {v: VIEWS[v] for v in ITEM_VIEWS}
+    out = schema.TableSetWriter(Path(staging), views, prefix=f"i{ids[0]:012d}-")
+    written = {view: _write_view_part(out, view, table) for view, table in zip(
+        ITEM_VIEWS, _item_tables(tables, span.history_start, span.as_of), strict=True)}
+    files = out.parts
+    return {v: (written[v], files[v]) for v in views}
 
 
 def member_snapshot_part(ids: tuple[int, int], *, data_dir: Path, programme: Programme,
@@ -886,12 +957,13 @@ def build_features(
     """Compute the snapshots into `<data_dir>/features/`, unless they match the tables already.
 
     The view directories and the manifest are swapped in together (see
-    `schema.atomic_tables`), so Feast never reads a half-written offline store. This process
-    computes the items' views (they count every member's events, and read only the items'
-    inputs and the events' items and instants); the members' views are computed by ranges of
-    member ids of at most `part_members` members (at least one range per worker of the
-    engine), each range reading its members' rows itself and writing its files into the same
-    staging directory: a process holds one range's events, whatever the population.
+    `schema.atomic_tables`), so Feast never reads a half-written offline store. The views are
+    computed by ranges of ids, the items' (at most PART_ITEMS items a range) and the members'
+    (at most `part_members`, at least one range per worker of the engine), each range reading
+    its own rows of the tables and writing its files into the same staging directory; this
+    process only scans what spans them all (the events' first and last instants, the order
+    categories, the ids) a batch at a time. So a process holds one range's events, whatever
+    the population.
     """
     data_dir = Path(data_dir)
     fp = fingerprint(data_dir, programme, as_of=as_of, snapshot_every_days=snapshot_every_days)
@@ -903,30 +975,31 @@ def build_features(
                             dict(manifest["rows"]), int(manifest["input_rows"]), 0.0, False)
 
     watch = Stopwatch()
-    tables = read_inputs(data_dir, DRIVER_COLUMNS)
-    input_rows = sum(t.num_rows for t in tables.values())
-    span = snapshot_span(tables, as_of)
+    summary = summarise_inputs(data_dir)
+    span = span_of(summary.span, as_of)
     rows = dict.fromkeys(VIEWS, 0)
-    ids = as_i64(tables["members"]["member_id"])
-    parts = max(engine.workers, -(-len(ids) // part_members))
-    ranges = id_ranges(int(ids.min()), int(ids.max()) + 1, parts) if len(ids) else []
+    members, items = summary.member_ids, summary.item_ids
+    parts: list[tuple[str, tuple[int, int]]] = [
+        *(("items", r) for r in _ranges(items, max(1, -(-len(items) // PART_ITEMS)))),
+        *(("members", r) for r in _ranges(members, max(engine.workers,
+                                                       -(-len(members) // part_members))))]
     with schema.atomic_tables(features_dir(data_dir), VIEWS) as out, \
-            progress("features: members", len(ids), "members") as bar:
-        for view, part in zip(("item_catalogue", "item_stats"),
-                              _item_tables(tables, span.history_start, span.as_of), strict=True):
-            rows[view] += _write_view_part(out, view, part)
+            progress("features: members", len(members), "members") as bar:
         done = engine.map(
-            member_snapshot_part, ranges,
+            snapshot_part, parts,
             on_done=(lambda r: bar.update(r[0])) if engine.distributed else None,
             on_members=None if engine.distributed else bar.update,
             data_dir=data_dir, programme=programme, span=span,
-            categories=_top_categories(tables["orders"]["category"]),
-            snapshot_every_days=snapshot_every_days, chunk_members=chunk_members,
-            staging=out.staging)
+            categories=summary.categories, snapshot_every_days=snapshot_every_days,
+            chunk_members=chunk_members, staging=out.staging)
         for _, part_rows in done:
             for view, (n_rows, n_files) in part_rows.items():
                 rows[view] += n_rows
                 out.written_elsewhere(view, n_files)
+        if not len(items):  # no item ranges: the item views still get their (empty) file
+            for view in ITEM_VIEWS:
+                _write_view_part(out, view, VIEWS[view].empty_table())
+        input_rows = summary.rows
         record = {
             "fingerprint": fp,
             "as_of": span.as_of_dt.isoformat(),
