@@ -864,8 +864,7 @@ def item_snapshot_part(ids: tuple[int, int], *, data_dir: Path, span: Span,
     days, exposures and redemptions read here, their snapshots written into `staging` under a
     prefix of their own. Returns {view: (rows, files)}."""
     item = pc.field("item_id")
-    tables = read_inputs(data_dir, {name: ITEM_INPUTS[name] for name in ITEM_INPUTS},
-                         (item >= ids[0]) & (item < ids[1]))
+    tables = read_inputs(data_dir, ITEM_INPUTS, (item >= ids[0]) & (item < ids[1]))
     views = {v: VIEWS[v] for v in ITEM_VIEWS}
     out = schema.TableSetWriter(Path(staging), views, prefix=f"i{ids[0]:012d}-")
     written = {view: _write_view_part(out, view, table) for view, table in zip(
