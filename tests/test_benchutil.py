@@ -84,3 +84,21 @@ def test_sizes_go_to_an_empty_data_dir_only(tiny_data_dir: Path, tmp_path: Path)
     """A kept data directory is benchmarked as it is: asking it for a size would be refused."""
     assert benchutil.population(tmp_path / "empty", members=5, days=9) == {"members": 5, "days": 9}
     assert benchutil.population(tiny_data_dir, members=5, days=9) == {}
+
+
+def test_a_killed_benchmark_runs_its_finally_blocks(tmp_path: Path) -> None:
+    # what a bench started (servers, a Redis Cluster's nodes) is stopped when it is killed
+    import signal
+    import subprocess
+    import sys
+
+    done = tmp_path / "cleaned"
+    script = (f"import os, signal, sys, time; sys.path.insert(0, {str(ROOT / 'training')!r})\n"
+              "import benchutil; benchutil.exit_on_sigterm()\n"
+              "try:\n    print('ready', flush=True); time.sleep(30)\n"
+              f"finally:\n    open({str(done)!r}, 'w').close()\n")
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM and done.exists()

@@ -41,7 +41,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchutil import OUT_HELP, choose_out, cpu_model, save_results  # a sibling module
+from benchutil import (  # a sibling module
+    OUT_HELP,
+    choose_out,
+    cpu_model,
+    exit_on_sigterm,
+    save_results,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("snapshots", "train", "score", "materialise-redis", "materialise-cluster")
@@ -228,6 +234,7 @@ def main() -> None:
         print(json.dumps(child(args)), flush=True)
         return
     args.out = choose_out(parser, args)
+    exit_on_sigterm()  # the Redis Cluster it starts is stopped on a kill too
     sys.path.insert(0, str(ROOT / "tests"))
     import redis
     from redis.cluster import RedisCluster

@@ -86,6 +86,7 @@ from benchutil import (  # a sibling module: run as training/<script>.py
     OUT_HELP,
     choose_out,
     cpu_model,
+    exit_on_sigterm,
     population,
     save_results,
 )
@@ -1008,6 +1009,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     args = parser.parse_args()
     args.out = choose_out(parser, args)  # before any default is filled in
+    exit_on_sigterm()  # the servers and the Redis Cluster it starts are stopped on a kill too
     only = {r.strip() for r in args.rows.split(",") if r.strip()}
     q = args.quick
     args.members = args.members or (3_000 if q else 20_000)

@@ -15,6 +15,8 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
+import sys
 import tempfile
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -23,6 +25,13 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"  # the committed results
 OUT_HELP = ("results folder (default: bench/results for a run with every option at its default, "
             "else a folder under the system's temporary directory, printed)")
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (a `kill`, a CI's timeout) ends the script as an exception would, so its
+    `finally` blocks stop what it started (servers, a Redis Cluster's nodes) instead of
+    leaving them running."""
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
 
 
 def scratch_dir() -> Path:
