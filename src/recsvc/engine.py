@@ -45,6 +45,11 @@ class Engine:
             return 1
         return max(1, sum(self.client.nthreads().values()))
 
+    def parts(self, count: int, at_most: int) -> int:
+        """How many ranges `count` things are cut into: at most `at_most` things a range, and
+        at least one range a worker."""
+        return max(self.workers, -(-count // at_most))
+
     @property
     def distributed(self) -> bool:
         return self.client is not None

@@ -980,8 +980,7 @@ def build_features(
     members, items = summary.member_ids, summary.item_ids
     parts: list[tuple[str, tuple[int, int]]] = [
         *(("items", r) for r in _ranges(items, max(1, -(-len(items) // PART_ITEMS)))),
-        *(("members", r) for r in _ranges(members, max(engine.workers,
-                                                       -(-len(members) // part_members))))]
+        *(("members", r) for r in _ranges(members, engine.parts(len(members), part_members)))]
     with schema.atomic_tables(features_dir(data_dir), VIEWS) as out, \
             progress("features: members", len(members), "members") as bar:
         done = engine.map(

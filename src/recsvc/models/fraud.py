@@ -244,7 +244,7 @@ def read_events(data_dir: Path, where: pc.Expression | None = None) -> fraud.Led
     place: left out)."""
     table = schema.read_table(data_dir, "ledger", ["entry_id", "member_id", "ts", "kind",
                                                    "points"], where).sort_by("entry_id")
-    table = table.filter(pc.and_(pc.is_valid(table["member_id"]), pc.is_valid(table["ts"])))
+    table = _placeable(table)
     return fraud.LedgerEvents(
         as_i64(table["member_id"]), as_us(table["ts"]),
         fraud.kind_codes(table["kind"].to_numpy(zero_copy_only=False)),
@@ -262,9 +262,12 @@ def read_abusers(data_dir: Path) -> pa.Table | None:
 def ledger_instants(data_dir: Path) -> I64:
     """The instant (µs) of every ledger entry the rules can place (with a member and an
     instant), for the as-of default and the counts the job reports."""
-    table = schema.read_table(data_dir, "ledger", ["member_id", "ts"])
-    table = table.filter(pc.and_(pc.is_valid(table["member_id"]), pc.is_valid(table["ts"])))
-    return as_us(table["ts"])
+    return as_us(_placeable(schema.read_table(data_dir, "ledger", ["member_id", "ts"]))["ts"])
+
+
+def _placeable(table: pa.Table) -> pa.Table:
+    """The ledger rows with a member and an instant (the only ones the rules can place)."""
+    return table.filter(pc.and_(pc.is_valid(table["member_id"]), pc.is_valid(table["ts"])))
 
 
 def default_as_of(instants: I64) -> dt.datetime:
@@ -307,7 +310,7 @@ def run_fraud_flags(settings: Any, programme: Programme, *, as_of: dt.datetime |
         f"entries before {as_of:%Y-%m-%d %H:%M} UTC; rules over the last {rules.lookback_days} "
         "days")
     step = Stopwatch()
-    parts = max(engine.workers, -(-len(members) // PART_MEMBERS))
+    parts = engine.parts(len(members), PART_MEMBERS)
     ranges = [r for r in np.array_split(members, parts) if len(r)] or [members]
     with progress("fraud rules", len(members), unit="members") as bar:
         passes = engine.map(rule_part, ranges, on_done=lambda r: bar.update(len(r[0])),

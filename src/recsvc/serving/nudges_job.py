@@ -181,7 +181,7 @@ def run_nudges(ctx: Any, *, as_of: dt.datetime, out: Path, channel: str = "push"
                     uuid.uuid4().hex)
     job.staging.mkdir()
     tmp = out.with_name(f".{out.name}.tmp")
-    parts = max(engine.workers, -(-len(member_ids) // PART_MEMBERS))
+    parts = engine.parts(len(member_ids), PART_MEMBERS)
     ranges = [member_ids[len(member_ids) * k // parts:len(member_ids) * (k + 1) // parts]
               for k in range(parts)]
     try:
