@@ -64,7 +64,7 @@ proto: $(STAMP) ## regenerate the Python code of the recsvc.v1 contract (grpcio-
 	  $(PROTO_SRC)
 
 lint: $(STAMP) $(BUF) prometheus-tools ## ruff, mypy, buf, promtool, hadolint, k8s schemas
-	$(VENV)/bin/ruff check src tests training feature_repo
+	$(VENV)/bin/ruff check src tests bench training feature_repo
 	$(VENV)/bin/mypy src
 	$(BUF) lint
 	$(BUF) breaking --against protos/released/recsvc.v1.binpb
@@ -133,29 +133,29 @@ nudges: $(STAMP) ## every member's due nudges within the caps (AS_OF=YYYY-MM-DD 
 	  $(if $(CHANNEL),--channel $(CHANNEL)) $(if $(DRY_RUN),--dry-run)
 
 bench: $(STAMP) ## gRPC serving: latency and req/s per RPC vs an echo floor and Feast (BENCH_ARGS=--quick); others: bench-features, bench-models
-	$(PY) training/bench_serving.py $(BENCH_ARGS)
+	$(PY) bench/bench_serving.py $(BENCH_ARGS)
 
 N ?= 100000
 fuzz: $(STAMP) ## N hostile requests (default 100,000) against recsvc serve: codes per RPC, 0 INTERNAL
-	$(PY) training/fuzz.py --calls $(N)
+	$(PY) bench/fuzz.py --calls $(N)
 
 chaos: $(STAMP) ## faults under load (Redis, workers, models, drain, cancels, cap file): bench/results/chaos.md
-	$(PY) training/chaos.py
+	$(PY) bench/chaos.py
 
 bench-features: $(STAMP) ## benchmark simulator, feature jobs, materialisation and online reads
-	$(PY) training/bench_features.py $(BENCH_ARGS)
+	$(PY) bench/bench_features.py $(BENCH_ARGS)
 
 bench-models: $(STAMP) ## benchmark training time, predict latency (Booster vs lleaves), batch scoring
-	$(PY) training/bench_models.py $(BENCH_ARGS)
+	$(PY) bench/bench_models.py $(BENCH_ARGS)
 
 bench-scale: $(STAMP) ## batch jobs at 1M and 5M members, local vs Dask workers (BENCH_ARGS="--members 100000,200000")
-	$(PY) training/bench_scale.py $(BENCH_ARGS)
+	$(PY) bench/bench_scale.py $(BENCH_ARGS)
 
 bench-churn-logs: $(STAMP) ## the churn gate on four real-shaped logs (BG/NBD, Pareto/NBD, seasonal, abrupt stop) and a short history
-	$(PY) training/bench_churn_logs.py $(BENCH_ARGS)
+	$(PY) bench/bench_churn_logs.py $(BENCH_ARGS)
 
 bench-cli: $(STAMP) ## how fast `recsvc --help` and `recsvc client` start (BENCH_ARGS="--address 127.0.0.1:50051" times a call)
-	$(PY) training/bench_cli.py $(BENCH_ARGS)
+	$(PY) bench/bench_cli.py $(BENCH_ARGS)
 
 clean: ## remove generated data (keeps .venv)
 	rm -rf $(RECSVC_DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,11 +1,11 @@
 """Feast definitions of recsvc's features: entities, sources, views and one service per model.
 
 This file is the single definition. The `feast` CLI imports it from this directory (see
-README.md); recsvc loads it with `recsvc.features.store.load_definitions(data_dir)`, which
+README.md); recsvc loads it with `recsvc.adapters.feast.load_definitions(data_dir)`, which
 executes it as a fresh module with `DATA_DIR` already set, so tests and jobs can point the
 sources at any data directory without touching the environment.
 
-The offline store is written by `recsvc features` (recsvc.features.compute): dated snapshots,
+The offline store is written by `recsvc features` (recsvc.offline.compute): dated snapshots,
 one Parquet directory per view. Column names here and there are one contract, checked by
 tests/test_features.py.
 """
@@ -26,7 +26,7 @@ DATA_DIR = Path(
 ).resolve()
 
 # A point-in-time join finds a snapshot at most `ttl` old. Members get one at least every 7
-# days (14 at most, see recsvc.features.jobs), items every day; twice the period would be
+# days (14 at most, see recsvc.jobs.features), items every day; twice the period would be
 # enough, the margin covers a skipped day of item states.
 MEMBER_TTL = timedelta(days=28)
 # batch scores are refreshed by a daily job; a week-old score is still worth serving

@@ -308,7 +308,7 @@ def small_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """300 simulated members over 200 days with their features (every view, nulls and strings
     among them): the data the writer and engine tests materialise."""
     from recsvc.config import load_programme
-    from recsvc.features.jobs import run_features
+    from recsvc.jobs.features import run_features
     from recsvc.settings import Settings
 
     data = tmp_path_factory.mktemp("small") / "data"
@@ -382,9 +382,9 @@ def on_cluster(data_dir: Path, project: str, url: str, tmp: Path,
     feature and cap keys deleted afterwards."""
     from redis.cluster import RedisCluster
 
-    from recsvc.features.jobs import run_features
-    from recsvc.features.store import delete_project_keys
-    from recsvc.serving.caps import RedisCapStore
+    from recsvc.adapters.caps import RedisCapStore
+    from recsvc.adapters.feast import delete_project_keys
+    from recsvc.jobs.features import run_features
     from recsvc.settings import Settings
 
     repo = cluster_feature_repo(tmp)
@@ -407,7 +407,7 @@ def redis_project(redis_url: str) -> Iterator[str]:
     """A Feast project name of the test's own; its Redis keys are deleted afterwards."""
     import redis
 
-    from recsvc.features.store import delete_project_keys
+    from recsvc.adapters.feast import delete_project_keys
 
     project = f"recsvc_test_{uuid.uuid4().hex[:10]}"
     yield project
@@ -422,9 +422,10 @@ def redis_project(redis_url: str) -> Iterator[str]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A 6,000-member, 480-day programme with features, both models trained and promoted
     (shared by the model and serving tests: training takes half a minute)."""
+    from recsvc.adapters.context import open_context
     from recsvc.config import load_programme
-    from recsvc.features.jobs import run_features
-    from recsvc.models.jobs import open_context, train_and_promote
+    from recsvc.jobs.features import run_features
+    from recsvc.jobs.models import train_and_promote
     from recsvc.settings import Settings
 
     data = tmp_path_factory.mktemp("models") / "data"

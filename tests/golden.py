@@ -32,7 +32,7 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from conftest import bad_request_field
-from recsvc.models.registry import MANIFEST_FILE, MODEL_FILE, POINTER_FILE, Registry
+from recsvc.adapters.registry import MANIFEST_FILE, MODEL_FILE, POINTER_FILE, Registry
 from recsvc.v1 import recsvc_pb2 as pb
 
 FIXTURE = Path(__file__).parent / "fixtures" / "golden_answers.json.gz"

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
-from recsvc.models.attribution import PathAttribution
+from recsvc.ml.attribution import PathAttribution
 
 
 def _model(rounds: int, seed: int = 0) -> tuple[lgb.Booster, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Where the benchmark scripts write (training/benchutil.py): only a run with every option at its
+"""Where the benchmark scripts write (bench/benchutil.py): only a run with every option at its
 default writes the committed bench/results/; any other run writes elsewhere unless --out says."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_benchutil() -> ModuleType:
-    """training/ is no package: the scripts import benchutil as a sibling; load it by path."""
-    spec = importlib.util.spec_from_file_location("benchutil", ROOT / "training" / "benchutil.py")
+    """bench/ is no package: the scripts import benchutil as a sibling; load it by path."""
+    spec = importlib.util.spec_from_file_location("benchutil", ROOT / "bench" / "benchutil.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -93,7 +93,7 @@ def test_a_killed_benchmark_runs_its_finally_blocks(tmp_path: Path) -> None:
     import sys
 
     done = tmp_path / "cleaned"
-    script = (f"import os, signal, sys, time; sys.path.insert(0, {str(ROOT / 'training')!r})\n"
+    script = (f"import os, signal, sys, time; sys.path.insert(0, {str(ROOT / 'bench')!r})\n"
               "import benchutil; benchutil.exit_on_sigterm()\n"
               "try:\n    print('ready', flush=True); time.sleep(30)\n"
               f"finally:\n    open({str(done)!r}, 'w').close()\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recsvc.errors import InvalidArgument
-from recsvc.serving import bounds
+from recsvc.transport import bounds
 from recsvc.v1 import recsvc_pb2 as pb
 
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from recsvc.app.breaker import Breaker
+from recsvc.app.dataplane import CHURN_SERVICE, Dataplane
 from recsvc.errors import FeatureStoreUnavailable
 from recsvc.metrics import ServiceMetrics
-from recsvc.serving.breaker import Breaker
-from recsvc.serving.dataplane import CHURN_SERVICE, Dataplane
 
 
 class Clock:

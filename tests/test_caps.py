@@ -20,15 +20,15 @@ from typing import Any
 
 import pytest
 
-from recsvc.config import NudgeCap, load_programme, parse_programme
-from recsvc.core.nudges import CapOutcome, Reservation
-from recsvc.errors import CapStoreUnavailable
-from recsvc.serving.caps import (
+from recsvc.adapters.caps import (
     RedisCapStore,
     SqliteCapStore,
     key_prefix,
     open_cap_store,
 )
+from recsvc.config import NudgeCap, load_programme, parse_programme
+from recsvc.core.nudges import CapOutcome, Reservation
+from recsvc.errors import CapStoreUnavailable
 from recsvc.settings import Settings
 
 P = load_programme()

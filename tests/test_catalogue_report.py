@@ -20,7 +20,7 @@ from recsvc import cli
 from recsvc.config import parse_programme
 from recsvc.core.catalogue import POPULAR_QUANTILE, PRICE_CUT
 from recsvc.data import schema
-from recsvc.data.simulate import run_simulation
+from recsvc.offline.simulate import run_simulation
 from recsvc.reports.catalogue import catalogue_report, markdown, plot, plotted_note
 
 # safety at a whole month of forecast, so that a slow mover running low is easy to plant

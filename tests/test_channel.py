@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from recsvc.serving import channel as callers
+from recsvc.transport import channel as callers
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
 
@@ -67,7 +67,7 @@ def test_a_balanced_channel_sends_nothing_to_a_draining_replica() -> None:
     health watches do not spin on the draining one."""
     from grpc_health.v1 import health_pb2_grpc
 
-    from recsvc.serving.server import Health, drain
+    from recsvc.transport.server import Health, drain
 
     watches = {"a": 0, "b": 0}
 

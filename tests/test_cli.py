@@ -1,7 +1,7 @@
 """The `recsvc` command a new user meets first: every command listed without importing the
 job modules, `recsvc client` light and its options checked before any call is made.
 
-How fast it starts is measured by training/bench_cli.py, never asserted here."""
+How fast it starts is measured by bench/bench_cli.py, never asserted here."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import importlib
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,21 @@ def test_the_command_table_is_what_the_modules_register() -> None:
     assert registered == cli.COMMANDS
 
 
+@pytest.mark.parametrize("script, command", [("train.py", "train"), ("retrain.py", "retrain")])
+def test_the_training_entry_points_run_the_recsvc_jobs(script: str, command: str) -> None:
+    """training/ holds the batch training entry points: each is its `recsvc` command, options
+    and all (an unknown option is refused as the command refuses it)."""
+    root = Path(__file__).resolve().parent.parent
+    ran = subprocess.run([sys.executable, str(root / "training" / script), "--help"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    usage = subprocess.run([sys.executable, "-m", "recsvc.cli", command, "--help"],
+                           capture_output=True, text=True, check=True, timeout=60).stdout
+    assert ran.stdout == usage and f"usage: recsvc {command}" in usage
+    refused = subprocess.run([sys.executable, str(root / "training" / script), "--no-such"],
+                             capture_output=True, text=True, check=False, timeout=60)
+    assert refused.returncode == 2 and "unrecognized arguments: --no-such" in refused.stderr
+
+
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["--help"])
@@ -60,7 +76,7 @@ def test_the_client_path_stays_light() -> None:
     script = textwrap.dedent(f"""
         import socket, sys
         from recsvc import cli
-        from recsvc.serving import client
+        from recsvc.transport import client
         cli.build_parser([]).format_help()
         parser = cli.build_parser(["client"])
         parser.parse_args(["client", "recommend", "1", "--limit", "5", "--category", "toys"])
@@ -74,7 +90,7 @@ def test_the_client_path_stays_light() -> None:
         loaded = sorted(m for m in {HEAVY!r} if m in sys.modules)
         assert not loaded, loaded
         jobs = sorted(m for m, _ in cli.COMMANDS.values() if m in sys.modules)
-        assert jobs == ["recsvc.serving.client"], jobs
+        assert jobs == ["recsvc.transport.client"], jobs
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=False)

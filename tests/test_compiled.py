@@ -14,7 +14,7 @@ import pytest
 lgb = pytest.importorskip("lightgbm")
 pytest.importorskip("lleaves")
 
-from recsvc.models.compiled import CompiledLeaves, CompiledModel, probe_rows  # noqa: E402
+from recsvc.adapters.compiled import CompiledLeaves, CompiledModel, probe_rows  # noqa: E402
 
 ROWS = 4000
 FEATURES = ["num_a", "num_b", "tier", "num_c", "category", "dense"]
@@ -148,7 +148,7 @@ def test_wrong_compiled_code_is_caught_by_the_self_check(model, tmp_path: Path, 
     code = wrong.cache_path.read_bytes()
     right.cache_path.write_bytes(code)
     Path(str(right.cache_path) + ".sha256").write_text(hashlib.sha256(code).hexdigest())
-    with caplog.at_level(logging.WARNING, logger="recsvc.models.compiled"):
+    with caplog.at_level(logging.WARNING, logger="recsvc.adapters.compiled"):
         served = CompiledModel(path, tmp_path / "cache", booster=booster)
     assert not served.compiled and "differ" in (served.fallback_reason or "")
     assert "falling back" in caplog.text
@@ -160,7 +160,7 @@ def test_falls_back_to_lightgbm_on_an_unreadable_model(model, tmp_path: Path, ca
     _, booster, X = model
     garbage = tmp_path / "garbage.txt"
     garbage.write_bytes(b"\x00\x01 not a LightGBM model \xff")
-    with caplog.at_level(logging.WARNING, logger="recsvc.models.compiled"):
+    with caplog.at_level(logging.WARNING, logger="recsvc.adapters.compiled"):
         served = CompiledModel(garbage, tmp_path / "cache", booster=booster)
     assert not served.compiled and served.fallback_reason
     assert "falling back to Booster.predict" in caplog.text
@@ -206,7 +206,7 @@ def test_compiled_leaves_fall_back_to_pred_leaf(model, tmp_path: Path, caplog) -
     _, booster, X = model
     garbage = tmp_path / "garbage.txt"
     garbage.write_text("tree\nversion=v4\nnot a model\n")
-    with caplog.at_level(logging.WARNING, logger="recsvc.models.compiled"):
+    with caplog.at_level(logging.WARNING, logger="recsvc.adapters.compiled"):
         leaves = CompiledLeaves(garbage, booster, tmp_path / "cache")
     assert not leaves.compiled and "using pred_leaf" in caplog.text
     assert np.array_equal(leaves.predict_leaf(X), booster.predict(X, pred_leaf=True))
@@ -216,7 +216,7 @@ def test_compiling_in_a_child_fills_the_cache_the_process_then_loads(model,
                                                                     tmp_path: Path) -> None:
     """A serving worker compiles a new model in a child process (its own GIL and a lower
     priority); it then finds the code and the leaves in the cache and compiles nothing."""
-    from recsvc.models.compiled import cached, compile_in_child
+    from recsvc.adapters.compiled import cached, compile_in_child
 
     path, booster, X = model
     cache = tmp_path / "cache"
@@ -242,7 +242,7 @@ def test_one_compile_a_machine_the_others_wait_and_find_it_cached(model, tmp_pat
     import subprocess
     import threading
 
-    from recsvc.models import compiled
+    from recsvc.adapters import compiled
 
     path, booster, _ = model
     cache = tmp_path / "cache"

@@ -155,7 +155,7 @@ def test_the_healthcheck_asks_the_grpc_health_service(health_server: tuple[int, 
     """The HEALTHCHECK's own command, run against a health server: 0 only when SERVING."""
     from grpc_health.v1 import health_pb2
 
-    from recsvc.serving.server import SERVICE_NAME
+    from recsvc.transport.server import SERVICE_NAME
 
     port, servicer = health_server
     checks = [a for w, a in _instructions() if w == "HEALTHCHECK"]
@@ -269,7 +269,7 @@ def test_strict_validation_rejects_unknown_fields_and_wrong_types(
 
 def test_the_probes_ask_the_grpc_health_service_on_the_grpc_port(
         docs: dict[tuple[str, str], dict[str, Any]]) -> None:
-    from recsvc.serving.server import SERVICE_NAME
+    from recsvc.transport.server import SERVICE_NAME
 
     container = _container(docs)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -358,7 +358,7 @@ def test_every_setting_is_a_real_one_and_every_reference_resolves(
         assert settings.grpc_address.endswith(f":{GRPC_PORT}")
         assert (settings.metrics_address, settings.metrics_port) == ("0.0.0.0", METRICS_PORT)
         assert settings.redis_url is not None
-        from recsvc.features.store import redis_connection_string
+        from recsvc.adapters.feast import redis_connection_string
 
         assert redis_connection_string(settings.redis_url).startswith("redis:6379,db=0,"), name
         assert 'password="p@ss"' in redis_connection_string(settings.redis_url)
@@ -425,7 +425,7 @@ def _recsvc(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_commands_are_real_recsvc_commands(
         docs: dict[tuple[str, str], dict[str, Any]]) -> None:
-    from recsvc.models.jobs import EXIT_BUSY, EXIT_REFUSED
+    from recsvc.jobs.models import EXIT_BUSY, EXIT_REFUSED
 
     commands = {"Deployment": _container(docs)}
     commands |= {c["metadata"]["name"]: c["spec"]["jobTemplate"]["spec"]["template"]["spec"][

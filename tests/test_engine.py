@@ -11,12 +11,12 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from recsvc.adapters import feast as store
+from recsvc.adapters.feast import FILL_MARK_KEY, delete_project_keys
 from recsvc.config import load_programme
 from recsvc.engine import LOCAL, LOCAL_CLUSTER_QUIET, Engine, id_ranges, open_engine
 from recsvc.errors import ConfigError, DataMissing
-from recsvc.features import store
-from recsvc.features.jobs import run_features
-from recsvc.features.store import FILL_MARK_KEY, delete_project_keys
+from recsvc.jobs.features import run_features
 from recsvc.settings import Settings
 
 P = load_programme()
@@ -168,7 +168,7 @@ def test_batch_scores_on_dask_equal_the_local_engines(trained: Any, tmp_path: Pa
                                                       dask_engine: Engine) -> None:
     import numpy as np
 
-    from recsvc.models.scoring import SCORES_VIEW, score_batch
+    from recsvc.offline.batch_scoring import SCORES_VIEW, score_batch
 
     def scores(engine: Engine, name: str) -> tuple[Any, Any, list[str]]:
         lines: list[str] = []
@@ -195,7 +195,7 @@ def test_fraud_flags_on_dask_equal_the_local_engines(trained: Any, tmp_path: Pat
                                                      dask_engine: Engine,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # one range and one block of the forest's scoring locally; several of each on Dask
-    from recsvc.models import fraud
+    from recsvc.offline import fraud
 
     local = fraud.run_fraud_flags(trained.settings, trained.programme, out=tmp_path / "l.csv",
                                   say=lambda _: None)
@@ -217,10 +217,10 @@ def test_nudges_on_dask_equal_the_local_engines_with_caps_counted_across_workers
         monkeypatch: pytest.MonkeyPatch) -> None:
     import redis
 
-    from recsvc.models.jobs import open_context
-    from recsvc.models.scoring import features_as_of
-    from recsvc.serving import nudges_job
-    from recsvc.serving.caps import RedisCapStore
+    from recsvc.adapters.caps import RedisCapStore
+    from recsvc.adapters.context import open_context
+    from recsvc.jobs import nudges as nudges_job
+    from recsvc.offline.batch_scoring import features_as_of
 
     monkeypatch.setattr(nudges_job, "PART_MEMBERS", 100)  # three ranges of the 300 members
     as_of = features_as_of(small_tables)
@@ -256,9 +256,10 @@ def test_nudges_on_dask_equal_the_local_engines_with_caps_counted_across_workers
 def test_nudges_on_dask_with_a_model_and_sqlite_caps(trained: Any, small_tables: Path,
                                                      tmp_path: Path,
                                                      dask_engine: Engine) -> None:
-    from recsvc.models.jobs import open_context
-    from recsvc.models.scoring import features_as_of
-    from recsvc.serving import caps, nudges_job
+    from recsvc.adapters import caps
+    from recsvc.adapters.context import open_context
+    from recsvc.jobs import nudges as nudges_job
+    from recsvc.offline.batch_scoring import features_as_of
 
     # a dry run (the caps read, nothing counted) ranks with the propensity model on the workers
     as_of = features_as_of(Path(trained.settings.data_dir))
@@ -290,7 +291,7 @@ def test_feature_snapshots_by_ranges_equal_one_pass_over_every_member(small_tabl
     # written by ranges of members: on the local engine with small ranges, and on Dask
     import pyarrow.dataset as ds
 
-    from recsvc.features import compute
+    from recsvc.offline import compute
 
     def in_order(table: Any, view: str) -> Any:
         return table.sort_by([(compute.ENTITY_KEY[view], "ascending"),
@@ -329,8 +330,8 @@ def test_feature_snapshots_by_ranges_equal_one_pass_over_every_member(small_tabl
 @pytest.mark.slow
 def test_a_model_trained_on_dask_is_as_good_as_the_local_one(trained: Any,
                                                             dask_engine: Engine) -> None:
-    from recsvc.models.jobs import _fingerprint
-    from recsvc.models.training import TrainOptions, train_model
+    from recsvc.jobs.models import _fingerprint
+    from recsvc.offline.training import TrainOptions, train_model
 
     def test_auc(engine: Engine) -> tuple[float, Any]:
         result = train_model("churn", Path(trained.settings.data_dir), trained.programme,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsvc.models import evaluation as ev
+from recsvc.offline import evaluation as ev
 
 
 @pytest.fixture

@@ -15,10 +15,11 @@ import pytest
 
 from conftest import TINY_AS_OF, at
 from recsvc import cli
+from recsvc.adapters import feast as store
 from recsvc.config import load_programme
 from recsvc.errors import ConfigError, DataMissing, FeatureStoreUnavailable
-from recsvc.features import compute, store
-from recsvc.features.jobs import run_features
+from recsvc.jobs.features import run_features
+from recsvc.offline import compute
 from recsvc.settings import Settings
 
 P = load_programme()
@@ -73,7 +74,7 @@ def test_snapshots_have_the_columns_and_types_the_feast_views_declare(tmp_path: 
 def test_the_model_inputs_read_every_column_of_their_views_in_order() -> None:
     """The three lists of a view's features (the feature job's schema, the Feast definitions,
     above, and the model inputs' names) cannot drift: a column added to one is missed here."""
-    from recsvc.models import inputs
+    from recsvc.ml import inputs
 
     for view, names in (("member_activity", inputs.MEMBER_ACTIVITY),
                         ("member_points", inputs.MEMBER_POINTS),
@@ -115,7 +116,7 @@ def test_member_activity_windows_recency_tier_and_nulls(tiny_features: dict) -> 
 
 
 def test_gap_spread_matches_numpy_on_simulated_orders(tmp_path: Path) -> None:
-    from recsvc.data.simulate import run_simulation
+    from recsvc.offline.simulate import run_simulation
 
     run_simulation(tmp_path, members=300, days=300, seed=5, programme=P, show_progress=False)
     tables = compute.read_inputs(tmp_path)
@@ -228,7 +229,7 @@ def test_an_earlier_as_of_sees_only_what_was_known_then(tiny_tables_dir: Path,
 
 
 def test_expiring_points_match_a_naive_replay_on_simulated_data(tmp_path: Path) -> None:
-    from recsvc.data.simulate import run_simulation
+    from recsvc.offline.simulate import run_simulation
 
     run_simulation(tmp_path, members=150, days=200, seed=3, programme=P, show_progress=False)
     tables = compute.read_inputs(tmp_path)

@@ -18,14 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import test_simulate as simulator_checks  # the simulator's own invariants, run on abusers here
 from recsvc import cli
+from recsvc.adapters import feast as store
+from recsvc.adapters.online import OnlineReader
 from recsvc.cliargs import end_of_day
 from recsvc.config import load_programme
 from recsvc.core import fraud
 from recsvc.data import schema
-from recsvc.data.simulate import ABUSER_KINDS, run_simulation
-from recsvc.features import store
-from recsvc.features.online import OnlineReader
-from recsvc.models import fraud as job
+from recsvc.offline import fraud as job
+from recsvc.offline.simulate import ABUSER_KINDS, run_simulation
 from recsvc.settings import Settings
 
 P = load_programme()

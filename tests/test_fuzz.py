@@ -14,12 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from fuzzing import Fuzzer, reflected_methods
+from recsvc.adapters.model_holder import ModelHolder
+from recsvc.app.dataplane import FeastSource
 from recsvc.metrics import ServiceMetrics
-from recsvc.models.scoring import ChurnScorer
-from recsvc.serving.dataplane import FeastSource
-from recsvc.serving.models import ModelHolder
-from recsvc.serving.server import SERVICE_NAME, create_server, mark_serving
-from recsvc.serving.servicer import RedemptionServicer
+from recsvc.ml.scoring import ChurnScorer
+from recsvc.transport.server import SERVICE_NAME, create_server, mark_serving
+from recsvc.transport.servicer import RedemptionServicer
 from test_serving import _items, _plane, _sample
 
 CALLS = int(os.environ.get("RECSVC_FUZZ_CALLS", "3000"))

@@ -17,18 +17,19 @@ from google.protobuf.json_format import ParseDict
 from prometheus_client import CollectorRegistry
 
 import golden
+from recsvc.adapters import feast as fstore
+from recsvc.adapters.caps import SqliteCapStore
+from recsvc.adapters.model_holder import ModelHolder
+from recsvc.adapters.online import OnlineReader
+from recsvc.app.dataplane import Catalogue, Dataplane
 from recsvc.data import schema
-from recsvc.features import store as fstore
-from recsvc.features.jobs import run_features
-from recsvc.features.online import OnlineReader
+from recsvc.jobs.features import run_features
 from recsvc.metrics import ServiceMetrics
-from recsvc.models.scoring import ChurnScorer, PropensityScorer, features_as_of
-from recsvc.serving.caps import SqliteCapStore
-from recsvc.serving.dataplane import Catalogue, Dataplane
-from recsvc.serving.models import ModelHolder
-from recsvc.serving.server import create_server, mark_serving
-from recsvc.serving.servicer import RedemptionServicer
+from recsvc.ml.scoring import ChurnScorer, PropensityScorer
+from recsvc.offline.batch_scoring import features_as_of
 from recsvc.settings import Settings
+from recsvc.transport.server import create_server, mark_serving
+from recsvc.transport.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
 
@@ -41,7 +42,7 @@ def flagged(trained: Any) -> Any:
     """The trained programme with the fraud job's flags online (as another test leaves it,
     whichever runs first: the job gives the same flags every time), so verification is in
     the answers too."""
-    from recsvc.models.fraud import run_fraud_flags
+    from recsvc.offline.fraud import run_fraud_flags
 
     run_fraud_flags(trained.settings, trained.programme, say=lambda _: None)
     return trained
@@ -132,7 +133,7 @@ def test_sqlite_answers_match_the_golden_answers(flagged: Any, tmp_path: Path) -
 @pytest.mark.redis
 def test_redis_answers_match_the_golden_answers(flagged: Any, tmp_path: Path, redis_url: str,
                                                redis_project: str) -> None:
-    from recsvc.models.fraud import run_fraud_flags
+    from recsvc.offline.fraud import run_fraud_flags
 
     trained = flagged
     settings = Settings(data_dir=trained.settings.data_dir, feast_project=redis_project,

@@ -15,8 +15,8 @@ from recsvc import cli
 from recsvc.config import Programme, parse_programme
 from recsvc.core import ledger
 from recsvc.data import schema
-from recsvc.data.importer import import_transactions
 from recsvc.errors import ImportFailed
+from recsvc.offline.importer import import_transactions
 
 HEADER = "customer_id,timestamp,amount,quantity,category"
 

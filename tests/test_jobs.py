@@ -8,8 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsvc import cli
+from recsvc.jobs.models import EXIT_BUSY, JobBusy, job_lock
 from recsvc.metrics import read_last_success, recorded_job, write_job_metrics
-from recsvc.models.jobs import EXIT_BUSY, JobBusy, job_lock
 
 
 def _samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

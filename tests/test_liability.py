@@ -27,10 +27,10 @@ from recsvc.settings import Settings
 MEMBERS, DAYS, SEED = 1500, 760, 3
 
 # Training the churn model as of 2026-01-01 on this population meets a NaN in the BG/NBD's
-# conditional expectation (hyp2f1 near its singularity, recsvc.models.btyd): a warning of that
+# conditional expectation (hyp2f1 near its singularity, recsvc.ml.btyd): a warning of that
 # module, not of the liability report, which only consumes the calibrated churn probability.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:invalid value encountered in multiply:RuntimeWarning:recsvc.models.btyd")
+    "ignore:invalid value encountered in multiply:RuntimeWarning:recsvc.ml.btyd")
 AS_OF = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 # Errors of the 12-month totals, (forecast - actual) / actual, measured on this set-up (1,500
@@ -50,8 +50,8 @@ BOUND_EXPIRED = 0.15
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Any]:
-    from recsvc.data.simulate import run_simulation
-    from recsvc.features.jobs import run_features
+    from recsvc.jobs.features import run_features
+    from recsvc.offline.simulate import run_simulation
 
     data = tmp_path_factory.mktemp("liability") / "data"
     settings = Settings(data_dir=data, feast_project=f"liab_{uuid.uuid4().hex[:8]}",

@@ -11,16 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsvc.adapters import feast as fstore
+from recsvc.adapters.context import Context
+from recsvc.adapters.registry import Gate
 from recsvc.config import load_programme
 from recsvc.core import index as idx
 from recsvc.data import schema
 from recsvc.errors import PromotionRefused
-from recsvc.features import store as fstore
-from recsvc.models import inputs, runtime
-from recsvc.models.jobs import Context
-from recsvc.models.registry import Gate
-from recsvc.models.scoring import ChurnScorer, score_batch
-from recsvc.models.training import (
+from recsvc.ml import inputs, runtime
+from recsvc.ml.scoring import ChurnScorer
+from recsvc.offline.batch_scoring import score_batch
+from recsvc.offline.training import (
     EARLY_STOPPING,
     MAX_ROUNDS,
     EarlyStop,
@@ -266,10 +267,11 @@ def test_platt_calibration_is_monotone() -> None:
 
 def test_propensity_from_online_features_matches_the_offline_store(trained: Context) -> None:
     """Serving reads the online store, training the offline one: the same pairs score alike."""
+    from recsvc.adapters.online import OnlineReader
     from recsvc.data import schema
-    from recsvc.features.online import OnlineReader
-    from recsvc.models.inputs import with_features
-    from recsvc.models.scoring import PropensityScorer, features_as_of
+    from recsvc.ml.inputs import with_features
+    from recsvc.ml.scoring import PropensityScorer
+    from recsvc.offline.batch_scoring import features_as_of
 
     data_dir = Path(trained.settings.data_dir)
     as_of = features_as_of(data_dir)

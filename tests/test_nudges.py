@@ -22,20 +22,20 @@ from prometheus_client import CollectorRegistry
 
 from conftest import bad_request_field
 from recsvc import cli
+from recsvc.adapters import feast as fstore
+from recsvc.adapters.caps import CapStore, RedisCapStore, SqliteCapStore
+from recsvc.adapters.model_holder import ModelHolder
+from recsvc.adapters.online import OnlineReader
+from recsvc.adapters.registry import Registry
+from recsvc.app.dataplane import Catalogue, Dataplane, NudgeRequest
 from recsvc.config import Programme, load_programme, parse_programme
 from recsvc.errors import CapStoreUnavailable
-from recsvc.features import store as fstore
-from recsvc.features.jobs import run_features
-from recsvc.features.online import OnlineReader
+from recsvc.jobs.features import run_features
 from recsvc.metrics import ServiceMetrics
-from recsvc.models.registry import Registry
-from recsvc.models.scoring import ChurnScorer
-from recsvc.serving.caps import CapStore, RedisCapStore, SqliteCapStore
-from recsvc.serving.dataplane import Catalogue, Dataplane, NudgeRequest
-from recsvc.serving.models import ModelHolder
-from recsvc.serving.server import create_server, mark_serving
-from recsvc.serving.servicer import RedemptionServicer
+from recsvc.ml.scoring import ChurnScorer
 from recsvc.settings import Settings
+from recsvc.transport.server import create_server, mark_serving
+from recsvc.transport.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
 
@@ -378,7 +378,7 @@ def test_a_cap_store_that_failed_is_paused_not_asked_by_every_call(
         tiny: Settings, online: Any) -> None:
     """After one failure the cap store is paused (its breaker): the next calls withhold
     their nudges at once, degraded, without waiting on it; then one call probes it again."""
-    from recsvc.serving.breaker import Breaker
+    from recsvc.app.breaker import Breaker
 
     caps = DownCaps()
     dataplane, registry = plane(tiny, online, caps, Clock(JAN_30))
@@ -439,7 +439,8 @@ def test_replicas_asking_for_the_same_member_at_once_never_exceed_a_cap(
 
 def test_options_are_ranked_with_the_propensity_model_as_recommendations_are(
         trained: Any, tmp_path: Path) -> None:
-    from recsvc.models.scoring import PropensityScorer, features_as_of
+    from recsvc.ml.scoring import PropensityScorer
+    from recsvc.offline.batch_scoring import features_as_of
 
     now = features_as_of(trained.settings.data_dir)
     metrics = ServiceMetrics(CollectorRegistry())

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 from conftest import on_cluster
+from recsvc.adapters import feast as store
+from recsvc.adapters import online
+from recsvc.adapters.online import OnlineReader
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.errors import ConfigError, DataMissing, FeatureStoreUnavailable, InvalidArgument
-from recsvc.features import online, store
-from recsvc.features.jobs import run_features
-from recsvc.features.online import OnlineReader
+from recsvc.jobs.features import run_features
 from recsvc.settings import Settings
 
 P = load_programme()
@@ -469,7 +470,7 @@ def test_a_cached_read_is_its_held_rows_until_they_change(sqlite_store: Any) -> 
     """A read answered from the cache carries the held rows themselves, so the dataplane tells
     an unchanged member by identity (its `snapshot`) without building columns; the columns it
     builds on demand are copies; a commit gives a read with another snapshot."""
-    from recsvc.serving.dataplane import snapshot
+    from recsvc.app.dataplane import snapshot
 
     reader = OnlineReader.from_store(sqlite_store)
     ids = [WRITTEN_MEMBER]

@@ -15,7 +15,7 @@ from btyd_checks import (
     assert_recovers,
     assert_round_trips_through_json,
 )
-from recsvc.models.pareto_nbd import ParetoNbd, _log_power_integral, simulate
+from recsvc.ml.pareto_nbd import ParetoNbd, _log_power_integral, simulate
 
 # Fader, Hardie & Lee (2005), "Counting your customers the easy way", table 1, weeks:
 # (r, α, s, β) = (0.553, 10.578, 0.606, 11.669); these are the same to one more digit

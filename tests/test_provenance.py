@@ -13,10 +13,10 @@ import pytest
 from recsvc import cli
 from recsvc.config import load_programme
 from recsvc.data import provenance, schema
-from recsvc.data.importer import import_transactions
 from recsvc.data.provenance import PopulationMismatch, Size, check_population
-from recsvc.data.simulate import run_simulation
-from recsvc.features.jobs import MEMBERS_ENV, run_features
+from recsvc.jobs.features import MEMBERS_ENV, run_features
+from recsvc.offline.importer import import_transactions
+from recsvc.offline.simulate import run_simulation
 from recsvc.settings import Settings
 
 P = load_programme()

@@ -11,8 +11,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from recsvc import cli
-from recsvc.data.btyd_log import LOGS, btyd_log, churn_truth, true_churn
-from recsvc.models import runtime
+from recsvc.ml import runtime
+from recsvc.offline.btyd_log import LOGS, btyd_log, churn_truth, true_churn
 
 CUTOFF_DAY = "1997-09-30"
 CUTOFF = dt.datetime(1997, 10, 1)

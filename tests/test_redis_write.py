@@ -1,4 +1,4 @@
-"""The numpy writer of Redis materialisation (recsvc.features.redis_write): the bytes Feast
+"""The numpy writer of Redis materialisation (recsvc.adapters.redis_write): the bytes Feast
 writes, the rule that an older row never replaces a newer one, and a real Redis Cluster."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from recsvc.adapters import feast as store
+from recsvc.adapters import redis_write as rw
+from recsvc.adapters.feast import FILL_MARK_KEY, delete_project_keys
 from recsvc.config import load_programme
-from recsvc.features import redis_write as rw
-from recsvc.features import store
-from recsvc.features.jobs import run_features
-from recsvc.features.store import FILL_MARK_KEY, delete_project_keys
+from recsvc.jobs.features import run_features
 from recsvc.settings import Settings
 
 P = load_programme()
@@ -239,6 +239,6 @@ def test_an_older_row_never_replaces_a_newer_one(small_tables: Path, redis_url: 
 
 
 def store_specs(fs: Any) -> dict[str, Any]:
-    from recsvc.features.online import registry_specs
+    from recsvc.adapters.online import registry_specs
 
     return registry_specs(fs)[0]

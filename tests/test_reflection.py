@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from grpc_status import rpc_status
 
-from recsvc.serving.server import (
+from recsvc.transport.server import (
     REFLECTION_SERVICES,
     SERVICE_NAME,
 )

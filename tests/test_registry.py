@@ -15,9 +15,9 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from recsvc.adapters import registry as reg
+from recsvc.adapters.registry import Gate, Registry
 from recsvc.errors import ArtefactInvalid, PromotionRefused
-from recsvc.models import registry as reg
-from recsvc.models.registry import Gate, Registry
 
 FEATURES = ["recency_days", "orders_90d", "balance", "value_coefficient"]
 SERVICE = {"churn_v1": {"recency_days", "orders_90d", "balance", "tenure_days"}}
@@ -469,7 +469,7 @@ def test_concurrent_registers_and_promotes_do_not_corrupt_state(
 
 _INCREMENT = """
 import sys
-from recsvc.models.registry import FileStore
+from recsvc.adapters.registry import FileStore
 
 store = FileStore(sys.argv[1])
 print("ready", flush=True)
@@ -506,7 +506,7 @@ def test_the_lock_excludes_other_processes(tmp_path: Path) -> None:
 _PROMOTE_AND_ROLL_BACK = """
 import sys
 from recsvc.errors import PromotionRefused
-from recsvc.models.registry import Registry
+from recsvc.adapters.registry import Registry
 
 registry = Registry(sys.argv[1])
 versions = sys.argv[3].split(",")

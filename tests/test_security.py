@@ -21,15 +21,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from recsvc.app.dataplane import Dataplane
 from recsvc.errors import ConfigError, FeatureStoreUnavailable
 from recsvc.metrics import ServiceMetrics
-from recsvc.serving import channel as callers
-from recsvc.serving import client as serving_client
-from recsvc.serving import security
-from recsvc.serving.dataplane import Dataplane
-from recsvc.serving.server import create_server, mark_serving
-from recsvc.serving.servicer import RedemptionServicer
 from recsvc.settings import Settings
+from recsvc.transport import channel as callers
+from recsvc.transport import client as serving_client
+from recsvc.transport import security
+from recsvc.transport.server import create_server, mark_serving
+from recsvc.transport.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
 

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import on_cluster
 from recsvc.data import schema
-from recsvc.features.jobs import run_features
+from recsvc.jobs.features import run_features
 from recsvc.settings import Settings
 
 RECSVC = [sys.executable, "-m", "recsvc.cli"]
@@ -377,15 +377,15 @@ def test_a_redis_that_stops_answering_mid_run_degrades_answers_and_they_recover(
         assert proc.wait(timeout=30) == 0
 
 
-# what the serving process must never load: training, plotting, the offline store, reports
-# (LightGBM itself imports scikit-learn's base classes and metrics; its estimators are out)
+# what the serving process must never load: training, plotting, the offline store, and recsvc's
+# offline computation, batch jobs and reports (their folders say which they are); LightGBM
+# itself imports scikit-learn's base classes and metrics, its estimators are out
 OFFLINE_MODULES = ("matplotlib", "duckdb", "ibis", "sklearn.linear_model", "sklearn.ensemble",
-                   "sklearn.pipeline", "sklearn.impute", "recsvc.models.training",
-                   "recsvc.models.evaluation", "recsvc.features.compute", "recsvc.reports",
-                   "recsvc.data.simulate", "recsvc.data.importer")
+                   "sklearn.pipeline", "sklearn.impute", "recsvc.offline.", "recsvc.jobs.",
+                   "recsvc.reports.")
 _LOADED_WHEN_SERVING = """
 import asyncio, json, os, sys
-from recsvc.serving.main import serve_worker
+from recsvc.transport.main import serve_worker
 
 def announce(info):
     banned = tuple(sys.argv[1:])

@@ -16,16 +16,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from conftest import bad_request_field
+from recsvc.adapters import feast as fstore
+from recsvc.adapters.model_holder import ModelHolder, Served
+from recsvc.app.dataplane import Catalogue, Dataplane, FeastSource
 from recsvc.errors import FeatureStoreUnavailable
-from recsvc.features import store as fstore
 from recsvc.metrics import ServiceMetrics
-from recsvc.models import inputs
-from recsvc.models.scoring import ChurnScorer, features_as_of
-from recsvc.serving import converters
-from recsvc.serving.dataplane import Catalogue, Dataplane, FeastSource
-from recsvc.serving.models import ModelHolder, Served
-from recsvc.serving.server import create_server, drain, mark_serving
-from recsvc.serving.servicer import RedemptionServicer
+from recsvc.ml import inputs
+from recsvc.ml.scoring import ChurnScorer
+from recsvc.offline.batch_scoring import features_as_of
+from recsvc.transport import converters
+from recsvc.transport.server import create_server, drain, mark_serving
+from recsvc.transport.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
 
@@ -76,7 +77,7 @@ def _plane(ctx: Any, source: Any, churn: ModelHolder, metrics: ServiceMetrics,
     """The dataplane with hints: the catalogue loaded through the real store first (as the
     service does at start), so a store that goes down later still leaves item data."""
     from recsvc.data import schema
-    from recsvc.models.scoring import PropensityScorer
+    from recsvc.ml.scoring import PropensityScorer
 
     propensity = ModelHolder("propensity", ctx.registry,
                              lambda loaded: PropensityScorer(loaded, ctx.programme),
@@ -708,7 +709,7 @@ def test_a_hung_store_read_holds_up_only_its_own_call(trained: Any) -> None:
 
 
 def test_late_ticks_are_overload_only_with_calls_queued_behind() -> None:
-    from recsvc.serving.servicer import LoadShedder
+    from recsvc.transport.servicer import LoadShedder
 
     async def lateness(queued: int) -> bool:
         shedder = LoadShedder(max_lag_s=0.04, interval_s=0.005, waiting=lambda: queued)
@@ -749,7 +750,7 @@ def test_late_ticks_are_overload_only_with_calls_queued_behind() -> None:
 
 
 def test_one_late_tick_is_not_overload_but_sustained_lateness_is() -> None:
-    from recsvc.serving.servicer import LoadShedder
+    from recsvc.transport.servicer import LoadShedder
 
     async def main() -> None:
         shedder = LoadShedder(max_lag_s=0.04, interval_s=0.005)
@@ -777,7 +778,7 @@ def test_a_flagged_members_answers_ask_for_verification(trained: Any) -> None:
     member's points; nothing is refused, and an unflagged member's answers are unmarked."""
     import pyarrow.parquet as pq
 
-    from recsvc.models.fraud import run_fraud_flags
+    from recsvc.offline.fraud import run_fraud_flags
 
     run = run_fraud_flags(trained.settings, trained.programme, say=lambda _: None)
     table = pq.read_table(run.offline)

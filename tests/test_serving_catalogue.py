@@ -19,12 +19,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from conftest import bad_request_field
+from recsvc.adapters.model_holder import Served
+from recsvc.app.dataplane import Catalogue, Dataplane
 from recsvc.config import load_programme
 from recsvc.metrics import ServiceMetrics
-from recsvc.serving.dataplane import Catalogue, Dataplane
-from recsvc.serving.models import Served
-from recsvc.serving.server import create_server, mark_serving
-from recsvc.serving.servicer import RedemptionServicer
+from recsvc.transport.server import create_server, mark_serving
+from recsvc.transport.servicer import RedemptionServicer
 from recsvc.v1 import recsvc_pb2 as pb
 from recsvc.v1 import recsvc_pb2_grpc
 
@@ -234,7 +234,7 @@ def test_a_store_that_lost_its_rows_does_not_take_the_catalogue_with_it(caplog) 
 def test_a_full_collection_freezes_what_survived_it_and_a_sweep_unfreezes_all() -> None:
     import gc
 
-    from recsvc.serving import main
+    from recsvc.transport import main
 
     before = list(gc.callbacks)
     try:
@@ -266,7 +266,7 @@ def test_a_refresh_that_meets_the_store_away_warns_in_one_line_and_tries_again(
     import logging
 
     from recsvc.errors import FeatureStoreUnavailable
-    from recsvc.serving.server import refresh_models
+    from recsvc.transport.server import refresh_models
 
     class Away:
         calls = 0
@@ -285,7 +285,7 @@ def test_a_refresh_that_meets_the_store_away_warns_in_one_line_and_tries_again(
             await asyncio.sleep(0.01)
         task.cancel()
 
-    with caplog.at_level(logging.WARNING, logger="recsvc.serving.server"):
+    with caplog.at_level(logging.WARNING, logger="recsvc.transport.server"):
         asyncio.run(main())
     [record] = [r for r in caplog.records if "catalogue" in r.getMessage()]
     assert record.levelno == logging.WARNING and record.exc_info is None

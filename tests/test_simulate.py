@@ -14,8 +14,9 @@ import pytest
 from recsvc.config import load_programme
 from recsvc.core import index as idx
 from recsvc.core import ledger, redemption
-from recsvc.data import schema, simulate
-from recsvc.data.simulate import CATEGORIES, run_simulation
+from recsvc.data import schema
+from recsvc.offline import simulate
+from recsvc.offline.simulate import CATEGORIES, run_simulation
 
 P = load_programme()
 

@@ -21,30 +21,32 @@ from recsvc.errors import RecsvcError
 # help). The help is the module's own, repeated so that `recsvc --help` imports no module;
 # tests/test_cli.py checks the table against what the modules register.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("recsvc.data.simulate", "simulate a loyalty programme (members, catalogue, "
+    "simulate": ("recsvc.jobs.simulate", "simulate a loyalty programme (members, catalogue, "
                                          "orders, ledger, exposures)"),
-    "import-transactions": ("recsvc.data.importer", "import a real transaction log (CSV) as "
-                                                    "members, orders and points ledger"),
-    "features": ("recsvc.features.jobs", "compute feature snapshots, register them with Feast "
+    "import-transactions": ("recsvc.jobs.import_transactions", "import a real transaction log "
+                                                               "(CSV) as members, orders and "
+                                                               "points ledger"),
+    "features": ("recsvc.jobs.features", "compute feature snapshots, register them with Feast "
                                          "and fill the online store"),
-    "train": ("recsvc.models.jobs", "train, evaluate and (if the gates pass) promote the "
+    "train": ("recsvc.jobs.models", "train, evaluate and (if the gates pass) promote the "
                                     "models"),
-    "models": ("recsvc.models.jobs", "list, promote or roll back model versions"),
-    "retrain": ("recsvc.models.jobs", "the scheduled job: features -> train -> evaluate -> "
+    "models": ("recsvc.jobs.models", "list, promote or roll back model versions"),
+    "retrain": ("recsvc.jobs.models", "the scheduled job: features -> train -> evaluate -> "
                                       "gate -> promote"),
-    "score-batch": ("recsvc.models.jobs", "churn probability, band, segment and action for "
+    "score-batch": ("recsvc.jobs.models", "churn probability, band, segment and action for "
                                           "every member"),
-    "fraud-flags": ("recsvc.models.fraud", "points-fraud flags per member (rules + isolation "
-                                           "forest), published"),
-    "serve": ("recsvc.serving.main", "run the gRPC service"),
-    "client": ("recsvc.serving.client", "call the service from a terminal"),
-    "nudges": ("recsvc.serving.nudges_job", "every member's due nudges (expiry, low balance, "
-                                            "unlocks) as of a date"),
-    "catalogue-report": ("recsvc.reports.catalogue", "stock, forecast, turnover and inventory "
-                                                     "flags per item (Markdown, CSV, plot)"),
-    "liability-report": ("recsvc.reports.liability", "forecast the points liability (redeemed, "
-                                                     "expired, outstanding per month) with a "
-                                                     "backtest"),
+    "fraud-flags": ("recsvc.jobs.fraud_flags", "points-fraud flags per member (rules + "
+                                               "isolation forest), published"),
+    "serve": ("recsvc.transport.main", "run the gRPC service"),
+    "client": ("recsvc.transport.client", "call the service from a terminal"),
+    "nudges": ("recsvc.jobs.nudges", "every member's due nudges (expiry, low balance, "
+                                     "unlocks) as of a date"),
+    "catalogue-report": ("recsvc.jobs.catalogue_report", "stock, forecast, turnover and "
+                                                         "inventory flags per item (Markdown, "
+                                                         "CSV, plot)"),
+    "liability-report": ("recsvc.jobs.liability_report", "forecast the points liability "
+                                                         "(redeemed, expired, outstanding per "
+                                                         "month) with a backtest"),
 }
 
 

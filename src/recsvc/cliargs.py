@@ -33,6 +33,22 @@ def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 positive_int = int_in(1)
 
 
+def number_in(low: float, high: float, *, inclusive: bool = True) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high], or in (low, high) when not `inclusive`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (low <= value <= high if inclusive else low < value < high):
+            bound = f"between {low:g} and {high:g}" + ("" if inclusive else " (exclusive)")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
 def end_of_day(day: dt.date) -> dt.datetime:
     """The instant a date's data ends: the next UTC midnight (the as-of instant of `day`)."""
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)

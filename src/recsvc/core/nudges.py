@@ -24,7 +24,7 @@ every "item" cap on that channel, per item. `decide` is the one definition of wh
 store does with the counts it holds: a nudge is granted only when each of its kind's caps has
 room, and then all of them count it; an item whose cap is full is dropped from the nudge's
 options (the nudge stays); the nudges of one call are decided in order, each seeing what the
-earlier ones took. The stores (recsvc.serving.caps) apply it atomically.
+earlier ones took. The stores (recsvc.adapters.caps) apply it atomically.
 """
 
 from __future__ import annotations

@@ -1,1 +1,4 @@
-"""The canonical loyalty data model and the two ways to fill it (simulator, import)."""
+"""The canonical loyalty data model: the tables' Arrow schemas and their reading and writing
+(`schema`), their columns as numpy arrays (`columns`), and what a table set was made from
+(`provenance`). The simulator and the importer that fill them are in `recsvc.offline`.
+"""

@@ -7,7 +7,6 @@ arrays and writes the files; every figure and flag comes from `recsvc.core.catal
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as dt
 import math
@@ -20,13 +19,12 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from recsvc.cliargs import date_arg, end_of_day, positive_int
-from recsvc.config import Programme, load_programme
+from recsvc.cliargs import end_of_day
+from recsvc.config import Programme
 from recsvc.core import catalogue as core
 from recsvc.core.ledger import DAY_US, instant
 from recsvc.data import schema
 from recsvc.data.columns import as_i64, as_us
-from recsvc.settings import load_settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,7 +61,7 @@ def load_history(data_dir: Path, programme: Programme, as_of: dt.datetime | None
     """Read the tables as of `as_of` (a UTC midnight; default: the end of the day of the latest
     event, as `recsvc features` does): items listed before it, their stock at it, and their
     views and redemptions in the 30-day months before it."""
-    from recsvc.features import compute  # the as-of rule the feature jobs use
+    from recsvc.offline import compute  # the as-of rule the feature jobs use
 
     tables = {name: schema.read_table(data_dir, name, ["member_id", "item_id", "ts"])
               for name in ("exposures", "redemptions")}
@@ -381,52 +379,3 @@ def catalogue_report(data_dir: Path, programme: Programme, *, as_of: dt.date | N
 # --------------------------------------------------------------------------------------------
 # Command line.
 # --------------------------------------------------------------------------------------------
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
-    return value
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "catalogue-report",
-        help="stock, forecast, turnover and inventory flags per item (Markdown, CSV, plot)",
-        description="Per redeemable item as of a date: forecast monthly redemptions, safety "
-                    "level, stock turnover days, and the flags of the programme's inventory "
-                    "rules: below safety level, slow mover, a suggested points-price cut (below "
-                    "safety on a slow mover), popular and out of stock (with alternates), "
-                    "delisting candidate. Writes catalogue.md, catalogue.csv and catalogue.png "
-                    "(value coefficient × redemption rate) and prints a summary.")
-    p.add_argument("--as-of", type=date_arg, default=None, metavar="DATE",
-                   help="as of the end of this UTC day, YYYY-MM-DD; nothing later is read "
-                        "(default: the day of the latest event in the tables)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="output directory (default DATA_DIR/reports/catalogue)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="data directory (default $RECSVC_DATA_DIR or ./data)")
-    p.add_argument("--popular-quantile", type=_share, default=core.POPULAR_QUANTILE,
-                   help="popular: views at or above this quantile of the catalogue's "
-                        f"(default {core.POPULAR_QUANTILE}: the top quartile)")
-    p.add_argument("--price-cut", type=_share, default=core.PRICE_CUT,
-                   help=f"share taken off a suggested points price (default {core.PRICE_CUT})")
-    p.add_argument("--top", type=positive_int, default=TOP,
-                   help=f"items listed per flag in the Markdown (default {TOP})")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    settings = load_settings(data_dir=args.data_dir)
-    programme = load_programme(settings.programme)
-    report = catalogue_report(settings.data_dir, programme, as_of=args.as_of, out_dir=args.out,
-                              popular_quantile=args.popular_quantile, cut=args.price_cut,
-                              top=args.top)
-    n = len(report.loaded.history)
-    print(f"catalogue report as of {(report.as_of - dt.timedelta(days=1)).date()}: {n:,} items")
-    for flag, label in FLAGS.items():
-        print(f"  {label:60s} {report.counts[flag]:>7,}")
-    print(f"written to {report.out_dir} (catalogue.md, catalogue.csv, catalogue.png)")
-    return 0

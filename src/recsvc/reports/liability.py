@@ -14,7 +14,6 @@ a month start is part of that month's opening balance. The same rule serves the 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -28,7 +27,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsvc.cliargs import date_arg, end_of_day, int_in
+from recsvc.cliargs import end_of_day
 from recsvc.config import Programme
 from recsvc.core import ledger
 from recsvc.core import liability as li
@@ -212,7 +211,7 @@ def months_since_epoch(us: I64) -> I64:
 def lots_at(book: Book, as_of: dt.datetime) -> tuple[F64, F64, I64]:
     """(lots (members, C): column c lapses at the end of forecast month c; points that never
     lapse; points lapsing at the as-of instant itself, already gone) from the FIFO replay."""
-    from recsvc.features.compute import expiring_points
+    from recsvc.offline.compute import expiring_points
 
     t = epoch_us(as_of)
     led = book.ledger.select(book.ledger.ts < t)
@@ -325,9 +324,10 @@ def churn_from_model(settings: Settings, book: Book, as_of: dt.datetime,
     trained now, as score-batch picks) on the features known at each instant."""
     import pandas as pd
 
-    from recsvc.models import inputs
-    from recsvc.models.jobs import open_context
-    from recsvc.models.scoring import ChurnScorer, features_as_of, model_as_of
+    from recsvc.adapters.context import open_context
+    from recsvc.ml import inputs
+    from recsvc.ml.scoring import ChurnScorer
+    from recsvc.offline.batch_scoring import features_as_of, model_as_of
 
     built = features_as_of(Path(settings.data_dir))
     if built < as_of:
@@ -870,49 +870,3 @@ def run(settings: Settings, programme: Programme, *, as_of: dt.date | None,
             f"{e.inside} inside the interval")
     say(f"liability-report: wrote {target}/liability.md, liability.json and plots")
     return fc, doc, target
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    from recsvc.config import load_programme
-    from recsvc.metrics import recorded_job
-    from recsvc.settings import load_settings
-
-    settings = load_settings()
-    programme = load_programme(settings.programme)
-    with recorded_job(settings.job_metrics_dir / "recsvc_liability_report.prom",
-                      "liability_report") as job:
-        fc, _, _ = run(settings, programme, as_of=args.as_of, horizon=args.horizon_months,
-                       out_dir=args.out, backtest=args.backtest, use_model=not args.no_model,
-                       calibrate=args.calibrate)
-        job.rows = fc.members
-    return 0
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "liability-report", help="forecast the points liability (redeemed, expired, "
-                                 "outstanding per month) with a backtest",
-        description="Project every member's points month by month from the as-of instant: "
-                    "earning and redemption at the member's own (shrunk) historical rates while "
-                    "still a customer (the churn model's probability), burns FIFO by expiry, "
-                    "breakage when lots lapse. Writes liability.md, liability.json and plots "
-                    "with a bootstrap interval over members to DATA_DIR/reports/liability/. "
-                    "--backtest compares the forecast with the months the tables hold beyond "
-                    "the as-of instant.")
-    p.add_argument("--as-of", type=date_arg, default=None,
-                   help="forecast from the end of this day, YYYY-MM-DD (default: the end of the "
-                        "data; with --backtest, the month start --horizon-months whole months "
-                        "before the end of the last whole month of data)")
-    p.add_argument("--horizon-months", type=int_in(1, 60), default=None,
-                   help="months ahead (default [liability] horizon_months)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output directory (default DATA_DIR/reports/liability)")
-    p.add_argument("--backtest", action="store_true",
-                   help="compare with what the tables did after the as-of instant")
-    p.add_argument("--no-model", action="store_true",
-                   help="skip the churn model: history-based activity (stated in the report)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="scale the earn and burn rates by a back-fit from origins 3-6 months "
-                        "before the as-of month (measured unstable, off by default: see the "
-                        "report's method section)")
-    p.set_defaults(func=_cmd)

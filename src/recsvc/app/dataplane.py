@@ -1,0 +1,1013 @@
+"""The service's one core: validates, reads features, scores, degrades; no gRPC in here.
+
+The servicer converts a request, calls one method here and converts the answer back. Every
+dependency failure becomes a degraded answer (with its reason) rather than a failed call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from recsvc.adapters.model_holder import ModelHolder, Served
+from recsvc.adapters.online import HeldColumns
+from recsvc.app.breaker import Breaker
+from recsvc.config import Arm, Programme
+from recsvc.core import cart, fraud, ranking, redemption, segments
+from recsvc.core import catalogue as core_catalogue
+from recsvc.core import index as idx
+from recsvc.core import nudges as core_nudges
+from recsvc.core.experiments import ArmAssigner, hint_threshold
+from recsvc.core.index import IndexFactors
+from recsvc.core.redemption import Reason
+from recsvc.data.views import feature_name, is_feature
+from recsvc.defaults import CHANNELS, DEFAULT_RECOMMENDATIONS, MAX_RECOMMENDATIONS
+from recsvc.errors import (
+    CapStoreUnavailable,
+    FeatureStoreUnavailable,
+    InvalidArgument,
+    NotFound,
+)
+from recsvc.metrics import ServiceMetrics
+from recsvc.ml import inputs
+from recsvc.ml.scoring import ChurnScorer
+
+if TYPE_CHECKING:
+    from recsvc.adapters.caps import CapStore
+
+log = logging.getLogger(__name__)
+
+# the feature services each answer reads a member's features from
+HINT_SERVICE = "hint_v1"
+MEMBER_SERVICE = "redemption_v1"
+CHURN_SERVICE = "churn_v1"
+MAX_CHURN_BATCH = 1000
+MAX_HINT_BATCH = 100
+MEMBER_INPUTS_KEPT = 50_000  # member Contexts (profile, model inputs) kept between calls
+WANTED_ITEMS = 5  # the cart's advice compares the points' value here with these items'
+TOP_DRIVERS = 3
+FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
+NO_MODEL = "no_model"
+CAP_STORE_UNAVAILABLE = "cap_store_unavailable"
+
+
+class FeatureSource(Protocol):
+    """Online features of a feature service for entity ids: {"<view>__<feature>": values}."""
+
+    def read_service(
+        self, service: str, entity_key: str, ids: Sequence[int]
+    ) -> Mapping[str, list[Any]]: ...
+
+
+class PropensityModel(Protocol):
+    """P(redeem within 7 days) of one member for catalogue items (models.scoring's
+    PropensityScorer; tests swap in their own)."""
+
+    def score_items(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
+                    positions: npt.NDArray[np.int64], member: Mapping[str, Any],
+                    encoded: dict[str, npt.NDArray[np.float64]], balance: float, surface: str,
+                    factors: IndexFactors) -> npt.NDArray[np.float64]: ...
+
+    def score_item(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
+                   position: int, member: Mapping[str, Any],
+                   encoded: dict[str, npt.NDArray[np.float64]], balance: float, surface: str,
+                   factors: IndexFactors) -> float: ...
+
+
+class FeastSource:
+    """Reads through the Feast SDK (`store.online_features`): correct, and the slow reference."""
+
+    def __init__(self, feast_store: Any) -> None:
+        self.store = feast_store
+
+    def read_service(
+        self, service: str, entity_key: str, ids: Sequence[int]
+    ) -> Mapping[str, list[Any]]:
+        """The service's views keyed by `entity_key` only (a member's part, or the items')."""
+        from recsvc.adapters import feast as fstore
+
+        with fstore.feast_errors(f"read {service!r} online"):
+            got = self.store.get_online_features(
+                features=self.refs(service, entity_key),
+                entity_rows=[{entity_key: int(i)} for i in ids],
+                full_feature_names=True).to_dict()
+        return {k: v for k, v in got.items() if k != entity_key}
+
+    def refs(self, service: str, entity_key: str) -> list[str]:
+        """"<view>:<feature>" of the service's views keyed by `entity_key` only (Feast errors
+        are the caller's to map)."""
+        fs = self.store.get_feature_service(service, allow_cache=True)
+        return [f"{p.name_to_use()}:{f.name}" for p in fs.feature_view_projections
+                if [c.name for c in self.store.get_feature_view(p.name).entity_columns]
+                == [entity_key] for f in p.features]
+
+
+@dataclass(frozen=True)
+class Read:
+    """Online features read for an answer (ahead of it, off the event loop, by `read_async`):
+    {"<view>__<feature>": values}, empty when the store failed (`degraded` says so)."""
+
+    raw: Mapping[str, list[Any]]
+    degraded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Risk:
+    member_id: int
+    probability: float
+    band: str
+    segment: str
+    drivers: tuple[tuple[str, float], ...]
+    action: segments.Action
+    cold_start: bool
+
+
+@dataclass(frozen=True)
+class ChurnAnswer:
+    risks: list[Risk]
+    model_version: str
+    degraded: tuple[str, ...] = field(default_factory=tuple)
+    horizon_days: int = 0  # the probabilities are P(no order within it); 0: no model
+
+
+Admit = Callable[[], None]
+"""Raises when a call must not go on (the server is overloaded, the deadline passed)."""
+
+
+def _admitted() -> None:
+    """Every call goes on (outside a server)."""
+
+
+def _check_members(member_ids: Sequence[int]) -> None:
+    if not member_ids:
+        raise InvalidArgument("member_ids", "at least one member id is required")
+    if len(member_ids) > MAX_CHURN_BATCH:
+        raise InvalidArgument("member_ids", f"at most {MAX_CHURN_BATCH} per call, got "
+                                            f"{len(member_ids)}")
+    for i, member in enumerate(member_ids):
+        _check_id(f"member_ids[{i}]", member)
+
+
+def _check_id(name: str, value: int) -> None:
+    """For callers that reach the dataplane without bounds.check (the batch jobs)."""
+    if value < 1:
+        raise InvalidArgument(name, f"must be >= 1 (ids start at 1), got {value}")
+
+
+def _columns(raw: Mapping[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Feature columns by feature name, and which rows have no features at all (unknown
+    members: cold start; items the store does not know)."""
+    present = np.zeros(n, dtype=bool)
+    for name, values in raw.items():
+        if is_feature(name):
+            present |= np.asarray(values, dtype=object) != None  # noqa: E711 - element-wise
+            if present.all():  # the usual batch: every member known after the first column
+                break
+    return inputs.feature_columns(raw), ~present
+
+
+def _keep_lost_rows(ids: list[int], raw: Mapping[str, list[Any]], old_ids: list[int],
+                    old: Mapping[str, list[Any]]) -> tuple[Mapping[str, list[Any]], int]:
+    """`raw` with the rows it lacks (every feature None) taken from `old` where `old` had
+    them, and how many were taken."""
+    features = [name for name in raw if is_feature(name)]
+    if not features or set(features) != {name for name in old if is_feature(name)}:
+        return raw, 0
+    before = {item: k for k, item in enumerate(old_ids)}
+    out = {name: list(values) for name, values in raw.items()}
+    kept = 0
+    for k, item in enumerate(ids):
+        j = before.get(item)
+        if j is None or any(raw[name][k] is not None for name in features):
+            continue
+        if all(old[name][j] is None for name in features):
+            continue
+        for name in features:
+            out[name][k] = old[name][j]
+        kept += 1
+    return (out, kept) if kept else (raw, 0)
+
+
+UNAVAILABLE_READ = Read({}, (FEATURE_STORE_UNAVAILABLE,))
+
+
+class _CapsPaused(CapStoreUnavailable):
+    """The cap store is paused by its breaker: refused without asking it."""
+
+
+@dataclass(frozen=True)
+class Items:
+    """One load of the catalogue: every item's features as columns (by feature name, in
+    `core.item_id` order), the arrays the ranking core works on, and what the alternates'
+    similarity looks at (prepared here, once a load, not per hint)."""
+
+    position: dict[int, int]
+    columns: dict[str, npt.NDArray[Any]]
+    core: ranking.Catalogue
+    similar: core_catalogue.Attributes
+
+    @classmethod
+    def build(cls, ids: Sequence[int], raw: Mapping[str, list[Any]]) -> Items:
+        cols, missing = _columns(raw, len(ids))
+        keep = np.flatnonzero(~missing)
+        cols = {k: v[keep] for k, v in cols.items()}
+        item_id = np.asarray(ids, dtype=np.int64)[keep]
+        n = len(keep)
+
+        def num(name: str, default: float) -> npt.NDArray[np.float64]:
+            return np.nan_to_num(cols.get(name, np.full(n, np.nan)), nan=default)
+
+        core = ranking.Catalogue(
+            item_id=item_id,
+            category=cols.get("category", np.full(n, None, dtype=object)),
+            points_price=num("points_price", 0).astype(np.int64),
+            market_price_minor=num("market_price_minor", 0).astype(np.int64),
+            perceived_discount=num("perceived_discount", 1.0),
+            discount_coefficient=num("discount_coefficient", 1.0),
+            stock=num("stock", 0).astype(np.int64))
+        similar = core_catalogue.Attributes.build(
+            item_id, core.category, cols.get("points_class", np.full(n, None, dtype=object)),
+            core.points_price, core.stock)
+        return cls({int(i): k for k, i in enumerate(item_id)}, cols, core, similar)
+
+    def take(self, positions: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]]:
+        return {name: values[positions] for name, values in self.columns.items()}
+
+
+class Catalogue:
+    """Every item's features in memory, so answers never wait on the store for item data and
+    keep coming while it is down; `refresh()` reloads them (in the background) and swaps the
+    new `Items` in whole, so a request sees one load throughout."""
+
+    def __init__(self, features: FeatureSource, item_ids: Any) -> None:
+        self.features = features
+        self.item_ids = item_ids  # () -> list of ids
+        self.items = Items.build([], {})
+        self._loaded: tuple[list[int], Mapping[str, list[Any]]] | None = None
+
+    def refresh(self) -> int:
+        """Reload; the same `Items` stay when nothing changed, so what answers prepare from a
+        load (`Dataplane.prepare`) is kept. An item the store has no row for now but had one
+        for at the last load keeps that row: a store that lost its data (Redis restarted
+        empty, not yet materialised again) must not take the catalogue with it."""
+        ids = [int(i) for i in self.item_ids()]
+        raw = self.features.read_service("propensity_v1", "item_id", ids)
+        if self._loaded is not None:
+            raw, kept = _keep_lost_rows(ids, raw, *self._loaded)
+            if kept:
+                log.warning("catalogue refresh: the online store has no features for %d of %d "
+                            "items it had; serving their last features read until it has",
+                            kept, len(ids))
+        if (ids, raw) != self._loaded:
+            self.items = Items.build(ids, raw)
+            self._loaded = (ids, raw)
+        return len(self.items.position)
+
+
+@dataclass(frozen=True)
+class Context:
+    """A member as the answers need them: features by name, the profile the core ranks and
+    hints with, and the points by lapse instant (reconciled with the balance used)."""
+
+    features: dict[str, Any]
+    cold: bool
+    member: ranking.Member
+    points: cart.PointsBalance
+    tier: str | None
+    flags: tuple[str, ...] = ()
+    """Points-fraud flags: the answers ask for a second verification (nothing is blocked)."""
+    model_inputs: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    """The member's propensity inputs by model version, encoded on first use."""
+    behaviour: float = 0.0
+    """The member's behaviour weight: the index factor that depends on the member alone."""
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A member's Context kept between calls, while the features read are `raw` and no lot of
+    points has lapsed since (before `until`, epoch seconds)."""
+
+    raw: tuple[Any, ...]  # `snapshot` of the read: not tracked by the garbage collector
+    until: float
+    context: Context
+
+
+def snapshot(raw: Mapping[str, list[Any]]) -> tuple[Any, ...]:
+    """A one-member read as one tuple of plain values (lists as tuples): compared as the read
+    is, and, holding nothing mutable, left alone by the cyclic garbage collector. A read from
+    a reader's row cache is that already (`HeldColumns.snapshot`: no columns built for it)."""
+    if isinstance(raw, HeldColumns):
+        return raw.snapshot
+    return tuple((k, tuple(v[0]) if isinstance(v[0], list) else v[0]) for k, v in raw.items())
+
+
+def features_of(raw: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """A one-member read as {feature name: value} (join keys by their own name); a read from
+    a reader's row cache gives the row it holds (`HeldColumns.record`: no columns built)."""
+    if isinstance(raw, HeldColumns):
+        return raw.record()
+    return {feature_name(k): v[0] for k, v in raw.items()}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What answers take from one catalogue load and the programme, computed once a load:
+    the items' index factors, and each item's values as plain numbers for one-item hints
+    (reading one value out of a numpy array costs more than the arithmetic done with it)."""
+
+    items: Items
+    factors: idx.ItemFactors
+    item_id: list[int]
+    points_price: list[int]
+    discount: list[float]
+    cash_price: list[int]
+    in_stock: list[bool]
+    value_coefficient: list[float]
+    vacuum: list[bool]
+
+    @classmethod
+    def build(cls, programme: Programme, items: Items) -> _Prepared:
+        c = items.core
+        f = ranking.item_factors(programme, c)
+        return cls(items, f, c.item_id.tolist(), c.points_price.tolist(),
+                   c.discount_coefficient.tolist(),
+                   redemption.cash_price(c.market_price_minor, c.discount_coefficient).tolist(),
+                   (c.stock > 0).tolist(), f.value_coefficient.tolist(), f.vacuum.tolist())
+
+
+@dataclass(frozen=True)
+class HintRequest:
+    member_id: int
+    item_ids: Sequence[int]
+    surface: str = "product_page"
+    points_balance: int | None = None
+    arm: str = ""
+    item_field: str = "item_ids"  # how the caller's request names the items ("item_id": one)
+
+
+@dataclass(frozen=True)
+class ItemHint:
+    item_id: int
+    points_price: int
+    hint: redemption.Hint
+    propensity: float | None
+    alternates: tuple[core_catalogue.Alternate, ...] = ()
+
+
+@dataclass(frozen=True)
+class HintAnswer:
+    hints: list[ItemHint]
+    arm: str
+    model_version: str
+    degraded: tuple[str, ...] = field(default_factory=tuple)
+    verification: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    member_id: int
+    limit: int = 0
+    categories: Sequence[str] = ()
+    max_points_price: int = 0
+    affordable_only: bool = False
+    surface: str = "points_centre"
+    points_balance: int | None = None
+    arm: str = ""
+
+
+@dataclass(frozen=True)
+class RecommendAnswer:
+    options: list[ranking.Option]
+    unlocks: list[ranking.Unlock]
+    points_balance: int
+    expiring_points: int
+    next_expiry: dt.datetime | None
+    arm: str
+    model_version: str
+    degraded: tuple[str, ...] = field(default_factory=tuple)
+    verification: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CartRequest:
+    member_id: int
+    lines: Sequence[cart.CartLine]
+    points_balance: int | None = None
+    arm: str = ""
+
+
+@dataclass(frozen=True)
+class CartAnswer:
+    split: cart.CartSplit
+    arm: str
+    degraded: tuple[str, ...] = field(default_factory=tuple)
+    verification: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NudgeRequest:
+    member_id: int
+    channel: str = "in_app"
+    points_balance: int | None = None
+    arm: str = ""
+    dry_run: bool = False
+    surface: str = "points_centre"  # what the propensity model is told the options are shown on
+
+
+@dataclass(frozen=True)
+class NudgeAnswer:
+    nudges: list[core_nudges.Nudge]
+    capped: list[core_nudges.Capped]
+    arm: str
+    model_version: str
+    degraded: tuple[str, ...] = field(default_factory=tuple)
+    verification: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _PendingNudges:
+    """A GetNudges call between its due nudges and the cap store's answer."""
+
+    req: NudgeRequest
+    rpc: str
+    arm: Arm
+    ctx: Context
+    model: str
+    degraded: list[str]
+    now: dt.datetime
+    due: list[core_nudges.Nudge]
+    reservations: list[core_nudges.Reservation]
+
+
+class Dataplane:
+    def __init__(self, features: FeatureSource, churn: ModelHolder,
+                 metrics: ServiceMetrics, *, programme: Programme | None = None,
+                 propensity: ModelHolder | None = None,
+                 catalogue: Catalogue | None = None,
+                 caps: CapStore | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.features = features
+        # a store that stops answering is paused, so calls degrade at once instead of each
+        # waiting out its timeout (breaker.py)
+        self.store_breaker = Breaker("the online feature store")
+        self.caps_breaker = Breaker("the frequency-cap store")
+        self.churn = churn
+        self.metrics = metrics
+        self.programme = programme
+        self.propensity = propensity
+        self.catalogue = catalogue
+        self.caps = caps
+        self.clock = clock
+        self.arms = ArmAssigner(programme.experiments) if programme else None
+        self._kept: dict[tuple[str, int, int | None], _Kept] = {}
+        self._prepared_items: _Prepared | None = None
+
+    # -- what every member-facing answer shares ----------------------------------------------
+    def _configured(self) -> tuple[Programme, Catalogue, ArmAssigner]:
+        if self.programme is None or self.catalogue is None or self.arms is None:
+            raise NotFound("redemption answers are not configured in this service")
+        return self.programme, self.catalogue, self.arms
+
+    def _arm(self, arms: ArmAssigner, member_id: int, forced: str) -> Arm:
+        _check_id("member_id", member_id)
+        arm = arms.named(forced) if forced else arms.arm(member_id)
+        if arm is None:
+            raise InvalidArgument("context.experiment_arm", f"no arm named {forced!r}")
+        return arm
+
+    def read(self, service: str, ids: Sequence[int], rpc: str) -> Read:
+        """The members' features of `service`; a store that fails, or is paused after
+        failing (`store_breaker`): none, degraded."""
+        if not self.store_breaker.allow():
+            return UNAVAILABLE_READ
+        return self._read_store(service, ids, rpc)
+
+    def _read_store(self, service: str, ids: Sequence[int], rpc: str) -> Read:
+        if self.store_breaker.paused:  # it failed while this call waited for a thread
+            return UNAVAILABLE_READ
+        start = time.perf_counter()
+        try:
+            got = Read(self.features.read_service(service, "member_id", ids))
+            self.store_breaker.succeeded()
+        except FeatureStoreUnavailable as exc:
+            self.store_breaker.failed()
+            got = self._unavailable(rpc, exc)
+        self.metrics.feature_read.labels(service).observe(time.perf_counter() - start)
+        return got
+
+    @staticmethod
+    def _unavailable(rpc: str, exc: FeatureStoreUnavailable) -> Read:
+        log.warning("%s: online store unavailable, answering from defaults: %s", rpc, exc)
+        return UNAVAILABLE_READ
+
+    async def read_async(self, service: str, ids: Sequence[int], rpc: str) -> Read:
+        """`read` for the event loop: what the source can read without waiting is read at
+        once (`read_nowait`, when it has one: rows held in memory, SQLite's file when no
+        writer holds its lock); what must wait on the store is read on a thread, so a store
+        that hangs holds up only the calls that wait for it."""
+        nowait = getattr(self.features, "read_nowait", None)
+        held = nowait(service, "member_id", ids) if nowait is not None else None
+        if held is not None:
+            return Read(held)
+        if not self.store_breaker.allow():  # paused: no thread, no wait
+            return UNAVAILABLE_READ
+        return await asyncio.to_thread(self._read_store, service, ids, rpc)
+
+    def prepare(self) -> None:
+        """Prepare the catalogue load being served (its index factors, the propensity model's
+        item block) ahead of the answers: the server calls this off the event loop after
+        every refresh, so no answer pays for a new load."""
+        if self.catalogue is None or self.programme is None:
+            return
+        items = self.catalogue.items
+        self._prepared(items)
+        served = self.propensity.current if self.propensity else None
+        warm = getattr(served.scorer, "prepare", None) if served is not None else None
+        if warm is not None:
+            warm(items, items.columns, len(items.core))
+
+    def _prepared(self, items: Items) -> _Prepared:
+        """`items` prepared for answers (once a catalogue load)."""
+        assert self.programme is not None
+        held = self._prepared_items
+        if held is None or held.items is not items:
+            held = self._prepared_items = _Prepared.build(self.programme, items)
+        return held
+
+    def _factors(self, ctx: Context, items: Items,
+                 positions: npt.NDArray[np.int64] | None = None, *,
+                 demand: int | None = None) -> IndexFactors:
+        """The member's index factors for the items at `positions` (None: every item), from
+        the load's item factors and the member's behaviour weight, both kept; `demand`: the
+        points the member is taken to be ready to spend, when not the balance."""
+        assert self.programme is not None
+        member = ctx.member if demand is None else dataclasses.replace(ctx.member,
+                                                                        balance=demand)
+        return ranking.member_factors(self.programme, member, items.core, positions,
+                                      item=self._prepared(items).factors, weight=ctx.behaviour)
+
+    def _context(self, member_id: int, service: str, balance: int | None,
+                 degraded: list[str], rpc: str, read: Read | None) -> Context:
+        """The profile the core works with from the member's features (`read`, or read now;
+        a store failure: a cold start, degraded); `balance` is the caller's live balance, if
+        it sent one. Kept between calls while the member's features read the same and none of
+        the member's points lapse (bounded, emptied when full, as the readers' row caches)."""
+        if balance is not None and balance < 0:
+            raise InvalidArgument("context.points_balance", f"must be >= 0, got {balance}")
+        if read is None:
+            read = self.read(service, [member_id], rpc)
+        degraded.extend(read.degraded)
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        key = (service, member_id, balance)
+        kept = self._kept.get(key)
+        seen = snapshot(read.raw)
+        if kept is not None and now.timestamp() < kept.until and kept.raw == seen:
+            return kept.context
+        context, until = self._profile(read.raw, balance, now)
+        if len(self._kept) >= MEMBER_INPUTS_KEPT:
+            self._kept.clear()
+        self._kept[key] = _Kept(seen, until, context)
+        return context
+
+    def _profile(self, raw: Mapping[str, list[Any]], balance: int | None,
+                 now: dt.datetime) -> tuple[Context, float]:
+        """The Context of a member's features, and until when it holds (the next lapse of
+        the member's points, epoch seconds)."""
+        assert self.programme is not None
+        p = self.programme
+        f = features_of(raw)
+        cold = all(v is None for v in f.values())
+
+        def num(name: str, default: float) -> float:
+            value = f.get(name)
+            return default if value is None else float(value)
+
+        stored = int(num("points_balance", 0))
+        live = stored if balance is None else balance
+        tier = f.get("tier") if isinstance(f.get("tier"), str) else None
+        member = ranking.Member(
+            balance=live, expiring_points=int(num("points_expiring_30d", 0)),
+            orders_90d=num("orders_90d", 0.0),
+            days_since_last_order=num("days_since_last_order", float("inf")),
+            young=f.get("age_band") in p.index.young_age_bands,
+            high_spender=idx.high_spender(p.index, num("avg_order_value_365d_minor", math.nan),
+                                          p.currency.minor_per_unit),
+            tier_multiplier=p.earning.tier_multipliers.get(tier, 1.0) if tier else 1.0)
+        lots = list(zip(f.get("expiry_at_s") or [], f.get("expiry_points") or [], strict=True))
+        points = cart.PointsBalance.reconcile(lots, live, now, same_snapshot=balance is None)
+        if balance is None and points.total != live:  # lots lapsed since the snapshot
+            member = dataclasses.replace(member, balance=points.total)
+        cut = now.timestamp()
+        until = min((at for at, pts in lots if pts > 0 and at > cut), default=math.inf)
+        return Context(f, cold, member, points, tier, fraud.split_flags(f.get("fraud_flags")),
+                       {}, ranking.behaviour(p, member)), until
+
+    def _propensity(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
+                    surface: str, served: Served, factors: IndexFactors | None = None,
+                    demand: int | None = None) -> npt.NDArray[np.float64]:
+        """P(redeem within 7 days) of the member for the items at `positions`, from the
+        member's index factors for them (computed here when the caller has none); `demand`:
+        the balance the model sees, when not the member's (a cold start's default)."""
+        assert self.programme is not None
+        if factors is None:
+            factors = self._factors(ctx, items, positions, demand=demand)
+        model: PropensityModel = served.scorer
+        balance = float(ctx.member.balance if demand is None else demand)
+        start = time.perf_counter()
+        got = model.score_items(items, items.columns, len(items.core), positions, ctx.features,
+                                ctx.model_inputs, balance, surface, factors)
+        self.metrics.predict.labels("propensity").observe(time.perf_counter() - start)
+        return got
+
+    # -- the RPCs ------------------------------------------------------------------------------
+    def hints(self, req: HintRequest, rpc: str, read: Read | None = None) -> HintAnswer:
+        """Product-page hints for up to 100 items, in request order (`read`: the member's
+        hint_v1 features, when read ahead)."""
+        p, catalogue, arms = self._configured()
+        arm = self._arm(arms, req.member_id, req.arm)
+        if not req.item_ids:
+            raise InvalidArgument("item_ids", "at least one item id is required")
+        if len(req.item_ids) > MAX_HINT_BATCH:
+            raise InvalidArgument("item_ids", f"at most {MAX_HINT_BATCH} per call, got "
+                                              f"{len(req.item_ids)}")
+        items = catalogue.items  # one load for the whole request
+        found = []
+        for k, item in enumerate(req.item_ids):
+            at = items.position.get(int(item))
+            if at is None:
+                where = "item_id" if req.item_field == "item_id" else f"{req.item_field}[{k}]"
+                raise NotFound(f"{where}: no item {item}")
+            found.append(at)
+        degraded: list[str] = []
+        ctx = self._context(req.member_id, HINT_SERVICE, req.points_balance, degraded, rpc, read)
+        served = self.propensity.current if self.propensity else None
+        if served is None:
+            degraded.append(NO_MODEL)
+        threshold = hint_threshold(arm, p.index)
+        out = (self._one_hint(ctx, items, found[0], req.surface, served, threshold)
+               if len(found) == 1 else
+               self._many_hints(ctx, items, np.asarray(found, dtype=np.int64), req.surface,
+                                served, threshold))
+        better = sum(h.hint.points_better for h in out)  # counted once a call, not once a hint
+        for label, n in (("true", better), ("false", len(out) - better)):
+            if n:
+                self.metrics.hints.labels(arm.name, label).inc(n)
+        return HintAnswer(out, arm.name, served.version if served else "",
+                          self._count(rpc, degraded), self._verify(rpc, ctx))
+
+    def _one_hint(self, ctx: Context, items: Items, k: int, surface: str,
+                  served: Served | None, threshold: float) -> list[ItemHint]:
+        """The hint for the item at position `k`, in plain numbers: the product page's call."""
+        assert self.programme is not None
+        p, prep, member = self.programme, self._prepared(items), ctx.member
+        factors = idx.pair_factors(
+            p.index, value_coeff=prep.value_coefficient[k], vacuum=prep.vacuum[k],
+            points_price=prep.points_price[k], item_discount=prep.discount[k],
+            balance=member.balance, behaviour=ctx.behaviour, high_spender=member.high_spender)
+        probability = None
+        if served is not None:
+            model: PropensityModel = served.scorer
+            start = time.perf_counter()
+            probability = model.score_item(items, items.columns, len(items.core), k,
+                                           ctx.features, ctx.model_inputs,
+                                           float(member.balance), surface, factors)
+            self.metrics.predict.labels("propensity").observe(time.perf_counter() - start)
+        in_stock = prep.in_stock[k]
+        hint = redemption.pair_hint(
+            p, factors, cash_price_minor=prep.cash_price[k], points_price=prep.points_price[k],
+            item_discount=prep.discount[k], balance=member.balance, threshold=threshold,
+            tier_multiplier=member.tier_multiplier, expiring_points=member.expiring_points,
+            propensity=probability, cold_start=ctx.cold, in_stock=in_stock)
+        alternates = () if in_stock else self._alternates(
+            ctx, items, np.array([k], dtype=np.int64), surface, served)[0]
+        return [ItemHint(prep.item_id[k], prep.points_price[k], hint, probability, alternates)]
+
+    def _many_hints(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
+                    surface: str, served: Served | None, threshold: float) -> list[ItemHint]:
+        """The hints for the items at `positions`, computed as columns."""
+        assert self.programme is not None
+        p, c = self.programme, items.core
+        factors = self._factors(ctx, items, positions)
+        probabilities = None
+        if served is not None:
+            probabilities = self._propensity(ctx, items, positions, surface, served, factors)
+        stock = c.stock[positions]
+        hints = redemption.hints(
+            p, factors, market_price_minor=c.market_price_minor[positions],
+            points_price=c.points_price[positions],
+            item_discount=c.discount_coefficient[positions], balance=ctx.member.balance,
+            threshold=threshold, tier_multiplier=ctx.member.tier_multiplier,
+            expiring_points=ctx.member.expiring_points, propensity=probabilities,
+            cold_start=ctx.cold, in_stock=stock > 0)
+        # alternates only for the items out of stock, so an in-stock hint costs nothing more
+        empty = np.flatnonzero(stock <= 0)
+        alternates = dict(zip(empty.tolist(), self._alternates(
+            ctx, items, positions[empty], surface, served), strict=True)) if len(empty) else {}
+        probs = [None] * len(positions) if probabilities is None else probabilities.tolist()
+        return [ItemHint(int(c.item_id[k]), int(c.points_price[k]), h, prob, alternates.get(j, ()))
+                for j, (k, h, prob) in enumerate(zip(positions.tolist(), hints, probs,
+                                                     strict=True))]
+
+    def _alternates(self, ctx: Context, items: Items, targets: npt.NDArray[np.int64],
+                    surface: str, served: Served | None,
+                    ) -> list[tuple[core_catalogue.Alternate, ...]]:
+        """In-stock alternates for the out-of-stock items at `targets`, with the member's
+        propensity for them when a model answers."""
+        assert self.programme is not None
+        scorer: core_catalogue.Propensity | None = None
+        if served is not None:
+            def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+                return self._propensity(ctx, items, positions, surface, served)
+        return core_catalogue.alternates(self.programme, items.similar, targets,
+                                         propensity=scorer)
+
+    def recommend(self, req: RecommendRequest, rpc: str,
+                  read: Read | None = None) -> RecommendAnswer:
+        """The best ways to spend the member's points: ranked, explained options."""
+        p, catalogue, arms = self._configured()
+        arm = self._arm(arms, req.member_id, req.arm)
+        limit = req.limit or DEFAULT_RECOMMENDATIONS
+        if not 1 <= limit <= MAX_RECOMMENDATIONS:
+            raise InvalidArgument("limit", f"must be 0 (for {DEFAULT_RECOMMENDATIONS}) to "
+                                           f"{MAX_RECOMMENDATIONS}, got {req.limit}")
+        if req.max_points_price < 0:
+            raise InvalidArgument("filters.max_points_price", "must be >= 0 (0: no limit)")
+        items = catalogue.items
+        known = set(items.core.category.tolist())
+        for k, category in enumerate(req.categories):
+            if category not in known:
+                # the valid names in the answer: a caller learns them from the first mistake
+                raise InvalidArgument(f"filters.categories[{k}]",
+                                      f"no category {category!r}; one of "
+                                      f"{sorted(c for c in known if c)}")
+        degraded: list[str] = []
+        ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
+                            read)
+        # a member the store does not know, with no live balance from the caller, is ranked as
+        # the programme's default member (ready to spend cold_start_points_demand points: the
+        # index's demand match and the model's balance); the answer keeps the real balance
+        demand = (p.index.cold_start_points_demand if ctx.cold and req.points_balance is None
+                  else None)
+        factors = self._factors(ctx, items, demand=demand)
+        served, scorer = self._scorer(ctx, items, req.surface, degraded, factors=factors,
+                                      demand=demand)
+        options = ranking.recommend(
+            p, arm, ctx.member, items.core, scorer, limit=limit, categories=req.categories,
+            max_points_price=req.max_points_price, affordable_only=req.affordable_only,
+            factors=factors, cold_start=ctx.cold)
+        dated = [(at, pts) for at, pts in ctx.points.buckets if at != cart.NO_EXPIRY]
+        return RecommendAnswer(
+            options, ranking.unlocks_in_reach(p, ctx.member), ctx.member.balance,
+            ctx.member.expiring_points, dated[0][0] if dated else None, arm.name,
+            served.version if served else "", self._count(rpc, degraded), self._verify(rpc, ctx))
+
+    def _scorer(self, ctx: Context, items: Items, surface: str, degraded: list[str], *,
+                memo: bool = False, factors: IndexFactors | None = None,
+                demand: int | None = None,
+                ) -> tuple[Served | None, ranking.Propensity | None]:
+        """The propensity model being served and the ranking's scorer over item positions;
+        (None, None), degraded, when there is no model: the index ranks alone. With `memo`,
+        an item is scored once however often the call ranks it (each nudge ranks with its own
+        budget). `factors`: the member's over the whole catalogue, when computed already."""
+        served = self.propensity.current if self.propensity else None
+        if served is None:
+            degraded.append(NO_MODEL)
+            return None, None
+        model = served
+
+        def scorer(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+            return self._propensity(ctx, items, positions, surface, model,
+                                    None if factors is None else ranking.take(factors, positions),
+                                    demand)
+
+        if not memo:
+            return served, scorer
+        known = np.full(len(items.core), np.nan)
+
+        def remembered(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+            todo = positions[np.isnan(known[positions])]
+            if len(todo):
+                known[todo] = scorer(todo)
+            return known[positions]
+
+        return served, remembered
+
+    def cart_split(self, req: CartRequest, rpc: str, read: Read | None = None) -> CartAnswer:
+        """The order's points/cash split under every rule, points taken earliest-lapsing first,
+        and advice when the member's wanted items would make more of the points."""
+        p, catalogue, arms = self._configured()
+        arm = self._arm(arms, req.member_id, req.arm)
+        if not req.lines:
+            raise InvalidArgument("lines", "at least one line is required")
+        degraded: list[str] = []
+        ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
+                            read)
+        # "wanted": the member's best-ranked items the index says points are better for
+        wanted = ranking.recommend(p, arm, ctx.member, catalogue.items.core,
+                                   limit=WANTED_ITEMS, affordable_only=True)
+        worth = [o.factors.value_coefficient for o in wanted
+                 if Reason.INDEX_ABOVE_THRESHOLD in o.reasons and not o.factors.vacuum]
+        split = cart.optimize_cart(p, req.lines, ctx.points,
+                                   keep_value_per_point=max(worth) if worth else None)
+        self.metrics.cart_points.labels(arm.name, split.binding_rule).inc(split.points_used)
+        return CartAnswer(split, arm.name, self._count(rpc, degraded), self._verify(rpc, ctx))
+
+    def nudges(self, req: NudgeRequest, rpc: str) -> NudgeAnswer:
+        """The reminders due to the member now on one channel, most urgent first, within the
+        frequency caps: each one delivered counts against its caps (unless a dry run). A cap
+        store that does not answer withholds them all (degraded), never a cap exceeded.
+
+        Blocks on the cap store: the batch job's way. The service's is `nudges_async`."""
+        pending = self._due_nudges(req, rpc)
+        if isinstance(pending, NudgeAnswer):
+            return pending
+        try:
+            outcomes = self._cap_store().reserve(req.member_id, pending.reservations,
+                                                 pending.now, dry_run=req.dry_run)
+        except CapStoreUnavailable as exc:
+            return self._capped_nudges(pending, self._caps_failed(exc))
+        self.caps_breaker.succeeded()
+        return self._capped_nudges(pending, outcomes)
+
+    async def nudges_async(self, req: NudgeRequest, rpc: str,
+                           admit: Admit = _admitted) -> NudgeAnswer:
+        """`nudges` for the event loop: the member's features (`read_async`) and the cap store
+        (`CapStore.reserve_async`: SQLite's transaction on its own thread) are awaited, so
+        other calls go on while they wait."""
+        read = await self.read_async(MEMBER_SERVICE, [req.member_id], rpc)
+        admit()
+        pending = self._due_nudges(req, rpc, read)
+        if isinstance(pending, NudgeAnswer):
+            return pending
+        try:
+            outcomes = await self._cap_store().reserve_async(
+                req.member_id, pending.reservations, pending.now, dry_run=req.dry_run)
+        except CapStoreUnavailable as exc:
+            return self._capped_nudges(pending, self._caps_failed(exc))
+        self.caps_breaker.succeeded()
+        return self._capped_nudges(pending, outcomes)
+
+    def _caps_failed(self, exc: CapStoreUnavailable) -> CapStoreUnavailable:
+        """A cap store that did not answer is paused (the breaker's own refusal, or no store
+        configured, is no new failure of the store)."""
+        if self.caps is not None and not isinstance(exc, _CapsPaused):
+            self.caps_breaker.failed()
+        return exc
+
+    def _cap_store(self) -> CapStore:
+        if self.caps is None:
+            raise CapStoreUnavailable("no frequency-cap store is configured")
+        if not self.caps_breaker.allow():
+            raise _CapsPaused("paused after failing to answer (it is probed again within "
+                              f"{self.caps_breaker.cooldown_s:.1f} s)")
+        return self.caps
+
+    def _due_nudges(self, req: NudgeRequest, rpc: str,
+                    read: Read | None = None) -> _PendingNudges | NudgeAnswer:
+        """The nudges due and their cap reservations; the answer itself when none is due."""
+        p, catalogue, arms = self._configured()
+        arm = self._arm(arms, req.member_id, req.arm)
+        if req.channel not in CHANNELS:
+            raise InvalidArgument("channel", f"must be one of {list(CHANNELS)}, got "
+                                             f"{req.channel!r}")
+        items = catalogue.items
+        degraded: list[str] = []
+        ctx = self._context(req.member_id, MEMBER_SERVICE, req.points_balance, degraded, rpc,
+                            read)
+        served, scorer = self._scorer(ctx, items, req.surface, degraded, memo=True)
+
+        def rank(member: ranking.Member, affordable_only: bool,
+                 limit: int) -> list[ranking.Option]:
+            return ranking.recommend(p, arm, member, items.core, scorer, limit=limit,
+                                     affordable_only=affordable_only)
+
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        due = core_nudges.due(p, ctx.member, ctx.points, now, rank)
+        model = served.version if served else ""
+        if not due:
+            return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded),
+                               self._verify(rpc, ctx))
+        return _PendingNudges(req, rpc, arm, ctx, model, degraded, now, due,
+                              [core_nudges.reservation(p, n, req.channel) for n in due])
+
+    def _capped_nudges(self, pending: _PendingNudges,
+                       outcomes: list[core_nudges.CapOutcome] | CapStoreUnavailable
+                       ) -> NudgeAnswer:
+        """The answer from the cap store's outcomes, or its failure (all withheld)."""
+        req, rpc, arm, ctx = pending.req, pending.rpc, pending.arm, pending.ctx
+        degraded = pending.degraded
+        if isinstance(outcomes, CapStoreUnavailable):
+            log.warning("%s: frequency caps unavailable, %d nudge(s) withheld: %s", rpc,
+                        len(pending.due), outcomes)
+            degraded.append(CAP_STORE_UNAVAILABLE)
+            return NudgeAnswer([], [], arm.name, pending.model, self._count(rpc, degraded),
+                               self._verify(rpc, ctx))
+        delivered, withheld, dropped = core_nudges.apply(pending.due, outcomes)
+        if not req.dry_run:
+            for n in delivered:
+                self.metrics.nudges.labels(n.kind, req.channel, arm.name).inc()
+            for c in withheld:
+                self.metrics.nudges_capped.labels(c.kind, c.cap).inc()
+            for c in dropped:
+                self.metrics.nudge_options_capped.labels(c.kind, c.cap).inc()
+        return NudgeAnswer(delivered, withheld, arm.name, pending.model,
+                           self._count(rpc, degraded), self._verify(rpc, ctx))
+
+    def churn_risk(self, member_ids: Sequence[int], rpc: str,
+                   read: Read | None = None) -> ChurnAnswer:
+        """Churn risk, band, segment, drivers and action per member, in request order
+        (`read`: their churn_v1 features, when read ahead)."""
+        _check_members(member_ids)
+        served = self.churn.current  # one version for the whole request
+        n = len(member_ids)
+        if read is None:
+            read = self.read(CHURN_SERVICE, member_ids, rpc)
+        degraded = list(read.degraded)
+        raw = read.raw
+        cols, cold = _columns(raw, n) if raw else ({}, np.ones(n, dtype=bool))
+        if served is None:
+            degraded.append(NO_MODEL)
+            return ChurnAnswer([self._default(m, c) for m, c in zip(member_ids, cold, strict=True)],
+                               "", self._count(rpc, degraded))
+        scorer: ChurnScorer = served.scorer
+        for name in scorer.features:  # a member the store does not know: every input missing
+            cols.setdefault(name, np.full(n, np.nan))
+        for name in ("days_since_last_order", "orders_365d", "spend_365d_minor", "tenure_days"):
+            cols.setdefault(name, np.full(n, np.nan))
+        start = time.perf_counter()
+        scores = scorer.score(cols, contributions=True)
+        self.metrics.predict.labels("churn").observe(time.perf_counter() - start)
+        if scores.contributions is not None:  # the top drivers of every member at once
+            contrib = scores.contributions
+            top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :TOP_DRIVERS]
+            values = np.take_along_axis(contrib, top, axis=1).tolist()
+            names = np.asarray(scores.inputs, dtype=object)[top].tolist()
+            drivers = [tuple(zip(n, v, strict=True)) for n, v in zip(names, values, strict=True)]
+        else:
+            drivers = [() for _ in range(n)]
+        bands, segs = scores.band.tolist(), scores.segment.tolist()
+        risks = [Risk(member_id=int(member), probability=prob, band=band, segment=seg,
+                      drivers=drv, action=segments.recommended_action(seg, band),
+                      cold_start=is_cold)
+                 for member, prob, band, seg, drv, is_cold in zip(
+                     member_ids, scores.probability.tolist(), bands, segs, drivers,
+                     cold.tolist(), strict=True)]
+        return ChurnAnswer(risks, scorer.model_version, self._count(rpc, degraded),
+                           round(scorer.horizon))
+
+    # -- the RPCs for the event loop: features read ahead (`read_async`), then the answer ------
+    # `admit` runs between the two: the read may have waited, and the answer takes the loop.
+    async def hints_async(self, req: HintRequest, rpc: str, admit: Admit = _admitted,
+                          ) -> HintAnswer:
+        read = await self.read_async(HINT_SERVICE, [req.member_id], rpc)
+        admit()
+        return self.hints(req, rpc, read)
+
+    async def recommend_async(self, req: RecommendRequest, rpc: str, admit: Admit = _admitted,
+                              ) -> RecommendAnswer:
+        read = await self.read_async(MEMBER_SERVICE, [req.member_id], rpc)
+        admit()
+        return self.recommend(req, rpc, read)
+
+    async def cart_split_async(self, req: CartRequest, rpc: str, admit: Admit = _admitted,
+                               ) -> CartAnswer:
+        read = await self.read_async(MEMBER_SERVICE, [req.member_id], rpc)
+        admit()
+        return self.cart_split(req, rpc, read)
+
+    async def churn_risk_async(self, member_ids: Sequence[int], rpc: str,
+                               admit: Admit = _admitted) -> ChurnAnswer:
+        _check_members(member_ids)  # before reading: a refused batch costs no read
+        read = await self.read_async(CHURN_SERVICE, member_ids, rpc)
+        admit()
+        return self.churn_risk(member_ids, rpc, read)
+
+    def _default(self, member: int, cold: bool) -> Risk:
+        """Without a model: an even chance, the middle band, and the ordinary action."""
+        band, segment = "medium", "ordinary"
+        return Risk(int(member), 0.5, band, segment, (),
+                    segments.recommended_action(segment, band), bool(cold))
+
+    def _verify(self, rpc: str, ctx: Context) -> tuple[str, ...]:
+        """The member's points-fraud flags, counted: the answer asks for verification. A flag
+        the code does not know (a newer job's) is counted as "other": label values come from
+        this list, never from stored data."""
+        for flag in ctx.flags:
+            self.metrics.verification.labels(
+                rpc, flag if flag in fraud.FLAG_NAMES else "other").inc()
+        return ctx.flags
+
+    def _count(self, rpc: str, reasons: list[str]) -> tuple[str, ...]:
+        for reason in reasons:
+            self.metrics.degraded.labels(rpc, reason).inc()
+        return tuple(reasons)

@@ -1,1 +1,0 @@
-"""Feature computation (dated snapshots) and the Feast feature store glue."""

@@ -1,0 +1,6 @@
+"""The batch commands of `recsvc`, one module each (`recsvc.cli` names them): `simulate`,
+`import_transactions`, `features` (snapshots, Feast, materialisation), `models` (train, retrain,
+promote, score-batch), `fraud_flags`, `nudges`, `catalogue_report`, `liability_report`. Each
+module's `register()` adds its command's parser; the computation it runs lives in
+`recsvc.offline`, `recsvc.app` or `recsvc.reports`.
+"""

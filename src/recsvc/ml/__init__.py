@@ -1,0 +1,6 @@
+"""Machine learning at runtime: what training and serving share, and nothing that trains.
+
+`inputs` (the model matrices, built one way for both), `runtime` (calibration, the served
+BG/NBD and Pareto/NBD features), `scoring` (the churn and propensity scorers), `attribution`
+(per-prediction drivers), `btyd` and `pareto_nbd` (the buy-till-you-die models).
+"""
