@@ -6,8 +6,8 @@ executes it as a fresh module with `DATA_DIR` already set, so tests and jobs can
 sources at any data directory without touching the environment.
 
 The offline store is written by `recsvc features` (recsvc.offline.compute): dated snapshots,
-one Parquet directory per view. Column names here and there are one contract, checked by
-tests/test_features.py.
+one Parquet directory per view. The computed views' columns are defined once, in
+`recsvc.data.views`, for the snapshots, these definitions and the model inputs alike.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import pyarrow as pa
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Array, Float64, Int64, String
+
+from recsvc.data import views
 
 _here = Path(__file__).resolve().parent
 DATA_DIR = Path(
@@ -74,39 +77,25 @@ item_stats_source = _source("item_stats")
 
 
 # ============================================================================================
-# Feature views
+# Feature views: the computed ones' columns, types and meanings are recsvc.data.views
 # ============================================================================================
+_FEAST_TYPE = {pa.int64(): Int64, pa.float64(): Float64, pa.string(): String,
+               pa.list_(pa.int64()): Array(Int64)}
+
+
+def _fields(view: views.View) -> list[Field]:
+    return [Field(name=c.name, dtype=_FEAST_TYPE[c.type], description=c.description)
+            for c in view.columns]
+
+
 member_activity = FeatureView(
     name="member_activity",
     entities=[member],
     ttl=MEMBER_TTL,
     source=member_activity_source,
     online=True,
-    description="Purchase recency, frequency and spend; tier and age band.",
-    schema=[
-        Field(name="days_since_last_order", dtype=Float64, description="null: no order yet"),
-        Field(name="orders_30d", dtype=Int64),
-        Field(name="orders_90d", dtype=Int64),
-        Field(name="orders_365d", dtype=Int64),
-        Field(name="spend_30d_minor", dtype=Int64),
-        Field(name="spend_90d_minor", dtype=Int64),
-        Field(name="spend_365d_minor", dtype=Int64),
-        Field(name="orders_total", dtype=Int64),
-        Field(name="spend_total_minor", dtype=Int64),
-        Field(name="tenure_days", dtype=Float64),
-        Field(name="avg_order_value_365d_minor", dtype=Float64, description="null: no order"),
-        Field(name="mean_interpurchase_days", dtype=Float64, description="null: < 2 orders"),
-        Field(name="interpurchase_days_std", dtype=Float64,
-              description="sample standard deviation of the gaps; null: < 3 orders"),
-        Field(name="tier", dtype=String, description="tier earned by cumulative spend"),
-        Field(name="age_band", dtype=String, description="null: unknown"),
-        Field(name="top_category_1", dtype=String, description="most ordered, 365 days"),
-        Field(name="top_category_1_share", dtype=Float64, description="its share of orders"),
-        Field(name="top_category_2", dtype=String),
-        Field(name="top_category_2_share", dtype=Float64),
-        Field(name="top_category_3", dtype=String),
-        Field(name="top_category_3_share", dtype=Float64),
-    ],
+    description=views.MEMBER_ACTIVITY.description,
+    schema=_fields(views.MEMBER_ACTIVITY),
 )
 
 member_points = FeatureView(
@@ -115,22 +104,8 @@ member_points = FeatureView(
     ttl=MEMBER_TTL,
     source=member_points_source,
     online=True,
-    description="Points balance, points about to lapse (FIFO by expiry), earning and redeeming.",
-    schema=[
-        Field(name="points_balance", dtype=Int64),
-        Field(name="points_expiring_30d", dtype=Int64, description="lapsing in [ts, ts+30d)"),
-        Field(name="points_earned_90d", dtype=Int64),
-        Field(name="points_redeemed_90d", dtype=Int64, description="points burned"),
-        Field(name="redemptions_90d", dtype=Int64),
-        Field(name="days_since_last_redemption", dtype=Float64, description="null: none yet"),
-        Field(name="member_views_90d", dtype=Int64, description="items shown, 90 days"),
-        Field(name="redemptions_365d", dtype=Int64),
-        Field(name="member_views_365d", dtype=Int64, description="items shown, 365 days"),
-        Field(name="points_centre_views_90d", dtype=Int64,
-              description="items shown on the points centre, 90 days"),
-        Field(name="points_centre_views_365d", dtype=Int64,
-              description="items shown on the points centre, 365 days"),
-    ],
+    description=views.MEMBER_POINTS.description,
+    schema=_fields(views.MEMBER_POINTS),
 )
 
 member_expiry = FeatureView(
@@ -139,13 +114,8 @@ member_expiry = FeatureView(
     ttl=MEMBER_TTL,
     source=_source("member_expiry"),
     online=True,
-    description="The member's live points by expiry instant, earliest first: what a cart burns "
-                "first (FIFO by expiry). Points that never expire are not listed.",
-    schema=[
-        Field(name="expiry_at_s", dtype=Array(Int64),
-              description="lapse instants, epoch seconds, ascending"),
-        Field(name="expiry_points", dtype=Array(Int64), description="points lapsing at each"),
-    ],
+    description=views.MEMBER_EXPIRY.description,
+    schema=_fields(views.MEMBER_EXPIRY),
 )
 
 item_catalogue = FeatureView(
@@ -154,16 +124,8 @@ item_catalogue = FeatureView(
     ttl=ITEM_TTL,
     source=item_catalogue_source,
     online=True,
-    description="Prices, current discount and stock of a redeemable item.",
-    schema=[
-        Field(name="market_price_minor", dtype=Int64),
-        Field(name="points_price", dtype=Int64),
-        Field(name="perceived_discount", dtype=Float64),
-        Field(name="discount_coefficient", dtype=Float64, description="20 % off -> 0.8"),
-        Field(name="category", dtype=String),
-        Field(name="points_class", dtype=String),
-        Field(name="stock", dtype=Int64),
-    ],
+    description=views.ITEM_CATALOGUE.description,
+    schema=_fields(views.ITEM_CATALOGUE),
 )
 
 item_stats = FeatureView(
@@ -172,17 +134,8 @@ item_stats = FeatureView(
     ttl=ITEM_TTL,
     source=item_stats_source,
     online=True,
-    description="Views, redemptions and turnover of a redeemable item.",
-    schema=[
-        Field(name="item_views_30d", dtype=Int64),
-        Field(name="item_views_90d", dtype=Int64),
-        Field(name="item_redemptions_30d", dtype=Int64),
-        Field(name="item_redemptions_90d", dtype=Int64),
-        Field(name="item_redemption_rate_30d", dtype=Float64, description="null: no views"),
-        Field(name="item_redemption_rate_90d", dtype=Float64, description="null: no views"),
-        Field(name="stock_turnover_days", dtype=Float64,
-              description="stock / mean daily redemptions over 30 days; null: none redeemed"),
-    ],
+    description=views.ITEM_STATS.description,
+    schema=_fields(views.ITEM_STATS),
 )
 
 

@@ -71,17 +71,27 @@ def test_snapshots_have_the_columns_and_types_the_feast_views_declare(tmp_path: 
         assert view.batch_source.path == str(expected)
 
 
-def test_the_model_inputs_read_every_column_of_their_views_in_order() -> None:
-    """The three lists of a view's features (the feature job's schema, the Feast definitions,
-    above, and the model inputs' names) cannot drift: a column added to one is missed here."""
+def test_the_views_columns_the_feast_definitions_and_the_model_inputs_are_one_source(
+        tmp_path: Path) -> None:
+    """recsvc.data.views defines each computed view's columns once: the feature job's schema,
+    the Feast definitions (names, meanings; their types above) and the model inputs' names
+    are that definition, so none can drift from the others."""
+    from recsvc.data import views
     from recsvc.ml import inputs
 
-    for view, names in (("member_activity", inputs.MEMBER_ACTIVITY),
-                        ("member_points", inputs.MEMBER_POINTS),
-                        ("item_catalogue", inputs.ITEM_CATALOGUE),
-                        ("item_stats", inputs.ITEM_STATS)):
-        key = compute.ENTITY_KEY[view]
-        assert compute.VIEWS[view].names == [key, "ts", *names], view
+    feast_views = {v.name: v for v in store.load_definitions(tmp_path, REPO).views}
+    assert list(compute.VIEWS) == list(views.COMPUTED)
+    for name, view in views.COMPUTED.items():
+        assert compute.VIEWS[name] == view.arrow_schema, name
+        assert compute.ENTITY_KEY[name] == view.entity_key
+        assert feast_views[name].description == view.description
+        assert [(f.name, f.description) for f in feast_views[name].features] == \
+            [(c.name, c.description) for c in view.columns], name
+    for view, names in ((views.MEMBER_ACTIVITY, inputs.MEMBER_ACTIVITY),
+                        (views.MEMBER_POINTS, inputs.MEMBER_POINTS),
+                        (views.ITEM_CATALOGUE, inputs.ITEM_CATALOGUE),
+                        (views.ITEM_STATS, inputs.ITEM_STATS)):
+        assert names == view.features, view.name
 
 
 def test_member_activity_windows_recency_tier_and_nulls(tiny_features: dict) -> None:

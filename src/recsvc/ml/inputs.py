@@ -22,6 +22,7 @@ from pandas import isna as pd_isna
 from recsvc.config import Programme
 from recsvc.core import elementwise as ew
 from recsvc.core import index as idx
+from recsvc.data import views
 from recsvc.data.views import feature_name, is_feature
 from recsvc.errors import DataMissing
 
@@ -31,26 +32,11 @@ if TYPE_CHECKING:
 F64 = npt.NDArray[np.float64]
 Columns = Mapping[str, Any]
 
-MEMBER_ACTIVITY = (
-    "days_since_last_order", "orders_30d", "orders_90d", "orders_365d",
-    "spend_30d_minor", "spend_90d_minor", "spend_365d_minor", "orders_total",
-    "spend_total_minor", "tenure_days", "avg_order_value_365d_minor", "mean_interpurchase_days",
-    "interpurchase_days_std", "tier", "age_band", "top_category_1", "top_category_1_share",
-    "top_category_2", "top_category_2_share", "top_category_3", "top_category_3_share",
-)  # fmt: skip
-MEMBER_POINTS = (
-    "points_balance", "points_expiring_30d", "points_earned_90d", "points_redeemed_90d",
-    "redemptions_90d", "days_since_last_redemption", "member_views_90d", "redemptions_365d",
-    "member_views_365d", "points_centre_views_90d", "points_centre_views_365d",
-)  # fmt: skip
-ITEM_CATALOGUE = (
-    "market_price_minor", "points_price", "perceived_discount", "discount_coefficient",
-    "category", "points_class", "stock",
-)  # fmt: skip
-ITEM_STATS = (
-    "item_views_30d", "item_views_90d", "item_redemptions_30d", "item_redemptions_90d",
-    "item_redemption_rate_30d", "item_redemption_rate_90d", "stock_turnover_days",
-)  # fmt: skip
+# the views' feature columns, in their order (`recsvc.data.views` defines them once)
+MEMBER_ACTIVITY = views.MEMBER_ACTIVITY.features
+MEMBER_POINTS = views.MEMBER_POINTS.features
+ITEM_CATALOGUE = views.ITEM_CATALOGUE.features
+ITEM_STATS = views.ITEM_STATS.features
 
 REQUEST_TIME = ("surface",)
 SURFACES = ("product_page", "points_centre", "cart")

@@ -40,7 +40,7 @@ from recsvc.config import Programme
 from recsvc.core import ledger
 from recsvc.core.catalogue import turnover_days
 from recsvc.core.ledger import DAY_US, US, instant
-from recsvc.data import schema
+from recsvc.data import schema, views
 from recsvc.data.columns import NULL_US, as_i64, as_us, kind_codes
 from recsvc.engine import LOCAL, Engine, id_ranges
 from recsvc.errors import DataMissing
@@ -71,60 +71,17 @@ MAX_CATEGORIES = 30
 TOP_CATEGORIES = 3
 
 TS = schema.TS
-I = pa.int64()  # noqa: E741 - a column-type alias used only in the schemas below
-F = pa.float64()
-S = pa.string()
-
-MEMBER_ACTIVITY = pa.schema([
-    ("member_id", I), ("ts", TS),
-    ("days_since_last_order", F),
-    ("orders_30d", I), ("orders_90d", I), ("orders_365d", I),
-    ("spend_30d_minor", I), ("spend_90d_minor", I), ("spend_365d_minor", I),
-    ("orders_total", I), ("spend_total_minor", I),
-    ("tenure_days", F), ("avg_order_value_365d_minor", F), ("mean_interpurchase_days", F),
-    ("interpurchase_days_std", F), ("tier", S), ("age_band", S),
-    ("top_category_1", S), ("top_category_1_share", F),
-    ("top_category_2", S), ("top_category_2_share", F),
-    ("top_category_3", S), ("top_category_3_share", F),
-])
-MEMBER_POINTS = pa.schema([
-    ("member_id", I), ("ts", TS),
-    ("points_balance", I), ("points_expiring_30d", I), ("points_earned_90d", I),
-    ("points_redeemed_90d", I), ("redemptions_90d", I),
-    ("days_since_last_redemption", F), ("member_views_90d", I), ("redemptions_365d", I),
-    ("member_views_365d", I), ("points_centre_views_90d", I), ("points_centre_views_365d", I),
-])
-# The member's live points by expiry instant, earliest first (what the cart burns FIFO): two
-# parallel lists, epoch seconds and points. Points that never expire are not listed.
-MEMBER_EXPIRY = pa.schema([
-    ("member_id", I), ("ts", TS),
-    ("expiry_at_s", pa.list_(I)), ("expiry_points", pa.list_(I)),
-])
-ITEM_CATALOGUE = pa.schema([
-    ("item_id", I), ("ts", TS),
-    ("market_price_minor", I), ("points_price", I),
-    ("perceived_discount", F), ("discount_coefficient", F),
-    ("category", S), ("points_class", S), ("stock", I),
-])
-ITEM_STATS = pa.schema([
-    ("item_id", I), ("ts", TS),
-    ("item_views_30d", I), ("item_views_90d", I), ("item_redemptions_30d", I),
-    ("item_redemptions_90d", I), ("item_redemption_rate_30d", F), ("item_redemption_rate_90d", F),
-    ("stock_turnover_days", F),
-])
+# The snapshot files' schemas, from the one definition of the views (`recsvc.data.views`).
+MEMBER_ACTIVITY = views.MEMBER_ACTIVITY.arrow_schema
+MEMBER_POINTS = views.MEMBER_POINTS.arrow_schema
+MEMBER_EXPIRY = views.MEMBER_EXPIRY.arrow_schema
+ITEM_CATALOGUE = views.ITEM_CATALOGUE.arrow_schema
+ITEM_STATS = views.ITEM_STATS.arrow_schema
 
 # The offline store: one Parquet directory per feature view, `<data_dir>/features/<view>/`.
-VIEWS: dict[str, pa.Schema] = {
-    "member_activity": MEMBER_ACTIVITY,
-    "member_points": MEMBER_POINTS,
-    "member_expiry": MEMBER_EXPIRY,
-    "item_catalogue": ITEM_CATALOGUE,
-    "item_stats": ITEM_STATS,
-}
-ENTITY_KEY = {"member_activity": "member_id", "member_points": "member_id",
-              "member_expiry": "member_id",
-              "item_catalogue": "item_id", "item_stats": "item_id"}
-TIMESTAMP_FIELD = "ts"
+VIEWS: dict[str, pa.Schema] = {name: view.arrow_schema for name, view in views.COMPUTED.items()}
+ENTITY_KEY = {name: view.entity_key for name, view in views.COMPUTED.items()}
+TIMESTAMP_FIELD = views.TIMESTAMP_FIELD
 
 # Only the columns the features need, so a 15M-row exposure table stays at two int64 columns.
 INPUT_COLUMNS: dict[str, list[str]] = {
