@@ -18,7 +18,7 @@ import pytest
 
 from conftest import on_cluster
 from recsvc.adapters import feast as store
-from recsvc.adapters import online
+from recsvc.adapters import feast_codec, online, online_redis, online_sqlite
 from recsvc.adapters.online import OnlineReader
 from recsvc.config import load_programme
 from recsvc.data import schema
@@ -226,8 +226,9 @@ def test_the_generic_redis_pipeline_path_reads_the_same(redis_store: Any,
     """The path a Redis Cluster takes (redis-py's pipeline, one HMGET per entity)."""
     members, items = entities
     views, services = online.registry_specs(redis_store)
-    client = online.redis_client(redis_store.config.online_store, online.REDIS_TIMEOUT_S)
-    reader = online.RedisReader(views, services, redis_store.project, client, use_pipeline=True)
+    client = online_redis.redis_client(redis_store.config.online_store, online.REDIS_TIMEOUT_S)
+    reader = online_redis.RedisReader(views, services, redis_store.project, client,
+                                      use_pipeline=True)
     sdk = _sdk_member_and_items(redis_store, members[1], items)
     assert _typed(_reader_member_and_items(reader, members[1], items)) == _typed(sdk)
     reader.close()
@@ -277,7 +278,7 @@ def test_value_decoders_equal_feasts_conversion() -> None:
     blobs.append(Value(int64_val=5).SerializeToString() + b"\x18\x01")
     for vtype in (ValueType.INT64, ValueType.INT32, ValueType.DOUBLE, ValueType.FLOAT,
                   ValueType.STRING, ValueType.BOOL, ValueType.BYTES, ValueType.UNIX_TIMESTAMP):
-        decode = online.value_decoder(vtype)
+        decode = feast_codec.value_decoder(vtype)
         assert decode(None) is None
         for blob in blobs:
             expected = feast_value_type_to_python_type(Value.FromString(blob), vtype)
@@ -295,7 +296,7 @@ def test_entity_keys_are_feasts_serialisation() -> None:
         ("member_id", ValueType.INT64, ids, "int64_val"),
         ("code", ValueType.STRING, ["a", "", "é"], "string_val")]
     for name, vtype, values, field in cases:
-        codec = online.EntityKeyCodec(name, vtype, 3)
+        codec = feast_codec.EntityKeyCodec(name, vtype, 3)
         protos = [Value(**{field: v}) for v in values]
         expected = [serialize_entity_key(EntityKey(join_keys=[name], entity_values=[p]), 3)
                     for p in protos]
@@ -345,7 +346,7 @@ def test_a_locked_or_missing_sqlite_file_is_unavailable(data_dir: tuple[Path, st
     feast_store = store.open_store(_settings(data, project))
     reader = OnlineReader.from_store(feast_store, sqlite_timeout_s=0.05)
     assert reader.read_service("churn_v1", "member_id", [4])  # connection open, 4 cached
-    writer = sqlite3.connect(online.sqlite_path(feast_store))
+    writer = sqlite3.connect(online_sqlite.sqlite_path(feast_store))
     try:
         writer.execute("BEGIN EXCLUSIVE")  # a writer that holds the file: readers wait
         _unavailable_within(reader, 0.5, "SQLite online store.*locked")
@@ -359,7 +360,7 @@ def test_a_locked_or_missing_sqlite_file_is_unavailable(data_dir: tuple[Path, st
     other = _settings(tmp_path / "data", f"recsvc_test_{uuid.uuid4().hex[:10]}")
     empty = store.open_store(other)
     store.apply_definitions(empty, store.load_definitions(other.data_dir, REPO))
-    online.sqlite_path(empty).unlink()
+    online_sqlite.sqlite_path(empty).unlink()
     reader = OnlineReader.from_store(empty)
     _unavailable_within(reader, 0.5, "SQLite online store")
     reader.close()
@@ -379,7 +380,7 @@ def test_redis_rows_are_cached_until_redis_announces_a_write(redis_store: Any,
     from recsvc.metrics import ServiceMetrics
 
     reader = OnlineReader.from_store(redis_store)
-    assert isinstance(reader, online.RedisReader)
+    assert isinstance(reader, online_redis.RedisReader)
     ids = [WRITTEN_MEMBER]
     first = reader.read(MEMBER_VIEWS, "member_id", ids)
     hits, misses, held = reader.cache_stats()
@@ -423,7 +424,7 @@ def test_redis_reads_on_the_loop_never_wait_for_tracking_held_by_a_thread(
     import threading
 
     reader = OnlineReader.from_store(redis_store)
-    assert isinstance(reader, online.RedisReader) and reader._tracking is not None
+    assert isinstance(reader, online_redis.RedisReader) and reader._tracking is not None
     ids = [WRITTEN_MEMBER]
     read = reader.read_service("churn_v1", "member_id", ids)  # held from now on
     assert reader.read_nowait("churn_v1", "member_id", ids) == read
@@ -443,7 +444,7 @@ def test_sqlite_reads_without_waiting_until_a_writer_holds_the_lock(
     """What the event loop may ask: rows held while no connection has committed since, the
     file otherwise; None at once while a writer holds the file's lock."""
     reader = OnlineReader.from_store(sqlite_store)
-    assert isinstance(reader, online.SqliteReader)
+    assert isinstance(reader, online_sqlite.SqliteReader)
     ids = [WRITTEN_MEMBER]
     first = reader.read_nowait("churn_v1", "member_id", ids)
     assert first == reader.read_service("churn_v1", "member_id", ids)
@@ -455,7 +456,7 @@ def test_sqlite_reads_without_waiting_until_a_writer_holds_the_lock(
     after = reader.read_nowait("churn_v1", "member_id", ids)  # a commit: read again
     assert after is not None and after["member_points__points_balance"] == [balance]
     assert reader.cache_stats()[0] == hits
-    writer = sqlite3.connect(online.sqlite_path(sqlite_store), isolation_level=None)
+    writer = sqlite3.connect(online_sqlite.sqlite_path(sqlite_store), isolation_level=None)
     try:
         writer.execute("BEGIN EXCLUSIVE")  # a materialisation committing
         assert reader.read_nowait("churn_v1", "member_id", ids) is None

@@ -441,7 +441,7 @@ def open_cap_store(settings: Settings, feast_store: Any = None) -> CapStore:
     if not settings.redis_url:
         return SqliteCapStore(Path(settings.data_dir) / SQLITE_FILE)
     from recsvc.adapters import feast as fstore
-    from recsvc.adapters.online import redis_client
+    from recsvc.adapters.online_redis import redis_client
 
     config = feast_store.config if feast_store is not None else fstore.repo_config(settings)
     with fstore.feast_errors("connect to the Redis cap store"):

@@ -31,7 +31,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsvc.adapters.online import VALUE_TAGS, EntityKeyCodec, resp_bulk
+from recsvc.adapters.feast_codec import VALUE_TAGS, EntityKeyCodec
+from recsvc.adapters.online_redis import resp_bulk
 from recsvc.core.ledger import US
 
 U8 = npt.NDArray[np.uint8]
