@@ -36,7 +36,8 @@ def build(compiled: bool) -> tuple[Any, list[int], list[int]]:
     from recsvc.adapters.context import open_context
     from recsvc.adapters.model_holder import ModelHolder
     from recsvc.adapters.online import OnlineReader
-    from recsvc.app.dataplane import Catalogue, Dataplane
+    from recsvc.app.catalogue import Catalogue
+    from recsvc.app.dataplane import Dataplane
     from recsvc.data import schema
     from recsvc.metrics import ServiceMetrics
     from recsvc.ml.scoring import ChurnScorer, PropensityScorer
@@ -114,7 +115,7 @@ def main() -> None:
                         choices=["hint", "hint-warm", "hint-warm-rpc", "hints100",
                                  "hints100-rpc", "recommend", "recommend-rpc", "churn"])
     args = parser.parse_args()
-    from recsvc.app.dataplane import HintRequest, RecommendRequest
+    from recsvc.app.answers import HintRequest, RecommendRequest
     from recsvc.transport.servicer import RedemptionServicer
     from recsvc.v1 import recsvc_pb2 as pb
 

@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from fuzzing import Fuzzer, reflected_methods
+from recsvc.adapters.feature_sources import FeastSource
 from recsvc.adapters.model_holder import ModelHolder
-from recsvc.app.dataplane import FeastSource
 from recsvc.metrics import ServiceMetrics
 from recsvc.ml.scoring import ChurnScorer
 from recsvc.transport.server import SERVICE_NAME, create_server, mark_serving

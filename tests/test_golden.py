@@ -21,7 +21,8 @@ from recsvc.adapters import feast as fstore
 from recsvc.adapters.caps import SqliteCapStore
 from recsvc.adapters.model_holder import ModelHolder
 from recsvc.adapters.online import OnlineReader
-from recsvc.app.dataplane import Catalogue, Dataplane
+from recsvc.app.catalogue import Catalogue
+from recsvc.app.dataplane import Dataplane
 from recsvc.data import schema
 from recsvc.jobs.features import run_features
 from recsvc.metrics import ServiceMetrics

@@ -23,11 +23,14 @@ from prometheus_client import CollectorRegistry
 from conftest import bad_request_field
 from recsvc import cli
 from recsvc.adapters import feast as fstore
-from recsvc.adapters.caps import CapStore, RedisCapStore, SqliteCapStore
+from recsvc.adapters.caps import RedisCapStore, SqliteCapStore
 from recsvc.adapters.model_holder import ModelHolder
 from recsvc.adapters.online import OnlineReader
 from recsvc.adapters.registry import Registry
-from recsvc.app.dataplane import Catalogue, Dataplane, NudgeRequest
+from recsvc.app.answers import NudgeRequest
+from recsvc.app.catalogue import Catalogue
+from recsvc.app.dataplane import Dataplane
+from recsvc.app.ports import CapStore
 from recsvc.config import Programme, load_programme, parse_programme
 from recsvc.errors import CapStoreUnavailable
 from recsvc.jobs.features import run_features

@@ -17,8 +17,10 @@ from prometheus_client import CollectorRegistry
 
 from conftest import bad_request_field
 from recsvc.adapters import feast as fstore
+from recsvc.adapters.feature_sources import FeastSource
 from recsvc.adapters.model_holder import ModelHolder, Served
-from recsvc.app.dataplane import Catalogue, Dataplane, FeastSource
+from recsvc.app.catalogue import Catalogue
+from recsvc.app.dataplane import Dataplane
 from recsvc.errors import FeatureStoreUnavailable
 from recsvc.metrics import ServiceMetrics
 from recsvc.ml import inputs

@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from conftest import bad_request_field
 from recsvc.adapters.model_holder import Served
-from recsvc.app.dataplane import Catalogue, Dataplane
+from recsvc.app.catalogue import Catalogue
+from recsvc.app.dataplane import Dataplane
 from recsvc.config import load_programme
 from recsvc.metrics import ServiceMetrics
 from recsvc.transport.server import create_server, mark_serving

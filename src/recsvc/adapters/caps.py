@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from recsvc.adapters.online import REDIS_TIMEOUT_S, SQLITE_BUSY_TIMEOUT_S
 from recsvc.core.nudges import CapKey, CapOutcome, Reservation, decide
@@ -62,24 +62,6 @@ SWEEP_ROWS = 1000
 STALL_GRACE_S = 1.0
 """How much longer than its timeout `reserve_async` waits on a SQLite store that is stuck
 (a stalled disk, not a lock) before giving up on it."""
-
-
-class CapStore(Protocol):
-    """Counts the nudges delivered to members, per cap, over sliding windows."""
-
-    def reserve(self, member_id: int, reservations: Sequence[Reservation], now: dt.datetime,
-                *, dry_run: bool = False) -> list[CapOutcome]:
-        """The outcome of each reservation, in order (`core.nudges.decide`), recording the
-        granted ones unless `dry_run`; atomic per call. Raises CapStoreUnavailable."""
-        ...
-
-    async def reserve_async(self, member_id: int, reservations: Sequence[Reservation],
-                            now: dt.datetime, *, dry_run: bool = False) -> list[CapOutcome]:
-        """`reserve` for a caller on an event loop (the grpc.aio service): the store is
-        waited on off the loop."""
-        ...
-
-    def close(self) -> None: ...
 
 
 def _ms(now: dt.datetime) -> int:
@@ -435,7 +417,7 @@ class SqliteCapStore:
 # --------------------------------------------------------------------------------------------
 # Which store.
 # --------------------------------------------------------------------------------------------
-def open_cap_store(settings: Settings, feast_store: Any = None) -> CapStore:
+def open_cap_store(settings: Settings, feast_store: Any = None) -> RedisCapStore | SqliteCapStore:
     """Redis when `settings.redis_url` is set (the online store's, configured as Feast is:
     `feast_store`'s, else the settings'), else the SQLite file under the data directory."""
     if not settings.redis_url:

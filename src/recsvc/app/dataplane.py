@@ -14,14 +14,33 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from recsvc.adapters.model_holder import ModelHolder, Served
 from recsvc.adapters.online import HeldColumns
+from recsvc.app.answers import (
+    CAP_STORE_UNAVAILABLE,
+    FEATURE_STORE_UNAVAILABLE,
+    NO_MODEL,
+    CartAnswer,
+    CartRequest,
+    ChurnAnswer,
+    HintAnswer,
+    HintRequest,
+    ItemHint,
+    NudgeAnswer,
+    NudgeRequest,
+    Read,
+    RecommendAnswer,
+    RecommendRequest,
+    Risk,
+)
 from recsvc.app.breaker import Breaker
+from recsvc.app.catalogue import Catalogue, Items, Prepared, read_columns
+from recsvc.app.ports import CapStore, FeatureSource, PropensityModel
 from recsvc.config import Arm, Programme
 from recsvc.core import cart, fraud, ranking, redemption, segments
 from recsvc.core import catalogue as core_catalogue
@@ -30,7 +49,7 @@ from recsvc.core import nudges as core_nudges
 from recsvc.core.experiments import ArmAssigner, hint_threshold
 from recsvc.core.index import IndexFactors
 from recsvc.core.redemption import Reason
-from recsvc.data.views import feature_name, is_feature
+from recsvc.data.views import feature_name
 from recsvc.defaults import CHANNELS, DEFAULT_RECOMMENDATIONS, MAX_RECOMMENDATIONS
 from recsvc.errors import (
     CapStoreUnavailable,
@@ -39,11 +58,7 @@ from recsvc.errors import (
     NotFound,
 )
 from recsvc.metrics import ServiceMetrics
-from recsvc.ml import inputs
 from recsvc.ml.scoring import ChurnScorer
-
-if TYPE_CHECKING:
-    from recsvc.adapters.caps import CapStore
 
 log = logging.getLogger(__name__)
 
@@ -56,88 +71,6 @@ MAX_HINT_BATCH = 100
 MEMBER_INPUTS_KEPT = 50_000  # member Contexts (profile, model inputs) kept between calls
 WANTED_ITEMS = 5  # the cart's advice compares the points' value here with these items'
 TOP_DRIVERS = 3
-FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
-NO_MODEL = "no_model"
-CAP_STORE_UNAVAILABLE = "cap_store_unavailable"
-
-
-class FeatureSource(Protocol):
-    """Online features of a feature service for entity ids: {"<view>__<feature>": values}."""
-
-    def read_service(
-        self, service: str, entity_key: str, ids: Sequence[int]
-    ) -> Mapping[str, list[Any]]: ...
-
-
-class PropensityModel(Protocol):
-    """P(redeem within 7 days) of one member for catalogue items (models.scoring's
-    PropensityScorer; tests swap in their own)."""
-
-    def score_items(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
-                    positions: npt.NDArray[np.int64], member: Mapping[str, Any],
-                    encoded: dict[str, npt.NDArray[np.float64]], balance: float, surface: str,
-                    factors: IndexFactors) -> npt.NDArray[np.float64]: ...
-
-    def score_item(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
-                   position: int, member: Mapping[str, Any],
-                   encoded: dict[str, npt.NDArray[np.float64]], balance: float, surface: str,
-                   factors: IndexFactors) -> float: ...
-
-
-class FeastSource:
-    """Reads through the Feast SDK (`store.online_features`): correct, and the slow reference."""
-
-    def __init__(self, feast_store: Any) -> None:
-        self.store = feast_store
-
-    def read_service(
-        self, service: str, entity_key: str, ids: Sequence[int]
-    ) -> Mapping[str, list[Any]]:
-        """The service's views keyed by `entity_key` only (a member's part, or the items')."""
-        from recsvc.adapters import feast as fstore
-
-        with fstore.feast_errors(f"read {service!r} online"):
-            got = self.store.get_online_features(
-                features=self.refs(service, entity_key),
-                entity_rows=[{entity_key: int(i)} for i in ids],
-                full_feature_names=True).to_dict()
-        return {k: v for k, v in got.items() if k != entity_key}
-
-    def refs(self, service: str, entity_key: str) -> list[str]:
-        """"<view>:<feature>" of the service's views keyed by `entity_key` only (Feast errors
-        are the caller's to map)."""
-        fs = self.store.get_feature_service(service, allow_cache=True)
-        return [f"{p.name_to_use()}:{f.name}" for p in fs.feature_view_projections
-                if [c.name for c in self.store.get_feature_view(p.name).entity_columns]
-                == [entity_key] for f in p.features]
-
-
-@dataclass(frozen=True)
-class Read:
-    """Online features read for an answer (ahead of it, off the event loop, by `read_async`):
-    {"<view>__<feature>": values}, empty when the store failed (`degraded` says so)."""
-
-    raw: Mapping[str, list[Any]]
-    degraded: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Risk:
-    member_id: int
-    probability: float
-    band: str
-    segment: str
-    drivers: tuple[tuple[str, float], ...]
-    action: segments.Action
-    cold_start: bool
-
-
-@dataclass(frozen=True)
-class ChurnAnswer:
-    risks: list[Risk]
-    model_version: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    horizon_days: int = 0  # the probabilities are P(no order within it); 0: no model
 
 
 Admit = Callable[[], None]
@@ -164,114 +97,11 @@ def _check_id(name: str, value: int) -> None:
         raise InvalidArgument(name, f"must be >= 1 (ids start at 1), got {value}")
 
 
-def _columns(raw: Mapping[str, list[Any]], n: int) -> tuple[dict[str, Any], np.ndarray]:
-    """Feature columns by feature name, and which rows have no features at all (unknown
-    members: cold start; items the store does not know)."""
-    present = np.zeros(n, dtype=bool)
-    for name, values in raw.items():
-        if is_feature(name):
-            present |= np.asarray(values, dtype=object) != None  # noqa: E711 - element-wise
-            if present.all():  # the usual batch: every member known after the first column
-                break
-    return inputs.feature_columns(raw), ~present
-
-
-def _keep_lost_rows(ids: list[int], raw: Mapping[str, list[Any]], old_ids: list[int],
-                    old: Mapping[str, list[Any]]) -> tuple[Mapping[str, list[Any]], int]:
-    """`raw` with the rows it lacks (every feature None) taken from `old` where `old` had
-    them, and how many were taken."""
-    features = [name for name in raw if is_feature(name)]
-    if not features or set(features) != {name for name in old if is_feature(name)}:
-        return raw, 0
-    before = {item: k for k, item in enumerate(old_ids)}
-    out = {name: list(values) for name, values in raw.items()}
-    kept = 0
-    for k, item in enumerate(ids):
-        j = before.get(item)
-        if j is None or any(raw[name][k] is not None for name in features):
-            continue
-        if all(old[name][j] is None for name in features):
-            continue
-        for name in features:
-            out[name][k] = old[name][j]
-        kept += 1
-    return (out, kept) if kept else (raw, 0)
-
-
 UNAVAILABLE_READ = Read({}, (FEATURE_STORE_UNAVAILABLE,))
 
 
 class _CapsPaused(CapStoreUnavailable):
     """The cap store is paused by its breaker: refused without asking it."""
-
-
-@dataclass(frozen=True)
-class Items:
-    """One load of the catalogue: every item's features as columns (by feature name, in
-    `core.item_id` order), the arrays the ranking core works on, and what the alternates'
-    similarity looks at (prepared here, once a load, not per hint)."""
-
-    position: dict[int, int]
-    columns: dict[str, npt.NDArray[Any]]
-    core: ranking.Catalogue
-    similar: core_catalogue.Attributes
-
-    @classmethod
-    def build(cls, ids: Sequence[int], raw: Mapping[str, list[Any]]) -> Items:
-        cols, missing = _columns(raw, len(ids))
-        keep = np.flatnonzero(~missing)
-        cols = {k: v[keep] for k, v in cols.items()}
-        item_id = np.asarray(ids, dtype=np.int64)[keep]
-        n = len(keep)
-
-        def num(name: str, default: float) -> npt.NDArray[np.float64]:
-            return np.nan_to_num(cols.get(name, np.full(n, np.nan)), nan=default)
-
-        core = ranking.Catalogue(
-            item_id=item_id,
-            category=cols.get("category", np.full(n, None, dtype=object)),
-            points_price=num("points_price", 0).astype(np.int64),
-            market_price_minor=num("market_price_minor", 0).astype(np.int64),
-            perceived_discount=num("perceived_discount", 1.0),
-            discount_coefficient=num("discount_coefficient", 1.0),
-            stock=num("stock", 0).astype(np.int64))
-        similar = core_catalogue.Attributes.build(
-            item_id, core.category, cols.get("points_class", np.full(n, None, dtype=object)),
-            core.points_price, core.stock)
-        return cls({int(i): k for k, i in enumerate(item_id)}, cols, core, similar)
-
-    def take(self, positions: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]]:
-        return {name: values[positions] for name, values in self.columns.items()}
-
-
-class Catalogue:
-    """Every item's features in memory, so answers never wait on the store for item data and
-    keep coming while it is down; `refresh()` reloads them (in the background) and swaps the
-    new `Items` in whole, so a request sees one load throughout."""
-
-    def __init__(self, features: FeatureSource, item_ids: Any) -> None:
-        self.features = features
-        self.item_ids = item_ids  # () -> list of ids
-        self.items = Items.build([], {})
-        self._loaded: tuple[list[int], Mapping[str, list[Any]]] | None = None
-
-    def refresh(self) -> int:
-        """Reload; the same `Items` stay when nothing changed, so what answers prepare from a
-        load (`Dataplane.prepare`) is kept. An item the store has no row for now but had one
-        for at the last load keeps that row: a store that lost its data (Redis restarted
-        empty, not yet materialised again) must not take the catalogue with it."""
-        ids = [int(i) for i in self.item_ids()]
-        raw = self.features.read_service("propensity_v1", "item_id", ids)
-        if self._loaded is not None:
-            raw, kept = _keep_lost_rows(ids, raw, *self._loaded)
-            if kept:
-                log.warning("catalogue refresh: the online store has no features for %d of %d "
-                            "items it had; serving their last features read until it has",
-                            kept, len(ids))
-        if (ids, raw) != self._loaded:
-            self.items = Items.build(ids, raw)
-            self._loaded = (ids, raw)
-        return len(self.items.position)
 
 
 @dataclass(frozen=True)
@@ -320,121 +150,6 @@ def features_of(raw: Mapping[str, list[Any]]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    """What answers take from one catalogue load and the programme, computed once a load:
-    the items' index factors, and each item's values as plain numbers for one-item hints
-    (reading one value out of a numpy array costs more than the arithmetic done with it)."""
-
-    items: Items
-    factors: idx.ItemFactors
-    item_id: list[int]
-    points_price: list[int]
-    discount: list[float]
-    cash_price: list[int]
-    in_stock: list[bool]
-    value_coefficient: list[float]
-    vacuum: list[bool]
-
-    @classmethod
-    def build(cls, programme: Programme, items: Items) -> _Prepared:
-        c = items.core
-        f = ranking.item_factors(programme, c)
-        return cls(items, f, c.item_id.tolist(), c.points_price.tolist(),
-                   c.discount_coefficient.tolist(),
-                   redemption.cash_price(c.market_price_minor, c.discount_coefficient).tolist(),
-                   (c.stock > 0).tolist(), f.value_coefficient.tolist(), f.vacuum.tolist())
-
-
-@dataclass(frozen=True)
-class HintRequest:
-    member_id: int
-    item_ids: Sequence[int]
-    surface: str = "product_page"
-    points_balance: int | None = None
-    arm: str = ""
-    item_field: str = "item_ids"  # how the caller's request names the items ("item_id": one)
-
-
-@dataclass(frozen=True)
-class ItemHint:
-    item_id: int
-    points_price: int
-    hint: redemption.Hint
-    propensity: float | None
-    alternates: tuple[core_catalogue.Alternate, ...] = ()
-
-
-@dataclass(frozen=True)
-class HintAnswer:
-    hints: list[ItemHint]
-    arm: str
-    model_version: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    verification: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class RecommendRequest:
-    member_id: int
-    limit: int = 0
-    categories: Sequence[str] = ()
-    max_points_price: int = 0
-    affordable_only: bool = False
-    surface: str = "points_centre"
-    points_balance: int | None = None
-    arm: str = ""
-
-
-@dataclass(frozen=True)
-class RecommendAnswer:
-    options: list[ranking.Option]
-    unlocks: list[ranking.Unlock]
-    points_balance: int
-    expiring_points: int
-    next_expiry: dt.datetime | None
-    arm: str
-    model_version: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    verification: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class CartRequest:
-    member_id: int
-    lines: Sequence[cart.CartLine]
-    points_balance: int | None = None
-    arm: str = ""
-
-
-@dataclass(frozen=True)
-class CartAnswer:
-    split: cart.CartSplit
-    arm: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    verification: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class NudgeRequest:
-    member_id: int
-    channel: str = "in_app"
-    points_balance: int | None = None
-    arm: str = ""
-    dry_run: bool = False
-    surface: str = "points_centre"  # what the propensity model is told the options are shown on
-
-
-@dataclass(frozen=True)
-class NudgeAnswer:
-    nudges: list[core_nudges.Nudge]
-    capped: list[core_nudges.Capped]
-    arm: str
-    model_version: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    verification: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class _PendingNudges:
     """A GetNudges call between its due nudges and the cap store's answer."""
 
@@ -470,7 +185,7 @@ class Dataplane:
         self.clock = clock
         self.arms = ArmAssigner(programme.experiments) if programme else None
         self._kept: dict[tuple[str, int, int | None], _Kept] = {}
-        self._prepared_items: _Prepared | None = None
+        self._prepared_items: Prepared | None = None
 
     # -- what every member-facing answer shares ----------------------------------------------
     def _configured(self) -> tuple[Programme, Catalogue, ArmAssigner]:
@@ -536,12 +251,12 @@ class Dataplane:
         if warm is not None:
             warm(items, items.columns, len(items.core))
 
-    def _prepared(self, items: Items) -> _Prepared:
+    def _prepared(self, items: Items) -> Prepared:
         """`items` prepared for answers (once a catalogue load)."""
         assert self.programme is not None
         held = self._prepared_items
         if held is None or held.items is not items:
-            held = self._prepared_items = _Prepared.build(self.programme, items)
+            held = self._prepared_items = Prepared.build(self.programme, items)
         return held
 
     def _factors(self, ctx: Context, items: Items,
@@ -934,7 +649,7 @@ class Dataplane:
             read = self.read(CHURN_SERVICE, member_ids, rpc)
         degraded = list(read.degraded)
         raw = read.raw
-        cols, cold = _columns(raw, n) if raw else ({}, np.ones(n, dtype=bool))
+        cols, cold = read_columns(raw, n) if raw else ({}, np.ones(n, dtype=bool))
         if served is None:
             degraded.append(NO_MODEL)
             return ChurnAnswer([self._default(m, c) for m, c in zip(member_ids, cold, strict=True)],

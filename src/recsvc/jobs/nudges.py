@@ -17,11 +17,12 @@ import datetime as dt
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recsvc.adapters.feature_sources import AsOfSource
 from recsvc.cliargs import date_arg, end_of_day
 from recsvc.defaults import CHANNELS
 from recsvc.engine import LOCAL, Engine, add_engine_args, open_engine, worker_held
@@ -34,74 +35,6 @@ OUT_DIR = "nudges"  # under the data directory: the CSVs of runs without --out
 RPC = "nudges_batch"  # the label its degraded answers are counted under
 COLUMNS = ("member_id", "kind", "points", "expires_at", "option_item_ids", "unlock_category",
            "spend_to_unlock_minor", "message")
-
-
-class AsOfSource:
-    """A feature source (`dataplane.FeatureSource`) over point-in-time features at one instant:
-    each (service, entity key) is retrieved once for all its ids (`ids[entity key]`) through
-    Feast's historical retrieval, then served by id: the latest snapshot at or before the
-    instant, within the views' ttl, as the online store held it then."""
-
-    def __init__(self, feast_store: Any, as_of: dt.datetime,
-                 ids: Mapping[str, Sequence[int]]) -> None:
-        self.store = feast_store
-        self.as_of = as_of
-        self.ids = ids
-        self._tables: dict[tuple[str, str], tuple[dict[int, int], dict[str, list[Any]]]] = {}
-
-    def _load(self, service: str, entity_key: str
-              ) -> tuple[dict[int, int], dict[str, list[Any]]]:
-        import pandas as pd
-
-        from recsvc.adapters import feast as fstore
-        from recsvc.app.dataplane import FeastSource
-
-        ids = [int(i) for i in self.ids[entity_key]]
-        frame = pd.DataFrame({entity_key: ids, "event_timestamp": pd.Timestamp(self.as_of)})
-        with fstore.feast_errors(f"read {service!r} as of {self.as_of:%Y-%m-%d}"):
-            refs = [r for r in FeastSource(self.store).refs(service, entity_key)
-                    if self._has_data(r.split(":", 1)[0])]
-            if not refs:
-                return {}, {}
-            got = self.store.get_historical_features(
-                entity_df=frame, features=refs, full_feature_names=True).to_df()
-        rows = {int(k): n for n, k in enumerate(got[entity_key].tolist())}
-        columns = {name: [_value(v) for v in got[name].tolist()] for name in got.columns
-                   if "__" in name}
-        return rows, columns
-
-    def _has_data(self, view: str) -> bool:
-        """False for a view whose Parquet files do not exist yet (a batch job's output never
-        written): its features are missing, as the online store would answer, instead of the
-        whole retrieval failing."""
-        import glob
-
-        from feast.infra.offline_stores.file_source import FileSource
-
-        source = self.store.get_feature_view(view).batch_source
-        return not isinstance(source, FileSource) or bool(glob.glob(source.path))
-
-    def read_service(self, service: str, entity_key: str,
-                     ids: Sequence[int]) -> dict[str, list[Any]]:
-        key = (service, entity_key)
-        if key not in self._tables:
-            self._tables[key] = self._load(service, entity_key)
-        rows, columns = self._tables[key]
-        at = [rows.get(int(i)) for i in ids]
-        return {name: [None if n is None else values[n] for n in at]
-                for name, values in columns.items()}
-
-
-def _value(v: Any) -> Any:
-    """A retrieved value as the online reader gives it: None for missing, lists for arrays."""
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(v, np.ndarray | list | tuple):
-        return [x.item() if isinstance(x, np.generic) else x for x in v]
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return None
-    return v.item() if isinstance(v, np.generic) else v
 
 
 @dataclass(frozen=True)
@@ -223,7 +156,9 @@ def nudges_part(members: list[int], *, job: NudgesJob, ctx: Any = None,
     from recsvc.adapters.caps import open_cap_store
     from recsvc.adapters.context import open_context
     from recsvc.adapters.model_holder import ModelHolder, Served
-    from recsvc.app.dataplane import Catalogue, Dataplane, NudgeRequest
+    from recsvc.app.answers import NudgeRequest
+    from recsvc.app.catalogue import Catalogue
+    from recsvc.app.dataplane import Dataplane
     from recsvc.metrics import ServiceMetrics
     from recsvc.ml.scoring import PropensityScorer
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from recsvc.app import dataplane
+from recsvc.app import answers
 from recsvc.core import cart, fraud, ranking
 from recsvc.core.catalogue import Alternate
 from recsvc.core.redemption import Reason
@@ -21,19 +21,19 @@ BANDS = {"low": pb.RISK_BAND_LOW, "medium": pb.RISK_BAND_MEDIUM, "high": pb.RISK
 SEGMENTS = {"loyal": pb.SEGMENT_LOYAL, "potential": pb.SEGMENT_POTENTIAL,
             "dormant": pb.SEGMENT_DORMANT, "ordinary": pb.SEGMENT_ORDINARY}
 DEGRADED: dict[str, pb.DegradedReason] = {
-    dataplane.FEATURE_STORE_UNAVAILABLE: pb.DEGRADED_REASON_FEATURE_STORE_UNAVAILABLE,
-    dataplane.NO_MODEL: pb.DEGRADED_REASON_NO_MODEL,
-    dataplane.CAP_STORE_UNAVAILABLE: pb.DEGRADED_REASON_CAP_STORE_UNAVAILABLE,
+    answers.FEATURE_STORE_UNAVAILABLE: pb.DEGRADED_REASON_FEATURE_STORE_UNAVAILABLE,
+    answers.NO_MODEL: pb.DEGRADED_REASON_NO_MODEL,
+    answers.CAP_STORE_UNAVAILABLE: pb.DEGRADED_REASON_CAP_STORE_UNAVAILABLE,
 }
 
 
-def churn_risk(risk: dataplane.Risk) -> pb.ChurnRisk:
+def churn_risk(risk: answers.Risk) -> pb.ChurnRisk:
     msg = pb.ChurnRisk()
     fill_churn_risk(msg, risk)
     return msg
 
 
-def fill_churn_risk(msg: pb.ChurnRisk, risk: dataplane.Risk) -> None:
+def fill_churn_risk(msg: pb.ChurnRisk, risk: answers.Risk) -> None:
     """Fill `msg` in place (a 1,000-member batch fills `risks.add()`: no message is built
     twice, as it is when a built one is handed to a repeated field)."""
     msg.member_id, msg.probability = risk.member_id, risk.probability
@@ -83,24 +83,24 @@ def _context(context: pb.RequestContext, default_surface: str) -> Context:
 
 
 def hint_request(member_id: int, item_ids: list[int], context: pb.RequestContext, *,
-                 item_field: str = "item_ids") -> dataplane.HintRequest:
+                 item_field: str = "item_ids") -> answers.HintRequest:
     c = _context(context, "product_page")
-    return dataplane.HintRequest(member_id=member_id, item_ids=item_ids, surface=c.surface,
+    return answers.HintRequest(member_id=member_id, item_ids=item_ids, surface=c.surface,
                                  points_balance=c.points_balance, arm=c.arm,
                                  item_field=item_field)
 
 
-def recommend_request(request: pb.RecommendRedemptionsRequest) -> dataplane.RecommendRequest:
+def recommend_request(request: pb.RecommendRedemptionsRequest) -> answers.RecommendRequest:
     f, c = request.filters, _context(request.context, "points_centre")
-    return dataplane.RecommendRequest(
+    return answers.RecommendRequest(
         member_id=request.member_id, limit=request.limit, categories=list(f.categories),
         max_points_price=f.max_points_price, affordable_only=f.affordable_only,
         surface=c.surface, points_balance=c.points_balance, arm=c.arm)
 
 
-def cart_request(request: pb.OptimizeCartSplitRequest) -> dataplane.CartRequest:
+def cart_request(request: pb.OptimizeCartSplitRequest) -> answers.CartRequest:
     c = _context(request.context, "cart")
-    return dataplane.CartRequest(
+    return answers.CartRequest(
         member_id=request.member_id,
         lines=[cart.CartLine(line.item_id, line.unit_price_minor, line.quantity,
                              line.points_eligible) for line in request.lines],
@@ -127,13 +127,13 @@ def _timestamp(when: dt.datetime) -> Timestamp:
     return stamp
 
 
-def redemption_hint(item: dataplane.ItemHint) -> pb.RedemptionHint:
+def redemption_hint(item: answers.ItemHint) -> pb.RedemptionHint:
     msg = pb.RedemptionHint()
     fill_redemption_hint(msg, item)
     return msg
 
 
-def fill_redemption_hint(msg: pb.RedemptionHint, item: dataplane.ItemHint) -> None:
+def fill_redemption_hint(msg: pb.RedemptionHint, item: answers.ItemHint) -> None:
     """Fill `msg` in place, as `_fill_option` does an option (a batch fills `hints.add()`)."""
     h, g = item.hint, item.hint.factors
     msg.item_id, msg.points_better, msg.threshold = item.item_id, h.points_better, h.threshold
@@ -183,7 +183,7 @@ def _fill_option(msg: pb.RedemptionOption, o: ranking.Option) -> None:
     msg.reasons.extend(_reasons(o.reasons))
 
 
-def recommendations(answer: dataplane.RecommendAnswer) -> pb.RecommendRedemptionsResponse:
+def recommendations(answer: answers.RecommendAnswer) -> pb.RecommendRedemptionsResponse:
     msg = pb.RecommendRedemptionsResponse(
         unlocks=[_unlock(u) for u in answer.unlocks],
         points_balance=answer.points_balance, expiring_points=answer.expiring_points,
@@ -197,7 +197,7 @@ def recommendations(answer: dataplane.RecommendAnswer) -> pb.RecommendRedemption
     return msg
 
 
-def cart_split(answer: dataplane.CartAnswer) -> pb.OptimizeCartSplitResponse:
+def cart_split(answer: answers.CartAnswer) -> pb.OptimizeCartSplitResponse:
     s = answer.split
     return pb.OptimizeCartSplitResponse(
         points_used=s.points_used, cash_minor=s.cash_minor, order_total_minor=s.order_total_minor,
@@ -223,12 +223,12 @@ NUDGE_KINDS: dict[str, pb.NudgeKind] = {
     "low_balance": pb.NUDGE_KIND_LOW_BALANCE, "unlock_close": pb.NUDGE_KIND_UNLOCK_CLOSE}
 
 
-def nudge_request(request: pb.GetNudgesRequest) -> dataplane.NudgeRequest:
+def nudge_request(request: pb.GetNudgesRequest) -> answers.NudgeRequest:
     channel = CHANNELS.get(request.channel)
     if channel is None:
         raise InvalidArgument("channel", f"unknown channel {request.channel}")
     c = _context(request.context, "points_centre")
-    return dataplane.NudgeRequest(member_id=request.member_id, channel=channel,
+    return answers.NudgeRequest(member_id=request.member_id, channel=channel,
                                   points_balance=c.points_balance, arm=c.arm,
                                   dry_run=request.dry_run, surface=c.surface)
 
@@ -239,7 +239,7 @@ def _unlock(u: ranking.Unlock) -> pb.CategoryUnlock:
                              spend_to_unlock_minor=u.spend_to_unlock_minor)
 
 
-def nudges(answer: dataplane.NudgeAnswer) -> pb.GetNudgesResponse:
+def nudges(answer: answers.NudgeAnswer) -> pb.GetNudgesResponse:
     msg = pb.GetNudgesResponse(
         capped=[pb.CappedNudge(kind=NUDGE_KINDS[c.kind], cap=c.cap) for c in answer.capped],
         experiment_arm=answer.arm, model_version=answer.model_version,

@@ -78,7 +78,8 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
     from recsvc.adapters.context import open_context
     from recsvc.adapters.model_holder import ModelHolder
     from recsvc.adapters.online import OnlineReader
-    from recsvc.app.dataplane import Catalogue, Dataplane
+    from recsvc.app.catalogue import Catalogue
+    from recsvc.app.dataplane import Dataplane
     from recsvc.data import schema
     from recsvc.metrics import ServiceMetrics
     from recsvc.ml.scoring import ChurnScorer, PropensityScorer

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from recsvc.adapters.model_holder import ModelHolder
-from recsvc.app.dataplane import Catalogue
+from recsvc.app.catalogue import Catalogue
 from recsvc.errors import FeatureStoreUnavailable
 from recsvc.metrics import ServiceMetrics
 from recsvc.transport.servicer import LoadShedder, RedemptionServicer
