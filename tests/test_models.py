@@ -13,7 +13,7 @@ import pytest
 
 from recsvc.adapters import feast as fstore
 from recsvc.adapters.context import Context
-from recsvc.adapters.registry import Gate
+from recsvc.adapters.manifest import Gate
 from recsvc.config import load_programme
 from recsvc.core import index as idx
 from recsvc.data import schema

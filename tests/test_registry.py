@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from recsvc.adapters import registry as reg
-from recsvc.adapters.registry import Gate, Registry
+from recsvc.adapters.file_store import FileStore
+from recsvc.adapters.manifest import Gate
+from recsvc.adapters.registry import Registry
 from recsvc.errors import ArtefactInvalid, PromotionRefused
 
 FEATURES = ["recency_days", "orders_90d", "balance", "value_coefficient"]
@@ -469,7 +471,7 @@ def test_concurrent_registers_and_promotes_do_not_corrupt_state(
 
 _INCREMENT = """
 import sys
-from recsvc.adapters.registry import FileStore
+from recsvc.adapters.file_store import FileStore
 
 store = FileStore(sys.argv[1])
 print("ready", flush=True)
@@ -485,7 +487,7 @@ def test_the_lock_excludes_other_processes(tmp_path: Path) -> None:
     # that loses updates without it. The children start while the test holds the lock, so they
     # all contend from the moment it lets go.
     n, times = 3, 50
-    store = reg.FileStore(tmp_path)
+    store = FileStore(tmp_path)
     with store.lock("churn/.lock"):
         procs = [
             subprocess.Popen(

@@ -22,7 +22,8 @@ model files and silently loads others that lost their tail); that LightGBM parse
 booster's feature names equal the manifest's ordered list; and, given a `known_features`
 callable, that the named feature service serves every feature not declared derived.
 
-All filesystem access goes through `FileStore`, the seam for object storage later.
+All filesystem access goes through `FileStore` (`file_store.py`), the seam for object storage
+later; the manifest's schema and the promotion gate are `manifest.py`.
 """
 
 from __future__ import annotations
@@ -30,28 +31,33 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import platform
-import re
-import shutil
-import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
+from recsvc.adapters.file_store import FileStore
+from recsvc.adapters.manifest import (
+    MODEL_FILE,
+    NAME_RE,
+    VERSION_RE,
+    Champion,
+    Gate,
+    Manifest,
+    describe_invalid,
+)
 from recsvc.errors import ArtefactInvalid, PromotionRefused
 
 KnownFeatures = Callable[[str], Collection[str] | None]
 """Feature service name → the feature names it serves, or None when there is no such service."""
 
-MODEL_FILE = "model.txt"
 MANIFEST_FILE = "manifest.json"
 REPORT_DIR = "report"
 POINTER_FILE = "PRODUCTION"
@@ -60,264 +66,10 @@ LOCK_FILE = ".lock"
 POINTER_HISTORY_LIMIT = 100
 
 _log = logging.getLogger(__name__)
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 
 class ModelNotFound(ArtefactInvalid):
     """No such model, version or production pointer: nothing to serve, as with a broken one."""
-
-
-# -- manifest --------------------------------------------------------------------------------
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
-    )
-
-
-class TrainingWindow(_Frozen):
-    """The period the training data covers; naive times are taken as UTC."""
-
-    start: dt.datetime
-    end: dt.datetime
-
-    @field_validator("start", "end")
-    @classmethod
-    def _utc(cls, value: dt.datetime) -> dt.datetime:
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.start > self.end:
-            raise ValueError("start is after end")
-        return self
-
-
-class Champion(_Frozen):
-    """The production model re-scored on this candidate's validation data, when the training
-    job did so: the gate then compares like with like instead of metrics from two windows."""
-
-    version: str
-    metrics: dict[str, float]
-
-
-class Manifest(_Frozen):
-    """Everything needed to serve, audit and gate one model version (manifest.json)."""
-
-    schema_version: Literal[1] = 1
-    model_name: str = Field(pattern=_NAME_RE.pattern)
-    version: str = Field(pattern=_VERSION_RE.pattern)
-    feature_service: str = Field(min_length=1)
-    features: list[str] = Field(min_length=1)
-    """The booster's input columns, in order."""
-    derived_features: list[str] = []
-    """Features computed at request time (e.g. the index factors), not read from the store."""
-    training_window: TrainingWindow
-    data_fingerprint: str = Field(min_length=1)
-    metrics: dict[str, float]
-    """The model's metrics on the validation split: what the promotion gate judges."""
-    baseline_metrics: dict[str, dict[str, float]] = {}
-    """Baseline name → its metrics on the same split."""
-    champion: Champion | None = None
-    library_versions: dict[str, str] = {}
-    created_at: dt.datetime
-    model_file: str = MODEL_FILE
-    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    model_bytes: int = Field(gt=0)
-    extra: dict[str, Any] = {}
-    """Free-form, JSON-serialisable: RFM thresholds, calibration, band cuts, ..."""
-
-    @model_validator(mode="after")
-    def _features_consistent(self) -> Self:
-        dupes = sorted({f for f in self.features if self.features.count(f) > 1})
-        if dupes:
-            raise ValueError(f"features: duplicated {dupes}")
-        stray = sorted(set(self.derived_features) - set(self.features))
-        if stray:
-            raise ValueError(f"derived_features: not among the features {stray}")
-        return self
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<root>"
-        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
-# -- storage seam ----------------------------------------------------------------------------
-
-
-class FileStore:
-    """The registry's only access to storage: a local directory tree with atomic operations.
-
-    Keys are '/'-separated paths relative to the root. An object-storage implementation needs
-    the same operations: conditional put for `publish`, a single-object put for
-    `write_atomic`, and a lease for `lock`.
-    """
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-
-    def path(self, key: str) -> Path:
-        return self.root / key
-
-    def exists(self, key: str) -> bool:
-        return self.path(key).exists()
-
-    def read_bytes(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
-
-    def list_dir(self, key: str) -> list[str]:
-        target = self.path(key)
-        return sorted(p.name for p in target.iterdir()) if target.is_dir() else []
-
-    def write_atomic(self, key: str, data: bytes) -> None:
-        """Replace `key` with `data` in one rename: readers see the old or the new, whole."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            _write_synced(tmp, data)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
-
-    def append_line(self, key: str, line: str) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("a", encoding="utf-8") as fh:
-            fh.write(line.rstrip("\n") + "\n")
-
-    def publish(self, key: str, files: Mapping[str, bytes], trees: Mapping[str, Path]) -> None:
-        """Create directory `key` holding `files` and copies of `trees`, all at once.
-
-        Written into a hidden sibling and renamed; raises FileExistsError if `key` exists.
-        """
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            raise FileExistsError(str(target))
-        tmp = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex}")
-        try:
-            tmp.mkdir()
-            for name, data in files.items():
-                _write_synced(tmp / name, data)
-            for name, source in trees.items():
-                _copy_tree(Path(source), tmp / name)
-            _fsync_dir(tmp)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _fsync_dir(target.parent)
-
-    @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """Exclusive advisory lock, across processes and threads (each open is its own lock)."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    """Copy the folders and files of `source` to `target` with the modes new ones get here
-    (0o777 / 0o666 less the umask), not the source's: `shutil.copytree` copies each folder's
-    mode, and a report written in a private temporary folder (0700) became a folder that
-    only its owner could read in the registry."""
-    for folder, _, files in os.walk(source):
-        here = target / Path(folder).relative_to(source)
-        here.mkdir()
-        for name in files:
-            shutil.copyfile(Path(folder) / name, here / name)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # makes a rename durable across a power cut; not every filesystem allows it
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-# -- gate ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Gate:
-    """Promotion rules on one validation metric.
-
-    A candidate must beat the best baseline by more than `min_margin`, and must not fall more
-    than `tolerance` below the production version (its `champion` re-score when the manifest
-    has one for that version, else the production manifest's own metric). A version that
-    serves one of its baselines (`extra["served"]`, a classic churn model that beat the trees)
-    is that baseline: it must beat the others.
-    """
-
-    metric: str = "roc_auc"
-    higher_is_better: bool = True
-    tolerance: float = 0.005
-    min_margin: float = 0.0
-    require_baseline: bool = True
-
-    def check(self, candidate: Manifest, production: Manifest | None) -> list[str]:
-        """Why the candidate may not replace production; empty when it may."""
-        sign = 1.0 if self.higher_is_better else -1.0
-        m = self.metric
-        if m not in candidate.metrics:
-            return [f"candidate {candidate.version} has no {m!r} metric"]
-        mine = candidate.metrics[m]
-        reasons = []
-        served = candidate.extra.get("served")
-        baselines = {n: v[m] for n, v in candidate.baseline_metrics.items()
-                     if m in v and n != served}
-        if baselines:
-            best = max(baselines, key=lambda n: sign * baselines[n])
-            if not sign * (mine - baselines[best]) > self.min_margin:
-                reasons.append(
-                    f"{m} {mine:.4f} does not beat the best baseline {best!r} "
-                    f"({baselines[best]:.4f})"
-                )
-        elif self.require_baseline:
-            reasons.append(f"no baseline {m!r} to beat in the manifest")
-        if production is not None and production.version != candidate.version:
-            champ = candidate.champion
-            if champ is not None and champ.version == production.version and m in champ.metrics:
-                ref, source = champ.metrics[m], "re-scored on the candidate's validation data"
-            elif m in production.metrics:
-                ref, source = production.metrics[m], "as recorded in its manifest"
-            else:
-                return [*reasons, f"production {production.version} has no {m!r} to compare"]
-            regression = sign * (ref - mine)
-            if regression > self.tolerance:
-                reasons.append(
-                    f"{m} {mine:.4f} regresses {regression:.4f} against production "
-                    f"{production.version} ({ref:.4f}, {source}); tolerance {self.tolerance}"
-                )
-        return reasons
 
 
 # -- registry --------------------------------------------------------------------------------
@@ -386,7 +138,7 @@ def _now() -> str:
 
 
 def _check_name(name: str) -> None:
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise ModelNotFound(f"model name {name!r} is not valid (lower-case, digits, _ . -)")
 
 
@@ -426,12 +178,12 @@ class Registry:
 
     def names(self) -> builtins.list[str]:
         """Model names that have at least one version."""
-        return [n for n in self.store.list_dir("") if _NAME_RE.match(n) and self.versions(n)]
+        return [n for n in self.store.list_dir("") if NAME_RE.match(n) and self.versions(n)]
 
     def versions(self, name: str) -> builtins.list[str]:
         """Registered versions of `name`, oldest first."""
         _check_name(name)
-        found = [v for v in self.store.list_dir(name) if _VERSION_RE.match(v)]
+        found = [v for v in self.store.list_dir(name) if VERSION_RE.match(v)]
         return sorted(found, key=lambda v: int(v[1:]))
 
     def pointer(self, name: str) -> ProductionPointer | None:
@@ -461,7 +213,7 @@ class Registry:
     def manifest(self, name: str, version: str) -> Manifest:
         """The validated manifest of one version (schema only; the model is not parsed)."""
         _check_name(name)
-        if not _VERSION_RE.match(version):
+        if not VERSION_RE.match(version):
             raise ModelNotFound(f"{name}: {version!r} is not a version name")
         key = f"{name}/{version}/{MANIFEST_FILE}"
         try:
@@ -471,7 +223,8 @@ class Registry:
         try:
             manifest = Manifest.model_validate_json(raw)
         except ValidationError as exc:
-            raise ArtefactInvalid(f"{name} {version}: manifest invalid: {_describe(exc)}") from None
+            raise ArtefactInvalid(
+                f"{name} {version}: manifest invalid: {describe_invalid(exc)}") from None
         if manifest.model_name != name or manifest.version != version:
             raise ArtefactInvalid(
                 f"{name} {version}: manifest names {manifest.model_name} {manifest.version}"
@@ -569,7 +322,8 @@ class Registry:
             try:
                 manifest = Manifest.model_validate({**fields, "version": version})
             except ValidationError as exc:
-                raise ArtefactInvalid(f"{name}: manifest invalid: {_describe(exc)}") from None
+                raise ArtefactInvalid(
+                    f"{name}: manifest invalid: {describe_invalid(exc)}") from None
             try:
                 text = manifest.model_dump_json(indent=2)
             except ValueError as exc:  # e.g. something in `extra` that JSON cannot hold

@@ -80,7 +80,7 @@ def train_and_promote(
     engine: Engine = LOCAL,
     say: Callable[[str], None] = print,
 ) -> Outcome:
-    from recsvc.adapters.registry import Gate
+    from recsvc.adapters.manifest import Gate
     from recsvc.offline.training import TrainOptions, train_model
 
     opts = TrainOptions(as_of=as_of, engine=engine,
@@ -130,7 +130,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from recsvc.adapters.registry import Gate, Registry
+    from recsvc.adapters.manifest import Gate
+    from recsvc.adapters.registry import Registry
 
     settings = load_settings()
     registry = Registry(settings.registry_dir)

@@ -35,7 +35,8 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow.dataset as pads
 
-from recsvc.adapters.registry import Manifest, Registry
+from recsvc.adapters.manifest import Manifest
+from recsvc.adapters.registry import Registry
 from recsvc.config import Programme
 from recsvc.core import segments
 from recsvc.core.ledger import US, instant

@@ -1,2 +1,6 @@
-"""Business reports over the canonical tables: each a `recsvc` subcommand writing Markdown, CSV
-and plots under `<data_dir>/reports/<name>/`."""
+"""Business reports over the canonical tables, each written as Markdown, CSV or JSON and plots
+under `<data_dir>/reports/<name>/`: `catalogue` (stock, forecast, turnover and the inventory
+flags per item), `liability` (the points-liability forecast and its backtest) with
+`liability_render` (that forecast as JSON, Markdown and plots). Their commands are in
+`recsvc.jobs`.
+"""
