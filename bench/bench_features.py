@@ -39,7 +39,7 @@ from benchutil import (  # a sibling module: run as training/<script>.py
 from recsvc.adapters import feast as store
 from recsvc.config import load_programme
 from recsvc.data import schema
-from recsvc.offline import compute
+from recsvc.offline import compute, snapshots
 from recsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def simulate(data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _as_of(settings: Settings) -> dt.datetime:
-    manifest = compute.read_manifest(settings.data_dir)
+    manifest = snapshots.read_manifest(settings.data_dir)
     assert manifest is not None, "no feature manifest: compute first"
     return dt.datetime.fromisoformat(manifest["as_of"])
 
@@ -283,7 +283,7 @@ def main() -> None:
             result["simulate"] = sim = simulate(data_dir, args)
             print(f"simulate: {sim['rows']:,} rows in {sim['seconds']:.1f} s "
                   f"({sim['rows_per_s']:,} rows/s)")
-        build = compute.build_features(data_dir, load_programme(), force=True)
+        build = snapshots.build_features(data_dir, load_programme(), force=True)
         result["compute"] = {
             "input_rows": build.input_rows, "output_rows": build.total_rows,
             "seconds": round(build.seconds, 3), "views": build.rows,

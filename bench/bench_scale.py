@@ -11,7 +11,7 @@ every engine (`local`: one process; `dask-N`: a LocalCluster of N single-threade
 processes, started for the step), each step runs in a process of its own so that its peak
 memory is its own: the caller's (ru_maxrss) and, on Dask, every worker's. Steps:
 
-- snapshots: `compute.build_features(force=True)` (table rows in, snapshot rows out);
+- snapshots: `snapshots.build_features(force=True)` (table rows in, snapshot rows out);
 - train: the churn model, `train_model` (point-in-time training set through Feast, LightGBM,
   the evaluation), into a registry of the benchmark's own;
 - score: `score_batch` into Redis: every member scored and the scores materialised;
@@ -98,9 +98,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _snapshots(settings: Any, programme: Any, engine: Any) -> dict[str, Any]:
-    from recsvc.offline import compute
+    from recsvc.offline import snapshots
 
-    build = compute.build_features(settings.data_dir, programme, force=True, engine=engine)
+    build = snapshots.build_features(settings.data_dir, programme, force=True, engine=engine)
     return {"rows": build.total_rows, "input_rows": build.input_rows}
 
 
@@ -132,10 +132,10 @@ def _score(settings: Any, programme: Any, engine: Any) -> dict[str, Any]:
 
 def _materialise(settings: Any, programme: Any, engine: Any) -> dict[str, Any]:
     from recsvc.adapters import feast as store
-    from recsvc.offline import compute
+    from recsvc.offline import compute, snapshots
 
     feast_store = _store(settings)
-    manifest = compute.read_manifest(settings.data_dir)
+    manifest = snapshots.read_manifest(settings.data_dir)
     assert manifest is not None, "no snapshots: run the snapshots step first"
     as_of = dt.datetime.fromisoformat(manifest["as_of"])
     t = time.perf_counter()  # the materialisation alone (on Dask: the workers' start included)

@@ -291,38 +291,38 @@ def test_feature_snapshots_by_ranges_equal_one_pass_over_every_member(small_tabl
     # written by ranges of members: on the local engine with small ranges, and on Dask
     import pyarrow.dataset as ds
 
-    from recsvc.offline import compute
+    from recsvc.offline import compute, snapshots
 
     def in_order(table: Any, view: str) -> Any:
         return table.sort_by([(compute.ENTITY_KEY[view], "ascending"),
                               (compute.TIMESTAMP_FIELD, "ascending")])
 
-    def snapshots() -> dict[str, Any]:
-        return {view: in_order(ds.dataset(compute.view_dir(small_tables, view),
+    def written() -> dict[str, Any]:
+        return {view: in_order(ds.dataset(snapshots.view_dir(small_tables, view),
                                           format="parquet").to_table(), view)
                 for view in compute.VIEWS}
 
     def prefixes(view: str = "member_points") -> set[str]:  # one file-name prefix a range
         return {p.name.split("-")[1]
-                for p in compute.view_dir(small_tables, view).glob("*.parquet")}
+                for p in snapshots.view_dir(small_tables, view).glob("*.parquet")}
 
-    one_pass = compute.compute_features(compute.read_inputs(small_tables), P)
+    one_pass = snapshots.compute_features(snapshots.read_inputs(small_tables), P)
     expected = {view: in_order(table, view) for view, table in one_pass.items()}
-    items = compute.read_inputs(small_tables)["items"].num_rows
+    items = snapshots.read_inputs(small_tables)["items"].num_rows
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(compute, "PART_ITEMS", -(-items // 3))
-        local = compute.build_features(small_tables, P, force=True, part_members=70)
+        m.setattr(snapshots, "PART_ITEMS", -(-items // 3))
+        local = snapshots.build_features(small_tables, P, force=True, part_members=70)
     assert local.computed and len(prefixes()) == 5  # 300 members, 70 at most a range
     assert len(prefixes("item_stats")) == 3
     assert local.rows == {view: t.num_rows for view, t in expected.items()}
-    got = snapshots()
+    got = written()
     for view in compute.VIEWS:
         assert got[view].num_rows > 0 and got[view].equals(expected[view]), view
-    dask = compute.build_features(small_tables, P, force=True, engine=dask_engine)
+    dask = snapshots.build_features(small_tables, P, force=True, engine=dask_engine)
     assert dask.computed and (dask.rows, dask.as_of, dask.input_rows) == (
         local.rows, local.as_of, local.input_rows)
     assert len(prefixes()) == 2  # a range a worker
-    got = snapshots()
+    got = written()
     for view in compute.VIEWS:
         assert got[view].equals(expected[view]), view
 

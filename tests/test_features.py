@@ -19,7 +19,7 @@ from recsvc.adapters import feast as store
 from recsvc.config import load_programme
 from recsvc.errors import ConfigError, DataMissing, FeatureStoreUnavailable
 from recsvc.jobs.features import run_features
-from recsvc.offline import compute
+from recsvc.offline import compute, snapshots
 from recsvc.settings import Settings
 
 P = load_programme()
@@ -37,8 +37,8 @@ def _quiet(_: str) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_features(tiny_tables_dir: Path) -> dict[str, pd.DataFrame]:
-    tables = compute.read_inputs(tiny_tables_dir)
-    return {v: t.to_pandas() for v, t in compute.compute_features(tables, P).items()}
+    tables = snapshots.read_inputs(tiny_tables_dir)
+    return {v: t.to_pandas() for v, t in snapshots.compute_features(tables, P).items()}
 
 
 def _row(frame: pd.DataFrame, key: str, entity: int, when: str) -> dict[str, Any]:
@@ -129,8 +129,8 @@ def test_gap_spread_matches_numpy_on_simulated_orders(tmp_path: Path) -> None:
     from recsvc.offline.simulate import run_simulation
 
     run_simulation(tmp_path, members=300, days=300, seed=5, programme=P, show_progress=False)
-    tables = compute.read_inputs(tmp_path)
-    act = compute.compute_features(tables, P)["member_activity"].to_pandas()
+    tables = snapshots.read_inputs(tmp_path)
+    act = snapshots.compute_features(tables, P)["member_activity"].to_pandas()
     orders = tables["orders"].to_pandas()
     orders["s"] = [int(t.timestamp()) for t in orders.ts]  # whole seconds, as the job keys them
     checked = 0
@@ -226,8 +226,8 @@ def test_snapshot_instants(tiny_features: dict) -> None:
 def test_an_earlier_as_of_sees_only_what_was_known_then(tiny_tables_dir: Path,
                                                         tiny_features: dict) -> None:
     cut = pd.Timestamp(at("2025-02-16"))
-    tables = compute.read_inputs(tiny_tables_dir)
-    for view, table in compute.compute_features(tables, P, as_of=cut.to_pydatetime()).items():
+    tables = snapshots.read_inputs(tiny_tables_dir)
+    for view, table in snapshots.compute_features(tables, P, as_of=cut.to_pydatetime()).items():
         frame = table.to_pandas()
         assert frame["ts"].max() == cut, view
         key = compute.ENTITY_KEY[view]
@@ -242,8 +242,8 @@ def test_expiring_points_match_a_naive_replay_on_simulated_data(tmp_path: Path) 
     from recsvc.offline.simulate import run_simulation
 
     run_simulation(tmp_path, members=150, days=200, seed=3, programme=P, show_progress=False)
-    tables = compute.read_inputs(tmp_path)
-    views = compute.compute_features(tables, P)
+    tables = snapshots.read_inputs(tmp_path)
+    views = snapshots.compute_features(tables, P)
     points = views["member_points"].to_pandas()
     lots_by_snapshot = {
         (r["member_id"], pd.Timestamp(r["ts"])): list(zip(r["expiry_at_s"], r["expiry_points"],

@@ -94,7 +94,7 @@ def run_features(
     """
     from recsvc.adapters import feast as store
     from recsvc.data import provenance, schema
-    from recsvc.offline import compute
+    from recsvc.offline import compute, snapshots
     from recsvc.progress import Stopwatch
 
     run = FeaturesRun()
@@ -133,7 +133,7 @@ def run_features(
 
     # 2. Dated snapshots (the offline store).
     as_of_instant = end_of_day(as_of) if as_of else None
-    build = compute.build_features(data_dir, programme, as_of=as_of_instant,
+    build = snapshots.build_features(data_dir, programme, as_of=as_of_instant,
                                    snapshot_every_days=snapshot_every_days, force=force,
                                    engine=engine)
     run.as_of = build.as_of

@@ -1,7 +1,10 @@
 """Offline computation: the batch work that makes the data, the features and the models.
 
-`simulate` (a programme with known ground truth), `importer` (a real transaction log), `btyd_log`
-(real-shaped synthetic logs), `compute` (dated feature snapshots), `training` (training sets,
-fits, baselines, the gate), `evaluation` (metrics and reports of a model), `fraud` (fraud flags:
-rules and an isolation forest). The server process imports none of it.
+`simulate` (a programme with known ground truth, day by day) over `population` (its members,
+catalogue and planted abusers), `importer` (a real transaction log), `btyd_log` (real-shaped
+synthetic logs), `compute` and `expiry` (the feature views' values), `snapshots` (the feature
+job: spans, ranges on an engine, the offline store's files and manifest), `training`
+(training sets, fits, baselines, the gate), `evaluation` (metrics and reports of a model),
+`batch_scoring` (score-batch), `fraud` (fraud flags: rules and an isolation forest). The server
+process imports none of it.
 """

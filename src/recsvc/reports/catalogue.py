@@ -61,13 +61,13 @@ def load_history(data_dir: Path, programme: Programme, as_of: dt.datetime | None
     """Read the tables as of `as_of` (a UTC midnight; default: the end of the day of the latest
     event, as `recsvc features` does): items listed before it, their stock at it, and their
     views and redemptions in the 30-day months before it."""
-    from recsvc.offline import compute  # the as-of rule the feature jobs use
+    from recsvc.offline import snapshots  # the as-of rule the feature jobs use, snapshots
 
     tables = {name: schema.read_table(data_dir, name, ["member_id", "item_id", "ts"])
               for name in ("exposures", "redemptions")}
     tables.update({name: schema.read_table(data_dir, name, ["ts"])
-                   for name in compute.EVENT_TABLES if name not in tables})
-    end = compute.snapshot_span(tables, as_of).as_of
+                   for name in snapshots.EVENT_TABLES if name not in tables})
+    end = snapshots.snapshot_span(tables, as_of).as_of
     span = max(months, programme.inventory.delist_months)
 
     items = schema.read_table(data_dir, "items").sort_by("item_id")
