@@ -37,6 +37,7 @@ from benchutil import (  # a sibling module: run as training/<script>.py
     save_results,
 )
 from recsvc.adapters import feast as store
+from recsvc.adapters import materialise
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.offline import compute, snapshots
@@ -106,7 +107,7 @@ def materialize(settings: Settings, label: str) -> dict[str, Any]:
     store.apply_definitions(feast_store, store.load_definitions(settings.data_dir,
                                                                 settings.feature_repo))
     t = time.perf_counter()
-    results = store.materialize(feast_store, _as_of(settings), list(compute.VIEWS), full=True)
+    results = materialise.materialize(feast_store, _as_of(settings), list(compute.VIEWS), full=True)
     seconds = time.perf_counter() - t
     rows = sum(r.rows for r in results)
     print(f"materialise ({label}): {rows:,} rows in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)")
@@ -125,7 +126,7 @@ def feast_materialize(settings: Settings, label: str) -> dict[str, Any]:
     for view in views:
         feast_store.materialize(end - view.ttl, end, feature_views=[view.name])
     seconds = time.perf_counter() - t
-    rows = sum(store.snapshot_rows(feast_store, v, end - v.ttl, end).num_rows for v in views)
+    rows = sum(materialise.snapshot_rows(feast_store, v, end - v.ttl, end).num_rows for v in views)
     print(f"Feast materialize ({label}): {rows:,} rows in {seconds:.1f} s "
           f"({rows / seconds:,.0f} rows/s)")
     return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
@@ -310,7 +311,8 @@ def main() -> None:
             import redis
 
             client = redis.Redis.from_url(args.redis_url)
-            gone = sum(store.delete_project_keys(client, p) for p in (project, f"{project}_feast"))
+            gone = sum(materialise.delete_project_keys(client, p)
+                       for p in (project, f"{project}_feast"))
             client.close()
             print(f"redis: deleted {gone:,} keys of {project}")
         if tmp is not None:

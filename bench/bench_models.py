@@ -4,7 +4,7 @@
                                     [--members 200000] [--sim-members 4000] [--sim-days 480]
                                     [--reps 1.0] [--quick] [--profile] [--data-dir DIR]
 
-(a) Training: `recsvc.offline.training.LGB_PARAMS` (with monotone constraints, as `fit_booster`
+(a) Training: `recsvc.offline.fitting.LGB_PARAMS` (with monotone constraints, as `fit_booster`
     sets them), all cores, a fixed number of rounds without early stopping, on synthetic data:
     `--features` columns of which 5 categorical, some with NaN, a binary label drawn from a
     nonlinear function of them. Goal: <= 60 s for 1,000,000 rows.
@@ -123,7 +123,7 @@ def synthetic(rows: int, n_features: int, seed: int) -> tuple[F64, npt.NDArray[n
 def train(args: argparse.Namespace, model_file: Path) -> dict[str, Any]:
     import lightgbm as lgb
 
-    from recsvc.offline.training import LGB_PARAMS
+    from recsvc.offline.fitting import LGB_PARAMS
 
     threads = os.cpu_count() or 1
     X, y = synthetic(args.rows, args.features, seed=1)
@@ -301,9 +301,8 @@ def member_columns(ctx: Any, members: int, seed: int) -> tuple[dict[str, Any], i
     import pandas as pd
 
     from recsvc.data import schema
-    from recsvc.ml.inputs import with_features
+    from recsvc.ml.inputs import frame_columns, with_features
     from recsvc.offline.batch_scoring import features_as_of
-    from recsvc.offline.training import _columns
 
     data_dir = Path(ctx.settings.data_dir)
     as_of = features_as_of(data_dir)
@@ -328,7 +327,7 @@ def member_columns(ctx: Any, members: int, seed: int) -> tuple[dict[str, Any], i
         if pd.api.types.is_integer_dtype(s.dtype):
             values = values.round()
         big[c] = values if not pd.api.types.is_integer_dtype(s.dtype) else values.astype(s.dtype)
-    return _columns(big), len(real)
+    return frame_columns(big), len(real)
 
 
 def batch(args: argparse.Namespace, data_dir: Path, cache_dir: Path) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def _score(settings: Any, programme: Any, engine: Any) -> dict[str, Any]:
 
 
 def _materialise(settings: Any, programme: Any, engine: Any) -> dict[str, Any]:
-    from recsvc.adapters import feast as store
+    from recsvc.adapters import materialise
     from recsvc.offline import compute, snapshots
 
     feast_store = _store(settings)
@@ -139,7 +139,7 @@ def _materialise(settings: Any, programme: Any, engine: Any) -> dict[str, Any]:
     assert manifest is not None, "no snapshots: run the snapshots step first"
     as_of = dt.datetime.fromisoformat(manifest["as_of"])
     t = time.perf_counter()  # the materialisation alone (on Dask: the workers' start included)
-    done = store.materialize(feast_store, as_of, list(compute.VIEWS), full=True,
+    done = materialise.materialize(feast_store, as_of, list(compute.VIEWS), full=True,
                              engine=engine, settings=settings, say=lambda _: None)
     return {"rows": sum(r.rows for r in done), "seconds": round(time.perf_counter() - t, 2)}
 
@@ -241,7 +241,7 @@ def main() -> None:
     from redis.cluster import RedisCluster
 
     from conftest import cluster_feature_repo, redis_cluster  # the tests' own cluster starter
-    from recsvc.adapters.feast import delete_project_keys
+    from recsvc.adapters.materialise import delete_project_keys
 
     steps = args.steps.split(",")
     engines = args.engines.split(",")

@@ -10,7 +10,7 @@ from recsvc.ml import inputs
 from recsvc.ml.btyd import BgNbd
 from recsvc.ml.pareto_nbd import ParetoNbd
 from recsvc.ml.runtime import ClassicChurn, LinearModel, WeeklyBtyd, logit
-from recsvc.offline.training import logistic_baseline
+from recsvc.offline.fitting import logistic_baseline
 
 BG = BgNbd(r=0.243, alpha=4.414, a=0.793, b=2.426)
 PARETO = ParetoNbd(r=0.553, alpha=10.578, s=0.606, beta=11.669)

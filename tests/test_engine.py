@@ -11,8 +11,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from recsvc.adapters import feast as store
-from recsvc.adapters.feast import FILL_MARK_KEY, delete_project_keys
+from recsvc.adapters import materialise
+from recsvc.adapters.materialise import FILL_MARK_KEY, delete_project_keys
 from recsvc.config import load_programme
 from recsvc.engine import LOCAL, LOCAL_CLUSTER_QUIET, Engine, id_ranges, open_engine
 from recsvc.errors import ConfigError, DataMissing
@@ -114,7 +114,7 @@ def _same_on_dask(settings: Settings, client: Any, engine: Engine,
     assert local.materialized_rows == 1500 and len(expected) > 300
     delete_project_keys(client, settings.feast_project)
     with monkeypatch.context() as m:  # nothing written here: only on the workers
-        m.setattr(store, "write_online", None)
+        m.setattr(materialise, "write_online", None)
         lines: list[str] = []
         run = run_features(settings, P, engine=engine, say=lines.append)
     assert run.materialized_rows == 1500, lines

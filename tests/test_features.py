@@ -16,6 +16,7 @@ import pytest
 from conftest import TINY_AS_OF, at
 from recsvc import cli
 from recsvc.adapters import feast as store
+from recsvc.adapters import materialise
 from recsvc.config import load_programme
 from recsvc.errors import ConfigError, DataMissing, FeatureStoreUnavailable
 from recsvc.jobs.features import run_features
@@ -346,10 +347,10 @@ def test_online_rows_are_the_ones_feast_itself_would_write(sqlite_store: Any) ->
     for view in sqlite_store.list_feature_views():
         if view.name not in compute.VIEWS:
             continue
-        table = store.snapshot_rows(sqlite_store, view, at("2025-01-01"), TINY_AS_OF)
+        table = materialise.snapshot_rows(sqlite_store, view, at("2025-01-01"), TINY_AS_OF)
         batch = table.combine_chunks().to_batches()[0]
         keys = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
-        ours = store.arrow_to_online_rows(batch, view)
+        ours = materialise.arrow_to_online_rows(batch, view)
         theirs = _convert_arrow_to_proto(batch, view, keys)
         assert len(ours) == len(theirs) == batch.num_rows
         for a, b in zip(ours, theirs, strict=True):
@@ -498,7 +499,7 @@ def test_a_store_that_lost_its_rows_is_filled_again(tiny_data_dir: Path, redis_u
     for url in (None, redis_url):
         settings = _settings(tiny_data_dir, redis_project, url)
         run_features(settings, P, say=_quiet)
-        assert store.read_fill_mark(settings) is not None
+        assert materialise.read_fill_mark(settings) is not None
         again = run_features(settings, P, say=_quiet)
         assert again.online_mode == "none"  # up to date, and the store says so too
         if url is None:
@@ -507,10 +508,10 @@ def test_a_store_that_lost_its_rows_is_filled_again(tiny_data_dir: Path, redis_u
         else:
             client = redis.Redis.from_url(redis_url)
             try:
-                assert store.delete_project_keys(client, redis_project) > 0
+                assert materialise.delete_project_keys(client, redis_project) > 0
             finally:
                 client.close()
-        assert store.read_fill_mark(settings) is None
+        assert materialise.read_fill_mark(settings) is None
         lines: list[str] = []
         refilled = run_features(settings, P, say=lines.append)
         assert refilled.online_mode == "rewrite" and refilled.materialized_rows == 13
@@ -530,6 +531,6 @@ def test_a_dead_redis_is_feature_store_unavailable(tiny_data_dir: Path) -> None:
 def test_arrow_nan_and_null_become_empty_values() -> None:
     from feast.value_type import ValueType
 
-    values = store._proto_values(pa.array([1.5, None, float("nan")]), ValueType.DOUBLE)
+    values = materialise._proto_values(pa.array([1.5, None, float("nan")]), ValueType.DOUBLE)
     assert values is not None
     assert [v.WhichOneof("val") for v in values] == ["double_val", None, None]

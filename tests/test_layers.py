@@ -84,3 +84,24 @@ def test_the_check_sees_lazy_and_from_imports(tmp_path: Path) -> None:
 def test_every_package_has_a_layer() -> None:
     parts = {part for _, part, _ in _modules()}
     assert parts <= BASE | set(LAYERS), parts - BASE - set(LAYERS)
+
+
+def test_every_recsvc_name_the_benchmarks_and_entry_points_import_exists() -> None:
+    """bench/ and training/ are scripts no test imports: a module moved or a name renamed in
+    src/ must not leave one of them importing what is gone (lazy imports included)."""
+    import importlib.util
+
+    root = SRC.parent.parent
+    missing = []
+    for path in sorted([*(root / "bench").glob("*.py"), *(root / "training").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recsvc"):
+                module = importlib.import_module(str(node.module))
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name)
+                            and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("recsvc"):
+                        importlib.import_module(a.name)
+    assert missing == []

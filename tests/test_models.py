@@ -19,21 +19,18 @@ from recsvc.core import index as idx
 from recsvc.data import schema
 from recsvc.errors import PromotionRefused
 from recsvc.ml import inputs, runtime
+from recsvc.ml.runtime import calibrated
 from recsvc.ml.scoring import ChurnScorer
 from recsvc.offline.batch_scoring import score_batch
-from recsvc.offline.training import (
-    EARLY_STOPPING,
-    MAX_ROUNDS,
-    EarlyStop,
+from recsvc.offline.fitting import EARLY_STOPPING, MAX_ROUNDS, EarlyStop
+from recsvc.offline.training import earlier_split, train_model
+from recsvc.offline.training_sets import (
     Split,
     TrainOptions,
-    calibrated,
     churn_cutoffs,
     churn_frame,
-    earlier_split,
     fallback_horizons,
     split_cutoffs,
-    train_model,
 )
 
 P = load_programme()

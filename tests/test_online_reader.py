@@ -18,7 +18,7 @@ import pytest
 
 from conftest import on_cluster
 from recsvc.adapters import feast as store
-from recsvc.adapters import feast_codec, online, online_redis, online_sqlite
+from recsvc.adapters import feast_codec, materialise, online, online_redis, online_sqlite
 from recsvc.adapters.online import OnlineReader
 from recsvc.config import load_programme
 from recsvc.data import schema
@@ -78,7 +78,7 @@ def redis_store(data_dir: tuple[Path, str], redis_url: str) -> Iterator[Any]:
     finally:
         client = redis.Redis.from_url(redis_url)
         try:
-            store.delete_project_keys(client, project)
+            materialise.delete_project_keys(client, project)
         finally:
             client.close()
 

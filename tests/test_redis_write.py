@@ -13,8 +13,9 @@ import pyarrow as pa
 import pytest
 
 from recsvc.adapters import feast as store
+from recsvc.adapters import materialise
 from recsvc.adapters import redis_write as rw
-from recsvc.adapters.feast import FILL_MARK_KEY, delete_project_keys
+from recsvc.adapters.materialise import FILL_MARK_KEY, delete_project_keys
 from recsvc.config import load_programme
 from recsvc.jobs.features import run_features
 from recsvc.settings import Settings
@@ -164,7 +165,7 @@ def _same_as_feast(settings: Settings, cluster: bool, monkeypatch: pytest.Monkey
         assert len(fast) > 300
         delete_project_keys(client, settings.feast_project)
         with monkeypatch.context() as m:  # the same rows through Feast's online_write_batch
-            m.setattr(store, "_redis_writer", lambda *_: None)
+            m.setattr(materialise, "_redis_writer", lambda *_: None)
             run_features(settings, P, say=lambda _: None)
         assert _dump(client, settings.feast_project) == fast
     finally:
@@ -198,7 +199,7 @@ def test_an_older_row_never_replaces_a_newer_one(small_tables: Path, redis_url: 
     view = fs.get_feature_view("member_points")
     spec = store_specs(fs)["member_points"]
     end = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
-    rows = store.snapshot_rows(fs, view, dt.datetime(1970, 1, 2, tzinfo=dt.UTC), end)
+    rows = materialise.snapshot_rows(fs, view, dt.datetime(1970, 1, 2, tzinfo=dt.UTC), end)
     first = rows.slice(0, 3)
     member = first.column("member_id")[0].as_py()
     stamp = first.column("ts")[0].as_py()

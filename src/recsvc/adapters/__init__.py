@@ -1,6 +1,7 @@
 """Adapters: every piece of I/O behind a small interface.
 
-`feast` (the Feast feature store: configuration, definitions, offline reads, materialisation),
+`feast` (the Feast feature store: configuration, definitions, reads), `materialise` (the
+online store filled from the snapshots, by ranges on an engine; the fill mark),
 `feature_sources` (features through the Feast SDK: online, and point in time for the jobs),
 `online` (what the fast online readers share, their member cache, `open_reader`),
 `online_redis` and `online_sqlite` (the readers), `feast_codec` (Feast's value and entity key

@@ -93,6 +93,7 @@ def run_features(
     filled by ranges of ids on its workers.
     """
     from recsvc.adapters import feast as store
+    from recsvc.adapters import materialise
     from recsvc.data import provenance, schema
     from recsvc.offline import compute, snapshots
     from recsvc.progress import Stopwatch
@@ -156,7 +157,7 @@ def run_features(
     last = filled.get(settings.feast_project) or {}
     stamp = _stamp(settings, build.fingerprint)
     # the record above says what was filled; the mark in the store says it still holds it
-    lost = bool(last) and store.read_fill_mark(settings) != last.get("stamp")
+    lost = bool(last) and materialise.read_fill_mark(settings) != last.get("stamp")
     if lost:
         tell(f"online ({kind}): the store does not hold the mark of the last fill (restarted "
              "empty, emptied, or filled by a recsvc without marks): filling it again")
@@ -192,9 +193,9 @@ def run_features(
     run.online_mode = mode
     watch = Stopwatch()
     if mode == "rewrite":
-        store.clear_online(feast_store, list(compute.VIEWS))
+        materialise.clear_online(feast_store, list(compute.VIEWS))
     # the computed views only: batch scores are materialised by the scoring job
-    results = store.materialize(feast_store, build.as_of, list(compute.VIEWS),
+    results = materialise.materialize(feast_store, build.as_of, list(compute.VIEWS),
                                 full=mode != "incremental", engine=engine, settings=settings,
                                 say=tell)
     rows = sum(r.rows for r in results)
@@ -207,7 +208,7 @@ def run_features(
         for r in results:
             if not r.skipped:
                 tell(f"  {r.view:16s} {r.rows:>10,} rows in {r.seconds:5.1f} s")
-    store.write_fill_mark(settings, stamp)
+    materialise.write_fill_mark(settings, stamp)
     filled[settings.feast_project] = {"fingerprint": build.fingerprint, "target": target,
                                       "as_of": build.as_of.isoformat(), "stamp": stamp}
     filled_path.write_text(json.dumps(filled, indent=2, sort_keys=True), encoding="utf-8")

@@ -94,6 +94,7 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
     distributed `engine`, ranges of member ids are scored on its workers (each reads its
     members' point-in-time features itself) and the scores materialised by ranges too."""
     from recsvc.adapters import feast as fstore
+    from recsvc.adapters import materialise
 
     watch = Stopwatch()
     data_dir = Path(ctx.settings.data_dir)
@@ -127,7 +128,7 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
     tmp.replace(target / f"scores-{as_of:%Y%m%d}.parquet")  # one file per as-of, replaced whole
     defs = fstore.load_definitions(data_dir, ctx.settings.feature_repo)
     fstore.apply_definitions(ctx.store, defs)
-    done = fstore.materialize(ctx.store, as_of, [SCORES_VIEW], full=True, engine=engine,
+    done = materialise.materialize(ctx.store, as_of, [SCORES_VIEW], full=True, engine=engine,
                               settings=ctx.settings, say=say)
     say(f"score-batch: offline {target}; online {sum(r.rows for r in done):,} rows")
     if out is not None:
