@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from recsvc.offline import evaluation as ev
+from recsvc.offline import evaluation_report as report
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def test_report_files_exist_and_json_round_trips(
     y, s = labelled
     importance = {"recency_days": 812.5, "orders_90d": 430.0, "balance": 12.25}
     drivers = {"recency_days": 0.41, "orders_90d": 0.22, "balance": 0.01}
-    files = ev.write_report(
+    files = report.write_report(
         tmp_path / "report",
         y,
         _scorers(y, s),
@@ -192,7 +193,7 @@ def test_report_files_exist_and_json_round_trips(
 
 def test_report_without_probabilities_or_importance(tmp_path: Path) -> None:
     y = np.array([0, 1] * 50)
-    files = ev.write_report(
+    files = report.write_report(
         tmp_path, y, {"rule": np.arange(100.0) % 2}, title="rule only", probabilistic=[]
     )
     assert set(files.plots) == {"roc", "gains"}
@@ -234,5 +235,5 @@ def test_bootstrap_interval_has_the_width_sampling_theory_gives() -> None:
     # the margin over the baseline comes with its own interval, clear of zero here
     margin_lo, margin_hi = result["comparison"]["model"]["vs_best_baseline_ci"]
     assert 0 < margin_lo < result["comparison"]["model"]["vs_best_baseline"] < margin_hi
-    table = ev.metrics_table(result)
+    table = report.metrics_table(result)
     assert f"({lo:.4f}–{hi:.4f})" in table and "95 % bootstrap interval" in table

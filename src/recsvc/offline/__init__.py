@@ -5,7 +5,8 @@ catalogue and planted abusers), `importer` (a real transaction log), `btyd_log` 
 synthetic logs), `compute` and `expiry` (the feature views' values), `snapshots` (the feature
 job: spans, ranges on an engine, the offline store's files and manifest), `training` (a model
 trained, judged against its baselines, registered) over `training_sets` (point-in-time
-training sets) and `fitting` (boosters, calibration, baselines), `evaluation` (metrics and
-reports of a model), `batch_scoring` (score-batch), `fraud` (fraud flags: rules and an
-isolation forest). The server process imports none of it.
+training sets) and `fitting` (boosters, calibration, baselines), `evaluation` (a model's
+metrics against its baselines) and `evaluation_report` (their plots and Markdown),
+`batch_scoring` (score-batch), `fraud` (fraud flags: rules and an isolation forest). The
+server process imports none of it.
 """

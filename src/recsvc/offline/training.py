@@ -51,7 +51,7 @@ from recsvc.ml.runtime import (
     calibrated,
     sigmoid,
 )
-from recsvc.offline import evaluation
+from recsvc.offline import evaluation, evaluation_report
 from recsvc.offline.fitting import (
     fit_booster,
     fit_platt,
@@ -377,7 +377,7 @@ def train_model(
     importance = dict(zip(prep.names, booster.feature_importance("gain").tolist(), strict=True))
     drivers = top_drivers(booster, prep.X[te], prep.names)
     with tempfile.TemporaryDirectory() as tmp:
-        files = evaluation.write_report(
+        files = evaluation_report.write_report(
             tmp, split.label[te], test_scorers, title=f"{name} model (test split)",
             baselines=list(prep.baselines), oracle="oracle" if oracle is not None else None,
             probabilistic=[*probabilistic, *(["oracle"] if oracle is not None else [])],
