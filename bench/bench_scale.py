@@ -139,8 +139,10 @@ def _materialise(settings: Any, programme: Any, engine: Any) -> dict[str, Any]:
     assert manifest is not None, "no snapshots: run the snapshots step first"
     as_of = dt.datetime.fromisoformat(manifest["as_of"])
     t = time.perf_counter()  # the materialisation alone (on Dask: the workers' start included)
+    # a project of its own, new: a first fill, as `recsvc features` makes one (views cleared)
     done = materialise.materialize(feast_store, as_of, list(compute.VIEWS), full=True,
-                             engine=engine, settings=settings, say=lambda _: None)
+                                   cleared=True, engine=engine, settings=settings,
+                                   say=lambda _: None)
     return {"rows": sum(r.rows for r in done), "seconds": round(time.perf_counter() - t, 2)}
 
 

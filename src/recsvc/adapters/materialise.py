@@ -176,7 +176,8 @@ def arrow_to_online_rows(batch: pa.RecordBatch, view: FeatureView) -> list[Any]:
 
 
 def write_online(store: FeatureStore, view: FeatureView, table: pa.Table,
-                 on_rows: Any = None, spec: ViewSpec | None = None) -> None:
+                 on_rows: Any = None, spec: ViewSpec | None = None, *,
+                 cleared: bool = False) -> None:
     """Write offline-shaped rows into the online store, in Feast's own layout, in batches.
 
     On Redis (single or cluster) the numpy writer (`recsvc.adapters.redis_write`) writes the
@@ -184,9 +185,10 @@ def write_online(store: FeatureStore, view: FeatureView, table: pa.Table,
     through the online store's `online_write_batch`, as Feast's materialisation does, but
     without its Dask pass over the whole offline history. `spec`: the view as the registry
     describes it to the readers (`online.registry_specs`), when the caller has it already.
+    `cleared`: the view's online rows were just deleted (`materialize`'s).
     """
     fast = _redis_writer(store, view, spec)
-    if fast is not None and fast(table, on_rows) is not None:
+    if fast is not None and fast(table, on_rows, cleared) is not None:
         return
     provider = store._get_provider()
     for batch in table.to_batches(max_chunksize=WRITE_BATCH_ROWS):
@@ -197,7 +199,7 @@ def write_online(store: FeatureStore, view: FeatureView, table: pa.Table,
 
 
 def _redis_writer(store: FeatureStore, view: FeatureView, spec: ViewSpec | None = None,
-                  ) -> Callable[[pa.Table, Callable[[int], Any] | None], int | None] | None:
+                  ) -> Callable[[pa.Table, Callable[[int], Any] | None, bool], int | None] | None:
     """The numpy writer (`recsvc.adapters.redis_write`) for a view on a Redis online store:
     rows in, rows written out, None when it leaves the rows to Feast (a view it does not
     encode, or a cluster whose slots are moving: rewriting rows already written is
@@ -219,10 +221,12 @@ def _redis_writer(store: FeatureStore, view: FeatureView, spec: ViewSpec | None 
     config = store.config.online_store
     ts_field = view.batch_source.timestamp_field
 
-    def write(table: pa.Table, on_rows: Callable[[int], Any] | None) -> int | None:
+    def write(table: pa.Table, on_rows: Callable[[int], Any] | None,
+              cleared: bool) -> int | None:
         try:
             return redis_write.write_view(client, store.project, spec, table, ts_field,
-                                          getattr(config, "key_ttl_seconds", None), on_rows)
+                                          getattr(config, "key_ttl_seconds", None), on_rows,
+                                          cleared=cleared)
         except (ResponseError, redis_write.SlotsMoving):
             return None
 
@@ -235,6 +239,7 @@ def materialize(
     views: Sequence[str] | None = None,
     *,
     full: bool = False,
+    cleared: bool = False,
     engine: Engine = LOCAL,
     settings: Settings | None = None,
     say: Callable[[str], Any] = log.info,
@@ -249,6 +254,9 @@ def materialize(
     online store, each view is read and written by ranges of entity ids, one worker each,
     in parallel; the interval is recorded once every range is written. SQLite takes one
     writer at a time, so there the rows are written here, as with the local engine.
+
+    `cleared`: the caller has just deleted these views' online rows (`clear_online`: a first
+    fill, a rewrite), so the Redis writer need not read the stored event times first.
     """
     if engine.distributed and settings is None:
         raise ConfigError("materialising on a distributed engine needs the store's settings")
@@ -272,7 +280,7 @@ def materialize(
         if parts_on is not None and todo:
             assert settings is not None
             watch = Stopwatch()
-            written = _materialize_parts(parts_on, settings, store, todo, end, specs)
+            written = _materialize_parts(parts_on, settings, store, todo, end, specs, cleared)
             for view, start in todo:  # written together: each view is given the job's time
                 store.registry.apply_materialization(view, store.project, start, end,
                                                      commit=True)
@@ -281,7 +289,8 @@ def materialize(
         else:
             for (view, start), table, watch in _read_ahead(store, todo, end):
                 with progress(f"materialise {view.name}", table.num_rows) as bar:
-                    write_online(store, view, table, bar.update, specs.get(view.name))
+                    write_online(store, view, table, bar.update, specs.get(view.name),
+                                 cleared=cleared)
                 store.registry.apply_materialization(view, store.project, start, end,
                                                      commit=True)
                 results[view.name] = ViewMaterialization(view.name, start, end, table.num_rows,
@@ -324,7 +333,7 @@ def _online_specs(store: FeatureStore) -> dict[str, ViewSpec]:
 
 def _materialize_parts(engine: Engine, settings: Settings, store: FeatureStore,
                        todo: Sequence[tuple[FeatureView, dt.datetime]], end: dt.datetime,
-                       specs: dict[str, ViewSpec]) -> dict[str, int]:
+                       specs: dict[str, ViewSpec], cleared: bool = False) -> dict[str, int]:
     """Views by ranges of entity ids on the engine's workers, all views' ranges in one go
     (a view's ranges alone would leave workers idle at its end); rows written per view."""
     job = uuid.uuid4().hex  # tells a worker to read the registry again
@@ -332,7 +341,8 @@ def _materialize_parts(engine: Engine, settings: Settings, store: FeatureStore,
     for view, start in todo:
         bounds = entity_range(store, view, start, end)
         if bounds is not None:
-            parts += [MaterializePart(view.name, start, end, ids, specs.get(view.name), job)
+            parts += [MaterializePart(view.name, start, end, ids, specs.get(view.name), job,
+                                      cleared)
                       for ids in id_ranges(bounds[0], bounds[1] + 1, engine.workers)]
     written = dict.fromkeys((view.name for view, _ in todo), 0)
     with progress("materialise", sum(p.ids[1] - p.ids[0] for p in parts), unit="ids") as bar:
@@ -353,6 +363,7 @@ class MaterializePart:
     ids: tuple[int, int]
     spec: ViewSpec | None  # as the registry describes the view to the Redis writer
     job: str
+    cleared: bool = False  # the view's online rows were just deleted
 
 
 def materialize_part(part: MaterializePart, *, settings: Settings) -> tuple[int, int]:
@@ -363,7 +374,7 @@ def materialize_part(part: MaterializePart, *, settings: Settings) -> tuple[int,
     with feast_errors("materialise features"):
         view = store.get_feature_view(part.view, allow_registry_cache=True)
         table = snapshot_rows(store, view, part.start, part.end, part.ids)
-        write_online(store, view, table, spec=part.spec)
+        write_online(store, view, table, spec=part.spec, cleared=part.cleared)
     return table.num_rows, part.ids[1] - part.ids[0]
 
 

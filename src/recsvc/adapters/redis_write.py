@@ -9,7 +9,9 @@ socket of a redis-py connection, its replies parsed by hiredis; one chunk's comm
 flight on a second thread while the next chunk is built. The keys, hash fields and values are
 byte for byte those Feast writes (tests/test_redis_write.py compares every hash), and so is
 the rule that a row never replaces one stored with a later or equal event time: the stored
-`_ts:<view>` of every key is read first (one pipelined HGET each), only newer rows written.
+`_ts:<view>` of every key is read first (one pipelined HGET each), only newer rows written;
+after the caller cleared the view (a first fill, a rewrite) nothing is stored and the reads
+are skipped.
 
 `write_view` returns None for what it does not encode (a key other than one INT64, a value
 type not below, a key TTL, several rows of one entity), and the caller goes Feast's way. On a
@@ -373,14 +375,18 @@ CHUNK_ROWS = 10_000
 
 def write_view(client: Any, project: str, spec: Any, table: pa.Table, ts_field: str,
                ttl_seconds: int | None = None,
-               on_rows: Callable[[int], Any] | None = None) -> int | None:
+               on_rows: Callable[[int], Any] | None = None, *, cleared: bool = False
+               ) -> int | None:
     """Write the rows of `table` (join key, `ts_field`, the view's features; one row per
     entity) into the online store as Feast's RedisOnlineStore would; the rows written (those
     newer than what is stored), or None when the view is not one this writer encodes.
 
     CHUNK_ROWS rows at a time; a chunk's HSETs are written by a second thread while this one
     reads the next chunk's stored event times and builds its commands, so building (numpy,
-    this process) and storing (Redis's own core) overlap. `on_rows(n)` after each chunk."""
+    this process) and storing (Redis's own core) overlap. `on_rows(n)` after each chunk.
+    `cleared`: the caller has just deleted the view's rows (a first fill, a rewrite), so none
+    is stored: every row is written without reading stored event times first (half the
+    commands, and Redis's CPU is what a fill waits on)."""
     codec = spec.codec
     if codec is None or codec.prefix is None or ttl_seconds or not all(
             vtype.name in VALUE_TAGS or vtype.name == "INT64_LIST" for _, vtype in spec.features):
@@ -408,7 +414,7 @@ def write_view(client: Any, project: str, spec: Any, table: pa.Table, ts_field: 
 
         for start in range(0, table.num_rows, CHUNK_ROWS):
             part = table.slice(start, CHUNK_ROWS)
-            jobs = _chunk_commands(client, layout, part)
+            jobs = _chunk_commands(client, layout, part, cleared)
             written += settle()
             in_flight += [sender.submit(_store_newer, *job) for job in jobs]
             done_rows = part.num_rows
@@ -429,10 +435,11 @@ class _Layout:
     join_key: str
 
 
-def _chunk_commands(client: Any, layout: _Layout, table: pa.Table
-                    ) -> list[tuple[Any, Ragged, Ragged, I64]]:
-    """Per node: the HGETs of the rows' stored event times, the HSETs of the rows, and the
-    rows' event times (ns); `_store_newer` sends them."""
+def _chunk_commands(client: Any, layout: _Layout, table: pa.Table, cleared: bool = False
+                    ) -> list[tuple[Any, Ragged | None, Ragged, I64]]:
+    """Per node: the HGETs of the rows' stored event times (None when `cleared`: nothing is
+    stored), the HSETs of the rows, and the rows' event times (ns); `_store_newer` sends
+    them."""
     rows = table.num_rows
     ids = np.asarray(table.column(layout.join_key).to_numpy(zero_copy_only=False),
                      dtype=np.int64)
@@ -452,14 +459,18 @@ def _chunk_commands(client: Any, layout: _Layout, table: pa.Table
         for (_, _, field), value in zip(layout.features, values, strict=True):
             assert value is not None  # every type was checked by write_view
             args += [field, mine(value)]
-        out.append((node, commands(b"HGET", keys, [layout.ts_key]),
+        out.append((node, None if cleared else commands(b"HGET", keys, [layout.ts_key]),
                      commands(b"HSET", keys, args), nanos[idx]))
     return out
 
 
-def _store_newer(node: Any, hgets: Ragged, hsets: Ragged, nanos: I64) -> int:
+def _store_newer(node: Any, hgets: Ragged | None, hsets: Ragged, nanos: I64) -> int:
     """Read the stored event times, then write the rows whose time is later (Feast's rule:
-    a row never replaces one stored with a later or equal time); how many were written."""
+    a row never replaces one stored with a later or equal time); how many were written.
+    Without `hgets` (nothing stored) every row is written."""
+    if hgets is None:
+        _exchange(node, hsets)
+        return len(nanos)
     stored = _exchange(node, hgets)
     before = np.fromiter((parse_timestamp(b) for b in stored), dtype=np.int64,
                          count=len(nanos))

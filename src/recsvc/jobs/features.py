@@ -196,8 +196,8 @@ def run_features(
         materialise.clear_online(feast_store, list(compute.VIEWS))
     # the computed views only: batch scores are materialised by the scoring job
     results = materialise.materialize(feast_store, build.as_of, list(compute.VIEWS),
-                                full=mode != "incremental", engine=engine, settings=settings,
-                                say=tell)
+                                      full=mode != "incremental", cleared=mode == "rewrite",
+                                      engine=engine, settings=settings, say=tell)
     rows = sum(r.rows for r in results)
     run.materialized_rows = rows
     if all(r.skipped for r in results):
