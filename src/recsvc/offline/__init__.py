@@ -1,12 +1,12 @@
 """Offline computation: the batch work that makes the data, the features and the models.
 
 `simulate` (a programme with known ground truth, day by day) over `population` (its members,
-catalogue and planted abusers), `importer` (a real transaction log), `btyd_log` (real-shaped
-synthetic logs), `compute` and `expiry` (the feature views' values), `snapshots` (the feature
-job: spans, ranges on an engine, the offline store's files and manifest), `training` (a model
-trained, judged against its baselines, registered) over `training_sets` (point-in-time
-training sets) and `fitting` (boosters, calibration, baselines), `evaluation` (a model's
-metrics against its baselines) and `evaluation_report` (their plots and Markdown),
-`batch_scoring` (score-batch), `fraud` (fraud flags: rules and an isolation forest). The
-server process imports none of it.
+catalogue and planted abusers), `importer` (a real transaction log, read by `import_csv` and
+turned into tables by `import_ledger`), `btyd_log` (real-shaped synthetic logs), `compute` and
+`expiry` (the feature views' values), `snapshots` (the feature job: spans, ranges on an
+engine, the offline store's files and manifest), `training` (a model trained, judged against
+its baselines, registered) over `training_sets` (point-in-time training sets) and `fitting`
+(boosters, calibration, baselines), `evaluation` (a model's metrics against its baselines) and
+`evaluation_report` (their plots and Markdown), `batch_scoring` (score-batch), `fraud` (fraud
+flags: rules and an isolation forest). The server process imports none of it.
 """
