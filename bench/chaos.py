@@ -681,7 +681,7 @@ def main() -> int:
     parser.add_argument("--faults", default=FAULTS)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--no-retries", action="store_true",
-                        help="callers without the advised service config (recsvc.serving."
+                        help="callers without the advised service config (recsvc.transport."
                              "channel: calls retried on UNAVAILABLE, RESOURCE_EXHAUSTED)")
     parser.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     args = parser.parse_args()

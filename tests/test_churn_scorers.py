@@ -1,4 +1,4 @@
-"""The classic churn scorers a churn version may serve (models.runtime): the same numbers as
+"""The classic churn scorers a churn version may serve (ml.runtime): the same numbers as
 the libraries they were fitted with, one code path for training and serving."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ class FeatureSource(Protocol):
 
 
 class PropensityModel(Protocol):
-    """P(redeem within 7 days) of one member for catalogue items (models.scoring's
+    """P(redeem within 7 days) of one member for catalogue items (ml.scoring's
     PropensityScorer; tests swap in their own)."""
 
     def score_items(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,

@@ -1,4 +1,4 @@
-"""`recsvc serve`: run the service (`recsvc client`, which calls it, is serving.client)."""
+"""`recsvc serve`: run the service (`recsvc client`, which calls it, is transport.client)."""
 
 from __future__ import annotations
 
