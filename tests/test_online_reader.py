@@ -471,7 +471,7 @@ def test_a_cached_read_is_its_held_rows_until_they_change(sqlite_store: Any) -> 
     """A read answered from the cache carries the held rows themselves, so the dataplane tells
     an unchanged member by identity (its `snapshot`) without building columns; the columns it
     builds on demand are copies; a commit gives a read with another snapshot."""
-    from recsvc.app.dataplane import snapshot
+    from recsvc.app.profiles import snapshot
 
     reader = OnlineReader.from_store(sqlite_store)
     ids = [WRITTEN_MEMBER]

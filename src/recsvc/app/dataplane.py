@@ -10,17 +10,14 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from recsvc.adapters.model_holder import ModelHolder, Served
-from recsvc.adapters.online import HeldColumns
 from recsvc.app.answers import (
     CAP_STORE_UNAVAILABLE,
     FEATURE_STORE_UNAVAILABLE,
@@ -41,6 +38,7 @@ from recsvc.app.answers import (
 from recsvc.app.breaker import Breaker
 from recsvc.app.catalogue import Catalogue, Items, Prepared, read_columns
 from recsvc.app.ports import CapStore, FeatureSource, PropensityModel
+from recsvc.app.profiles import Context, Profiles
 from recsvc.config import Arm, Programme
 from recsvc.core import cart, fraud, ranking, redemption, segments
 from recsvc.core import catalogue as core_catalogue
@@ -49,7 +47,6 @@ from recsvc.core import nudges as core_nudges
 from recsvc.core.experiments import ArmAssigner, hint_threshold
 from recsvc.core.index import IndexFactors
 from recsvc.core.redemption import Reason
-from recsvc.data.views import feature_name
 from recsvc.defaults import CHANNELS, DEFAULT_RECOMMENDATIONS, MAX_RECOMMENDATIONS
 from recsvc.errors import (
     CapStoreUnavailable,
@@ -68,7 +65,6 @@ MEMBER_SERVICE = "redemption_v1"
 CHURN_SERVICE = "churn_v1"
 MAX_CHURN_BATCH = 1000
 MAX_HINT_BATCH = 100
-MEMBER_INPUTS_KEPT = 50_000  # member Contexts (profile, model inputs) kept between calls
 WANTED_ITEMS = 5  # the cart's advice compares the points' value here with these items'
 TOP_DRIVERS = 3
 
@@ -102,51 +98,6 @@ UNAVAILABLE_READ = Read({}, (FEATURE_STORE_UNAVAILABLE,))
 
 class _CapsPaused(CapStoreUnavailable):
     """The cap store is paused by its breaker: refused without asking it."""
-
-
-@dataclass(frozen=True)
-class Context:
-    """A member as the answers need them: features by name, the profile the core ranks and
-    hints with, and the points by lapse instant (reconciled with the balance used)."""
-
-    features: dict[str, Any]
-    cold: bool
-    member: ranking.Member
-    points: cart.PointsBalance
-    tier: str | None
-    flags: tuple[str, ...] = ()
-    """Points-fraud flags: the answers ask for a second verification (nothing is blocked)."""
-    model_inputs: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
-    """The member's propensity inputs by model version, encoded on first use."""
-    behaviour: float = 0.0
-    """The member's behaviour weight: the index factor that depends on the member alone."""
-
-
-@dataclass(frozen=True)
-class _Kept:
-    """A member's Context kept between calls, while the features read are `raw` and no lot of
-    points has lapsed since (before `until`, epoch seconds)."""
-
-    raw: tuple[Any, ...]  # `snapshot` of the read: not tracked by the garbage collector
-    until: float
-    context: Context
-
-
-def snapshot(raw: Mapping[str, list[Any]]) -> tuple[Any, ...]:
-    """A one-member read as one tuple of plain values (lists as tuples): compared as the read
-    is, and, holding nothing mutable, left alone by the cyclic garbage collector. A read from
-    a reader's row cache is that already (`HeldColumns.snapshot`: no columns built for it)."""
-    if isinstance(raw, HeldColumns):
-        return raw.snapshot
-    return tuple((k, tuple(v[0]) if isinstance(v[0], list) else v[0]) for k, v in raw.items())
-
-
-def features_of(raw: Mapping[str, list[Any]]) -> dict[str, Any]:
-    """A one-member read as {feature name: value} (join keys by their own name); a read from
-    a reader's row cache gives the row it holds (`HeldColumns.record`: no columns built)."""
-    if isinstance(raw, HeldColumns):
-        return raw.record()
-    return {feature_name(k): v[0] for k, v in raw.items()}
 
 
 @dataclass(frozen=True)
@@ -184,7 +135,7 @@ class Dataplane:
         self.caps = caps
         self.clock = clock
         self.arms = ArmAssigner(programme.experiments) if programme else None
-        self._kept: dict[tuple[str, int, int | None], _Kept] = {}
+        self._profiles = Profiles(programme)
         self._prepared_items: Prepared | None = None
 
     # -- what every member-facing answer shares ----------------------------------------------
@@ -275,57 +226,16 @@ class Dataplane:
                  degraded: list[str], rpc: str, read: Read | None) -> Context:
         """The profile the core works with from the member's features (`read`, or read now;
         a store failure: a cold start, degraded); `balance` is the caller's live balance, if
-        it sent one. Kept between calls while the member's features read the same and none of
-        the member's points lapse (bounded, emptied when full, as the readers' row caches)."""
+        it sent one. Kept between calls (`Profiles`) while the member's features read the
+        same and none of the member's points lapse."""
         if balance is not None and balance < 0:
             raise InvalidArgument("context.points_balance", f"must be >= 0, got {balance}")
         if read is None:
             read = self.read(service, [member_id], rpc)
         degraded.extend(read.degraded)
-        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
-        key = (service, member_id, balance)
-        kept = self._kept.get(key)
-        seen = snapshot(read.raw)
-        if kept is not None and now.timestamp() < kept.until and kept.raw == seen:
-            return kept.context
-        context, until = self._profile(read.raw, balance, now)
-        if len(self._kept) >= MEMBER_INPUTS_KEPT:
-            self._kept.clear()
-        self._kept[key] = _Kept(seen, until, context)
-        return context
-
-    def _profile(self, raw: Mapping[str, list[Any]], balance: int | None,
-                 now: dt.datetime) -> tuple[Context, float]:
-        """The Context of a member's features, and until when it holds (the next lapse of
-        the member's points, epoch seconds)."""
         assert self.programme is not None
-        p = self.programme
-        f = features_of(raw)
-        cold = all(v is None for v in f.values())
-
-        def num(name: str, default: float) -> float:
-            value = f.get(name)
-            return default if value is None else float(value)
-
-        stored = int(num("points_balance", 0))
-        live = stored if balance is None else balance
-        tier = f.get("tier") if isinstance(f.get("tier"), str) else None
-        member = ranking.Member(
-            balance=live, expiring_points=int(num("points_expiring_30d", 0)),
-            orders_90d=num("orders_90d", 0.0),
-            days_since_last_order=num("days_since_last_order", float("inf")),
-            young=f.get("age_band") in p.index.young_age_bands,
-            high_spender=idx.high_spender(p.index, num("avg_order_value_365d_minor", math.nan),
-                                          p.currency.minor_per_unit),
-            tier_multiplier=p.earning.tier_multipliers.get(tier, 1.0) if tier else 1.0)
-        lots = list(zip(f.get("expiry_at_s") or [], f.get("expiry_points") or [], strict=True))
-        points = cart.PointsBalance.reconcile(lots, live, now, same_snapshot=balance is None)
-        if balance is None and points.total != live:  # lots lapsed since the snapshot
-            member = dataclasses.replace(member, balance=points.total)
-        cut = now.timestamp()
-        until = min((at for at, pts in lots if pts > 0 and at > cut), default=math.inf)
-        return Context(f, cold, member, points, tier, fraud.split_flags(f.get("fraud_flags")),
-                       {}, ranking.behaviour(p, member)), until
+        return self._profiles.get((service, member_id, balance), read.raw, balance,
+                                  dt.datetime.fromtimestamp(self.clock(), dt.UTC))
 
     def _propensity(self, ctx: Context, items: Items, positions: npt.NDArray[np.int64],
                     surface: str, served: Served, factors: IndexFactors | None = None,
