@@ -5,7 +5,7 @@
                                     [--no-redis] [--data-dir DIR]
 
 Per store (SQLite, Redis): p50/p99 of one member (churn_v1) and of one member + 200 items
-(propensity_v1), through `store.online_features` (the SDK, the member on every item row as
+(propensity_v1), through `feast.online_features` (the SDK, the member on every item row as
 one call) and through `OnlineReader` (the member once, the items apart, as the service reads),
 with the collector as it is and after `gc.freeze()`. The same random requests go to every path.
 Writes online.json and online.md to bench/results/ when every option is at its default, else

@@ -99,7 +99,8 @@ def test_every_recsvc_name_the_benchmarks_and_entry_points_import_exists() -> No
                 module = importlib.import_module(str(node.module))
                 missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
                             if not hasattr(module, a.name)
-                            and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+                            and (not hasattr(module, "__path__")  # a module: no submodules
+                                 or importlib.util.find_spec(f"{node.module}.{a.name}") is None)]
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     if a.name.startswith("recsvc"):

@@ -10,7 +10,7 @@ from typing import Any
 
 
 class FeastSource:
-    """Reads through the Feast SDK (`store.online_features`): correct, and the slow reference."""
+    """Reads through the Feast SDK (`get_online_features`): correct, and the slow reference."""
 
     def __init__(self, feast_store: Any) -> None:
         self.store = feast_store

@@ -12,12 +12,12 @@ the readers themselves are `online_redis` and `online_sqlite`, the value codec `
 #   with a `ValueProto` blob; one statement per request joins the keys with each view's table.
 #   SQLite hands Python one row per value (~0.3 us each, 2,800 for 200 items), so decoded
 #   entities are also kept until another connection commits to the file (SqliteReader).
-# Values are the SDK's (`store.online_features`): int, float, str, None — tests/
+# Values are the SDK's (`feast.online_features`): int, float, str, None — tests/
 # test_online_reader.py compares both on real stores. Like Feast 0.67's `get_online_features`
 # for a service without `precompute_online`, no view ttl is applied: an old row is served as
 # the SDK serves it (Redis's own `key_ttl_seconds` expiry still happens in Redis).
 # Configuration is the Feast store recsvc opened (project, store type and address, entity key
-# serialisation, registry); errors leave through `store.feast_errors`, so a Redis or SQLite
+# serialisation, registry); errors leave through `feast.feast_errors`, so a Redis or SQLite
 # failure is FeatureStoreUnavailable.
 
 from __future__ import annotations
