@@ -3,6 +3,7 @@ of the test's own), and what the jobs that use them write: the same bytes either
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from recsvc.adapters import materialise
 from recsvc.adapters.materialise import FILL_MARK_KEY, delete_project_keys
 from recsvc.config import load_programme
 from recsvc.engine import LOCAL, LOCAL_CLUSTER_QUIET, Engine, id_ranges, open_engine
-from recsvc.errors import ConfigError, DataMissing
+from recsvc.errors import ConfigError, DataMissing, EngineUnavailable
 from recsvc.jobs.features import run_features
 from recsvc.settings import Settings
 
@@ -96,6 +97,22 @@ def test_a_scheduler_address_is_used_and_a_dead_one_named() -> None:
     with pytest.raises(ConfigError, match="no Dask scheduler answers at"), \
             open_engine("dask", dead):
         pass
+
+
+@pytest.mark.slow
+def test_a_map_on_a_cluster_without_workers_fails_instead_of_waiting_for_ever() -> None:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, **LOCAL_CLUSTER_QUIET) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        engine = Engine("dask", client, no_worker_wait_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(EngineUnavailable, match=r"no live worker .* 2 of 2 partitions"):
+            engine.map(_fail_on, [1, 2], bad=0)
+        assert time.monotonic() - started < 30
+        cluster.scale(1)  # a worker that comes back in time is waited for
+        client.wait_for_workers(1, timeout=30)
+        assert engine.map(_fail_on, [1, 2], bad=0) == [10, 20]
 
 
 def _dump(client: Any, project: str) -> dict[bytes, dict[bytes, bytes]]:

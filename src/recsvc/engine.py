@@ -17,13 +17,14 @@ import functools
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from recsvc.cliargs import positive_int
-from recsvc.errors import ConfigError
+from recsvc.errors import ConfigError, EngineUnavailable
 
 ENGINES = ("local", "dask")
 
@@ -37,6 +38,9 @@ class Engine:
 
     name: str
     client: Any = None  # a dask.distributed Client
+    # how long a map waits with no live worker (workers of a new cluster still starting, a
+    # worker restarted by its nanny) before it gives up: work never waits for ever
+    no_worker_wait_s: float = 120.0
 
     @property
     def workers(self) -> int:
@@ -66,17 +70,42 @@ class Engine:
                 if on_done is not None:
                     on_done(out[-1])
             return out
-        from distributed import as_completed
-
         futures = self.client.map(call, list(parts), pure=False)
         try:
-            for future in as_completed(futures, loop=self.client.loop):
+            for future in self._completed(futures):
                 result = future.result()  # raises the partition's own exception
                 if on_done is not None:
                     on_done(result)
             return list(self.client.gather(futures))
         finally:
             self.client.cancel(futures)
+
+    def _completed(self, futures: list[Any], poll_s: float = 1.0) -> Iterator[Any]:
+        """The futures as they finish; EngineUnavailable once the cluster has had no live
+        worker for `no_worker_wait_s` with work left (a scheduler whose workers all died would
+        otherwise keep the futures pending for ever)."""
+        from distributed import wait
+
+        pending = set(futures)
+        idle_since: float | None = None
+        while pending:
+            try:
+                with self.client.as_current():  # wait() asks for the current client
+                    done = wait(list(pending), timeout=poll_s,
+                                return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                done = set()
+            yield from done
+            pending -= done
+            if not pending or done or self.client.nthreads():
+                idle_since = None
+                continue
+            now = time.monotonic()
+            idle_since = now if idle_since is None else idle_since
+            if now - idle_since >= self.no_worker_wait_s:
+                raise EngineUnavailable(
+                    f"the Dask cluster has had no live worker for {now - idle_since:.0f} s "
+                    f"with {len(pending)} of {len(futures)} partitions left")
 
 
 LOCAL = Engine("local")

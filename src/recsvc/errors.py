@@ -24,6 +24,11 @@ class ImportFailed(RecsvcError):
     """A transaction file could not be imported; nothing was written."""
 
 
+class EngineUnavailable(RecsvcError):
+    """A batch job's Dask cluster had no live worker for longer than the job waits for one;
+    the partitions not yet done were cancelled."""
+
+
 class DataMissing(RecsvcError):
     """A job needs tables or features that have not been built yet."""
 
