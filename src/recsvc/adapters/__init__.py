@@ -11,3 +11,9 @@ serving process's store, no offline engine), `caps` (frequency caps in Redis or 
 native code), `model_holder` (production models held in memory, swapped when the registry
 moves), `context` (what a job or the server opens first: settings, programme, store, registry).
 """
+
+# The public modules: another package imports only these, and of them only names without a leading
+# underscore (tests/test_layers.py checks both). The package's own: feast_codec, file_store,
+# online_redis, online_sqlite, redis_write, serving_store.
+__all__ = ["caps", "compiled", "context", "feast", "feature_sources", "manifest", "materialise",
+           "model_holder", "online", "registry"]

@@ -7,3 +7,7 @@ reload), `profiles` (a member's `Context` from its features, kept while they hol
 (`FeatureSource`, `PropensityModel`, `CapStore`: what the adapters implement), `breaker`
 (pauses a failing dependency). No gRPC and no storage code here.
 """
+
+# The public modules: another package imports only these, and of them only names without a leading
+# underscore (tests/test_layers.py checks both). The package's own: breaker, profiles.
+__all__ = ["answers", "catalogue", "dataplane", "ports"]

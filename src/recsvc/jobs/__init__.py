@@ -4,3 +4,8 @@ promote, score-batch), `fraud_flags`, `nudges`, `catalogue_report`, `liability_r
 module's `register()` adds its command's parser; the computation it runs lives in
 `recsvc.offline`, `recsvc.app` or `recsvc.reports`.
 """
+
+# The public modules: another package imports only these, and of them only names without a leading
+# underscore (tests/test_layers.py checks both).
+__all__ = ["catalogue_report", "features", "fraud_flags", "import_transactions",
+           "liability_report", "models", "nudges", "simulate"]

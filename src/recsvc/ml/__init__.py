@@ -4,3 +4,7 @@
 BG/NBD and Pareto/NBD features), `scoring` (the churn and propensity scorers), `attribution`
 (per-prediction drivers), `btyd` and `pareto_nbd` (the buy-till-you-die models).
 """
+
+# The public modules: another package imports only these, and of them only names without a leading
+# underscore (tests/test_layers.py checks both).
+__all__ = ["attribution", "btyd", "inputs", "pareto_nbd", "runtime", "scoring"]

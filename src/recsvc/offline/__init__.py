@@ -10,3 +10,9 @@ its baselines, registered) over `training_sets` (point-in-time training sets) an
 `evaluation_report` (their plots and Markdown), `batch_scoring` (score-batch), `fraud` (fraud
 flags: rules and an isolation forest). The server process imports none of it.
 """
+
+# The public modules: another package imports only these, and of them only names without a leading
+# underscore (tests/test_layers.py checks both). The package's own: btyd_log, evaluation,
+# evaluation_report, fitting, import_csv, import_ledger, population, training_sets.
+__all__ = ["batch_scoring", "compute", "expiry", "fraud", "importer", "simulate", "snapshots",
+           "training"]

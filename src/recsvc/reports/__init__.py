@@ -4,3 +4,7 @@ flags per item), `liability` (the points-liability forecast and its backtest) wi
 `liability_render` (that forecast as JSON, Markdown and plots). Their commands are in
 `recsvc.jobs`.
 """
+
+# The public modules: another package imports only these, and of them only names without a leading
+# underscore (tests/test_layers.py checks both). The package's own: liability_render.
+__all__ = ["catalogue", "liability"]

@@ -6,3 +6,8 @@ request may hold), `server` (the grpc.aio server: health, reflection, model refr
 `main` (`recsvc serve`), `security` (TLS and tokens), `channel` and `client` (how callers reach
 the service, `recsvc client`).
 """
+
+# The public modules: another package imports only these, and of them only names without a leading
+# underscore (tests/test_layers.py checks both). The package's own: bounds, converters, errors,
+# security, server, servicer.
+__all__ = ["channel", "client", "main"]
