@@ -727,7 +727,7 @@ def main() -> int:
             faults.versions = second_churn_version(env, log, earlier)
             # both compiled into the cache first, as a deployment does before it promotes: a swap
             # row measures loading; the first compile of a version runs in a child process
-            from recsvc.adapters.compiled import compile_in_child
+            from recsvc.adapters.compile_cache import compile_in_child
             from recsvc.adapters.registry import MODEL_FILE
 
             for version in faults.versions:

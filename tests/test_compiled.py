@@ -14,7 +14,8 @@ import pytest
 lgb = pytest.importorskip("lightgbm")
 pytest.importorskip("lleaves")
 
-from recsvc.adapters.compiled import CompiledLeaves, CompiledModel, probe_rows  # noqa: E402
+from recsvc.adapters.compiled import CompiledLeaves, CompiledModel  # noqa: E402
+from recsvc.ml.model_text import probe_rows  # noqa: E402
 
 ROWS = 4000
 FEATURES = ["num_a", "num_b", "tier", "num_c", "category", "dense"]
@@ -216,7 +217,7 @@ def test_compiling_in_a_child_fills_the_cache_the_process_then_loads(model,
                                                                     tmp_path: Path) -> None:
     """A serving worker compiles a new model in a child process (its own GIL and a lower
     priority); it then finds the code and the leaves in the cache and compiles nothing."""
-    from recsvc.adapters.compiled import cached, compile_in_child
+    from recsvc.adapters.compile_cache import cached, compile_in_child
 
     path, booster, X = model
     cache = tmp_path / "cache"
@@ -242,7 +243,7 @@ def test_one_compile_a_machine_the_others_wait_and_find_it_cached(model, tmp_pat
     import subprocess
     import threading
 
-    from recsvc.adapters import compiled
+    from recsvc.adapters import compile_cache
 
     path, booster, _ = model
     cache = tmp_path / "cache"
@@ -250,13 +251,13 @@ def test_one_compile_a_machine_the_others_wait_and_find_it_cached(model, tmp_pat
     folder.mkdir(parents=True)
     started: list[object] = []
     real = subprocess.Popen
-    monkeypatch.setattr(compiled.subprocess, "Popen",
+    monkeypatch.setattr(compile_cache.subprocess, "Popen",
                         lambda *a, **k: started.append(a) or real(*a, **k))
     done: list[str | None] = []
     with open(folder / ".compiling.lock", "a+b") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another worker is compiling
         waiter = threading.Thread(target=lambda: done.append(
-            compiled.compile_in_child(path, cache, leaves=True)))
+            compile_cache.compile_in_child(path, cache, leaves=True)))
         waiter.start()
         waiter.join(0.5)
         assert waiter.is_alive() and not done  # it waits for the lock

@@ -21,17 +21,18 @@ releases the GIL for the call and every call writes its own output array, so one
 `CompiledModel` may be used from several threads at once, and threads really run in parallel.
 Compiling is serialised by a process-wide lock (LLVM's global initialisation is not meant to
 race). The fallback, `Booster.predict`, is also safe to call from several threads.
+
+The cache directory and the compiling child are `recsvc.adapters.compile_cache`; reading the
+model text (what lleaves supports, the leaf-number model, the probe rows) is
+`recsvc.ml.model_text`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import itertools
 import logging
 import os
-import subprocess
 import sys
 import threading
 import uuid
@@ -44,14 +45,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.settings import load_settings
+from recsvc.adapters.compile_cache import (
+    attribution_file,
+    default_cache_dir,
+    leaves_file,
+    object_file,
+    sha256_file,
+    write_atomic,
+)
+from recsvc.ml.model_text import check_supported, leaf_model, probe_rows
 
 log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
 TOLERANCE = 1e-6
 """The largest |compiled - Booster| margin accepted by the self-check (and promised)."""
-PROBE_ROWS = 512
 ZERO_THRESHOLD = float(np.float32(1e-35))
 """LightGBM's kZeroThreshold (a float32): it reads any |x| <= this in a dense row as 0.0."""
 MIN_ROWS_PER_THREAD = 2_000
@@ -60,42 +68,6 @@ MIN_ROWS_PER_THREAD = 2_000
 _compile_lock = threading.Lock()
 # lleaves' entry point: (const double *rows, double *out, int32 start, int32 end)
 _ENTRY = CFUNCTYPE(None, c_void_p, c_void_p, c_int32, c_int32)
-
-
-def default_cache_dir() -> Path:
-    """The settings' `compiled_cache` (RECSVC_COMPILED_CACHE), else the XDG cache directory's
-    recsvc/compiled ($XDG_CACHE_HOME, ~/.cache by default)."""
-    explicit = load_settings().compiled_cache
-    if explicit is not None:
-        return explicit
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "recsvc" / "compiled"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _variant(fblocksize: int) -> str:
-    """What the object code depends on besides the model: a stale or foreign object file is
-    loaded without any check by lleaves, and code built for another CPU can die on SIGILL."""
-    from importlib.metadata import version
-
-    import llvmlite.binding as llvm
-
-    llvm.initialize()
-    llvm.initialize_native_target()
-    try:
-        features = llvm.get_host_cpu_features().flatten()
-    except RuntimeError:
-        features = ""
-    key = "|".join([version("lleaves"), version("llvmlite"), "raw", "fp64", str(fblocksize),
-                    llvm.get_process_triple(), llvm.get_host_cpu_name(), features])
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 class CompiledModel:
@@ -174,7 +146,7 @@ class CompiledModel:
 
         import lleaves
 
-        _check_supported(text, multi_output)
+        check_supported(text, multi_output)
         model = lleaves.Model(model_file=str(self.model_file))
         self.num_feature = int(model.num_feature())
         self.outputs = int(model.num_model_per_iteration())
@@ -194,7 +166,7 @@ class CompiledModel:
 
     def _compile_cached(self, model: Any, fblocksize: int) -> Path | None:
         folder = self.cache_dir / self.sha256
-        final = _object_file(folder, fblocksize)
+        final = object_file(folder, fblocksize)
         digest_file = final.with_name(final.name + ".sha256")
         if final.exists() and digest_file.exists():
             # lleaves maps the bytes without any check: a damaged file would crash the process
@@ -218,7 +190,7 @@ class CompiledModel:
             self.compiled_now = True
             data = tmp.read_bytes()
             os.replace(tmp, final)
-            _write_atomic(digest_file, hashlib.sha256(data).hexdigest() + "\n")
+            write_atomic(digest_file, hashlib.sha256(data).hexdigest() + "\n")
         finally:
             tmp.unlink(missing_ok=True)
         return final
@@ -293,17 +265,6 @@ class CompiledModel:
         return out
 
 
-def _check_supported(text: str, multi_output: bool = False) -> None:
-    """Refuse what lleaves would compile into wrong numbers instead of an error."""
-    if "\nis_linear=1" in text:
-        raise ValueError("linear trees (linear_tree=true) are not supported by lleaves")
-    for line in text.splitlines():
-        if line.startswith("num_class="):
-            if int(line.split("=", 1)[1]) != 1 and not multi_output:
-                raise ValueError("only single-output models are supported")
-            break
-
-
 class CompiledLeaves:
     """Which leaf of every tree each row reaches (LightGBM's `pred_leaf`), from native code.
 
@@ -328,13 +289,13 @@ class CompiledLeaves:
         self.trees = int(booster.num_trees())
         try:
             text = Path(model_file).read_text(encoding="utf-8")
-            derived, self.bits, self.per_output = _leaf_model(text)
+            derived, self.bits, self.per_output = leaf_model(text)
             cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
             folder = cache / sha256_file(model_file)
             folder.mkdir(parents=True, exist_ok=True)
-            path = _leaves_file(folder)
+            path = leaves_file(folder)
             if not path.exists() or path.read_text(encoding="utf-8") != derived:
-                _write_atomic(path, derived)
+                write_atomic(path, derived)
             model = CompiledModel(path, cache, booster=booster, verify=False, multi_output=True)
             if not model.compiled:
                 raise RuntimeError(model.fallback_reason or "not compiled")
@@ -369,199 +330,6 @@ class CompiledLeaves:
             np.bitwise_and(packed[:, :width] >> (self.bits * place), mask,
                            out=leaves[:, first:first + width])
         return leaves
-
-
-def attribution_file(cache_dir: str | os.PathLike[str], sha256: str) -> Path:
-    """Where the path-attribution tables of the model whose SHA-256 is `sha256` are kept
-    (`attribution.PathAttribution`): beside its compiled code, built by the compiling child
-    so a serving worker only reads them."""
-    return Path(cache_dir) / sha256 / "attribution.npz"
-
-
-def _leaves_file(folder: Path) -> Path:
-    return folder / "leaves-model.txt"
-
-
-def _object_file(folder: Path, fblocksize: int = 34) -> Path:
-    """The compiled code of the model whose cache folder (its SHA-256) is `folder`."""
-    return folder / f"lleaves-{_variant(fblocksize)}.o"
-
-
-def cached(model_file: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
-           *, leaves: bool = False) -> bool:
-    """Whether the compiled code of `model_file` (and of its leaves, with `leaves`) is in the
-    cache already, so loading it costs no compilation."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    try:
-        folder = cache / sha256_file(model_file)
-        if not _object_file(folder).exists():
-            return False
-        if not leaves:
-            return True
-        derived = _leaf_model(Path(model_file).read_text(encoding="utf-8"))[0]
-        path = _leaves_file(folder)
-        return (path.exists() and path.read_text(encoding="utf-8") == derived
-                and _object_file(cache / sha256_file(path)).exists())
-    except (OSError, ValueError):
-        return False
-
-
-COMPILE_NICENESS = 10
-
-
-def compile_in_child(model_file: str | os.PathLike[str],
-                     cache_dir: str | os.PathLike[str] | None = None, *, leaves: bool = False,
-                     timeout_s: float = 1800) -> str | None:
-    """Compile `model_file` (and its leaves) into the cache in a child process at a lower
-    CPU priority, unless the cache holds them already. None when done; else why not (the
-    caller then compiles in its own process, as before).
-
-    A serving worker that compiles a newly promoted model itself spends seconds in lleaves'
-    and LLVM's Python code generation holding its GIL: its event loop stalled up to 190 ms at
-    a time here (a 171-tree model, 10 s of compiling), and on two cores the compiler takes a
-    core the calls need. In a child the worker's threads only wait, and `nice` lets the
-    calls have the CPU first; the worker then loads the compiled code from the cache. A lock
-    file in the cache makes it one compile a machine: the other workers wait for it, then
-    find the code in the cache."""
-    if cached(model_file, cache_dir, leaves=leaves):
-        return None
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    try:
-        folder = cache / sha256_file(model_file)
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / ".compiling.lock", "a+b")  # noqa: SIM115 - held while compiling
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    with lock:
-        # one compile a machine: the workers of a server all load a new version at once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if cached(model_file, cache, leaves=leaves):  # another process compiled it meanwhile
-            return None
-        return _compile_child(model_file, cache, leaves, timeout_s)
-
-
-def _compile_child(model_file: str | os.PathLike[str], cache: Path, leaves: bool,
-                   timeout_s: float) -> str | None:
-    cmd = [sys.executable, "-m", "recsvc.adapters.compiled", str(model_file), str(cache)]
-    if leaves:
-        cmd.append("--leaves")
-    try:
-        # priority set from here once it runs (preexec_fn is unsafe in a threaded process)
-        with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True) as proc:
-            with contextlib.suppress(OSError):  # it may have ended already: a nicety
-                os.setpriority(os.PRIO_PROCESS, proc.pid, COMPILE_NICENESS)
-            try:
-                _, err = proc.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                return f"compiling took more than {timeout_s:.0f} s"
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    if proc.returncode != 0 or not cached(model_file, cache, leaves=leaves):
-        return f"the compiling process exited {proc.returncode}: {(err or '')[-500:]}"
-    return None
-
-
-def _leaf_model(text: str) -> tuple[str, int, int]:
-    """The model text whose outputs pack the leaf numbers (see CompiledLeaves), its bits per
-    leaf number and trees per output."""
-    head, rest = text.split("\nTree=", 1)
-    body, tail = ("Tree=" + rest).split("\nend of trees", 1)
-    trees = body.strip("\n").split("\n\n")
-    leaves = [int(_tree_field(t, "num_leaves")) for t in trees]
-    bits = max(1, (max(leaves) - 1).bit_length())
-    per_output = 52 // bits
-    outputs = -(-len(trees) // per_output)
-    total = outputs * per_output
-    out = [_rewrite(head, {
-        "num_class": str(outputs), "num_tree_per_iteration": str(outputs),
-        "objective": f"multiclass num_class:{outputs}", "tree_sizes": " ".join(["0"] * total)})]
-    for t in range(total):
-        # past the model's trees: copies of the first with every leaf 0, to fill the outputs
-        real = t < len(trees)
-        scale = 1 << (bits * (t // outputs))
-        values = [j * scale if real else 0 for j in range(leaves[t if real else 0])]
-        out.append(_rewrite(trees[t if real else 0], {
-            "Tree": str(t), "leaf_value": " ".join(str(v) for v in values)}))
-    return "\n\n".join(out) + "\n\nend of trees" + tail, bits, per_output
-
-
-def _rewrite(block: str, values: dict[str, str]) -> str:
-    """`block` (lines of key=value) with the values of the keys in `values` replaced."""
-    def line(text: str) -> str:
-        key = text.split("=", 1)[0]
-        return f"{key}={values[key]}" if "=" in text and key in values else text
-    return "\n".join(line(text) for text in block.split("\n"))
-
-
-def _tree_field(tree: str, key: str) -> str:
-    for line in tree.split("\n"):
-        if line.startswith(key + "="):
-            return line.split("=", 1)[1]
-    raise ValueError(f"a tree without {key}")
-
-
-def _header(text: str, key: str) -> str | None:
-    prefix = key + "="
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return line[len(prefix):]
-        if line.startswith("Tree="):
-            break
-    return None
-
-
-def probe_rows(text: str, n_features: int, rows: int = PROBE_ROWS, seed: int = 0) -> F64:
-    """Rows that exercise every split of the model at and beside its thresholds, with NaN,
-    zero, negative, unseen and seen category codes: where compiled code could disagree."""
-    rng = np.random.default_rng(seed)
-    candidates: list[list[float]] = [[np.nan, 0.0, -1.0, 1.0] for _ in range(n_features)]
-    infos = (_header(text, "feature_infos") or "").split()
-    for j, info in enumerate(infos[:n_features]):
-        if info.startswith("["):  # numerical: [min:max]
-            lo, hi = (float(v) for v in info[1:-1].split(":"))
-            candidates[j] += [lo, hi, lo - 1.0, hi + 1.0]
-        elif info != "none":  # categorical: the seen codes, and one unseen
-            codes = [float(v) for v in info.split(":")]
-            candidates[j] += [*codes, max(codes) + 1.0, max(codes) + 40.0, 2.5]
-    split_features: list[npt.NDArray[np.int64]] = []
-    thresholds: list[F64] = []
-    features = np.empty(0, dtype=np.int64)
-    for line in text.splitlines():  # every tree's splits, in the file's order
-        if line.startswith("split_feature="):
-            features = np.array(line.split("=", 1)[1].split(), dtype=np.int64)
-        elif line.startswith("threshold=") and len(features):
-            values = np.array(line.split("=", 1)[1].split(), dtype=np.float64)
-            n = min(len(features), len(values))
-            split_features.append(features[:n])
-            thresholds.append(values[:n])
-            features = np.empty(0, dtype=np.int64)
-    f = np.concatenate(split_features) if split_features else np.empty(0, dtype=np.int64)
-    t = np.concatenate(thresholds) if thresholds else np.empty(0)
-    out = np.empty((rows, n_features), dtype=np.float64)
-    for j, base in enumerate(candidates):
-        mine = t[f == j]  # each threshold, and the doubles either side of it
-        beside = np.column_stack([mine, np.nextafter(mine, np.inf), np.nextafter(mine, -np.inf)])
-        pool = _unique(np.concatenate([np.asarray(base, dtype=np.float64), beside.ravel()]))
-        out[:, j] = pool[rng.integers(0, len(pool), rows)]
-    return out
-
-
-def _unique(values: F64) -> F64:
-    """The distinct values (NaN once) in the order they first appear."""
-    _, first = np.unique(values, return_index=True, equal_nan=True)
-    return values[np.sort(first)]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str]) -> int:

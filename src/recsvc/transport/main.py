@@ -104,7 +104,8 @@ async def serve_worker(address: str, announce: Callable[[dict[str, Any]], None])
         then loaded from the cache; compiled here if the child failed."""
         if not settings.compiled_models:
             return loaded
-        from recsvc.adapters.compiled import CompiledModel, compile_in_child
+        from recsvc.adapters.compile_cache import compile_in_child
+        from recsvc.adapters.compiled import CompiledModel
         from recsvc.adapters.registry import MODEL_FILE
 
         path = loaded.directory / MODEL_FILE
