@@ -15,6 +15,7 @@ import pytest
 from recsvc.adapters import feast as store
 from recsvc.adapters import materialise
 from recsvc.adapters import redis_write as rw
+from recsvc.adapters import resp_columns as rc
 from recsvc.adapters.materialise import FILL_MARK_KEY, delete_project_keys
 from recsvc.config import load_programme
 from recsvc.jobs.features import run_features
@@ -47,13 +48,13 @@ def _value(type_name: str, v: Any) -> bytes:
 def test_values_are_the_bytes_of_feasts_value_protos(type_name: str, arrow: pa.DataType,
                                                       values: list[Any]) -> None:
     column = pa.array(values, type=arrow)
-    got = rw.value_protos(column, type_name)
+    got = rc.value_protos(column, type_name)
     assert got is not None
     want = [_value(type_name, v.as_py() if hasattr(v, "as_py") else v) for v in column]
     assert got.rows() == want
     # a chunked, sliced column (as a record batch of a larger table hands it over)
     sliced = pa.chunked_array([column.slice(1)])
-    assert rw.value_protos(sliced, type_name).rows() == want[1:]  # type: ignore[union-attr]
+    assert rc.value_protos(sliced, type_name).rows() == want[1:]  # type: ignore[union-attr]
 
 
 def test_int64_lists_are_feasts() -> None:
@@ -64,13 +65,13 @@ def test_int64_lists_are_feasts() -> None:
     want = [v.SerializeToString()
             for v in python_values_to_proto_values(lists, ValueType.INT64_LIST)]
     column = pa.array(lists, type=pa.list_(pa.int64()))
-    assert rw.value_protos(column, "INT64_LIST").rows() == want  # type: ignore[union-attr]
+    assert rc.value_protos(column, "INT64_LIST").rows() == want  # type: ignore[union-attr]
     sliced = pa.chunked_array([column.slice(2)])
-    assert rw.value_protos(sliced, "INT64_LIST").rows() == want[2:]  # type: ignore[union-attr]
+    assert rc.value_protos(sliced, "INT64_LIST").rows() == want[2:]  # type: ignore[union-attr]
 
 
 def test_an_unknown_type_is_left_to_feast() -> None:
-    assert rw.value_protos(pa.array([[1.5]]), "DOUBLE_LIST") is None
+    assert rc.value_protos(pa.array([[1.5]]), "DOUBLE_LIST") is None
 
 
 def test_varints_and_bulk_headers() -> None:
@@ -78,9 +79,9 @@ def test_varints_and_bulk_headers() -> None:
 
     values = np.array(INT64_EDGES, dtype=np.int64)
     want = [_VarintBytes(int(v) & (2**64 - 1)) for v in values]
-    assert rw.varints(values).rows() == want
+    assert rc.varints(values).rows() == want
     lengths = np.array([0, 7, 9, 10, 99, 100, 12345, 3], dtype=np.int64)
-    assert rw.bulk_headers(lengths).rows() == [b"$%d\r\n" % v for v in lengths]
+    assert rc.bulk_headers(lengths).rows() == [b"$%d\r\n" % v for v in lengths]
 
 
 def test_timestamps_are_feasts() -> None:
@@ -90,22 +91,22 @@ def test_timestamps_are_feasts() -> None:
                 dt.datetime(2025, 3, 1, 12, 0, 0, 250_001, tzinfo=dt.UTC),
                 dt.datetime(1970, 1, 1, 0, 0, 0, 5, tzinfo=dt.UTC),
                 dt.datetime(1970, 1, 1, tzinfo=dt.UTC)]
-    got, nanos = rw.timestamp_protos(pa.array(instants, type=pa.timestamp("us", tz="UTC")))
+    got, nanos = rc.timestamp_protos(pa.array(instants, type=pa.timestamp("us", tz="UTC")))
     want = []
     for t in instants:
         ts = Timestamp()
         ts.FromDatetime(t)
         want.append(ts.SerializeToString())
-        assert rw.parse_timestamp(want[-1]) == ts.seconds * 10**9 + ts.nanos
+        assert rc.parse_timestamp(want[-1]) == ts.seconds * 10**9 + ts.nanos
     assert got.rows() == want
-    assert nanos.tolist() == [rw.parse_timestamp(b) for b in want]
-    assert rw.parse_timestamp(None) == 0
+    assert nanos.tolist() == [rc.parse_timestamp(b) for b in want]
+    assert rc.parse_timestamp(None) == 0
 
 
 def test_commands_are_resp() -> None:
-    keys = rw.Ragged(np.frombuffer(b"k1key2", dtype=np.uint8), np.array([2, 4]))
-    values = rw.Ragged(np.frombuffer(b"xyz", dtype=np.uint8), np.array([0, 3]))
-    got = rw.commands(b"HSET", keys, [b"f", values, b"g", b"h"]).rows()
+    keys = rc.Ragged(np.frombuffer(b"k1key2", dtype=np.uint8), np.array([2, 4]))
+    values = rc.Ragged(np.frombuffer(b"xyz", dtype=np.uint8), np.array([0, 3]))
+    got = rc.commands(b"HSET", keys, [b"f", values, b"g", b"h"]).rows()
     assert got == [b"*6\r\n$4\r\nHSET\r\n$2\r\nk1\r\n$1\r\nf\r\n$0\r\n\r\n$1\r\ng\r\n$1\r\nh\r\n",
                    b"*6\r\n$4\r\nHSET\r\n$4\r\nkey2\r\n$1\r\nf\r\n$3\r\nxyz\r\n$1\r\ng\r\n"
                    b"$1\r\nh\r\n"]
@@ -119,7 +120,7 @@ def test_slots_are_redis_clusters() -> None:
     keys[:40, 5] = ord("{")  # hash tags, with and without a closing brace after them
     keys[:20, 9] = ord("}")
     keys[40:45, 3:6] = [ord("{"), ord("}"), ord("a")]  # "{}": no tag
-    got = rw.key_slots(keys)
+    got = rc.key_slots(keys)
     assert got.tolist() == [key_slot(k.tobytes()) for k in keys]
 
 
