@@ -18,7 +18,7 @@ import pytest
 
 from recsvc import cli
 from recsvc.config import parse_programme
-from recsvc.core.catalogue import POPULAR_QUANTILE, PRICE_CUT
+from recsvc.core.inventory import POPULAR_QUANTILE, PRICE_CUT
 from recsvc.data import schema
 from recsvc.offline.simulate import run_simulation
 from recsvc.reports.catalogue import catalogue_report, markdown, plot, plotted_note

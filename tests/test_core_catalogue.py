@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from recsvc.config import Programme, load_programme, parse_programme
 from recsvc.core import catalogue as cat
 from recsvc.core import index as idx
+from recsvc.core import inventory as inv
 from recsvc.core.redemption import Reason, hint
 
 P = load_programme()
@@ -144,36 +145,36 @@ def test_alternates_are_never_out_of_stock_nor_the_item_itself(
 
 def test_forecast_is_the_mean_of_the_last_three_months_listed() -> None:
     redemptions = [[3, 6, 9], [0, 0, 12], [5, 5, 5], [4, 0, 2]]
-    np.testing.assert_allclose(cat.forecast_monthly(redemptions, [5, 1, 2, 0]),
+    np.testing.assert_allclose(inv.forecast_monthly(redemptions, [5, 1, 2, 0]),
                                [6.0, 12.0, 5.0, 2.0])
-    np.testing.assert_allclose(cat.forecast_monthly([[9, 3, 6, 9]], [12]), [6.0])
+    np.testing.assert_allclose(inv.forecast_monthly([[9, 3, 6, 9]], [12]), [6.0])
 
 
 def test_safety_level_turnover_slow_movers_and_below_safety() -> None:
-    np.testing.assert_allclose(cat.safety_level(INV, [6.0, 12.0, 0.0]), [1.2, 2.4, 0.0])
-    np.testing.assert_allclose(cat.turnover_days([10, 0, 5, 4, 0], [6, 3, 0, 1, 0], 30),
+    np.testing.assert_allclose(inv.safety_level(INV, [6.0, 12.0, 0.0]), [1.2, 2.4, 0.0])
+    np.testing.assert_allclose(inv.turnover_days([10, 0, 5, 4, 0], [6, 3, 0, 1, 0], 30),
                                [50.0, 0.0, math.inf, 120.0, 0.0])
-    assert cat.slow_movers(INV, [90.0, 90.01, math.inf, 0.0]).tolist() == [False, True, True,
+    assert inv.slow_movers(INV, [90.0, 90.01, math.inf, 0.0]).tolist() == [False, True, True,
                                                                            False]
-    assert cat.below_safety([1, 2, 0, 0], [1.2, 2.0, 0.0, 0.1]).tolist() == [True, False, False,
+    assert inv.below_safety([1, 2, 0, 0], [1.2, 2.0, 0.0, 0.1]).tolist() == [True, False, False,
                                                                            True]
 
 
 def test_delisting_needs_views_and_a_low_rate_in_each_of_the_last_three_months() -> None:
     viewers = [[100, 50, 20], [100, 50, 0], [100, 100, 100], [10, 10, 10], [0, 100, 100]]
     redeemers = [[4, 2, 0], [0, 0, 0], [4, 5, 4], [0, 0, 0], [0, 1, 1]]
-    assert cat.delisting_candidates(INV, viewers, redeemers).tolist() == [
+    assert inv.delisting_candidates(INV, viewers, redeemers).tolist() == [
         True, False, False, True, False]  # no viewers in a month: no evidence; 5 % is not < 5 %
     # only the last delist_months months count
-    assert cat.delisting_candidates(INV, [[10, 100, 100, 100]], [[9, 1, 1, 1]]).tolist() == [True]
+    assert inv.delisting_candidates(INV, [[10, 100, 100, 100]], [[9, 1, 1, 1]]).tolist() == [True]
     with pytest.raises(ValueError, match="3 months"):
-        cat.delisting_candidates(INV, [[100, 100]], [[0, 0]])
+        inv.delisting_candidates(INV, [[100, 100]], [[0, 0]])
 
 
 def test_popular_is_the_top_quartile_of_views() -> None:
-    assert cat.popular([0, 10, 20, 30, 40]).tolist() == [False, False, False, True, True]
-    assert cat.popular([0, 10, 20, 30, 40], 0.5).tolist() == [False, False, True, True, True]
-    assert not cat.popular([0, 0, 0]).any()
+    assert inv.popular([0, 10, 20, 30, 40]).tolist() == [False, False, False, True, True]
+    assert inv.popular([0, 10, 20, 30, 40], 0.5).tolist() == [False, False, True, True, True]
+    assert not inv.popular([0, 0, 0]).any()
 
 
 def test_price_cut_in_whole_steps_never_into_the_vacuum_zone() -> None:
@@ -189,7 +190,7 @@ def test_price_cut_in_whole_steps_never_into_the_vacuum_zone() -> None:
     price = np.array([r[0] for r in rows])
     market = np.array([r[1] for r in rows])
     disc = np.array([r[2] for r in rows])
-    new, vc = cat.price_cut(P, price, market, disc)
+    new, vc = inv.price_cut(P, price, market, disc)
     assert new.tolist() == [r[3] for r in rows]
     ok = new > 0
     np.testing.assert_allclose(vc[ok], market[ok] / 100 * disc[ok] / new[ok], atol=1e-12)
@@ -197,12 +198,12 @@ def test_price_cut_in_whole_steps_never_into_the_vacuum_zone() -> None:
     assert (vc[ok] >= P.index.vacuum_threshold).all()
     assert vc[6] == 0.03 and not idx.in_vacuum_zone(P.index, vc[6])
     with pytest.raises(ValueError, match="cut"):
-        cat.price_cut(P, price, market, disc, cut=0.0)
+        inv.price_cut(P, price, market, disc, cut=0.0)
 
 
 def test_price_cut_uses_the_campaign_multiplier_of_the_value_coefficient() -> None:
     doubled = parse_programme({"index": {"campaign_multiplier": 2.0}})
-    new, vc = cat.price_cut(doubled, [1000], [2000], [1.0])
+    new, vc = inv.price_cut(doubled, [1000], [2000], [1.0])
     # value 0.04 a point with the multiplier: out of the zone, so the plain 10 % cut
     assert new.tolist() == [900] and vc[0] == pytest.approx(20 * 2 / 900)
 
@@ -212,7 +213,7 @@ def test_price_cut_uses_the_campaign_multiplier_of_the_value_coefficient() -> No
        disc=st.floats(0.05, 1.0), cut=st.floats(0.01, 0.9))
 def test_a_suggested_price_is_lower_whole_steps_and_out_of_the_vacuum_zone(
         price: int, market: int, disc: float, cut: float) -> None:
-    new, vc = cat.price_cut(P, [price], [market], [disc], cut)
+    new, vc = inv.price_cut(P, [price], [market], [disc], cut)
     if new[0]:
         step = P.burning.min_points_step
         assert step <= new[0] < price and new[0] % step == 0
@@ -220,7 +221,7 @@ def test_a_suggested_price_is_lower_whole_steps_and_out_of_the_vacuum_zone(
         assert vc[0] >= idx.value_coefficient(market / 100, disc, price)
 
 
-def history(**overrides: object) -> cat.ItemHistory:
+def history(**overrides: object) -> inv.ItemHistory:
     """Six items, twelve months listed, three months of history (the latest last):
     1  slow and below safety with stock left: forecast 10, safety 2, stock 1, mean stock 40
        -> 120 turnover days -> a cut from 800 to 700 points
@@ -250,11 +251,11 @@ def history(**overrides: object) -> cat.ItemHistory:
                                [3, 3, 3]]),
     }
     base.update(overrides)
-    return cat.ItemHistory(**base)  # type: ignore[arg-type]
+    return inv.ItemHistory(**base)  # type: ignore[arg-type]
 
 
 def test_assess_applies_every_rule() -> None:
-    a = cat.assess(P, history())
+    a = inv.assess(P, history())
     np.testing.assert_allclose(a.forecast, [10, 1, 2, 1, 3, 3])
     np.testing.assert_allclose(a.safety_level, [2, 0.2, 0.4, 0.2, 0.6, 0.6])
     np.testing.assert_allclose(a.turnover_days, [120, 300, 30, 1500, 40, 40])
@@ -280,10 +281,10 @@ def test_assess_applies_every_rule() -> None:
 
 def test_no_cut_for_an_empty_shelf_or_a_fast_mover() -> None:
     # item 1 out of stock: below safety and slow, but nothing left to clear
-    a = cat.assess(P, history(stock=np.array([0, 10, 0, 50, 4, 4])))
+    a = inv.assess(P, history(stock=np.array([0, 10, 0, 50, 4, 4])))
     assert a.below_safety[0] and a.slow_mover[0] and not a.price_cut[0]
     # item 1 turning over in 60 days: below safety, not slow, no cut
-    a = cat.assess(P, history(mean_stock=np.array([20.0, 10, 2, 50, 4, 4])))
+    a = inv.assess(P, history(mean_stock=np.array([20.0, 10, 2, 50, 4, 4])))
     assert a.turnover_days[0] == pytest.approx(60) and not a.slow_mover[0]
     assert not a.price_cut[0]
 

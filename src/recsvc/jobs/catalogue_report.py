@@ -10,7 +10,7 @@ from typing import Any
 
 from recsvc.cliargs import date_arg, number_in, positive_int
 from recsvc.config import load_programme
-from recsvc.core import catalogue as core
+from recsvc.core import inventory as core
 from recsvc.reports.catalogue import FLAGS, TOP, catalogue_report
 from recsvc.settings import load_settings
 

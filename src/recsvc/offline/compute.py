@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from recsvc.config import Programme
 from recsvc.core import ledger
-from recsvc.core.catalogue import turnover_days
+from recsvc.core.inventory import turnover_days
 from recsvc.core.ledger import DAY_US, US, instant
 from recsvc.data import schema, views
 from recsvc.data.columns import NULL_US, as_i64, as_us, kind_codes

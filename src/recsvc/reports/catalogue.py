@@ -2,7 +2,7 @@
 of SPEC §3, as Markdown, CSV and a plot of the catalogue on value coefficient × redemption rate.
 
 This module only reads the canonical tables as of an instant (nothing after it) into per-month
-arrays and writes the files; every figure and flag comes from `recsvc.core.catalogue`.
+arrays and writes the files; every figure and flag comes from `recsvc.core.inventory`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from recsvc.cliargs import end_of_day
 from recsvc.config import Programme
-from recsvc.core import catalogue as core
+from recsvc.core import inventory as core
+from recsvc.core.catalogue import Alternate
 from recsvc.core.ledger import DAY_US, instant
 from recsvc.data import schema
 from recsvc.data.columns import as_i64, as_us
@@ -165,7 +166,7 @@ def _num(x: float, digits: int = 6) -> str:
     return f"{x:.{digits}g}"
 
 
-def _alternates(alts: tuple[core.Alternate, ...]) -> str:
+def _alternates(alts: tuple[Alternate, ...]) -> str:
     return ";".join(str(a.item_id) for a in alts)
 
 
