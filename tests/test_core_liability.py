@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from recsvc.core import liability as li
+from recsvc.core import liability_backtest as lb
 
 
 def _one(lots: list[float], *, active: float = 1.0, earn: float = 0.0, share: float = 0.0,
@@ -237,16 +238,16 @@ def test_liability_in_minor_units_rounds_half_up_exactly() -> None:
 def test_backtest_errors() -> None:
     band = li.Band(point=np.array([100.0, 200.0, 300.0]), low=np.array([90.0, 150.0, 280.0]),
                    high=np.array([110.0, 250.0, 320.0]), total=600.0, total_low=0, total_high=0)
-    err = li.backtest_error("redeemed", band, np.array([80.0, 200.0]))
+    err = lb.backtest_error("redeemed", band, np.array([80.0, 200.0]))
     assert err.months == 2
     assert err.mape == pytest.approx((20 / 80 + 0) / 2)
     assert err.total_forecast == 300.0 and err.total_actual == 280.0
     assert err.total_error == pytest.approx(20 / 280)
     assert err.inside == 1
-    level = li.backtest_error("outstanding", band, np.array([100.0, 400.0, 300.0]))
+    level = lb.backtest_error("outstanding", band, np.array([100.0, 400.0, 300.0]))
     assert level.total_forecast == 300.0 and level.total_actual == 300.0  # a level: the last
     with pytest.raises(ValueError):
-        li.backtest_error("redeemed", band, np.zeros(4))
+        lb.backtest_error("redeemed", band, np.zeros(4))
 
 
 def test_recency_churn_split_by_frequency_shrinks_cells_to_their_bucket() -> None:
@@ -267,15 +268,15 @@ def test_recency_churn_split_by_frequency_shrinks_cells_to_their_bucket() -> Non
 
 
 def test_fit_factor_solves_proportional_and_bounded_responses() -> None:
-    assert li.fit_factor(lambda f: 200.0 * f, 300.0) == pytest.approx(1.5)
+    assert lb.fit_factor(lambda f: 200.0 * f, 300.0) == pytest.approx(1.5)
     # a response that saturates at a balance of 100: 60·f capped at 100
-    f = li.fit_factor(lambda f: min(60.0 * f, 100.0) + 20.0 * f, 110.0, iterations=50)
+    f = lb.fit_factor(lambda f: min(60.0 * f, 100.0) + 20.0 * f, 110.0, iterations=50)
     assert min(60.0 * f, 100.0) + 20.0 * f == pytest.approx(110.0)
-    assert li.fit_factor(lambda f: 10.0 * f, 1000.0) == li.FACTOR_RANGE[1]  # clipped
-    assert li.fit_factor(lambda f: 0.0, 50.0) == 1.0  # nothing projected: no correction
-    assert li.fit_factor(lambda f: 10.0 * f, 0.0) == 1.0  # nothing happened: none either
+    assert lb.fit_factor(lambda f: 10.0 * f, 1000.0) == lb.FACTOR_RANGE[1]  # clipped
+    assert lb.fit_factor(lambda f: 0.0, 50.0) == 1.0  # nothing projected: no correction
+    assert lb.fit_factor(lambda f: 10.0 * f, 0.0) == 1.0  # nothing happened: none either
     with pytest.raises(ValueError, match="limits"):
-        li.fit_factor(lambda f: f, 1.0, limits=(1.5, 2.0))
+        lb.fit_factor(lambda f: f, 1.0, limits=(1.5, 2.0))
 
 
 def test_calibrate_fits_earning_first_then_burning_on_a_projection() -> None:
@@ -287,8 +288,8 @@ def test_calibrate_fits_earning_first_then_burning_on_a_projection() -> None:
     # what "happened": earning 120 a month and burning 15 % a month
     truth = _one([], no_expiry=1000.0, earn=120.0, share=0.15, months=3)
     actual = {"earned": float(truth.earned.sum()), "redeemed": float(truth.redeemed.sum())}
-    cal = li.calibrate(run, actual, ["2025-03-01"])
+    cal = lb.calibrate(run, actual, ["2025-03-01"])
     assert cal.earn == pytest.approx(1.2)
     assert cal.burn == pytest.approx(1.5, rel=1e-4)  # six fixed-point steps
     assert cal.projected["earned"] == pytest.approx(300.0)
-    assert li.calibrate(run, actual, []) == li.NO_CALIBRATION  # no origin: no correction
+    assert lb.calibrate(run, actual, []) == lb.NO_CALIBRATION  # no origin: no correction

@@ -1,5 +1,7 @@
 """The points-liability forecast: per-member monthly projection of points earned, redeemed,
-expired and outstanding, its liability in money, a bootstrap interval, and backtest errors.
+expired and outstanding, its liability in money and a bootstrap interval. How it is checked
+against what happened (the back-fit calibration, the backtest errors) is
+`recsvc.core.liability_backtest`.
 
 Everything is plain numpy over members (rows) and months (columns); the report job
 (`recsvc.reports.liability`) reads the ledger and the churn model and calls in here.
@@ -25,13 +27,6 @@ member did, d the exposure (months as a member; points held × months), R = Σx 
 population rate and k the prior strength, worth PRIOR_MONTHS months of an average member. A
 member with no history gets the population's rate; one with a long history mostly their own.
 
-Back-fit calibration (`calibrate`, used by the report only when asked): re-run this
-projection from origins 3-6 months before the as-of month, with only what was known at each,
-over the months up to the as-of instant, and scale e_i and r_i by the factors that make it
-reproduce what the ledger did then (earning first, then burning with the earn factor applied).
-Measured, it does not carry over from the origins to the as-of instant reliably (see the
-report's method section), so it is off by default.
-
 The figures are expectations (fractional points). Totals are rounded to whole points (half to
 even) and the liability in minor units is whole points × minor_per_unit / points_per_unit,
 rounded half up in integer arithmetic, so money stays exact.
@@ -41,7 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -304,63 +299,6 @@ def project(lots: F64, no_expiry: F64, active: F64, earn_per_month: F64, burn_sh
 
 
 # --------------------------------------------------------------------------------------------
-# Back-fit calibration: the same projection from earlier origins against what happened since.
-# --------------------------------------------------------------------------------------------
-FACTOR_RANGE = (0.25, 4.0)  # a back-fit that asks for more than this is not trusted further
-
-
-def fit_factor(evaluate: Callable[[float], float], target: float, *, iterations: int = 6,
-               limits: tuple[float, float] = FACTOR_RANGE) -> float:
-    """The factor f with evaluate(f) = target, by the fixed point f <- f · target / evaluate(f)
-    from f = 1, clipped to `limits`. Exact in one step when evaluate is proportional to f (the
-    earning); a few steps when it bends (burns are bounded by the balance). 1 when there is
-    nothing to compare (target or evaluate(1) not positive)."""
-    lo, hi = limits
-    if not 0 < lo <= 1 <= hi:
-        raise ValueError("limits must satisfy 0 < low <= 1 <= high")
-    f = 1.0
-    if target <= 0:
-        return f
-    for _ in range(iterations):
-        got = evaluate(f)
-        if got <= 0:
-            return f
-        step = float(np.clip(f * target / got, lo, hi))
-        if abs(step - f) <= 1e-9 * f:
-            return step
-        f = step
-    return f
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Correction factors for the earn and burn rates from back-fits, with what they saw."""
-
-    earn: float
-    burn: float
-    origins: tuple[str, ...]  # the origins used (ISO instants)
-    actual: Mapping[str, float]  # totals over the back-fit months, all origins together
-    projected: Mapping[str, float]  # the uncalibrated projection's totals, likewise
-
-
-NO_CALIBRATION = Calibration(1.0, 1.0, (), {}, {})
-
-
-def calibrate(run: Callable[[float, float], Mapping[str, float]], actual: Mapping[str, float],
-              origins: Sequence[str]) -> Calibration:
-    """Factors for the earn and burn rates that make the back-fit projection `run(earn, burn)`
-    (totals of 'earned' and 'redeemed' over the back-fit months) reproduce the `actual` totals:
-    first the earning (redeemed depends on it through the balance), then the burning with the
-    earn factor applied. Breakage is not fitted: it follows from the two."""
-    raw = dict(run(1.0, 1.0))
-    if not origins:
-        return NO_CALIBRATION
-    earn = fit_factor(lambda f: float(run(f, 1.0)["earned"]), float(actual["earned"]))
-    burn = fit_factor(lambda f: float(run(earn, f)["redeemed"]), float(actual["redeemed"]))
-    return Calibration(earn, burn, tuple(origins), dict(actual), raw)
-
-
-# --------------------------------------------------------------------------------------------
 # Totals, bootstrap interval, money.
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -376,7 +314,7 @@ class Band:
     total_high: float
 
 
-def _horizon_total(name: str, monthly: F64) -> F64:
+def horizon_total(name: str, monthly: F64) -> F64:
     return monthly[..., -1] if name == "outstanding" else monthly.sum(axis=-1)
 
 
@@ -404,12 +342,12 @@ def bootstrap(projection: Projection, *, samples: int, level: float, seed: int =
     for k, name in enumerate(QUANTITIES):
         point = stacked[k].sum(axis=0)
         boot = totals[:, k, :]
-        whole = _horizon_total(name, boot)
+        whole = horizon_total(name, boot)
         out[name] = Band(
             point=point,
             low=np.quantile(boot, lo_q, axis=0),
             high=np.quantile(boot, hi_q, axis=0),
-            total=float(_horizon_total(name, point)),
+            total=float(horizon_total(name, point)),
             total_low=float(np.quantile(whole, lo_q)),
             total_high=float(np.quantile(whole, hi_q)),
         )
@@ -428,39 +366,3 @@ def liability_minor(points: I64 | int, minor_per_unit: int, points_per_unit: int
     if np.any(p < 0):
         raise ValueError("points must be >= 0")
     return np.asarray((2 * p * minor_per_unit + points_per_unit) // (2 * points_per_unit))
-
-
-# --------------------------------------------------------------------------------------------
-# Backtest.
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BacktestError:
-    months: int  # months compared
-    mape: float | None  # mean |forecast - actual| / actual over months with actual > 0
-    total_forecast: float
-    total_actual: float
-    total_error: float | None  # (forecast - actual) / actual of the horizon total
-    inside: int  # months whose actual lies inside the interval
-
-    def as_dict(self) -> dict[str, float | int | None]:
-        return {"months": self.months, "mape": self.mape,
-                "total_forecast": self.total_forecast, "total_actual": self.total_actual,
-                "total_error": self.total_error, "months_inside_interval": self.inside}
-
-
-def backtest_error(name: str, band: Band, actual: F64) -> BacktestError:
-    """Forecast against what happened in the first len(actual) months."""
-    actual = np.asarray(actual, dtype=np.float64)
-    k = len(actual)
-    if k == 0 or k > len(band.point):
-        raise ValueError(f"{name}: between 1 and {len(band.point)} actual months needed")
-    f = band.point[:k]
-    pos = actual > 0
-    mape = float(np.mean(np.abs(f[pos] - actual[pos]) / actual[pos])) if pos.any() else None
-    tf, ta = float(_horizon_total(name, f)), float(_horizon_total(name, actual))
-    inside = int(((actual >= band.low[:k]) & (actual <= band.high[:k])).sum())
-    return BacktestError(k, mape, tf, ta, (tf - ta) / ta if ta > 0 else None, inside)
-
-
-def backtest(bands: Mapping[str, Band], actual: Mapping[str, F64]) -> dict[str, BacktestError]:
-    return {name: backtest_error(name, bands[name], actual[name]) for name in actual}

@@ -25,6 +25,7 @@ from recsvc.cliargs import end_of_day
 from recsvc.config import Programme
 from recsvc.core import ledger
 from recsvc.core import liability as li
+from recsvc.core import liability_backtest as lb
 from recsvc.core.ledger import (
     DAY_US,
     epoch_us,
@@ -188,7 +189,7 @@ BACKFIT_MONTHS = (3, 4, 5, 6)  # origins this many months before the as-of month
 
 
 def backfit(book: Book, programme: Programme, as_of: dt.datetime, history_months: int,
-            say: Callable[[str], None]) -> li.Calibration:
+            say: Callable[[str], None]) -> lb.Calibration:
     """Calibration factors from re-running the projection at earlier origins (the month start
     k months before the as-of month, k in BACKFIT_MONTHS) on the members who had joined by then,
     with only the rows before each origin, over the months up to the as-of instant, against
@@ -223,7 +224,7 @@ def backfit(book: Book, programme: Programme, as_of: dt.datetime, history_months
             total["redeemed"] += float(p.redeemed.sum())
         return total
 
-    cal = li.calibrate(run, actual, origins)
+    cal = lb.calibrate(run, actual, origins)
     if not origins:
         say("liability-report: no back-fit origin has enough history; rates uncalibrated")
     else:
@@ -240,12 +241,12 @@ class Forecast:
     churn: Churn
     hist: History
     active: Activity
-    calibration: li.Calibration
+    calibration: lb.Calibration
     projection: li.Projection
     bands: dict[str, li.Band]
     lapsing_at_as_of: int
     actual: dict[str, F64] = field(default_factory=dict)
-    errors: dict[str, li.BacktestError] = field(default_factory=dict)
+    errors: dict[str, lb.BacktestError] = field(default_factory=dict)
 
 
 def forecast(settings: Settings, programme: Programme, as_of: dt.datetime, horizon: int, *,
@@ -266,7 +267,7 @@ def forecast(settings: Settings, programme: Programme, as_of: dt.datetime, horiz
         churn = churn_from_history(book, as_of, programme.churn.horizon_days, "--no-model")
     start = start_at(book, programme, churn, as_of, history_months)
     cal = (backfit(book, programme, as_of, history_months, say) if calibrate
-           else li.NO_CALIBRATION)
+           else lb.NO_CALIBRATION)
     bounds = li.forecast_bounds(as_of, horizon)
     projection = start.project(bounds, churn.horizon_days, cal.earn, cal.burn)
     lc = programme.liability
@@ -276,7 +277,7 @@ def forecast(settings: Settings, programme: Programme, as_of: dt.datetime, horiz
     if backtest:
         out.actual = actuals(book, bounds)
         if out.actual:
-            out.errors = li.backtest(bands, out.actual)
+            out.errors = lb.backtest(bands, out.actual)
         else:
             say("liability-report: --backtest: the tables hold no whole month after the as-of "
                 "instant; nothing to compare")
