@@ -19,6 +19,7 @@ from recsvc.core import index as idx
 from recsvc.data import schema
 from recsvc.errors import PromotionRefused
 from recsvc.ml import inputs, runtime
+from recsvc.ml.propensity_rows import PropensityRows
 from recsvc.ml.runtime import calibrated
 from recsvc.ml.scoring import ChurnScorer
 from recsvc.offline.batch_scoring import score_batch
@@ -163,7 +164,7 @@ def test_a_members_compiled_inputs_equal_the_training_matrix() -> None:
     cols |= {n: np.array([m[n] for m in members], dtype=object) for n in vocab}
     cols |= inputs.member_rates(cols)
     want = inputs.matrix(cols, names, vocab)
-    rows = inputs.PropensityRows(names, vocab, {}, 0)
+    rows = PropensityRows(names, vocab, {}, 0)
     assert list(rows.member_names) == names
     got = np.stack([rows.member(m) for m in members])
     np.testing.assert_array_equal(got, want)

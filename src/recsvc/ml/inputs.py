@@ -75,7 +75,7 @@ RFM_INPUTS = ("days_since_last_order", "orders_total", "orders_365d", "spend_365
 NEVER_ORDERED_DAYS = 1e6  # the recency of a member with no order, for the RFM inputs
 
 
-def _f(cols: Columns, name: str) -> F64:
+def float_column(cols: Columns, name: str) -> F64:
     """A numeric column as float64 with NaN for missing values (None, pandas NA)."""
     values = cols[name]
     if isinstance(values, np.ndarray) and values.dtype == np.float64:
@@ -131,30 +131,30 @@ def index_inputs(cols: Columns, programme: Programme) -> dict[str, F64]:
     `pair_inputs` and `member_rates` with them)."""
     rules = programme.index
     minor = programme.currency.minor_per_unit
-    balance = _fill(_f(cols, "points_balance"), 0.0)
-    points_price = _f(cols, "points_price")
+    balance = _fill(float_column(cols, "points_balance"), 0.0)
+    points_price = float_column(cols, "points_price")
     bands = frozenset(rules.young_age_bands)  # np.isin sorts object arrays: slow per call
     young = np.fromiter((v in bands for v in cols["age_band"]), dtype=bool,
                         count=len(cols["age_band"]))
-    high = idx.high_spender(rules, _f(cols, "avg_order_value_365d_minor"), minor)
+    high = idx.high_spender(rules, float_column(cols, "avg_order_value_365d_minor"), minor)
     factors = idx.index_factors(
         rules,
-        market_price=_f(cols, "market_price_minor") / minor,
-        perceived_discount=_f(cols, "perceived_discount"),
+        market_price=float_column(cols, "market_price_minor") / minor,
+        perceived_discount=float_column(cols, "perceived_discount"),
         points_price=points_price,
-        item_discount=_fill(_f(cols, "discount_coefficient"), 1.0),
+        item_discount=_fill(float_column(cols, "discount_coefficient"), 1.0),
         balance=balance,
-        orders_90d=_fill(_f(cols, "orders_90d"), 0.0),
-        days_since_last_order=_f(cols, "days_since_last_order"),
+        orders_90d=_fill(float_column(cols, "orders_90d"), 0.0),
+        days_since_last_order=float_column(cols, "days_since_last_order"),
         young=young,
         high_spender=high,
     )
     tops = [(np.asarray(cols[f"top_category_{j}"], dtype=object),
-             _fill(_f(cols, f"top_category_{j}_share"), 0.0)) for j in (1, 2, 3)]
+             _fill(float_column(cols, f"top_category_{j}_share"), 0.0)) for j in (1, 2, 3)]
     return {
         **member_rates(cols),
         **pair_inputs(factors, balance=balance, points_price=points_price,
-                      expiring=_fill(_f(cols, "points_expiring_30d"), 0.0),
+                      expiring=_fill(float_column(cols, "points_expiring_30d"), 0.0),
                       item_category=np.asarray(cols["category"], dtype=object), tops=tops),
     }
 
@@ -169,7 +169,7 @@ centre's share of views, over 90 and 365 days (name -> numerator, views)."""
 
 def member_rates(cols: Columns) -> dict[str, F64]:
     """`MEMBER_RATES` of the members' feature columns."""
-    return {name: ew.ratio(_f(cols, numerator), _f(cols, views), math.nan)
+    return {name: ew.ratio(float_column(cols, numerator), float_column(cols, views), math.nan)
             for name, (numerator, views) in MEMBER_RATES.items()}
 
 
@@ -212,9 +212,9 @@ def purchase_history(cols: Columns) -> tuple[F64, F64, F64]:
 
     x = repeat orders; t_x = first to last order = mean gap × repeats; T = t_x + days since last.
     """
-    orders = _f(cols, "orders_total")
-    since = _f(cols, "days_since_last_order")
-    gap = _fill(_f(cols, "mean_interpurchase_days"), 0.0)
+    orders = float_column(cols, "orders_total")
+    since = float_column(cols, "days_since_last_order")
+    gap = _fill(float_column(cols, "mean_interpurchase_days"), 0.0)
     bought = _fill(orders, 0.0) > 0
     x = np.where(bought, orders - 1, np.nan)
     t_x = np.where(bought, gap * x, np.nan)
@@ -223,8 +223,8 @@ def purchase_history(cols: Columns) -> tuple[F64, F64, F64]:
 
 def rfm_matrix(cols: Columns) -> F64:
     """The RFM_INPUTS as a matrix; a member with no order is NEVER_ORDERED_DAYS from one."""
-    return np.column_stack([_fill(_f(cols, RFM_INPUTS[0]), NEVER_ORDERED_DAYS),
-                            *(_f(cols, name) for name in RFM_INPUTS[1:])])
+    return np.column_stack([_fill(float_column(cols, RFM_INPUTS[0]), NEVER_ORDERED_DAYS),
+                            *(float_column(cols, name) for name in RFM_INPUTS[1:])])
 
 
 def over_history(x: F64, t_x: F64, T: F64, answer: Callable[[F64, F64, F64], Any]) -> F64:
@@ -275,17 +275,18 @@ def churn_inputs(cols: Columns, btyd: Mapping[str, Any], horizon_days: float,
         bgnbd = btyd.get("bgnbd")
         out["bgnbd_p_alive"] = (np.full(len(x), np.nan) if bgnbd is None
                                 else over_history(x, t_x, T, bgnbd.p_alive))
-    since = _f(cols, "days_since_last_order")
-    gap = _f(cols, "mean_interpurchase_days")
+    since = float_column(cols, "days_since_last_order")
+    gap = float_column(cols, "mean_interpurchase_days")
     with np.errstate(divide="ignore", invalid="ignore"):
         out["recency_ratio"] = np.where(gap > 0, since / gap, np.nan)
         if "interpurchase_cv" in want:
-            out["interpurchase_cv"] = np.where(gap > 0, _f(cols, "interpurchase_days_std") / gap,
-                                               np.nan)
+            std = float_column(cols, "interpurchase_days_std")
+            out["interpurchase_cv"] = np.where(gap > 0, std / gap, np.nan)
     out.update({"days_since_first_order": T,
-                "orders_trend_90d": _trend(_f(cols, "orders_90d"), _f(cols, "orders_365d")),
-                "spend_trend_90d": _trend(_f(cols, "spend_90d_minor"),
-                                          _f(cols, "spend_365d_minor"))})
+                "orders_trend_90d": _trend(float_column(cols, "orders_90d"),
+                                           float_column(cols, "orders_365d")),
+                "spend_trend_90d": _trend(float_column(cols, "spend_90d_minor"),
+                                          float_column(cols, "spend_365d_minor"))})
     return out
 
 
@@ -319,12 +320,13 @@ def vocabularies(cols: Columns, names: Sequence[str] = CATEGORICAL) -> dict[str,
 
 def encode(values: Any, vocabulary: Sequence[str]) -> F64:
     """Integer codes of a categorical column; NaN for null or unseen values."""
-    lookup = _lookup(tuple(vocabulary))
+    lookup = codes_of(tuple(vocabulary))
     return np.array([lookup.get(v, np.nan) for v in np.asarray(values, dtype=object)])
 
 
 @functools.lru_cache(maxsize=64)
-def _lookup(vocabulary: tuple[str, ...]) -> dict[str, float]:
+def codes_of(vocabulary: tuple[str, ...]) -> dict[str, float]:
+    """Each value of a vocabulary and its code (cached: a model's vocabularies are few)."""
     return {v: float(i) for i, v in enumerate(vocabulary)}
 
 
@@ -336,119 +338,8 @@ def matrix(
         return np.empty((0, 0))
     out = np.empty((len(cols[names[0]]), len(names)))
     for j, name in enumerate(names):
-        out[:, j] = encode(cols[name], vocab[name]) if name in vocab else _f(cols, name)
+        out[:, j] = encode(cols[name], vocab[name]) if name in vocab else float_column(cols, name)
     return out
-
-
-ITEM_FEATURES = frozenset(ITEM_CATALOGUE + ITEM_STATS)
-PAIR_DERIVED = tuple(n for n in INDEX_DERIVED if n not in MEMBER_RATES)
-
-
-class PropensityRows:
-    """The propensity model's input rows for one member and many catalogue items, compiled.
-
-    Built once per (model, catalogue load): the items' inputs are encoded into one block
-    (categoricals coded, missing values NaN) and every input's column in the model's order is
-    fixed. A member's inputs are encoded once per member read (`member`), and a request's rows
-    are the two blocks, the live balance, the surface and the (member, item) inputs derived
-    from the request's index factors written into one float matrix, as `matrix` would build
-    it from the same columns.
-    """
-
-    def __init__(self, names: Sequence[str], vocab: Mapping[str, Sequence[str]],
-                 item_columns: Mapping[str, Any], n_items: int) -> None:
-        self.width = len(names)
-        self.vocab = vocab
-        at = {name: j for j, name in enumerate(names)}
-        self.item_at = np.array([at[n] for n in names if n in ITEM_FEATURES], dtype=np.intp)
-        self.item_block = np.empty((n_items, len(self.item_at)))
-        for k, j in enumerate(self.item_at):
-            name = names[j]
-            values = item_columns.get(name)
-            if values is None:  # a feature the store does not have for items: missing
-                self.item_block[:, k] = np.nan
-            else:
-                self.item_block[:, k] = (encode(values, vocab[name]) if name in vocab
-                                         else _f({name: values}, name))
-        member = [n for n in names if n not in ITEM_FEATURES and n not in PAIR_DERIVED
-                  and n not in ("points_balance", "surface")]
-        self.member_names = tuple(member)
-        # how each is encoded: a vocabulary's code, a rate of two features, or a number
-        self._member_inputs: list[tuple[str, Mapping[Any, float] | None,
-                                        tuple[str, str] | None]] = [
-            (n, _lookup(tuple(vocab[n])) if n in vocab else None, MEMBER_RATES.get(n))
-            for n in member]
-        self.member_at = np.array([at[n] for n in member], dtype=np.intp)
-        self.pair_names = tuple(n for n in names if n in PAIR_DERIVED)
-        self.pair_at = [at[n] for n in self.pair_names]
-        self.balance_at = at.get("points_balance")
-        self.surface_at = at.get("surface")
-        # what the (member, item) inputs read of the items, as training reads it
-        self.points_price = _f({"p": item_columns.get("points_price", np.full(n_items, np.nan))},
-                               "p")
-        self.category = np.asarray(item_columns.get("category", np.full(n_items, None)),
-                                   dtype=object)
-        self.points_price_list: list[float] = self.points_price.tolist()
-        self.category_list: list[Any] = self.category.tolist()
-
-    def member(self, features: Mapping[str, Any]) -> F64:
-        """The member's inputs (None or absent: missing), in `member_names` order."""
-        return np.array([
-            lookup.get(features.get(name), np.nan) if lookup is not None
-            else ew.ratio(_number(features.get(rate[0])), _number(features.get(rate[1])),
-                          math.nan) if rate is not None
-            else _number(features.get(name))
-            for name, lookup, rate in self._member_inputs])
-
-    def rows(self, positions: npt.NDArray[np.intp], features: Mapping[str, Any], member: F64,
-             balance: float, surface: str, factors: idx.IndexFactors) -> F64:
-        """The model matrix of the items at `positions` for the member (`features`, and their
-        encoding by `member(...)`), from the member's index factors for those items."""
-        pair = pair_inputs(
-            factors, balance=balance, points_price=self.points_price[positions],
-            expiring=_or0(features.get("points_expiring_30d")),
-            item_category=self.category[positions], tops=_tops(features))
-        return self._matrix(len(positions), self.item_block[positions], member, balance,
-                            surface, pair)
-
-    def row(self, position: int, features: Mapping[str, Any], member: F64, balance: float,
-            surface: str, factors: idx.IndexFactors) -> F64:
-        """`rows` for one item, from its factors in plain numbers (a one-row matrix)."""
-        pair = pair_values(
-            factors, balance=balance, points_price=self.points_price_list[position],
-            expiring=_or0(features.get("points_expiring_30d")),
-            item_category=self.category_list[position], tops=_tops(features))
-        return self._matrix(1, self.item_block[position], member, balance, surface, pair)
-
-    def _matrix(self, n: int, items: F64, member: F64, balance: float, surface: str,
-                pair: Mapping[str, Any]) -> F64:
-        """The two blocks, the live balance, the surface and the pair inputs in one matrix."""
-        X = np.empty((n, self.width))
-        X[:, self.item_at] = items
-        X[:, self.member_at] = member
-        if self.balance_at is not None:
-            X[:, self.balance_at] = balance
-        if self.surface_at is not None:
-            X[:, self.surface_at] = _lookup(tuple(self.vocab["surface"])).get(surface, np.nan)
-        for j, name in zip(self.pair_at, self.pair_names, strict=True):
-            X[:, j] = pair[name]
-        return X
-
-
-def _tops(features: Mapping[str, Any]) -> list[tuple[Any, float]]:
-    """The member's top three categories and their shares of orders (missing shares: 0)."""
-    return [(features.get(f"top_category_{j}"), _or0(features.get(f"top_category_{j}_share")))
-            for j in (1, 2, 3)]
-
-
-def _number(value: Any) -> float:
-    """A stored number as a float, NaN where missing."""
-    return math.nan if value is None else float(value)
-
-
-def _or0(value: Any) -> float:
-    """A stored number, 0 where missing (None or NaN)."""
-    return 0.0 if value is None or math.isnan(value) else float(value)
 
 
 def with_features(

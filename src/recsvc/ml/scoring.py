@@ -15,6 +15,7 @@ from recsvc.core import segments
 from recsvc.core.index import IndexFactors
 from recsvc.ml import inputs
 from recsvc.ml.attribution import PathAttribution
+from recsvc.ml.propensity_rows import PropensityRows
 from recsvc.ml.runtime import TREES, ClassicChurn, calibrated, weekly_btyd
 
 F64 = npt.NDArray[np.float64]
@@ -109,7 +110,7 @@ class PropensityScorer:
     the live balance when the caller passed one (as in training, where it is the balance at
     exposure), and `surface` per row; the index factors are derived here exactly as in
     training. The service calls `score_items` instead: rows compiled once per catalogue load
-    and member read (`inputs.PropensityRows`), from the index factors the request computed.
+    and member read (`PropensityRows`), from the index factors the request computed.
     """
 
     def __init__(self, loaded: Any, programme: Programme) -> None:
@@ -120,7 +121,7 @@ class PropensityScorer:
         self.vocab: dict[str, list[str]] = manifest.extra["vocabularies"]
         self.platt: dict[str, float] = manifest.extra["calibration"]["platt"]
         self.programme = programme
-        self._rows: tuple[object, inputs.PropensityRows] | None = None
+        self._rows: tuple[object, PropensityRows] | None = None
 
     def score(self, cols: Mapping[str, Any], num_threads: int = 1) -> F64:
         n = len(next(iter(cols.values())))
@@ -157,19 +158,19 @@ class PropensityScorer:
                                                 factors))[0])
 
     def prepare(self, catalogue: object, item_columns: Mapping[str, Any],
-                n_items: int) -> inputs.PropensityRows:
+                n_items: int) -> PropensityRows:
         """The rows compiled for a catalogue load (`catalogue`, by identity), compiled now
         when they are not yet."""
         held = self._rows
         if held is None or held[0] is not catalogue:
-            held = (catalogue, inputs.PropensityRows(self.features, self.vocab, item_columns,
+            held = (catalogue, PropensityRows(self.features, self.vocab, item_columns,
                                                      n_items))
             self._rows = held  # one assignment: a concurrent reader sees old or new whole
         return held[1]
 
     def _compiled(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
                   member: Mapping[str, Any], encoded: dict[str, F64],
-                  ) -> tuple[inputs.PropensityRows, F64]:
+                  ) -> tuple[PropensityRows, F64]:
         rows = self.prepare(catalogue, item_columns, n_items)
         values = encoded.get(self.version)
         if values is None:
