@@ -20,6 +20,7 @@ from conftest import on_cluster
 from recsvc.adapters import feast as store
 from recsvc.adapters import feast_codec, materialise, online, online_redis, online_sqlite
 from recsvc.adapters.online import OnlineReader
+from recsvc.adapters.row_cache import HeldColumns
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.errors import ConfigError, DataMissing, FeatureStoreUnavailable, InvalidArgument
@@ -477,7 +478,7 @@ def test_a_cached_read_is_its_held_rows_until_they_change(sqlite_store: Any) -> 
     ids = [WRITTEN_MEMBER]
     first = reader.read_nowait("churn_v1", "member_id", ids)
     again = reader.read_nowait("churn_v1", "member_id", ids)
-    assert isinstance(first, online.HeldColumns) and isinstance(again, online.HeldColumns)
+    assert isinstance(first, HeldColumns) and isinstance(again, HeldColumns)
     assert again.rows[0] is first.rows[0] and snapshot(again) == snapshot(first)
     assert dict(again) == dict(first) == dict(reader.read_service("churn_v1", "member_id", ids))
     name = "member_points__points_balance"

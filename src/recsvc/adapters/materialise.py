@@ -31,7 +31,7 @@ from recsvc.settings import Settings
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
 
-    from recsvc.adapters.online import ViewSpec
+    from recsvc.adapters.online_plan import ViewSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Fast online feature reads from Feast's own Redis and SQLite layouts, equal to the SDK's: what
-every reader shares (the port, request plans from the registry, the row cache, `open_reader`);
-the readers themselves are `online_redis` and `online_sqlite`, the value codec `feast_codec`."""
+every reader shares (the port, request plans from the registry, `open_reader`); the readers
+themselves are `online_redis` and `online_sqlite`, what a plan holds `online_plan`, their member
+cache `row_cache`, the value codec `feast_codec`."""
 
 # Why: `get_online_features` costs milliseconds per call for a member and 200 items, almost all
 # of it Python-side work per value (FACTS.md), while the stores answer in well under one.
@@ -22,18 +23,23 @@ the readers themselves are `online_redis` and `online_sqlite`, the value codec `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from recsvc.adapters.feast import feast_errors
 from recsvc.adapters.feast_codec import SCALAR_TYPES, EntityKeyCodec, value_decoder
-from recsvc.data.views import feature_name
+from recsvc.adapters.online_plan import (
+    Column,
+    Plan,
+    ProjectionSpec,
+    Services,
+    ViewSpec,
+    decode_columns,
+)
 from recsvc.errors import ConfigError
 
 if TYPE_CHECKING:
     from feast import FeatureStore
-    from feast.value_type import ValueType
 
 # A socket timeout per send/receive: a hung Redis must fail a request in tens of
 # milliseconds (the service then answers from defaults), not after redis-py's default retries.
@@ -48,9 +54,6 @@ SQLITE_MMAP_BYTES = 1 << 30
 SQLITE_CACHE_ROWS = 100_000
 # Decoded entity rows kept per request shape, invalidated by Redis (0: no cache), _Tracking.
 REDIS_CACHE_ROWS = 100_000
-
-Decoder = Callable[[Any], Any]
-
 
 # --------------------------------------------------------------------------------------------
 # The interface.
@@ -85,205 +88,6 @@ class OnlineReader(Protocol):
                            sqlite_timeout_s=sqlite_timeout_s,
                            sqlite_mmap_bytes=sqlite_mmap_bytes,
                            sqlite_cache_rows=sqlite_cache_rows)
-
-
-# --------------------------------------------------------------------------------------------
-# What a request reads: views and features from the registry, compiled once per request shape.
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ViewSpec:
-    """A feature view as the online store holds it."""
-
-    name: str  # the registry's name
-    stored: str  # its name in the online store (with a version suffix when versioning is on)
-    join_key: str | None  # None: a view on several join keys (or none), not read here
-    features: tuple[tuple[str, ValueType], ...]
-    codec: EntityKeyCodec | None
-
-
-@dataclass(frozen=True)
-class Column:
-    """One output column and how to decode it."""
-
-    name: str  # the output name, "<view or alias>__<feature>"
-    view: ViewSpec
-    feature: str
-    decode: Decoder
-    scalar: bool  # its Python values are immutable, so a cached row's may be shared
-
-
-@dataclass
-class Plan:
-    """One request shape: its columns (views in request order, features in view order) and
-    whatever the backend precomputed for them."""
-
-    action: str  # names the read in error messages
-    entity_key: str
-    columns: tuple[Column, ...]
-    codec: EntityKeyCodec
-    backend: Any = None
-    names: tuple[str, ...] = field(init=False)  # of the columns: strings, untracked by the gc
-    short_names: tuple[str, ...] = field(init=False)  # the features' own, without "<view>__"
-
-    def __post_init__(self) -> None:
-        self.names = tuple(c.name for c in self.columns)
-        self.short_names = tuple(feature_name(n) for n in self.names)
-
-
-@dataclass(frozen=True)
-class ProjectionSpec:
-    """A feature service's use of a view: output prefix (its alias or name), view, features."""
-
-    prefix: str
-    view: str
-    features: tuple[str, ...]
-
-
-# service name -> (its projections, whether it has precompute_online)
-Services = dict[str, tuple[tuple[ProjectionSpec, ...], bool]]
-
-
-def _copy(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _held(row: Sequence[Any]) -> tuple[Any, ...]:
-    """A row as the cache holds it: list values as tuples, so a row of numbers, strings and
-    tuples of them is one object the cyclic garbage collector stops tracking (a full
-    collection walks every tracked object; the cache holds up to `limit` rows)."""
-    return tuple(tuple(v) if isinstance(v, list) else v for v in row)
-
-
-class RowCache:
-    """Decoded entity rows per request shape (plan), up to `limit` entities each.
-
-    Rows are shared between reads; list values are held as tuples and copied out as lists,
-    so a caller that changes what it got changes nothing held. A backend stores rows only
-    while nothing it knows of has changed since its fetch began (`stamp` unchanged), and
-    drops what changes (`clear`, `drop`)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.rows: dict[int, dict[bytes, tuple[Any, ...]]] = {}
-        self.stamp = 0  # bumped whenever rows are dropped
-        self.hits = 0
-        self.misses = 0
-
-    def clear(self) -> None:
-        self.rows = {}
-        self.stamp += 1
-
-    def drop(self, keys: Sequence[bytes]) -> None:
-        self.stamp += 1
-        for table in list(self.rows.values()):
-            for key in keys:
-                table.pop(key, None)
-
-    def size(self) -> int:
-        return sum(len(t) for t in list(self.rows.values()))
-
-    def peek(self, plan: Plan, keys: list[bytes]) -> HeldColumns | None:
-        """The plan's columns for `keys` if every row is held, else None (nothing fetched)."""
-        table = self.rows.get(id(plan))
-        if table is None:
-            return None
-        rows = []
-        for k in keys:
-            row = table.get(k)
-            if row is None:
-                return None
-            rows.append(row)
-        self.hits += len(keys)
-        return HeldColumns(plan, tuple(rows))
-
-    def read(self, plan: Plan, keys: list[bytes],
-             fetch: Callable[[Plan, list[bytes]], list[Any]]) -> HeldColumns:
-        """The plan's columns for `keys`, fetching the rows not held; fetched rows are kept
-        unless rows were dropped while the fetch ran (what it read may predate the change)."""
-        table = self.rows.setdefault(id(plan), {})
-        stamp = self.stamp
-        held: dict[bytes, tuple[Any, ...]] = {}
-        missing = []
-        for k in dict.fromkeys(keys):
-            row = table.get(k)
-            if row is None:
-                missing.append(k)
-            else:
-                held[k] = row
-        self.misses += len(missing)
-        self.hits += len(keys) - len(missing)
-        if missing:
-            slots = fetch(plan, missing)
-            if len(missing) == 1:  # a product page's member: no columns built for one row
-                fresh = {missing[0]: _decode_row(plan, slots)}
-            else:
-                decoded = decode_columns(plan, slots)
-                fresh = {k: _held(row) for k, row in zip(missing, zip(*decoded.values(),
-                                                                     strict=True), strict=True)}
-            if self.stamp == stamp:
-                if len(table) + len(missing) > self.limit:
-                    table.clear()  # bounded by clearing: rarely hit, and cheaper than an LRU
-                table.update(fresh)
-            held.update(fresh)
-        return HeldColumns(plan, tuple(held[k] for k in keys))
-
-
-class HeldColumns(Mapping[str, list[Any]]):
-    """A cached read: the plan's columns, built on first use from the rows the cache holds
-    (`rows`, one per key asked, the held tuples themselves). A caller that kept what it derived
-    from an earlier read tells that nothing changed by comparing `rows` (tuples compare their
-    items by identity first: an unchanged member costs one comparison and no columns). The
-    columns are copies: a caller that changes them changes nothing held."""
-
-    __slots__ = ("_built", "_plan", "rows")
-
-    def __init__(self, plan: Plan, rows: tuple[tuple[Any, ...], ...]) -> None:
-        self._plan = plan
-        self.rows = rows
-        self._built: dict[str, list[Any]] | None = None
-
-    @property
-    def snapshot(self) -> tuple[Any, ...]:
-        """The read as one immutable value, the names of the columns asked and the rows held,
-        equal to another read's exactly when their columns are (compared by identity first).
-        Strings and numbers only, like the rows: the cyclic garbage collector leaves the
-        snapshots a caller keeps alone."""
-        return (self._plan.names, self.rows)
-
-    def record(self) -> dict[str, Any]:
-        """A one-entity read as {feature name: value} (names without their view's prefix; list
-        values as the tuples held), built from the held row without building columns."""
-        return dict(zip(self._plan.short_names, self.rows[0], strict=True))
-
-    def columns(self) -> dict[str, list[Any]]:
-        if self._built is None:
-            rows = self.rows
-            self._built = {c.name: list(values) if c.scalar else [_copy(v) for v in values]
-                           for c, values in zip(self._plan.columns, zip(*rows, strict=True),
-                                                strict=True)}
-        return self._built
-
-    def __getitem__(self, name: str) -> list[Any]:
-        return self.columns()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.columns())
-
-    def __len__(self) -> int:
-        return len(self._plan.columns)
-
-
-def _decode_row(plan: Plan, slots: list[Any]) -> tuple[Any, ...]:
-    """One entity's fetched blobs (one per column) as the row the cache holds: `_decode` then
-    `_held` of a single row, without building columns."""
-    return _held([c.decode(blob) for c, blob in zip(plan.columns, slots, strict=True)])
-
-
-def decode_columns(plan: Plan, slots: list[Any]) -> dict[str, list[Any]]:
-    """Fetched blobs as the plan's columns of Python values; `slots` holds rows of
-    len(columns) blobs, row-major, so a column is a stride."""
-    width = len(plan.columns)
-    return {c.name: list(map(c.decode, slots[j::width])) for j, c in enumerate(plan.columns)}
 
 
 class BaseReader(OnlineReader):

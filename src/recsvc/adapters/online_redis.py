@@ -11,15 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from recsvc.adapters.feast import feast_errors
-from recsvc.adapters.online import (
-    REDIS_CACHE_ROWS,
-    BaseReader,
-    Plan,
-    RowCache,
-    Services,
-    ViewSpec,
-    decode_columns,
-)
+from recsvc.adapters.online import REDIS_CACHE_ROWS, BaseReader
+from recsvc.adapters.online_plan import Plan, Services, ViewSpec, decode_columns
+from recsvc.adapters.row_cache import RowCache
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,11 +17,9 @@ from recsvc.adapters.online import (
     SQLITE_CHUNK,
     SQLITE_MMAP_BYTES,
     BaseReader,
-    Plan,
-    RowCache,
-    Services,
-    ViewSpec,
 )
+from recsvc.adapters.online_plan import Plan, Services, ViewSpec
+from recsvc.adapters.row_cache import RowCache
 
 if TYPE_CHECKING:
     from feast import FeatureStore

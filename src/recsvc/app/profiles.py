@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from recsvc.adapters.online import HeldColumns
+from recsvc.adapters.row_cache import HeldColumns
 from recsvc.config import Programme
 from recsvc.core import cart, fraud, ranking
 from recsvc.core import index as idx
