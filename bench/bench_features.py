@@ -37,7 +37,7 @@ from benchutil import (  # a sibling module: run as training/<script>.py
     save_results,
 )
 from recsvc.adapters import feast as store
-from recsvc.adapters import materialise
+from recsvc.adapters import materialise, online_write
 from recsvc.config import load_programme
 from recsvc.data import schema
 from recsvc.offline import compute, snapshots
@@ -311,7 +311,7 @@ def main() -> None:
             import redis
 
             client = redis.Redis.from_url(args.redis_url)
-            gone = sum(materialise.delete_project_keys(client, p)
+            gone = sum(online_write.delete_project_keys(client, p)
                        for p in (project, f"{project}_feast"))
             client.close()
             print(f"redis: deleted {gone:,} keys of {project}")

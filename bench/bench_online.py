@@ -39,7 +39,7 @@ from benchutil import (  # a sibling module: run as training/<script>.py
     save_results,
 )
 from recsvc.adapters import feast as store
-from recsvc.adapters import materialise
+from recsvc.adapters import online_write
 from recsvc.adapters.online import OnlineReader
 from recsvc.config import load_programme
 from recsvc.data import schema
@@ -287,7 +287,7 @@ def main() -> None:
             import redis
 
             client = redis.Redis.from_url(args.redis_url)
-            gone = materialise.delete_project_keys(client, redis_project)
+            gone = online_write.delete_project_keys(client, redis_project)
             client.close()
             print(f"redis: deleted {gone:,} keys of {redis_project}")
         if tmp is not None:

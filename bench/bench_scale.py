@@ -243,7 +243,7 @@ def main() -> None:
     from redis.cluster import RedisCluster
 
     from conftest import cluster_feature_repo, redis_cluster  # the tests' own cluster starter
-    from recsvc.adapters.materialise import delete_project_keys
+    from recsvc.adapters.online_write import delete_project_keys
 
     steps = args.steps.split(",")
     engines = args.engines.split(",")

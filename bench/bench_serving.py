@@ -1125,10 +1125,10 @@ def main() -> None:
     finally:
         cluster.close()  # the cluster's nodes are killed: nothing of it to delete
         if redis_client is not None:
-            from recsvc.adapters import materialise
+            from recsvc.adapters import online_write
             from recsvc.adapters.caps import RedisCapStore
 
-            gone = materialise.delete_project_keys(redis_client, redis_project)
+            gone = online_write.delete_project_keys(redis_client, redis_project)
             caps = RedisCapStore(redis_client, redis_project).delete_all()
             redis_client.close()
             print(f"redis: deleted {gone:,} keys and {caps:,} frequency-cap keys of "

@@ -383,7 +383,7 @@ def on_cluster(data_dir: Path, project: str, url: str, tmp: Path,
     from redis.cluster import RedisCluster
 
     from recsvc.adapters.caps import RedisCapStore
-    from recsvc.adapters.materialise import delete_project_keys
+    from recsvc.adapters.online_write import delete_project_keys
     from recsvc.jobs.features import run_features
     from recsvc.settings import Settings
 
@@ -407,7 +407,7 @@ def redis_project(redis_url: str) -> Iterator[str]:
     """A Feast project name of the test's own; its Redis keys are deleted afterwards."""
     import redis
 
-    from recsvc.adapters.materialise import delete_project_keys
+    from recsvc.adapters.online_write import delete_project_keys
 
     project = f"recsvc_test_{uuid.uuid4().hex[:10]}"
     yield project

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsvc.adapters import materialise
-from recsvc.adapters.materialise import FILL_MARK_KEY, delete_project_keys
+from recsvc.adapters.materialise import FILL_MARK_KEY
+from recsvc.adapters.online_write import delete_project_keys
 from recsvc.config import load_programme
 from recsvc.engine import LOCAL, LOCAL_CLUSTER_QUIET, Engine, id_ranges, open_engine
 from recsvc.errors import ConfigError, DataMissing, EngineUnavailable

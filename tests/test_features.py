@@ -16,7 +16,7 @@ import pytest
 from conftest import TINY_AS_OF, at
 from recsvc import cli
 from recsvc.adapters import feast as store
-from recsvc.adapters import materialise
+from recsvc.adapters import materialise, online_write
 from recsvc.config import load_programme
 from recsvc.errors import ConfigError, DataMissing, FeatureStoreUnavailable
 from recsvc.jobs.features import run_features
@@ -350,7 +350,7 @@ def test_online_rows_are_the_ones_feast_itself_would_write(sqlite_store: Any) ->
         table = materialise.snapshot_rows(sqlite_store, view, at("2025-01-01"), TINY_AS_OF)
         batch = table.combine_chunks().to_batches()[0]
         keys = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
-        ours = materialise.arrow_to_online_rows(batch, view)
+        ours = online_write.arrow_to_online_rows(batch, view)
         theirs = _convert_arrow_to_proto(batch, view, keys)
         assert len(ours) == len(theirs) == batch.num_rows
         for a, b in zip(ours, theirs, strict=True):
@@ -508,7 +508,7 @@ def test_a_store_that_lost_its_rows_is_filled_again(tiny_data_dir: Path, redis_u
         else:
             client = redis.Redis.from_url(redis_url)
             try:
-                assert materialise.delete_project_keys(client, redis_project) > 0
+                assert online_write.delete_project_keys(client, redis_project) > 0
             finally:
                 client.close()
         assert materialise.read_fill_mark(settings) is None
@@ -531,6 +531,6 @@ def test_a_dead_redis_is_feature_store_unavailable(tiny_data_dir: Path) -> None:
 def test_arrow_nan_and_null_become_empty_values() -> None:
     from feast.value_type import ValueType
 
-    values = materialise._proto_values(pa.array([1.5, None, float("nan")]), ValueType.DOUBLE)
+    values = online_write.proto_values(pa.array([1.5, None, float("nan")]), ValueType.DOUBLE)
     assert values is not None
     assert [v.WhichOneof("val") for v in values] == ["double_val", None, None]

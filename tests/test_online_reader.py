@@ -18,7 +18,7 @@ import pytest
 
 from conftest import on_cluster
 from recsvc.adapters import feast as store
-from recsvc.adapters import feast_codec, materialise, online, online_redis, online_sqlite
+from recsvc.adapters import feast_codec, online, online_redis, online_sqlite, online_write
 from recsvc.adapters.online import OnlineReader
 from recsvc.adapters.row_cache import HeldColumns
 from recsvc.config import load_programme
@@ -79,7 +79,7 @@ def redis_store(data_dir: tuple[Path, str], redis_url: str) -> Iterator[Any]:
     finally:
         client = redis.Redis.from_url(redis_url)
         try:
-            materialise.delete_project_keys(client, project)
+            online_write.delete_project_keys(client, project)
         finally:
             client.close()
 

@@ -304,7 +304,7 @@ def newcomer(tmp_path: Path, redis_url: str) -> Iterator[Newcomer]:
     yield Newcomer(data_dir, address, env, redis_url, project)
     import redis
 
-    from recsvc.adapters.materialise import delete_project_keys
+    from recsvc.adapters.online_write import delete_project_keys
 
     client = redis.Redis.from_url(redis_url)
     try:

@@ -13,10 +13,11 @@ import pyarrow as pa
 import pytest
 
 from recsvc.adapters import feast as store
-from recsvc.adapters import materialise
+from recsvc.adapters import materialise, online_write
 from recsvc.adapters import redis_write as rw
 from recsvc.adapters import resp_columns as rc
-from recsvc.adapters.materialise import FILL_MARK_KEY, delete_project_keys
+from recsvc.adapters.materialise import FILL_MARK_KEY
+from recsvc.adapters.online_write import delete_project_keys
 from recsvc.config import load_programme
 from recsvc.jobs.features import run_features
 from recsvc.settings import Settings
@@ -171,7 +172,7 @@ def _same_as_feast(settings: Settings, cluster: bool, monkeypatch: pytest.Monkey
         assert len(fast) > 300
         delete_project_keys(client, settings.feast_project)
         with monkeypatch.context() as m:  # the same rows through Feast's online_write_batch
-            m.setattr(materialise, "_redis_writer", lambda *_: None)
+            m.setattr(online_write, "redis_writer", lambda *_: None)
             run_features(settings, P, say=lambda _: None)
         assert _dump(client, settings.feast_project) == fast
     finally:

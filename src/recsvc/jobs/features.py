@@ -93,7 +93,7 @@ def run_features(
     filled by ranges of ids on its workers.
     """
     from recsvc.adapters import feast as store
-    from recsvc.adapters import materialise
+    from recsvc.adapters import materialise, online_write
     from recsvc.data import provenance, schema
     from recsvc.offline import compute, snapshots
     from recsvc.progress import Stopwatch
@@ -193,7 +193,7 @@ def run_features(
     run.online_mode = mode
     watch = Stopwatch()
     if mode == "rewrite":
-        materialise.clear_online(feast_store, list(compute.VIEWS))
+        online_write.clear_online(feast_store, list(compute.VIEWS))
     # the computed views only: batch scores are materialised by the scoring job
     results = materialise.materialize(feast_store, build.as_of, list(compute.VIEWS),
                                       full=mode != "incremental", cleared=mode == "rewrite",

@@ -293,7 +293,7 @@ def run_fraud_flags(settings: Any, programme: Programme, *, as_of: dt.datetime |
     The rules run by ranges of members (each reading its members' ledger rows) on the
     `engine`, as does the forest's scoring; the forest learns here, from every member."""
     from recsvc.adapters import feast as fstore
-    from recsvc.adapters import materialise
+    from recsvc.adapters import materialise, online_write
 
     watch = Stopwatch()
     data_dir = Path(settings.data_dir)
@@ -349,7 +349,7 @@ def run_fraud_flags(settings: Any, programme: Programme, *, as_of: dt.datetime |
             .most_recent_end_time
     if last_end is not None and last_end >= as_of:
         # not newer than what is online: Redis would keep the newer values, SQLite would not
-        materialise.clear_online(feast_store, [VIEW])
+        online_write.clear_online(feast_store, [VIEW])
     done = materialise.materialize(feast_store, as_of, [VIEW], full=True, engine=engine,
                               settings=settings, say=say)
     online_rows = sum(r.rows for r in done)
