@@ -40,6 +40,7 @@ from recsvc.core.ledger import DAY_US, US, instant
 from recsvc.data import schema, views
 from recsvc.data.columns import NULL_US, as_i64, as_us, kind_codes
 from recsvc.offline.expiry import expiring_points
+from recsvc.offline.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,6 @@ F64 = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]
 
 EXPIRING_WINDOW_DAYS = 30
-# Combined search key: (entity index << 40) | whole seconds since 1970. 2^40 s is ~34,800 years;
-# entity indices are local to a chunk, so 2^23 entities per chunk is the only limit.
-KEY_SHIFT = 40
 # The member's favourite categories are named among the most ordered ones; a long tail of
 # categories (real logs have hundreds) would cost a windowed count each for little signal.
 MAX_CATEGORIES = 30
@@ -94,11 +92,6 @@ def day_end(us: I64) -> I64:
     return (us // DAY_US + 1) * DAY_US
 
 
-def _key(entity: I64, us: I64, *, ceil: bool = False) -> I64:
-    secs = -(-us // US) if ceil else us // US
-    return (entity.astype(np.int64) << KEY_SHIFT) | np.clip(secs, 0, (1 << KEY_SHIFT) - 1)
-
-
 def _float(values: F64, valid: B) -> pa.Array:
     return pa.array(np.where(valid, values, 0.0), type=pa.float64(), mask=~valid)
 
@@ -111,67 +104,6 @@ def _int(values: I64, valid: B | None = None) -> pa.Array:
 
 def _ts(us: I64) -> pa.Array:
     return pa.array(us, type=pa.int64()).cast(TS)
-
-
-class _Timeline:
-    """One event table's rows sorted by (entity, time), for windowed counts and sums.
-
-    `known(entity, t)` is the position just past the entity's events known at t: those with
-    ts < t, or ts <= t when `inclusive` (states stamped at their instant). All query instants
-    are whole seconds, so flooring (or, inclusive, ceiling) event times to seconds in the key
-    keeps both comparisons exact.
-    """
-
-    def __init__(self, entity: I64, ts_us: I64, values: Mapping[str, I64] | None = None,
-                 *, inclusive: bool = False) -> None:
-        key = _key(entity, ts_us, ceil=inclusive)
-        order = np.argsort(key, kind="stable")
-        self.key = key[order]
-        self.ts = ts_us[order]
-        self.values = {name: np.asarray(v)[order] for name, v in (values or {}).items()}
-        self.inclusive = inclusive
-        self._cumsums: dict[str, I64] = {}
-        self._gap_squares: I64 | None = None
-
-    def __len__(self) -> int:
-        return len(self.key)
-
-    def start(self, entity: I64) -> I64:
-        return np.searchsorted(self.key, entity.astype(np.int64) << KEY_SHIFT, "left")
-
-    def known(self, entity: I64, t_us: I64) -> I64:
-        if self.inclusive:
-            return np.searchsorted(self.key, _key(entity, t_us), "right")
-        return np.searchsorted(self.key, _key(entity, t_us), "left")
-
-    def ts_at(self, pos: I64, valid: B) -> I64:
-        """Event time at each position where valid (0 elsewhere, and when there are none)."""
-        if not len(self.ts):
-            return np.zeros(len(pos), dtype=np.int64)
-        return np.where(valid, self.ts[np.clip(pos, 0, len(self.ts) - 1)], 0)
-
-    def sum(self, name: str, lo: I64, hi: I64) -> I64:
-        cs = self._cumsums.get(name)
-        if cs is None:
-            cs = np.concatenate([[0], np.cumsum(self.values[name], dtype=np.int64)])
-            self._cumsums[name] = cs
-        return cs[hi] - cs[lo]
-
-    def squared_gaps(self, lo: I64, hi: I64) -> I64:
-        """The sum of the squared gaps, in whole seconds, between consecutive events at
-        positions lo..hi-1 (one entity's). Exact: the running sum may wrap around int64, but
-        numpy wraps silently and the difference of two wrapped sums is the true sum, which
-        for one entity's gaps ((a span of at most ~290 years)^2) fits."""
-        if self._gap_squares is None:
-            gaps = np.diff(self.ts // US, prepend=self.ts[:1] // US)
-            self._gap_squares = np.concatenate([[0], np.cumsum(gaps * gaps, dtype=np.int64)])
-        first_gap = np.minimum(lo + 1, len(self.ts))
-        return self._gap_squares[np.maximum(hi, first_gap)] - self._gap_squares[first_gap]
-
-    def windows(self, entity: I64, t_us: I64, days: tuple[int, ...]) -> tuple[I64, dict[int, I64]]:
-        """(hi, {days: lo}): events of [t - days, t) are positions lo..hi-1."""
-        hi = self.known(entity, t_us)
-        return hi, {d: self.known(entity, t_us - d * DAY_US) for d in days}
 
 
 def _map_ids(ids_sorted: I64, ids: I64, table: str) -> tuple[I64, B]:
@@ -335,7 +267,7 @@ def _top_category_columns(o_mi: I64, o_ts: I64, o_cat: I64, categories: list[str
     counts = np.zeros((len(mi), max(len(categories), 1)), dtype=np.int64)
     for k in range(len(categories)):
         sel = o_cat == k
-        hi, lo = _Timeline(o_mi[sel], o_ts[sel]).windows(mi, t, (365,))
+        hi, lo = Timeline(o_mi[sel], o_ts[sel]).windows(mi, t, (365,))
         counts[:, k] = hi - lo[365]
     # pad with empty columns so fewer categories than TOP_CATEGORIES still give three names
     counts = np.pad(counts, ((0, 0), (0, max(0, TOP_CATEGORIES - counts.shape[1]))))
@@ -352,7 +284,7 @@ def _top_category_columns(o_mi: I64, o_ts: I64, o_cat: I64, categories: list[str
     return out
 
 
-def _gap_std(orders: _Timeline, start: I64, hi: I64, first: I64, last: I64) -> F64:
+def _gap_std(orders: Timeline, start: I64, hi: I64, first: I64, last: I64) -> F64:
     """The sample standard deviation, in days, of each member's gaps between consecutive
     orders (positions start..hi-1 of `orders`; meaningful from three orders, two gaps), from
     whole seconds in integers: n*sum(g^2) - (sum g)^2 is exact, so equal gaps give exactly 0."""
@@ -374,7 +306,7 @@ def member_chunk(inp: MemberInputs, a: int, b: int, programme: Programme, histor
     mi, t = _member_snapshots(signup, np.concatenate([o_mi, l_mi]), np.concatenate([o_ts, l_ts]),
                               history_start, as_of, period_days)
 
-    orders = _Timeline(o_mi, o_ts, {"amount": o_amount})
+    orders = Timeline(o_mi, o_ts, {"amount": o_amount})
     start = orders.start(mi)
     hi, lo = orders.windows(mi, t, (30, 90, 365))
     n_total = hi - start
@@ -408,20 +340,20 @@ def member_chunk(inp: MemberInputs, a: int, b: int, programme: Programme, histor
     ], schema=MEMBER_ACTIVITY)
 
     is_lapse = l_kind == ledger.KIND_EXPIRE
-    led = _Timeline(l_mi, l_ts, {
+    led = Timeline(l_mi, l_ts, {
         "points": l_points,
         "earned": np.where(l_kind == ledger.KIND_EARN, l_points, 0),
         "burned": np.where(l_kind == ledger.KIND_BURN, -l_points, 0),
     })
     l_start = led.start(mi)
     l_hi, l_lo = led.windows(mi, t, (90,))
-    red = _Timeline(r_mi, r_ts)
+    red = Timeline(r_mi, r_ts)
     r_start = red.start(mi)
     r_hi, r_lo = red.windows(mi, t, (90, 365))
     r_has = r_hi > r_start
     r_last = red.ts_at(r_hi - 1, r_has)
     e_mi, e_ts, e_centre = _slice(inp.exposures, a, b)
-    views = _Timeline(e_mi, e_ts, {"centre": e_centre})
+    views = Timeline(e_mi, e_ts, {"centre": e_centre})
     views_hi, views_lo = views.windows(mi, t, (90, 365))
     replay = expiring_points(l_mi, l_ts, l_points, l_exp, is_lapse, mi, t, b - a,
                              EXPIRING_WINDOW_DAYS * DAY_US)
@@ -458,13 +390,13 @@ def item_tables(tables: Mapping[str, pa.Table], history_start: int,
     offset = np.arange(count.sum(), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
     t = first[ii] + offset * DAY_US
 
-    def timeline(name: str, values: tuple[str, ...] = (), inclusive: bool = False) -> _Timeline:
+    def timeline(name: str, values: tuple[str, ...] = (), inclusive: bool = False) -> Timeline:
         tab = tables[name]
         ts = as_us(tab["ts"])
         idx, ok = _map_ids(ids, as_i64(tab["item_id"]), name)
         keep = ok & (ts <= as_of if inclusive else ts < as_of)
         vals = {v: tab[v].to_numpy(zero_copy_only=False)[keep] for v in values}
-        return _Timeline(idx[keep], ts[keep], vals, inclusive=inclusive)
+        return Timeline(idx[keep], ts[keep], vals, inclusive=inclusive)
 
     days = timeline("item_days", ("discount_coefficient", "stock"), inclusive=True)
     d_start = days.start(ii)
