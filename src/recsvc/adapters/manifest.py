@@ -1,15 +1,19 @@
 """A registered model's manifest (what it was trained on, its features, metrics, baselines and
-checksums: a strict schema) and the gate that decides from two manifests whether a candidate
-may replace production."""
+checksums: a strict schema), the gate that decides from two manifests whether a candidate
+may replace production, and a model file checked against its manifest."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recsvc.errors import ArtefactInvalid
 
 MODEL_FILE = "model.txt"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -150,3 +154,59 @@ class Gate:
                     f"{production.version} ({ref:.4f}, {source}); tolerance {self.tolerance}"
                 )
         return reasons
+
+
+# -- a model file against its manifest ---------------------------------------------------
+KnownFeatures = Callable[[str], Collection[str] | None]
+"""Feature service name → the feature names it serves, or None when there is no such service."""
+
+
+def _booster_from_bytes(data: bytes, where: str) -> Any:
+    import lightgbm
+
+    try:
+        return lightgbm.Booster(model_str=data.decode("utf-8"))
+    except (lightgbm.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
+        raise ArtefactInvalid(f"{where}: model file does not parse: {exc}") from None
+
+
+def booster_features(data: bytes, name: str) -> list[str]:
+    """The input names of the model in `data` (a LightGBM model file's bytes)."""
+    return [str(f) for f in _booster_from_bytes(data, name).feature_name()]
+
+
+def check_model(
+    data: bytes, manifest: Manifest, where: str, known_features: KnownFeatures | None
+) -> Any:
+    """The booster in `data`, once it is the file the manifest describes (size, checksum, the
+    inputs in order) and, with `known_features`, its feature service serves every input that
+    is not derived; ArtefactInvalid saying what differs otherwise."""
+    if len(data) != manifest.model_bytes or hashlib.sha256(data).hexdigest() != (
+        manifest.model_sha256
+    ):
+        raise ArtefactInvalid(
+            f"{where}: {manifest.model_file} is truncated or corrupt "
+            f"({len(data)} bytes, manifest says {manifest.model_bytes}; checksum mismatch)"
+        )
+    booster = _booster_from_bytes(data, where)
+    names = [str(f) for f in booster.feature_name()]
+    if names != manifest.features:
+        missing = [f for f in manifest.features if f not in names]
+        unexpected = [f for f in names if f not in manifest.features]
+        detail = (
+            f"missing from the model {missing}, not in the manifest {unexpected}"
+            if missing or unexpected
+            else "same features in a different order"
+        )
+        raise ArtefactInvalid(f"{where}: model features differ from the manifest: {detail}")
+    if known_features is not None:
+        served = known_features(manifest.feature_service)
+        if served is None:
+            raise ArtefactInvalid(f"{where}: feature service {manifest.feature_service!r} unknown")
+        derived = set(manifest.derived_features)
+        absent = [f for f in manifest.features if f not in derived and f not in set(served)]
+        if absent:
+            raise ArtefactInvalid(
+                f"{where}: feature service {manifest.feature_service!r} lacks {absent}"
+            )
+    return booster

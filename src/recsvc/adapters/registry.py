@@ -36,7 +36,7 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,13 @@ from recsvc.adapters.manifest import (
     VERSION_RE,
     Champion,
     Gate,
+    KnownFeatures,
     Manifest,
+    booster_features,
+    check_model,
     describe_invalid,
 )
 from recsvc.errors import ArtefactInvalid, PromotionRefused
-
-KnownFeatures = Callable[[str], Collection[str] | None]
-"""Feature service name → the feature names it serves, or None when there is no such service."""
 
 MANIFEST_FILE = "manifest.json"
 REPORT_DIR = "report"
@@ -255,7 +255,7 @@ class Registry:
             data = self.store.read_bytes(model_key)
         except FileNotFoundError:
             raise ArtefactInvalid(f"{name} {version}: {manifest.model_file} is missing") from None
-        booster = _parse_model(
+        booster = check_model(
             data, manifest, f"{name} {version}", known_features or self.known_features
         )
         return LoadedModel(manifest, booster, self.store.path(f"{name}/{version}"))
@@ -298,7 +298,7 @@ class Registry:
         if report is not None and not report.is_dir():
             raise FileNotFoundError(f"report_dir {report} is not a directory")
         if features is None:
-            features = _booster_features(data, name)
+            features = booster_features(data, name)
         fields: dict[str, Any] = {
             "model_name": name,
             "feature_service": feature_service,
@@ -328,7 +328,7 @@ class Registry:
                 text = manifest.model_dump_json(indent=2)
             except ValueError as exc:  # e.g. something in `extra` that JSON cannot hold
                 raise ArtefactInvalid(f"{name}: manifest is not serialisable: {exc}") from None
-            _parse_model(data, manifest, f"{name} {version}", known_features or self.known_features)
+            check_model(data, manifest, f"{name} {version}", known_features or self.known_features)
             self.store.publish(
                 f"{name}/{version}",
                 {MODEL_FILE: data, MANIFEST_FILE: text.encode() + b"\n"},
@@ -445,53 +445,3 @@ class Registry:
                 )
             )
         return rows
-
-
-# -- model parsing ---------------------------------------------------------------------------
-
-
-def _booster_from_bytes(data: bytes, where: str) -> Any:
-    import lightgbm
-
-    try:
-        return lightgbm.Booster(model_str=data.decode("utf-8"))
-    except (lightgbm.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
-        raise ArtefactInvalid(f"{where}: model file does not parse: {exc}") from None
-
-
-def _booster_features(data: bytes, name: str) -> builtins.list[str]:
-    return [str(f) for f in _booster_from_bytes(data, name).feature_name()]
-
-
-def _parse_model(
-    data: bytes, manifest: Manifest, where: str, known_features: KnownFeatures | None
-) -> Any:
-    if len(data) != manifest.model_bytes or hashlib.sha256(data).hexdigest() != (
-        manifest.model_sha256
-    ):
-        raise ArtefactInvalid(
-            f"{where}: {manifest.model_file} is truncated or corrupt "
-            f"({len(data)} bytes, manifest says {manifest.model_bytes}; checksum mismatch)"
-        )
-    booster = _booster_from_bytes(data, where)
-    names = [str(f) for f in booster.feature_name()]
-    if names != manifest.features:
-        missing = [f for f in manifest.features if f not in names]
-        unexpected = [f for f in names if f not in manifest.features]
-        detail = (
-            f"missing from the model {missing}, not in the manifest {unexpected}"
-            if missing or unexpected
-            else "same features in a different order"
-        )
-        raise ArtefactInvalid(f"{where}: model features differ from the manifest: {detail}")
-    if known_features is not None:
-        served = known_features(manifest.feature_service)
-        if served is None:
-            raise ArtefactInvalid(f"{where}: feature service {manifest.feature_service!r} unknown")
-        derived = set(manifest.derived_features)
-        absent = [f for f in manifest.features if f not in derived and f not in set(served)]
-        if absent:
-            raise ArtefactInvalid(
-                f"{where}: feature service {manifest.feature_service!r} lacks {absent}"
-            )
-    return booster
