@@ -19,6 +19,43 @@ CAP_STORE_UNAVAILABLE = "cap_store_unavailable"
 
 
 @dataclass(frozen=True)
+class Stamp:
+    """How an answer was made, what every answer carries beside its content: the experiment
+    arm the member was given ("" where the RPC runs no experiment), the version of the model
+    that scored it ("" for none), why it is degraded (the reasons above), and the member's
+    points-fraud flags, which ask the caller to verify before it acts."""
+
+    arm: str = ""
+    model_version: str = ""
+    degraded: tuple[str, ...] = ()
+    verification: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """An answer: its content (a subclass's fields) and its `Stamp`, whose fields read as the
+    answer's own."""
+
+    stamp: Stamp = field(default=Stamp(), kw_only=True)
+
+    @property
+    def arm(self) -> str:
+        return self.stamp.arm
+
+    @property
+    def model_version(self) -> str:
+        return self.stamp.model_version
+
+    @property
+    def degraded(self) -> tuple[str, ...]:
+        return self.stamp.degraded
+
+    @property
+    def verification(self) -> tuple[str, ...]:
+        return self.stamp.verification
+
+
+@dataclass(frozen=True)
 class Read:
     """Online features read for an answer (ahead of it, off the event loop, by `read_async`):
     {"<view>__<feature>": values}, empty when the store failed (`degraded` says so)."""
@@ -39,10 +76,8 @@ class Risk:
 
 
 @dataclass(frozen=True)
-class ChurnAnswer:
+class ChurnAnswer(Stamped):
     risks: list[Risk]
-    model_version: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
     horizon_days: int = 0  # the probabilities are P(no order within it); 0: no model
 
 
@@ -66,12 +101,8 @@ class ItemHint:
 
 
 @dataclass(frozen=True)
-class HintAnswer:
+class HintAnswer(Stamped):
     hints: list[ItemHint]
-    arm: str
-    model_version: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    verification: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,16 +118,12 @@ class RecommendRequest:
 
 
 @dataclass(frozen=True)
-class RecommendAnswer:
+class RecommendAnswer(Stamped):
     options: list[ranking.Option]
     unlocks: list[ranking.Unlock]
     points_balance: int
     expiring_points: int
     next_expiry: dt.datetime | None
-    arm: str
-    model_version: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    verification: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,11 +135,8 @@ class CartRequest:
 
 
 @dataclass(frozen=True)
-class CartAnswer:
+class CartAnswer(Stamped):
     split: cart.CartSplit
-    arm: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    verification: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,10 +150,6 @@ class NudgeRequest:
 
 
 @dataclass(frozen=True)
-class NudgeAnswer:
+class NudgeAnswer(Stamped):
     nudges: list[core_nudges.Nudge]
     capped: list[core_nudges.Capped]
-    arm: str
-    model_version: str
-    degraded: tuple[str, ...] = field(default_factory=tuple)
-    verification: tuple[str, ...] = ()

@@ -34,6 +34,7 @@ from recsvc.app.answers import (
     RecommendAnswer,
     RecommendRequest,
     Risk,
+    Stamp,
 )
 from recsvc.app.breaker import Breaker
 from recsvc.app.catalogue import Catalogue, Items, Prepared, read_columns
@@ -108,7 +109,7 @@ class _PendingNudges:
     rpc: str
     arm: Arm
     ctx: Context
-    model: str
+    served: Served | None  # the propensity model that ranked the options
     degraded: list[str]
     now: dt.datetime
     due: list[core_nudges.Nudge]
@@ -287,8 +288,7 @@ class Dataplane:
         for label, n in (("true", better), ("false", len(out) - better)):
             if n:
                 self.metrics.hints.labels(arm.name, label).inc(n)
-        return HintAnswer(out, arm.name, served.version if served else "",
-                          self._count(rpc, degraded), self._verify(rpc, ctx))
+        return HintAnswer(out, stamp=self._stamp(rpc, arm, served, degraded, ctx))
 
     def _one_hint(self, ctx: Context, items: Items, k: int, surface: str,
                   served: Served | None, threshold: float) -> list[ItemHint]:
@@ -393,8 +393,8 @@ class Dataplane:
         dated = [(at, pts) for at, pts in ctx.points.buckets if at != cart.NO_EXPIRY]
         return RecommendAnswer(
             options, ranking.unlocks_in_reach(p, ctx.member), ctx.member.balance,
-            ctx.member.expiring_points, dated[0][0] if dated else None, arm.name,
-            served.version if served else "", self._count(rpc, degraded), self._verify(rpc, ctx))
+            ctx.member.expiring_points, dated[0][0] if dated else None,
+            stamp=self._stamp(rpc, arm, served, degraded, ctx))
 
     def _scorer(self, ctx: Context, items: Items, surface: str, degraded: list[str], *,
                 memo: bool = False, factors: IndexFactors | None = None,
@@ -445,7 +445,7 @@ class Dataplane:
         split = cart.optimize_cart(p, req.lines, ctx.points,
                                    keep_value_per_point=max(worth) if worth else None)
         self.metrics.cart_points.labels(arm.name, split.binding_rule).inc(split.points_used)
-        return CartAnswer(split, arm.name, self._count(rpc, degraded), self._verify(rpc, ctx))
+        return CartAnswer(split, stamp=self._stamp(rpc, arm, None, degraded, ctx))
 
     def nudges(self, req: NudgeRequest, rpc: str) -> NudgeAnswer:
         """The reminders due to the member now on one channel, most urgent first, within the
@@ -518,11 +518,9 @@ class Dataplane:
 
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         due = core_nudges.due(p, ctx.member, ctx.points, now, rank)
-        model = served.version if served else ""
         if not due:
-            return NudgeAnswer([], [], arm.name, model, self._count(rpc, degraded),
-                               self._verify(rpc, ctx))
-        return _PendingNudges(req, rpc, arm, ctx, model, degraded, now, due,
+            return NudgeAnswer([], [], stamp=self._stamp(rpc, arm, served, degraded, ctx))
+        return _PendingNudges(req, rpc, arm, ctx, served, degraded, now, due,
                               [core_nudges.reservation(p, n, req.channel) for n in due])
 
     def _capped_nudges(self, pending: _PendingNudges,
@@ -535,8 +533,8 @@ class Dataplane:
             log.warning("%s: frequency caps unavailable, %d nudge(s) withheld: %s", rpc,
                         len(pending.due), outcomes)
             degraded.append(CAP_STORE_UNAVAILABLE)
-            return NudgeAnswer([], [], arm.name, pending.model, self._count(rpc, degraded),
-                               self._verify(rpc, ctx))
+            return NudgeAnswer([], [], stamp=self._stamp(rpc, arm, pending.served, degraded,
+                                                         ctx))
         delivered, withheld, dropped = core_nudges.apply(pending.due, outcomes)
         if not req.dry_run:
             for n in delivered:
@@ -545,8 +543,8 @@ class Dataplane:
                 self.metrics.nudges_capped.labels(c.kind, c.cap).inc()
             for c in dropped:
                 self.metrics.nudge_options_capped.labels(c.kind, c.cap).inc()
-        return NudgeAnswer(delivered, withheld, arm.name, pending.model,
-                           self._count(rpc, degraded), self._verify(rpc, ctx))
+        return NudgeAnswer(delivered, withheld,
+                           stamp=self._stamp(rpc, arm, pending.served, degraded, ctx))
 
     def churn_risk(self, member_ids: Sequence[int], rpc: str,
                    read: Read | None = None) -> ChurnAnswer:
@@ -563,7 +561,7 @@ class Dataplane:
         if served is None:
             degraded.append(NO_MODEL)
             return ChurnAnswer([self._default(m, c) for m, c in zip(member_ids, cold, strict=True)],
-                               "", self._count(rpc, degraded))
+                               stamp=self._stamp(rpc, None, None, degraded))
         scorer: ChurnScorer = served.scorer
         for name in scorer.features:  # a member the store does not know: every input missing
             cols.setdefault(name, np.full(n, np.nan))
@@ -587,8 +585,8 @@ class Dataplane:
                  for member, prob, band, seg, drv, is_cold in zip(
                      member_ids, scores.probability.tolist(), bands, segs, drivers,
                      cold.tolist(), strict=True)]
-        return ChurnAnswer(risks, scorer.model_version, self._count(rpc, degraded),
-                           round(scorer.horizon))
+        return ChurnAnswer(risks, round(scorer.horizon),
+                           stamp=self._stamp(rpc, None, scorer.model_version, degraded))
 
     # -- the RPCs for the event loop: features read ahead (`read_async`), then the answer ------
     # `admit` runs between the two: the read may have waited, and the answer takes the loop.
@@ -632,7 +630,13 @@ class Dataplane:
                 rpc, flag if flag in fraud.FLAG_NAMES else "other").inc()
         return ctx.flags
 
-    def _count(self, rpc: str, reasons: list[str]) -> tuple[str, ...]:
-        for reason in reasons:
+    def _stamp(self, rpc: str, arm: Arm | None, served: Served | str | None,
+               degraded: list[str], ctx: Context | None = None) -> Stamp:
+        """How the answer was made: the arm, the model (its version, or the version the scorer
+        names), the degraded reasons and (from the member's profile `ctx`) the fraud flags;
+        the reasons and flags counted."""
+        for reason in degraded:
             self.metrics.degraded.labels(rpc, reason).inc()
-        return tuple(reasons)
+        version = served if isinstance(served, str) else served.version if served else ""
+        return Stamp(arm.name if arm is not None else "", version, tuple(degraded),
+                     self._verify(rpc, ctx) if ctx is not None else ())

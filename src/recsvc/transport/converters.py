@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -60,6 +61,27 @@ def verification(flags: tuple[str, ...]) -> pb.Verification | None:
         return None
     return pb.Verification(required=True,
                            flags=[FRAUD_FLAGS.get(f, pb.FRAUD_FLAG_UNSPECIFIED) for f in flags])
+
+
+@functools.cache
+def _fields(message: type) -> frozenset[str]:
+    return frozenset(message.DESCRIPTOR.fields_by_name)  # type: ignore[attr-defined]
+
+
+def stamp_fields(stamp: answers.Stamp, message: type) -> dict[str, Any]:
+    """How the answer was made, as the fields of the response class `message` that say it
+    (of experiment_arm, model_version, degraded, degraded_reasons and verification, those it
+    has): every response fills them from its answer's `Stamp` here."""
+    have = _fields(message)
+    out: dict[str, Any] = {"degraded": bool(stamp.degraded),
+                           "degraded_reasons": degraded_reasons(stamp.degraded)}
+    if "experiment_arm" in have:
+        out["experiment_arm"] = stamp.arm
+    if "model_version" in have:
+        out["model_version"] = stamp.model_version
+    if "verification" in have:
+        out["verification"] = verification(stamp.verification)
+    return out
 
 
 BINDING = {rule: pb.BindingRule.Value(f"BINDING_RULE_{rule.upper()}")
@@ -187,9 +209,7 @@ def recommendations(answer: answers.RecommendAnswer) -> pb.RecommendRedemptionsR
     msg = pb.RecommendRedemptionsResponse(
         unlocks=[_unlock(u) for u in answer.unlocks],
         points_balance=answer.points_balance, expiring_points=answer.expiring_points,
-        experiment_arm=answer.arm, model_version=answer.model_version,
-        degraded=bool(answer.degraded), degraded_reasons=degraded_reasons(answer.degraded),
-        verification=verification(answer.verification))
+        **stamp_fields(answer.stamp, pb.RecommendRedemptionsResponse))
     for option in answer.options:
         _fill_option(msg.options.add(), option)
     if answer.next_expiry is not None:
@@ -210,9 +230,8 @@ def cart_split(answer: answers.CartAnswer) -> pb.OptimizeCartSplitResponse:
         buckets=[pb.ExpiryBucketUse(points=points) if when == cart.NO_EXPIRY else
                  pb.ExpiryBucketUse(expires_at=_timestamp(when), points=points)
                  for when, points in s.buckets_used],
-        advice=s.advice or "", keep_points=s.keep_points, degraded=bool(answer.degraded),
-        degraded_reasons=degraded_reasons(answer.degraded),
-        verification=verification(answer.verification))
+        advice=s.advice or "", keep_points=s.keep_points,
+        **stamp_fields(answer.stamp, pb.OptimizeCartSplitResponse))
 
 
 # -- GetNudges --------------------------------------------------------------------------------
@@ -242,9 +261,7 @@ def _unlock(u: ranking.Unlock) -> pb.CategoryUnlock:
 def nudges(answer: answers.NudgeAnswer) -> pb.GetNudgesResponse:
     msg = pb.GetNudgesResponse(
         capped=[pb.CappedNudge(kind=NUDGE_KINDS[c.kind], cap=c.cap) for c in answer.capped],
-        experiment_arm=answer.arm, model_version=answer.model_version,
-        degraded=bool(answer.degraded), degraded_reasons=degraded_reasons(answer.degraded),
-        verification=verification(answer.verification))
+        **stamp_fields(answer.stamp, pb.GetNudgesResponse))
     for n in answer.nudges:
         out = msg.nudges.add()
         out.kind, out.points, out.message = NUDGE_KINDS[n.kind], n.points, n.message

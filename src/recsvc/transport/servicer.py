@@ -195,10 +195,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                                           item_field="item_id")
             answer = await self.dataplane.hints_async(req, "GetRedemptionHint", admit)
             return pb.GetRedemptionHintResponse(
-                hint=converters.redemption_hint(answer.hints[0]), experiment_arm=answer.arm,
-                model_version=answer.model_version, degraded=bool(answer.degraded),
-                degraded_reasons=converters.degraded_reasons(answer.degraded),
-                verification=converters.verification(answer.verification))
+                hint=converters.redemption_hint(answer.hints[0]),
+                **converters.stamp_fields(answer.stamp, pb.GetRedemptionHintResponse))
 
         return await self._call("GetRedemptionHint", context, request, work)
 
@@ -209,10 +207,7 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
                                           request.context)
             answer = await self.dataplane.hints_async(req, "BatchGetRedemptionHints", admit)
             msg = pb.BatchGetRedemptionHintsResponse(
-                experiment_arm=answer.arm, model_version=answer.model_version,
-                degraded=bool(answer.degraded),
-                degraded_reasons=converters.degraded_reasons(answer.degraded),
-                verification=converters.verification(answer.verification))
+                **converters.stamp_fields(answer.stamp, pb.BatchGetRedemptionHintsResponse))
             for hint in answer.hints:
                 converters.fill_redemption_hint(msg.hints.add(), hint)
             return msg
@@ -240,10 +235,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             answer = await self.dataplane.churn_risk_async(
                 [request.member_id], "GetChurnRisk", admit)
             return pb.GetChurnRiskResponse(
-                risk=converters.churn_risk(answer.risks[0]), model_version=answer.model_version,
-                degraded=bool(answer.degraded),
-                degraded_reasons=converters.degraded_reasons(answer.degraded),
-                horizon_days=answer.horizon_days)
+                risk=converters.churn_risk(answer.risks[0]), horizon_days=answer.horizon_days,
+                **converters.stamp_fields(answer.stamp, pb.GetChurnRiskResponse))
 
         return await self._call("GetChurnRisk", context, request, work)
 
@@ -253,9 +246,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
             answer = await self.dataplane.churn_risk_async(
                 list(request.member_ids), "BatchGetChurnRisk", admit)
             msg = pb.BatchGetChurnRiskResponse(
-                model_version=answer.model_version, degraded=bool(answer.degraded),
-                degraded_reasons=converters.degraded_reasons(answer.degraded),
-                horizon_days=answer.horizon_days)
+                horizon_days=answer.horizon_days,
+                **converters.stamp_fields(answer.stamp, pb.BatchGetChurnRiskResponse))
             for risk in answer.risks:
                 converters.fill_churn_risk(msg.risks.add(), risk)
             return msg
