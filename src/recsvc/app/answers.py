@@ -36,7 +36,7 @@ class Stamped:
     """An answer: its content (a subclass's fields) and its `Stamp`, whose fields read as the
     answer's own."""
 
-    stamp: Stamp = field(default=Stamp(), kw_only=True)
+    stamp: Stamp = field(kw_only=True)
 
     @property
     def arm(self) -> str:

@@ -109,11 +109,16 @@ class _PendingNudges:
     rpc: str
     arm: Arm
     ctx: Context
-    served: Served | None  # the propensity model that ranked the options
+    model: str  # the version of the propensity model that ranked the options
     degraded: list[str]
     now: dt.datetime
     due: list[core_nudges.Nudge]
     reservations: list[core_nudges.Reservation]
+
+
+def _version(served: Served | None) -> str:
+    """The served model's version, "" when no model answers."""
+    return served.version if served is not None else ""
 
 
 class Dataplane:
@@ -288,7 +293,7 @@ class Dataplane:
         for label, n in (("true", better), ("false", len(out) - better)):
             if n:
                 self.metrics.hints.labels(arm.name, label).inc(n)
-        return HintAnswer(out, stamp=self._stamp(rpc, arm, served, degraded, ctx))
+        return HintAnswer(out, stamp=self._stamp(rpc, arm, _version(served), degraded, ctx))
 
     def _one_hint(self, ctx: Context, items: Items, k: int, surface: str,
                   served: Served | None, threshold: float) -> list[ItemHint]:
@@ -394,7 +399,7 @@ class Dataplane:
         return RecommendAnswer(
             options, ranking.unlocks_in_reach(p, ctx.member), ctx.member.balance,
             ctx.member.expiring_points, dated[0][0] if dated else None,
-            stamp=self._stamp(rpc, arm, served, degraded, ctx))
+            stamp=self._stamp(rpc, arm, _version(served), degraded, ctx))
 
     def _scorer(self, ctx: Context, items: Items, surface: str, degraded: list[str], *,
                 memo: bool = False, factors: IndexFactors | None = None,
@@ -445,7 +450,7 @@ class Dataplane:
         split = cart.optimize_cart(p, req.lines, ctx.points,
                                    keep_value_per_point=max(worth) if worth else None)
         self.metrics.cart_points.labels(arm.name, split.binding_rule).inc(split.points_used)
-        return CartAnswer(split, stamp=self._stamp(rpc, arm, None, degraded, ctx))
+        return CartAnswer(split, stamp=self._stamp(rpc, arm, "", degraded, ctx))
 
     def nudges(self, req: NudgeRequest, rpc: str) -> NudgeAnswer:
         """The reminders due to the member now on one channel, most urgent first, within the
@@ -518,9 +523,10 @@ class Dataplane:
 
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         due = core_nudges.due(p, ctx.member, ctx.points, now, rank)
+        model = _version(served)
         if not due:
-            return NudgeAnswer([], [], stamp=self._stamp(rpc, arm, served, degraded, ctx))
-        return _PendingNudges(req, rpc, arm, ctx, served, degraded, now, due,
+            return NudgeAnswer([], [], stamp=self._stamp(rpc, arm, model, degraded, ctx))
+        return _PendingNudges(req, rpc, arm, ctx, model, degraded, now, due,
                               [core_nudges.reservation(p, n, req.channel) for n in due])
 
     def _capped_nudges(self, pending: _PendingNudges,
@@ -533,7 +539,7 @@ class Dataplane:
             log.warning("%s: frequency caps unavailable, %d nudge(s) withheld: %s", rpc,
                         len(pending.due), outcomes)
             degraded.append(CAP_STORE_UNAVAILABLE)
-            return NudgeAnswer([], [], stamp=self._stamp(rpc, arm, pending.served, degraded,
+            return NudgeAnswer([], [], stamp=self._stamp(rpc, arm, pending.model, degraded,
                                                          ctx))
         delivered, withheld, dropped = core_nudges.apply(pending.due, outcomes)
         if not req.dry_run:
@@ -544,7 +550,7 @@ class Dataplane:
             for c in dropped:
                 self.metrics.nudge_options_capped.labels(c.kind, c.cap).inc()
         return NudgeAnswer(delivered, withheld,
-                           stamp=self._stamp(rpc, arm, pending.served, degraded, ctx))
+                           stamp=self._stamp(rpc, arm, pending.model, degraded, ctx))
 
     def churn_risk(self, member_ids: Sequence[int], rpc: str,
                    read: Read | None = None) -> ChurnAnswer:
@@ -561,7 +567,7 @@ class Dataplane:
         if served is None:
             degraded.append(NO_MODEL)
             return ChurnAnswer([self._default(m, c) for m, c in zip(member_ids, cold, strict=True)],
-                               stamp=self._stamp(rpc, None, None, degraded))
+                               stamp=self._stamp(rpc, None, "", degraded))
         scorer: ChurnScorer = served.scorer
         for name in scorer.features:  # a member the store does not know: every input missing
             cols.setdefault(name, np.full(n, np.nan))
@@ -630,13 +636,12 @@ class Dataplane:
                 rpc, flag if flag in fraud.FLAG_NAMES else "other").inc()
         return ctx.flags
 
-    def _stamp(self, rpc: str, arm: Arm | None, served: Served | str | None,
-               degraded: list[str], ctx: Context | None = None) -> Stamp:
-        """How the answer was made: the arm, the model (its version, or the version the scorer
-        names), the degraded reasons and (from the member's profile `ctx`) the fraud flags;
-        the reasons and flags counted."""
+    def _stamp(self, rpc: str, arm: Arm | None, model_version: str, degraded: list[str],
+               ctx: Context | None = None) -> Stamp:
+        """How the answer was made: the arm, the model's version ("" for none), the degraded
+        reasons and (from the member's profile `ctx`) the fraud flags; the reasons and flags
+        counted."""
         for reason in degraded:
             self.metrics.degraded.labels(rpc, reason).inc()
-        version = served if isinstance(served, str) else served.version if served else ""
-        return Stamp(arm.name if arm is not None else "", version, tuple(degraded),
+        return Stamp(arm.name if arm is not None else "", model_version, tuple(degraded),
                      self._verify(rpc, ctx) if ctx is not None else ())
