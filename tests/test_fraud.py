@@ -25,7 +25,7 @@ from recsvc.config import load_programme
 from recsvc.core import fraud
 from recsvc.data import schema
 from recsvc.offline import fraud as job
-from recsvc.offline.population import ABUSER_KINDS
+from recsvc.offline.abuse import ABUSER_KINDS
 from recsvc.offline.simulate import run_simulation
 from recsvc.settings import Settings
 

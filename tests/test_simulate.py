@@ -15,8 +15,9 @@ from recsvc.config import load_programme
 from recsvc.core import index as idx
 from recsvc.core import ledger, redemption
 from recsvc.data import schema
-from recsvc.offline import simulate
-from recsvc.offline.simulate import CATEGORIES, run_simulation
+from recsvc.offline import behaviour
+from recsvc.offline.population import CATEGORIES
+from recsvc.offline.simulate import run_simulation
 
 P = load_programme()
 
@@ -160,11 +161,11 @@ def test_points_centre_share_follows_appetite() -> None:
     rng = np.random.default_rng(3)
     n = 200_000
     for appetite, centre in ((-0.7, (0.13, 0.19)), (0.0, (0.29, 0.31)), (0.7, (0.47, 0.53))):
-        got = np.bincount(simulate._surfaces(rng, np.full(n, appetite)), minlength=3) / n
+        got = np.bincount(behaviour.surfaces(rng, np.full(n, appetite)), minlength=3) / n
         assert centre[0] < got[1] < centre[1], (appetite, got)
         assert got[0] / got[2] == pytest.approx(0.5 / 0.2, rel=0.03)
-    assert np.allclose(np.bincount(simulate._surfaces(rng, np.zeros(n)), minlength=3) / n,
-                       simulate.SURFACE_P, atol=0.005)
+    assert np.allclose(np.bincount(behaviour.surfaces(rng, np.zeros(n)), minlength=3) / n,
+                       behaviour.SURFACE_P, atol=0.005)
 
 
 def test_points_centre_regulars_redeem_more_elsewhere_too(sim: Path) -> None:

@@ -1,8 +1,9 @@
 """Offline computation: the batch work that makes the data, the features and the models.
 
-`simulate` (a programme with known ground truth, day by day) over `population` (its members,
-catalogue and planted abusers), `importer` (a real transaction log, read by `import_csv` and
-turned into tables by `import_ledger`), `btyd_log` (real-shaped synthetic logs), `compute` and
+`simulate` (a programme with known ground truth, day by day) over `population` (its members and
+catalogue), `behaviour` (the ground truth), `abuse` (the planted abusers) and `sim_tables` (what
+it writes), `importer` (a real transaction log, read by `import_csv` and turned into tables by
+`import_ledger`), `btyd_log` (real-shaped synthetic logs), `compute` and
 `expiry` (the feature views' values) over `timeline` (windowed counts and sums of an event
 table), `snapshots` (the feature job: spans, ranges on an engine, the offline store's files and
 manifest), `training` (a model trained, judged against its baselines, registered) over
@@ -13,7 +14,8 @@ The server process imports none of it.
 """
 
 # The public modules: another package imports only these, and of them only names without a leading
-# underscore (tests/test_layers.py checks both). The package's own: btyd_log, evaluation,
-# evaluation_report, fitting, import_csv, import_ledger, population, timeline, training_sets.
+# underscore (tests/test_layers.py checks both). The package's own: abuse, behaviour, btyd_log,
+# evaluation, evaluation_report, fitting, import_csv, import_ledger, population, sim_tables,
+# timeline, training_sets.
 __all__ = ["batch_scoring", "compute", "expiry", "fraud", "importer", "simulate", "snapshots",
            "training"]

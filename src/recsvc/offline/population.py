@@ -1,17 +1,17 @@
 """The simulated programme's population: members with their latent traits (purchase rate,
 drop-out, price sensitivity, appetite for redeeming, category tastes), the catalogue of
-redeemable items, and the planted points abusers with their schedules. `recsvc.offline.simulate`
-runs them day by day."""
+redeemable items. `recsvc.offline.simulate` runs them day by day; `recsvc.offline.abuse` plants a
+few of the members as points abusers."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from recsvc.config import Programme
-from recsvc.data.columns import NULL_US
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -42,7 +42,6 @@ CATEGORY_PRICE_UNITS = {  # median market price of redeemable items, currency un
 }
 AGE_BANDS = ("18-24", "25-34", "35-44", "45+")
 AGE_P = (0.2, 0.35, 0.25, 0.2)
-ABUSER_KINDS = ("redemption_burst", "balance_drain", "earn_burn_loop")
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,11 +105,27 @@ class Catalogue:
     stock: I64 = field(init=False)
     discount: F64 = field(init=False)
     promo_left: I64 = field(init=False)
+    replenished: I64 = field(init=False)  # units restocked at the start of the day
 
     def __post_init__(self) -> None:
         self.stock = self.target_stock.copy()
         self.discount = np.ones(self.n)
         self.promo_left = np.zeros(self.n, dtype=np.int64)
+        self.replenished = np.zeros(self.n, dtype=np.int64)
+
+    def new_day(self, rng: np.random.Generator, date: dt.date) -> None:
+        """The day's promotions (a week at 70-90 % of the price, started by about one item in
+        45 a day) and, on Mondays, stock refilled to its target where the item is replenished."""
+        self.promo_left = np.maximum(self.promo_left - 1, 0)
+        self.discount = np.where(self.promo_left > 0, self.discount, 1.0)
+        start = (self.promo_left == 0) & (rng.random(self.n) < 1 / 45)
+        self.promo_left[start] = 7
+        self.discount[start] = rng.choice([0.7, 0.8, 0.9], size=int(start.sum()))
+        self.replenished = np.zeros(self.n, dtype=np.int64)
+        if date.weekday() == 0:
+            refill = self.replenish & (self.stock < self.target_stock)
+            self.replenished[refill] = self.target_stock[refill] - self.stock[refill]
+            self.stock += self.replenished
 
 
 def make_catalogue(
@@ -143,67 +158,3 @@ def make_catalogue(
         replenish,
         popularity,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Planted points abusers.
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Abusers:
-    """The planted abusers and their schedules (day offsets; -1: nothing planned).
-
-    Every kind repeats its episode until the end of the simulation, so an abuser is active in
-    any window of a few weeks after its start:
-    - redemption_burst: 5-8 redemptions of cheap items within 10-45 minutes, every 14-28 days,
-      each burst funded by a large order 2-5 days before;
-    - balance_drain: one points + cash redemption of an item priced above the balance, taking
-      all of it, every 15-30 days, the balance first brought to 4,000-9,000 points by a large
-      order 3-10 days before;
-    - earn_burn_loop: an order, then within 5-40 minutes a redemption of an item priced about
-      the points it earned, every 3-8 days.
-    """
-
-    member: I64
-    kind: I64  # index into ABUSER_KINDS
-    episode_day: I64
-    fund_day: I64
-    fund_target: I64  # balance a funding order tops up to, points
-    from_us: I64  # the first abusive redemption (NULL_US: none yet)
-    to_us: I64  # the last one
-
-    @property
-    def n(self) -> int:
-        return len(self.member)
-
-
-def plant_abusers(rng: np.random.Generator, m: Members, days: int, share: float) -> Abusers:
-    """Choose about `share` of the members (alive, joined well before their start) as abusers,
-    kinds in turn, each starting on a day in [days/2, days - 21); they never drop out."""
-    first = days // 2
-    candidates = np.flatnonzero(m.alive & (m.signup_day < first))
-    n = min(round(share * m.n), len(candidates))
-    member = np.sort(rng.choice(candidates, size=n, replace=False)) if n else candidates[:0]
-    kind = rng.permutation(np.arange(n) % len(ABUSER_KINDS))
-    start = rng.integers(first, max(first + 1, days - 21), n)
-    m.dropout[member] = 0.0  # a fraudster keeps the account alive
-    abusers = Abusers(member, kind, np.full(n, -1), np.full(n, -1), np.zeros(n, np.int64),
-                      np.full(n, NULL_US), np.full(n, NULL_US))
-    for i in range(n):
-        schedule_abuse(rng, abusers, i, int(start[i]), first=True)
-    return abusers
-
-
-def schedule_abuse(rng: np.random.Generator, a: Abusers, i: int, day: int, first: bool) -> None:
-    """Plan abuser i's next episode from `day` (its funding order first, where it needs one)."""
-    kind = ABUSER_KINDS[a.kind[i]]
-    if kind == "earn_burn_loop":
-        a.episode_day[i] = day + (0 if first else int(rng.integers(3, 9)))
-        return
-    if kind == "redemption_burst":
-        gap, lead, target = rng.integers(14, 29), rng.integers(2, 6), rng.integers(5000, 9001)
-    else:
-        gap, lead, target = rng.integers(15, 31), rng.integers(3, 11), rng.integers(4000, 9001)
-    fund = day if first else day + int(gap) - int(lead)
-    a.fund_day[i] = fund
-    a.episode_day[i] = fund + int(lead)
-    a.fund_target[i] = int(target)
