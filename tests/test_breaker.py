@@ -12,8 +12,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from recsvc.app.answering import CHURN_SERVICE
 from recsvc.app.breaker import Breaker
-from recsvc.app.dataplane import CHURN_SERVICE, Dataplane
+from recsvc.app.dataplane import Dataplane
 from recsvc.errors import FeatureStoreUnavailable
 from recsvc.metrics import ServiceMetrics
 
@@ -68,7 +69,7 @@ def test_a_stalled_store_is_asked_once_not_once_a_call() -> None:
     threads. Once it answers again, the next probe closes the breaker."""
     store = StalledStore()
     plane = Dataplane(store, None, ServiceMetrics(CollectorRegistry()))  # type: ignore[arg-type]
-    plane.store_breaker = Breaker("store", cooldown_s=0.2)
+    plane.reads.breaker = Breaker("store", cooldown_s=0.2)
 
     async def calls(n: int) -> list[Any]:
         return await asyncio.gather(*(plane.read_async(CHURN_SERVICE, [k], "GetChurnRisk")
@@ -79,10 +80,10 @@ def test_a_stalled_store_is_asked_once_not_once_a_call() -> None:
     # the calls that found the breaker closed were queued for the executor's threads; those
     # the threads took before the first failure asked the store, the rest found it paused
     threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's default executor
-    assert store.reads <= threads and plane.store_breaker.trips == 1
+    assert store.reads <= threads and plane.reads.breaker.trips == 1
     store.healthy = True
     time.sleep(0.25)
     probe = asyncio.run(calls(1))  # the cooldown is over: this call probes, and closes it
-    assert not probe[0].degraded and plane.store_breaker.closed
+    assert not probe[0].degraded and plane.reads.breaker.closed
     again = asyncio.run(calls(5))
     assert all(not r.degraded for r in again) and store.reads <= threads + 6

@@ -386,14 +386,14 @@ def test_a_cap_store_that_failed_is_paused_not_asked_by_every_call(
     caps = DownCaps()
     dataplane, registry = plane(tiny, online, caps, Clock(JAN_30))
     clock = Clock(JAN_30)
-    dataplane.caps_breaker = Breaker("caps", cooldown_s=60, clock=clock)
+    dataplane.nudge_answers.breaker = Breaker("caps", cooldown_s=60, clock=clock)
 
     async def check(stub: Any, registry: CollectorRegistry) -> None:
         for _ in range(5):
             got = await stub.GetNudges(pb.GetNudgesRequest(member_id=1))
             assert not got.nudges and pb.DEGRADED_REASON_CAP_STORE_UNAVAILABLE in \
                 got.degraded_reasons
-        assert caps.asked == 1 and dataplane.caps_breaker.trips == 1
+        assert caps.asked == 1 and dataplane.nudge_answers.breaker.trips == 1
         clock.now += 61  # the pause is over: one call probes (and fails: paused again)
         await stub.GetNudges(pb.GetNudgesRequest(member_id=1))
         await stub.GetNudges(pb.GetNudgesRequest(member_id=1))

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from recsvc.app.dataplane import Admit, Dataplane
+from recsvc.app.answering import Admit
+from recsvc.app.dataplane import Dataplane
 from recsvc.core import fraud
 from recsvc.core import nudges as core_nudges
 from recsvc.defaults import CHANNELS
