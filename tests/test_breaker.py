@@ -72,7 +72,7 @@ def test_a_stalled_store_is_asked_once_not_once_a_call() -> None:
     plane.reads.breaker = Breaker("store", cooldown_s=0.2)
 
     async def calls(n: int) -> list[Any]:
-        return await asyncio.gather(*(plane.read_async(CHURN_SERVICE, [k], "GetChurnRisk")
+        return await asyncio.gather(*(plane.reads.read_async(CHURN_SERVICE, [k], "GetChurnRisk")
                                       for k in range(n)))
 
     got = asyncio.run(calls(200))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -73,14 +73,6 @@ class Answering:
         self._profiles = Profiles(programme)
         self._prepared_items: Prepared | None = None
 
-    def read(self, service: str, ids: Sequence[int], rpc: str) -> Read:
-        """The members' features of `service` (`FeatureReads.read`)."""
-        return self.reads.read(service, ids, rpc)
-
-    async def read_async(self, service: str, ids: Sequence[int], rpc: str) -> Read:
-        """The members' features of `service`, on the event loop (`FeatureReads.read_async`)."""
-        return await self.reads.read_async(service, ids, rpc)
-
     def configured(self) -> tuple[Programme, Catalogue, ArmAssigner]:
         """The programme, catalogue and arms the member-facing answers need."""
         if self.programme is None or self.catalogue is None or self.arms is None:
@@ -137,7 +129,7 @@ class Answering:
         if balance is not None and balance < 0:
             raise InvalidArgument("context.points_balance", f"must be >= 0, got {balance}")
         if read is None:
-            read = self.read(service, [member_id], rpc)
+            read = self.reads.read(service, [member_id], rpc)
         degraded.extend(read.degraded)
         assert self.programme is not None
         return self._profiles.get((service, member_id, balance), read.raw, balance,

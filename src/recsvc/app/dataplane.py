@@ -260,7 +260,7 @@ class Dataplane(Answering):
         served = self.churn.current  # one version for the whole request
         n = len(member_ids)
         if read is None:
-            read = self.read(CHURN_SERVICE, member_ids, rpc)
+            read = self.reads.read(CHURN_SERVICE, member_ids, rpc)
         degraded = list(read.degraded)
         raw = read.raw
         cols, cold = read_columns(raw, n) if raw else ({}, np.ones(n, dtype=bool))
@@ -298,19 +298,19 @@ class Dataplane(Answering):
     # `admit` runs between the two: the read may have waited, and the answer takes the loop.
     async def hints_async(self, req: HintRequest, rpc: str, admit: Admit = admitted,
                           ) -> HintAnswer:
-        read = await self.read_async(HINT_SERVICE, [req.member_id], rpc)
+        read = await self.reads.read_async(HINT_SERVICE, [req.member_id], rpc)
         admit()
         return self.hints(req, rpc, read)
 
     async def recommend_async(self, req: RecommendRequest, rpc: str, admit: Admit = admitted,
                               ) -> RecommendAnswer:
-        read = await self.read_async(MEMBER_SERVICE, [req.member_id], rpc)
+        read = await self.reads.read_async(MEMBER_SERVICE, [req.member_id], rpc)
         admit()
         return self.recommend(req, rpc, read)
 
     async def cart_split_async(self, req: CartRequest, rpc: str, admit: Admit = admitted,
                                ) -> CartAnswer:
-        read = await self.read_async(MEMBER_SERVICE, [req.member_id], rpc)
+        read = await self.reads.read_async(MEMBER_SERVICE, [req.member_id], rpc)
         admit()
         return self.cart_split(req, rpc, read)
 
@@ -321,7 +321,7 @@ class Dataplane(Answering):
     async def churn_risk_async(self, member_ids: Sequence[int], rpc: str,
                                admit: Admit = admitted) -> ChurnAnswer:
         _check_members(member_ids)  # before reading: a refused batch costs no read
-        read = await self.read_async(CHURN_SERVICE, member_ids, rpc)
+        read = await self.reads.read_async(CHURN_SERVICE, member_ids, rpc)
         admit()
         return self.churn_risk(member_ids, rpc, read)
 

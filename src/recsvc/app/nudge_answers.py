@@ -73,7 +73,7 @@ class NudgeAnswers:
         """`answer` for the event loop: the member's features (`read_async`) and the cap store
         (`CapStore.reserve_async`: SQLite's transaction on its own thread) are awaited, so
         other calls go on while they wait."""
-        read = await self.shared.read_async(MEMBER_SERVICE, [req.member_id], rpc)
+        read = await self.shared.reads.read_async(MEMBER_SERVICE, [req.member_id], rpc)
         admit()
         pending = self._due(req, rpc, read)
         if isinstance(pending, NudgeAnswer):
