@@ -1126,7 +1126,7 @@ def main() -> None:
         cluster.close()  # the cluster's nodes are killed: nothing of it to delete
         if redis_client is not None:
             from recsvc.adapters import online_write
-            from recsvc.adapters.caps import RedisCapStore
+            from recsvc.adapters.caps_redis import RedisCapStore
 
             gone = online_write.delete_project_keys(redis_client, redis_project)
             caps = RedisCapStore(redis_client, redis_project).delete_all()

@@ -536,7 +536,8 @@ def cap_check(nudges: list[tuple[dict[str, Any], dict[str, Any]]], faults: Fault
 def _recorded(keys: list[tuple[int, str, int | None]], faults: Faults, embedded: bool
               ) -> dict[tuple[int, str, int | None], int]:
     """The records the cap store holds per key, named as the store names them."""
-    from recsvc.adapters.caps import RedisCapStore, SqliteCapStore
+    from recsvc.adapters.caps_redis import RedisCapStore
+    from recsvc.adapters.caps_sqlite import SqliteCapStore
 
     if embedded:
         with contextlib.closing(sqlite3.connect(faults.caps_file)) as conn:

@@ -382,7 +382,7 @@ def on_cluster(data_dir: Path, project: str, url: str, tmp: Path,
     feature and cap keys deleted afterwards."""
     from redis.cluster import RedisCluster
 
-    from recsvc.adapters.caps import RedisCapStore
+    from recsvc.adapters.caps_redis import RedisCapStore
     from recsvc.adapters.online_write import delete_project_keys
     from recsvc.jobs.features import run_features
     from recsvc.settings import Settings

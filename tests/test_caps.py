@@ -20,12 +20,9 @@ from typing import Any
 
 import pytest
 
-from recsvc.adapters.caps import (
-    RedisCapStore,
-    SqliteCapStore,
-    key_prefix,
-    open_cap_store,
-)
+from recsvc.adapters.caps import open_cap_store
+from recsvc.adapters.caps_redis import RedisCapStore, key_prefix
+from recsvc.adapters.caps_sqlite import SqliteCapStore
 from recsvc.config import NudgeCap, load_programme, parse_programme
 from recsvc.core.nudges import CapOutcome, Reservation
 from recsvc.errors import CapStoreUnavailable

@@ -235,7 +235,7 @@ def test_nudges_on_dask_equal_the_local_engines_with_caps_counted_across_workers
         monkeypatch: pytest.MonkeyPatch) -> None:
     import redis
 
-    from recsvc.adapters.caps import RedisCapStore
+    from recsvc.adapters.caps_redis import RedisCapStore
     from recsvc.adapters.context import open_context
     from recsvc.jobs import nudges as nudges_job
     from recsvc.offline.batch_scoring import features_as_of

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 import golden
 from recsvc.adapters import feast as fstore
-from recsvc.adapters.caps import SqliteCapStore
+from recsvc.adapters.caps_sqlite import SqliteCapStore
 from recsvc.adapters.model_holder import ModelHolder
 from recsvc.adapters.online import OnlineReader
 from recsvc.app.catalogue import Catalogue

@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry
 from conftest import bad_request_field
 from recsvc import cli
 from recsvc.adapters import feast as fstore
-from recsvc.adapters.caps import RedisCapStore, SqliteCapStore
+from recsvc.adapters.caps_redis import RedisCapStore
+from recsvc.adapters.caps_sqlite import SqliteCapStore
 from recsvc.adapters.model_holder import ModelHolder
 from recsvc.adapters.online import OnlineReader
 from recsvc.adapters.registry import Registry
