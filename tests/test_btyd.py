@@ -15,7 +15,8 @@ from btyd_checks import (
     assert_recovers,
     assert_round_trips_through_json,
 )
-from recsvc.ml.btyd import BgNbd, simulate, summarise_orders
+from recsvc.ml.btyd import BgNbd, simulate
+from recsvc.ml.btyd_base import summarise_orders
 
 CDNOW = BgNbd(r=0.243, alpha=4.414, a=0.793, b=2.426)  # Fader, Hardie & Lee (2005), table 2
 

@@ -58,16 +58,16 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from recsvc.ml.btyd import (
+from recsvc.ml.btyd_base import (
     ArrayLike,
     FitInfo,
     FloatArray,
     Parameters,
-    _arr,
-    _out,
     fit_inputs,
+    floats,
     histories,
     minimize,
+    unwrap,
 )
 
 # above this 2F1 argument the integral is done by quadrature (see the module docstring)
@@ -95,7 +95,7 @@ class ParetoNbd(Parameters):
         """Per-customer log-likelihood of (x, t_x, T) under these parameters."""
         xa, ta, Ta = histories(x, t_x, T)
         params = (self.r, self.alpha, self.s, self.beta)
-        return _out(_log_likelihood(params, xa, ta, Ta))
+        return unwrap(_log_likelihood(params, xa, ta, Ta))
 
     @classmethod
     def fit(
@@ -155,7 +155,7 @@ class ParetoNbd(Parameters):
         falls with T).
         """
         xa, ta, Ta = histories(x, t_x, T)
-        return _out(self._p_alive(xa, ta, Ta))
+        return unwrap(self._p_alive(xa, ta, Ta))
 
     def expected_purchases(self, t: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Any:
         """E[purchases in (T, T+t] | x, t_x, T] (Fader & Hardie's note, 2005).
@@ -167,16 +167,17 @@ class ParetoNbd(Parameters):
         """
         xa, txa, Ta, ta_ = histories(x, t_x, T, t)
         _check_horizon(ta_)
-        return _out(self._expected_if_alive(xa, Ta, ta_) * self._p_alive(xa, txa, Ta))
+        return unwrap(self._expected_if_alive(xa, Ta, ta_) * self._p_alive(xa, txa, Ta))
 
     def expected_purchases_unconditional(self, t: ArrayLike) -> Any:
         """E[X(t)]: repeat purchases in (0, t] by a customer drawn at random from the population.
 
         r/α · ∫_0^t (β/(β+u))^s du = rβ / (α(s−1)) · [1 − (β/(β+t))^(s−1)], as in the note.
         """
-        ta_ = _arr(t)
+        ta_ = floats(t)
         _check_horizon(ta_)
-        return _out(np.asarray(self.r / self.alpha * _mean_lifetime_within(self.s, self.beta, ta_)))
+        within = _mean_lifetime_within(self.s, self.beta, ta_)
+        return unwrap(np.asarray(self.r / self.alpha * within))
 
     def p_purchase_within(self, t: ArrayLike, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Any:
         """P(at least one purchase in (T, T+t] | x, t_x, T).
@@ -196,7 +197,7 @@ class ParetoNbd(Parameters):
         """
         xa, txa, Ta, ta_ = histories(x, t_x, T, t)
         _check_horizon(ta_)
-        return _out(self._within_if_alive(xa, Ta, ta_) * self._p_alive(xa, txa, Ta))
+        return unwrap(self._within_if_alive(xa, Ta, ta_) * self._p_alive(xa, txa, Ta))
 
     def horizon_answers(self, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
                         ) -> tuple[FloatArray, FloatArray]:
@@ -385,7 +386,7 @@ def simulate(
     purchases are a Poisson process of rate λ on (0, min(τ, T)], so x ~ Poisson(λ·min(τ, T)) and,
     given x, the last purchase is the maximum of x uniform times: min(τ, T)·U^(1/x).
     """
-    Ta = np.ravel(_arr(T))
+    Ta = np.ravel(floats(T))
     n = len(Ta)
     lam = rng.gamma(shape=model.r, scale=1.0 / model.alpha, size=n)
     mu = rng.gamma(shape=model.s, scale=1.0 / model.beta, size=n)
