@@ -35,7 +35,6 @@ import pyarrow.compute as pc
 
 from recsvc.config import Programme
 from recsvc.core import ledger
-from recsvc.core.inventory import turnover_days
 from recsvc.core.ledger import DAY_US, US, instant
 from recsvc.data import schema, views
 from recsvc.data.columns import NULL_US, as_i64, as_us, kind_codes
@@ -92,21 +91,24 @@ def day_end(us: I64) -> I64:
     return (us // DAY_US + 1) * DAY_US
 
 
-def _float(values: F64, valid: B) -> pa.Array:
+def float_column(values: F64, valid: B) -> pa.Array:
+    """A float64 column, null where not `valid`."""
     return pa.array(np.where(valid, values, 0.0), type=pa.float64(), mask=~valid)
 
 
-def _int(values: I64, valid: B | None = None) -> pa.Array:
+def int_column(values: I64, valid: B | None = None) -> pa.Array:
+    """An int64 column, null where not `valid` (None: none null)."""
     if valid is None:
         return pa.array(values, type=pa.int64())
     return pa.array(np.where(valid, values, 0), type=pa.int64(), mask=~valid)
 
 
-def _ts(us: I64) -> pa.Array:
+def ts_column(us: I64) -> pa.Array:
+    """A timestamp column of the snapshots' type from µs since the epoch."""
     return pa.array(us, type=pa.int64()).cast(TS)
 
 
-def _map_ids(ids_sorted: I64, ids: I64, table: str) -> tuple[I64, B]:
+def map_ids(ids_sorted: I64, ids: I64, table: str) -> tuple[I64, B]:
     """Index of each id in `ids_sorted`, and which ids are known."""
     idx = np.searchsorted(ids_sorted, ids)
     idx_c = np.minimum(idx, max(len(ids_sorted) - 1, 0))
@@ -158,7 +160,7 @@ def member_inputs(tables: Mapping[str, pa.Table], history_start: int,
     def events(name: str, *cols: str) -> tuple[I64, ...]:
         tab = tables[name]
         ts = as_us(tab["ts"])
-        mi, keep = _map_ids(ids, as_i64(tab["member_id"]), name)
+        mi, keep = map_ids(ids, as_i64(tab["member_id"]), name)
         keep &= ts < as_of
         extra = [_events_col(tab, col, categories)[keep] for col in cols]
         return _by_member(mi[keep], ts[keep], *extra)
@@ -280,7 +282,7 @@ def _top_category_columns(o_mi: I64, o_ts: I64, o_cat: I64, categories: list[str
         c = counts[rows, pick]
         has = c > 0
         out.append(pa.array(np.where(has, names[pick], np.array(None)), type=pa.string()))
-        out.append(_float(c / np.maximum(n365, 1), has))
+        out.append(float_column(c / np.maximum(n365, 1), has))
     return out
 
 
@@ -321,19 +323,19 @@ def member_chunk(inp: MemberInputs, a: int, b: int, programme: Programme, histor
     tier_idx = np.asarray(ledger.tier_for_spend(programme, spend_total), dtype=np.int64)
     tier_names = np.asarray(programme.tiers.order, dtype=object)
     ids = inp.ids[a:b][mi]
-    ts = _ts(t)
+    ts = ts_column(t)
 
     activity = pa.Table.from_arrays([
         pa.array(ids, type=pa.int64()), ts,
-        _float((t - last) / DAY_US, has),
-        _int(hi - lo[30]), _int(hi - lo[90]), _int(n365),
-        _int(orders.sum("amount", lo[30], hi)), _int(orders.sum("amount", lo[90], hi)),
-        _int(spend365),
-        _int(n_total), _int(spend_total),
-        _float((t - signup[mi]) / DAY_US, inp.signup_known[a:b][mi]),
-        _float(spend365 / np.maximum(n365, 1), n365 > 0),
-        _float((last - first) / np.maximum(n_total - 1, 1) / DAY_US, many),
-        _float(gap_std, n_total >= 3),
+        float_column((t - last) / DAY_US, has),
+        int_column(hi - lo[30]), int_column(hi - lo[90]), int_column(n365),
+        int_column(orders.sum("amount", lo[30], hi)), int_column(orders.sum("amount", lo[90], hi)),
+        int_column(spend365),
+        int_column(n_total), int_column(spend_total),
+        float_column((t - signup[mi]) / DAY_US, inp.signup_known[a:b][mi]),
+        float_column(spend365 / np.maximum(n365, 1), n365 > 0),
+        float_column((last - first) / np.maximum(n_total - 1, 1) / DAY_US, many),
+        float_column(gap_std, n_total >= 3),
         pa.array(tier_names[tier_idx], type=pa.string()),
         inp.age_band.slice(a, b - a).take(pa.array(mi)),
         *_top_category_columns(o_mi, o_ts, o_cat, inp.categories, mi, t, n365),
@@ -360,75 +362,18 @@ def member_chunk(inp: MemberInputs, a: int, b: int, programme: Programme, histor
 
     points = pa.Table.from_arrays([
         pa.array(ids, type=pa.int64()), ts,
-        _int(led.sum("points", l_start, l_hi)),
-        _int(replay.expiring),
-        _int(led.sum("earned", l_lo[90], l_hi)),
-        _int(led.sum("burned", l_lo[90], l_hi)),
-        _int(r_hi - r_lo[90]),
-        _float((t - r_last) / DAY_US, r_has),
-        _int(views_hi - views_lo[90]),
-        _int(r_hi - r_lo[365]),
-        _int(views_hi - views_lo[365]),
-        _int(views.sum("centre", views_lo[90], views_hi)),
-        _int(views.sum("centre", views_lo[365], views_hi)),
+        int_column(led.sum("points", l_start, l_hi)),
+        int_column(replay.expiring),
+        int_column(led.sum("earned", l_lo[90], l_hi)),
+        int_column(led.sum("burned", l_lo[90], l_hi)),
+        int_column(r_hi - r_lo[90]),
+        float_column((t - r_last) / DAY_US, r_has),
+        int_column(views_hi - views_lo[90]),
+        int_column(r_hi - r_lo[365]),
+        int_column(views_hi - views_lo[365]),
+        int_column(views.sum("centre", views_lo[90], views_hi)),
+        int_column(views.sum("centre", views_lo[365], views_hi)),
     ], schema=MEMBER_POINTS)
     expiry = pa.Table.from_arrays([pa.array(ids, type=pa.int64()), ts, *replay.lists()],
                                   schema=MEMBER_EXPIRY)
     return activity, points, expiry
-
-
-# --------------------------------------------------------------------------------------------
-# Items.
-# --------------------------------------------------------------------------------------------
-def item_tables(tables: Mapping[str, pa.Table], history_start: int,
-                 as_of: int) -> tuple[pa.Table, pa.Table]:
-    items = tables["items"].sort_by("item_id").combine_chunks()
-    ids = as_i64(items["item_id"])
-    first = np.maximum(day_end(as_us(items["created_at"])), history_start)
-    count = np.maximum((as_of - first) // DAY_US + 1, 0)
-    ii = np.repeat(np.arange(len(ids), dtype=np.int64), count)
-    offset = np.arange(count.sum(), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
-    t = first[ii] + offset * DAY_US
-
-    def timeline(name: str, values: tuple[str, ...] = (), inclusive: bool = False) -> Timeline:
-        tab = tables[name]
-        ts = as_us(tab["ts"])
-        idx, ok = _map_ids(ids, as_i64(tab["item_id"]), name)
-        keep = ok & (ts <= as_of if inclusive else ts < as_of)
-        vals = {v: tab[v].to_numpy(zero_copy_only=False)[keep] for v in values}
-        return Timeline(idx[keep], ts[keep], vals, inclusive=inclusive)
-
-    days = timeline("item_days", ("discount_coefficient", "stock"), inclusive=True)
-    d_start = days.start(ii)
-    d_pos = days.known(ii, t) - 1
-    d_has = d_pos >= d_start
-    d_pos = np.maximum(d_pos, 0)
-    discount = days.values["discount_coefficient"][d_pos] if len(days) else np.zeros(len(ii))
-    stock = days.values["stock"][d_pos] if len(days) else np.zeros(len(ii), np.int64)
-    discount_ok = d_has & ~np.isnan(np.asarray(discount, dtype=np.float64))
-    stock = np.nan_to_num(np.asarray(stock, dtype=np.float64)).astype(np.int64)
-
-    take = pa.array(ii)
-    catalogue = pa.Table.from_arrays([
-        pa.array(ids[ii], type=pa.int64()), _ts(t),
-        items["market_price_minor"].take(take), items["points_price"].take(take),
-        items["perceived_discount"].take(take),
-        _float(np.asarray(discount, dtype=np.float64), discount_ok),
-        items["category"].take(take), items["points_class"].take(take),
-        _int(stock, d_has),
-    ], schema=ITEM_CATALOGUE)
-
-    views = timeline("exposures")
-    v_hi, v_lo = views.windows(ii, t, (30, 90))
-    reds = timeline("redemptions")
-    r_hi, r_lo = reds.windows(ii, t, (30, 90))
-    v30, v90 = v_hi - v_lo[30], v_hi - v_lo[90]
-    r30, r90 = r_hi - r_lo[30], r_hi - r_lo[90]
-    stats = pa.Table.from_arrays([
-        pa.array(ids[ii], type=pa.int64()), _ts(t),
-        _int(v30), _int(v90), _int(r30), _int(r90),
-        _float(r30 / np.maximum(v30, 1), v30 > 0),
-        _float(r90 / np.maximum(v90, 1), v90 > 0),
-        _float(turnover_days(stock, r30, 30.0), (r30 > 0) & d_has),
-    ], schema=ITEM_STATS)
-    return catalogue, stats

@@ -32,11 +32,11 @@ from recsvc.offline.compute import (
     MemberInputs,
     day_end,
     features_dir,
-    item_tables,
     member_chunk,
     member_inputs,
     top_categories,
 )
+from recsvc.offline.item_views import item_tables
 from recsvc.progress import Stopwatch, progress
 
 PART_ROWS = 200_000  # rows per offline-store file
