@@ -46,6 +46,9 @@ class _PendingNudges:
 
 
 class NudgeAnswers:
+    """GetNudges over the answers' shared steps (`shared`) and the frequency-cap store, which
+    its own breaker pauses after a failure."""
+
     def __init__(self, shared: Answering, caps: CapStore | None) -> None:
         self.shared = shared
         self.caps = caps

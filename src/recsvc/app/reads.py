@@ -25,6 +25,9 @@ UNAVAILABLE_READ = Read({}, (FEATURE_STORE_UNAVAILABLE,))
 
 
 class FeatureReads:
+    """The online read of the members' features for every answer, with its breaker and the
+    read latency metric."""
+
     def __init__(self, features: FeatureSource, metrics: ServiceMetrics) -> None:
         self.features = features
         self.metrics = metrics
