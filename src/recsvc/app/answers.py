@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from recsvc.core import cart, ranking, redemption, segments
 from recsvc.core import catalogue as core_catalogue
@@ -64,8 +64,9 @@ class Read:
     degraded: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Risk:
+class Risk(NamedTuple):
+    """One member's churn answer (a named tuple: a batch builds a thousand)."""
+
     member_id: int
     probability: float
     band: str
@@ -91,8 +92,9 @@ class HintRequest:
     item_field: str = "item_ids"  # how the caller's request names the items ("item_id": one)
 
 
-@dataclass(frozen=True)
-class ItemHint:
+class ItemHint(NamedTuple):
+    """One item's hint with its item (a named tuple: a batch builds a hundred)."""
+
     item_id: int
     points_price: int
     hint: redemption.Hint

@@ -285,9 +285,8 @@ class Dataplane(Answering):
         else:
             drivers = [() for _ in range(n)]
         bands, segs = scores.band.tolist(), scores.segment.tolist()
-        risks = [Risk(member_id=int(member), probability=prob, band=band, segment=seg,
-                      drivers=drv, action=segments.recommended_action(seg, band),
-                      cold_start=is_cold)
+        risks = [Risk(int(member), prob, band, seg, drv, segments.recommended_action(seg, band),
+                      is_cold)
                  for member, prob, band, seg, drv, is_cold in zip(
                      member_ids, scores.probability.tolist(), bands, segs, drivers,
                      cold.tolist(), strict=True)]

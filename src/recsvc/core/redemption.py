@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, NamedTuple, TypeVar
 
@@ -150,8 +149,10 @@ def _earning_rate(points_per_unit: float, tier_multiplier: float) -> tuple[int, 
     return per_unit.numerator, per_unit.denominator
 
 
-@dataclass(frozen=True, slots=True)
-class Hint:
+class Hint(NamedTuple):
+    """The hint for one item (a named tuple, as the index factors and options are: a batch
+    builds a hundred of them, four times faster than a frozen dataclass)."""
+
     points_better: bool
     factors: idx.IndexFactors
     threshold: float
