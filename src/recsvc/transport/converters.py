@@ -47,6 +47,15 @@ def fill_churn_risk(msg: pb.ChurnRisk, risk: answers.Risk) -> None:
     msg.cold_start = risk.cold_start
 
 
+def batch_churn_risks(answer: answers.ChurnAnswer) -> pb.BatchGetChurnRiskResponse:
+    msg = pb.BatchGetChurnRiskResponse(
+        horizon_days=answer.horizon_days,
+        **stamp_fields(answer.stamp, pb.BatchGetChurnRiskResponse))
+    for risk in answer.risks:
+        fill_churn_risk(msg.risks.add(), risk)
+    return msg
+
+
 def degraded_reasons(reasons: tuple[str, ...]) -> list[pb.DegradedReason]:
     return [DEGRADED[r] for r in reasons]
 
@@ -175,6 +184,14 @@ def fill_redemption_hint(msg: pb.RedemptionHint, item: answers.ItemHint) -> None
         msg.alternates.extend([_alternate(a) for a in item.alternates])
     if item.propensity is not None:
         msg.propensity = item.propensity
+
+
+def batch_hints(answer: answers.HintAnswer) -> pb.BatchGetRedemptionHintsResponse:
+    msg = pb.BatchGetRedemptionHintsResponse(
+        **stamp_fields(answer.stamp, pb.BatchGetRedemptionHintsResponse))
+    for hint in answer.hints:
+        fill_redemption_hint(msg.hints.add(), hint)
+    return msg
 
 
 def _alternate(a: Alternate) -> pb.Alternate:

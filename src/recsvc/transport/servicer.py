@@ -206,12 +206,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
         async def work(admit: Admit) -> pb.BatchGetRedemptionHintsResponse:
             req = converters.hint_request(request.member_id, list(request.item_ids),
                                           request.context)
-            answer = await self.dataplane.hints_async(req, "BatchGetRedemptionHints", admit)
-            msg = pb.BatchGetRedemptionHintsResponse(
-                **converters.stamp_fields(answer.stamp, pb.BatchGetRedemptionHintsResponse))
-            for hint in answer.hints:
-                converters.fill_redemption_hint(msg.hints.add(), hint)
-            return msg
+            return converters.batch_hints(
+                await self.dataplane.hints_async(req, "BatchGetRedemptionHints", admit))
 
         return await self._call("BatchGetRedemptionHints", context, request, work)
 
@@ -244,14 +240,8 @@ class RedemptionServicer(recsvc_pb2_grpc.RedemptionServiceServicer):
     async def BatchGetChurnRisk(self, request: Any,
                                 context: Any) -> pb.BatchGetChurnRiskResponse:
         async def work(admit: Admit) -> pb.BatchGetChurnRiskResponse:
-            answer = await self.dataplane.churn_risk_async(
-                list(request.member_ids), "BatchGetChurnRisk", admit)
-            msg = pb.BatchGetChurnRiskResponse(
-                horizon_days=answer.horizon_days,
-                **converters.stamp_fields(answer.stamp, pb.BatchGetChurnRiskResponse))
-            for risk in answer.risks:
-                converters.fill_churn_risk(msg.risks.add(), risk)
-            return msg
+            return converters.batch_churn_risks(await self.dataplane.churn_risk_async(
+                list(request.member_ids), "BatchGetChurnRisk", admit))
 
         return await self._call("BatchGetChurnRisk", context, request, work)
 
