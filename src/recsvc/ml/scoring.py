@@ -87,12 +87,16 @@ class ChurnScorer:
             names = inputs.RFM_INPUTS if contrib is not None else ()
         else:
             X, prior = self.matrix(cols)
-            raw = prior + np.asarray(self.booster.predict(X, raw_score=True,
-                                                          num_threads=num_threads))
             contrib = None
             if contributions:
                 assert self.attribution is not None  # built whenever the trees serve
                 contrib = self.attribution.contributions(X, num_threads)
+                # the trees' margin is what their path contributions and the roots add up to
+                # (tests/test_attribution.py, to 1e-9): one pass over the trees, not two
+                raw = prior + (self.attribution.bias + contrib.sum(axis=1))
+            else:
+                raw = prior + np.asarray(self.booster.predict(X, raw_score=True,
+                                                              num_threads=num_threads))
             names = tuple(self.features)
         prob = calibrated(raw, self.platt)
         band = np.asarray(segments.band(prob, self.band_cuts), dtype=str).reshape(-1)
