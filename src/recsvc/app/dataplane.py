@@ -9,7 +9,6 @@ Stamp) is `answering.Answering`, which `Dataplane` extends; GetNudges with its c
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -56,8 +55,6 @@ from recsvc.defaults import DEFAULT_RECOMMENDATIONS, MAX_RECOMMENDATIONS
 from recsvc.errors import InvalidArgument, NotFound
 from recsvc.metrics import ServiceMetrics
 from recsvc.ml.scoring import ChurnScorer
-
-log = logging.getLogger(__name__)
 
 MAX_CHURN_BATCH = 1000
 MAX_HINT_BATCH = 100
