@@ -53,7 +53,7 @@ SQLITE_FILE = Path("caps") / "nudge_caps.sqlite"
 """Where the embedded store keeps its file, under the data directory."""
 
 
-def ms(now: dt.datetime) -> int:
+def epoch_ms(now: dt.datetime) -> int:
     """`now` in milliseconds since the epoch."""
     return int(now.timestamp() * 1000)
 

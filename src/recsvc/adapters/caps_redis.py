@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from recsvc.adapters.caps import indexed_keys, ms, window_ms
+from recsvc.adapters.caps import epoch_ms, indexed_keys, window_ms
 from recsvc.adapters.online import REDIS_TIMEOUT_S
 from recsvc.core.nudges import CapKey, CapOutcome, Reservation
 from recsvc.errors import CapStoreUnavailable
@@ -118,7 +118,7 @@ class RedisCapStore:
             return []
         keys = indexed_keys(reservations)
         by_index = {i: key for key, (i, _) in keys.items()}
-        args: list[Any] = [ms(now), uuid.uuid4().hex, int(dry_run)]
+        args: list[Any] = [epoch_ms(now), uuid.uuid4().hex, int(dry_run)]
         for _, cap in keys.values():
             args += [cap.max, window_ms(cap.window_hours)]
         args.append(len(reservations))

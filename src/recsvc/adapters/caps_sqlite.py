@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from recsvc.adapters.caps import indexed_keys, ms, window_ms
+from recsvc.adapters.caps import epoch_ms, indexed_keys, window_ms
 from recsvc.adapters.online import SQLITE_BUSY_TIMEOUT_S
 from recsvc.core.nudges import CapKey, CapOutcome, Reservation, decide
 from recsvc.errors import CapStoreUnavailable, ConfigError
@@ -128,7 +128,7 @@ class SqliteCapStore:
         the lock no longer than what is left of it; None: wait up to the timeout."""
         keys = indexed_keys(reservations)
         names = {key: self._key(member_id, key) for key in keys}
-        now_ms = ms(now)
+        now_ms = epoch_ms(now)
         if deadline is None:
             wait_s = self.timeout_s
         else:

@@ -24,7 +24,7 @@ from recsvc.data import schema
 from recsvc.data.columns import NULL_US
 from recsvc.offline.behaviour import SURFACES
 from recsvc.offline.population import Members
-from recsvc.offline.sim_tables import instant, to_arrow
+from recsvc.offline.sim_tables import day_us, to_arrow
 
 if TYPE_CHECKING:
     from recsvc.offline.simulate import Simulator
@@ -119,7 +119,7 @@ class AbuseActor:
         due = np.flatnonzero((a.fund_day == day) | (a.episode_day == day))
         if len(due) == 0:
             return
-        slot = int(instant(s.start, day, np.array([ABUSE_SLOT_S]))[0])
+        slot = int(day_us(s.start, day, np.array([ABUSE_SLOT_S]))[0])
         minute = 60 * US
         actions: list[tuple[int, int, str, int]] = []  # (instant, abuser, action, argument)
         for i in (int(i) for i in due):

@@ -46,7 +46,7 @@ class Buffers:
         return {k: np.concatenate(v) for k, v in tab.items()}
 
 
-def instant(day0: dt.date, day: int, seconds: F64 | I64) -> I64:
+def day_us(day0: dt.date, day: int, seconds: F64 | I64) -> I64:
     """Microseconds since the epoch (UTC) of `seconds` into day offset `day` from `day0`."""
     base = (day0.toordinal() - dt.date(1970, 1, 1).toordinal() + day) * SECONDS_PER_DAY
     return ((base + np.asarray(seconds, dtype=np.float64)) * US).astype(np.int64)
@@ -72,7 +72,7 @@ def to_arrow(cols: dict[str, Any], sch: pa.Schema) -> pa.Table:
 def write_items(out: schema.TableSetWriter, c: Catalogue, start: dt.date) -> None:
     """The catalogue, created a year before the simulation starts."""
     names = [f"{CATEGORIES[k]}-{i:05d}" for i, k in enumerate(c.category, start=1)]
-    created = instant(start, -365, np.zeros(c.n))
+    created = day_us(start, -365, np.zeros(c.n))
     out.write(
         "items",
         to_arrow(
@@ -99,7 +99,7 @@ def write_members(out: schema.TableSetWriter, m: Members, start: dt.date) -> Non
             dict(
                 member_id=np.arange(m.n, dtype=np.int64),
                 external_id=np.full(m.n, None, dtype=object),
-                signup_at=instant(start, 0, m.signup_day * SECONDS_PER_DAY),
+                signup_at=day_us(start, 0, m.signup_day * SECONDS_PER_DAY),
                 age_band=np.array(AGE_BANDS, dtype=object)[m.age],
                 source=np.full(m.n, "simulated", dtype=object),
             ),

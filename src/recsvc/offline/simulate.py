@@ -34,7 +34,7 @@ from recsvc.data.columns import NULL_US
 from recsvc.offline.abuse import ABUSER_SHARE, AbuseActor
 from recsvc.offline.behaviour import SURFACE_EFFECT, SURFACES, redeem_logit, season, surfaces
 from recsvc.offline.population import CATEGORIES, make_catalogue, make_members
-from recsvc.offline.sim_tables import Buffers, instant, to_arrow, write_items, write_members
+from recsvc.offline.sim_tables import Buffers, day_us, to_arrow, write_items, write_members
 from recsvc.progress import Stopwatch, progress
 
 F64 = npt.NDArray[np.float64]
@@ -154,7 +154,7 @@ class Simulator:
         if len(who) == 0:
             return
         monthly = m.rate[who] * 30 * (m.aov_minor[who] / 100) * self.p.earning.points_per_unit
-        ts = instant(self.start, 0, np.zeros(len(who)))
+        ts = day_us(self.start, 0, np.zeros(len(who)))
         start_month = ledger.month_index(self.start)
         for back in range(1, self.p.expiry.ordinary_months + 1):
             had = -m.signup_day[who] > back * 30
@@ -176,7 +176,7 @@ class Simulator:
         if len(lapsed):
             pts = self.buckets[lapsed, col].copy()
             self.buckets[lapsed, col] = 0
-            self._ledger(lapsed, instant(self.start, day, np.zeros(len(lapsed))), "expire", -pts)
+            self._ledger(lapsed, day_us(self.start, day, np.zeros(len(lapsed))), "expire", -pts)
 
     def _orders(self, day: int, date: dt.date) -> None:
         m, rng = self.m, self.rng
@@ -187,7 +187,7 @@ class Simulator:
             who = active[count >= k]
             n = len(who)
             secs = (k - 1 + rng.random(n)) * (43_200 / (count[count >= k] + 1))
-            ts = instant(self.start, day, secs)
+            ts = day_us(self.start, day, secs)
             cat = (m.cat_pref[who].cumsum(1) > rng.random((n, 1))).argmax(1)
             amount = np.round(m.aov_minor[who] * np.exp(rng.normal(0, 0.5, n))).astype(np.int64)
             qty = 1 + rng.poisson(0.6, n)
@@ -275,7 +275,7 @@ class Simulator:
             prob = np.where(balance >= self.p.burning.min_points_step, prob, 0.0)
             redeem = rng.random(n) < prob
             secs = 43_200 + (r + rng.random(n)) * (43_200 / ROUNDS)
-            ts = instant(self.start, day, secs)
+            ts = day_us(self.start, day, secs)
             if redeem.any():
                 # stock is shared: in time order, redemptions past the last unit miss, and an
                 # item is not shown any more once its last unit has gone
@@ -331,7 +331,7 @@ class Simulator:
 
     def _item_days(self, day: int) -> None:
         c = self.cat
-        ts = instant(self.start, day + 1, np.zeros(c.n))
+        ts = day_us(self.start, day + 1, np.zeros(c.n))
         self.buf.add(
             "item_days",
             item_id=np.arange(c.n, dtype=np.int64),
@@ -351,7 +351,7 @@ class Simulator:
         self.buf.add(
             "oracle_churn",
             member_id=who,
-            ts=instant(self.start, day, np.zeros(len(who))),
+            ts=day_us(self.start, day, np.zeros(len(who))),
             p_no_order_90d=p_none,
             alive=m.alive[who].copy(),
         )
