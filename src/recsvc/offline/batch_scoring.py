@@ -154,10 +154,14 @@ def _scorer(ctx: Any, version: str) -> ChurnScorer:
 
 def _scores(ctx: Any, scorer: ChurnScorer, ids: npt.NDArray[np.int64],
             as_of: dt.datetime) -> tuple[pa.Table, float]:
-    """The scores table of these members as of `as_of` (their point-in-time features read
-    through the context's offline store), and the seconds the scoring itself took."""
+    """The scores table of these members as of `as_of` (their features at that instant, read
+    from the offline snapshots as Feast's point-in-time join would give them), and the seconds
+    the scoring itself took."""
+    from recsvc.adapters.materialise import features_at
+
     entity = pd.DataFrame({"member_id": ids, "event_timestamp": pd.Timestamp(as_of)})
-    feats = inputs.with_features(ctx.history, "churn_v1", entity)
+    feats = inputs.with_features(
+        lambda service, frame: features_at(ctx.store, service, frame, as_of), "churn_v1", entity)
     step = Stopwatch()
     scores = scorer.score(inputs.frame_columns(feats), num_threads=0)
     seconds = step.seconds
