@@ -25,6 +25,7 @@ from recsvc.ml.scoring import ChurnScorer
 from recsvc.progress import Stopwatch
 
 SCORES_VIEW = "member_churn_scores"
+LOCAL_RANGE = 500_000  # members whose features one process reads and scores at once
 
 
 @dataclass(frozen=True)
@@ -110,15 +111,17 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
             f"{version}, {len(ranges)} ranges on {engine.workers} Dask workers")
         parts = engine.map(score_part, ranges, settings=ctx.settings, version=version,
                            as_of=as_of, job=uuid.uuid4().hex)
-        table = pa.concat_tables([part for part, _ in parts])
-        scoring_seconds = sum(seconds for _, seconds in parts)  # the workers' together
-        # in the members table's order, as the local engine writes them
-        table = table.take(pd.Index(table["member_id"].to_numpy()).get_indexer(ids))
     else:
         scorer = _scorer(ctx, version)
         say(f"score-batch: {len(ids):,} members as of {as_of:%Y-%m-%d %H:%M} UTC with churn "
             f"{scorer.model_version}")
-        table, scoring_seconds = _scores(ctx, scorer, ids, as_of)
+        # by ranges of members, so the features held at once stay bounded at any population
+        parts = [_scores(ctx, scorer, ids[(ids >= low) & (ids < high)], as_of)
+                 for low, high in _ranges(ids, LOCAL_RANGE)]
+    table = pa.concat_tables([part for part, _ in parts])
+    scoring_seconds = sum(seconds for _, seconds in parts)  # on Dask, the workers' together
+    # in the members table's order (the parts come by id range)
+    table = table.take(pd.Index(table["member_id"].to_numpy()).get_indexer(ids))
     say(f"score-batch: scored {len(ids):,} members in {scoring_seconds:.2f} s "
         f"({len(ids) / max(scoring_seconds, 1e-9):,.0f} members/s, excluding I/O)")
     target = data_dir / "scores" / SCORES_VIEW
@@ -146,6 +149,15 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
         csv.to_csv(out, index=False)
         say(f"score-batch: wrote {len(csv):,} rows to {out}")
     return BatchResult(len(ids), watch.seconds, scoring_seconds, as_of, version, out)
+
+
+def _ranges(ids: npt.NDArray[np.int64], size: int) -> list[tuple[int, int]]:
+    """[low, high) ranges of member ids covering `ids`, about `size` of them each (ids are
+    dense: the members table numbers them from 1)."""
+    if not len(ids):
+        return [(0, 0)]
+    low, high = int(ids.min()), int(ids.max()) + 1
+    return id_ranges(low, high, -(-len(ids) // size))
 
 
 def _scorer(ctx: Any, version: str) -> ChurnScorer:
