@@ -166,6 +166,22 @@ def simulate(data_dir: Path, members: int, days: int) -> dict[str, Any]:
     return {"seconds": round(time.perf_counter() - t, 1)}
 
 
+def borrow_model(registry: Path, data_dir: Path) -> str:
+    """Copy `registry`'s production churn model into the population's benchmark registry (as
+    its only version, production), for a score step without a train step; its description."""
+    from recsvc.adapters.registry import Registry
+
+    source = Registry(registry)
+    version = source.production("churn")
+    if version is None:
+        raise SystemExit(f"--churn-model: {registry} has no production churn model")
+    target = data_dir / "bench-models" / "churn"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(Path(registry) / "churn", target)
+    window = source.manifest("churn", version).training_window
+    return f"churn {version} of {registry}, trained on data up to {window.end:%Y-%m-%d}"
+
+
 def run_step(step: str, engine: str, data_dir: Path, project: str, url: str | None,
              repo: Path | None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", step, "--engine", engine, "--data-dir",
@@ -196,6 +212,8 @@ def markdown(result: dict[str, Any]) -> str:
         "| note |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+    borrowed = [f"{size['members']:,} members: scored with {size['churn_model']}"
+                for size in result["sizes"] if size.get("churn_model")]
     for size in result["sizes"]:
         for step, engines in size["steps"].items():
             for engine, r in engines.items():
@@ -210,6 +228,8 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {size['members']:,} | {step} | {engine} | {rows:,} | "
                              f"{r['seconds']:.1f} | {rate} | {r['caller_peak_mb']:,.0f} | "
                              f"{r.get('worker_peak_mb', 0):,.0f} | {note} |")
+    if borrowed:
+        lines += ["", *(f"- {b} (no train step in this run)" for b in borrowed)]
     return "\n".join(lines) + "\n"
 
 
@@ -225,6 +245,10 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=None,
                         help="keep the populations here (m<members>/), reusing their tables; "
                              "default: a temporary directory, removed afterwards")
+    parser.add_argument("--churn-model", type=Path, default=None,
+                        help="a model registry (e.g. data/models) whose production churn model "
+                             "the score step uses where the train step does not run (the "
+                             "churn training set of 5 M members is out of reach here)")
     parser.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
@@ -267,6 +291,8 @@ def main() -> None:
                                         "simulate": simulate(data_dir, members, args.days),
                                         "steps": {}}
                 result["sizes"].append(size)
+                if args.churn_model is not None and "train" not in steps:
+                    size["churn_model"] = borrow_model(args.churn_model, data_dir)
                 for step in steps:
                     for engine in engines:
                         project = f"scale_{uuid.uuid4().hex[:8]}"
