@@ -8,8 +8,10 @@
 
 `make bench` runs it. One run measures, on this machine and under the same load generator:
 - the floors: bench/echo_server.py echoing a hint-sized request on each candidate transport
-  (grpc.aio, grpc.aio on uvloop, grpcio's threaded server), and the score floor: grpc.aio
-  scoring one row of the production propensity model, compiled, per call;
+  (grpc.aio, grpc.aio on uvloop, grpcio's threaded server), the score floor: grpc.aio
+  scoring one row of the production propensity model, compiled, per call, and the shell
+  floor: recsvc's servicer (request parsed, bounds, admission, metrics, answer serialised)
+  around a canned hint answer, so a hint's cost splits into the shell's and its own work;
 - `recsvc serve` on SQLite, then on Redis (the same data dir materialised under a Feast project
   of the benchmark's own, whose keys are deleted afterwards; never FLUSHDB, Redis is shared),
   then on a Redis Cluster of the benchmark's own (three masters and three replicas on free
@@ -112,9 +114,10 @@ ITEMS_PER_RECOMMENDATION = 200
 ITEMS_PER_HINT_BATCH = 100
 CHURN_BATCH = 1000
 # the floors: (row group, echo_server.py --transport, whether it scores one model row a call);
-# "echo" (grpc.aio, what recsvc serves with) is the reference of the goals
+# "echo" (grpc.aio, what recsvc serves with) is the reference of the goals; "shell" is
+# recsvc's servicer around a canned hint answer (what a hint costs before its own work)
 FLOORS = (("echo", "aio", False), ("echo-uvloop", "uvloop", False),
-          ("echo-sync", "sync", False), ("score", "aio", True))
+          ("echo-sync", "sync", False), ("score", "aio", True), ("shell", "shell", False))
 FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")  # py-spy's "function (file:line)"
 
 
@@ -839,7 +842,7 @@ def markdown(result: dict[str, Any]) -> str:
     models = p.get("models", {})
     lines = [
         "# gRPC serving: recsvc beside bare echo servers (grpc.aio, uvloop, sync; one scoring a "
-        "model row) and the Feast SDK",
+        "model row; recsvc's servicer around a canned hint) and the Feast SDK",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, grpcio {m['grpcio']}, "
         f"Feast {m['feast']}; server, Redis and load generator share the machine.  ",
