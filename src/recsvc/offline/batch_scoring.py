@@ -175,16 +175,19 @@ def _scores(ctx: Any, scorer: ChurnScorer, ids: npt.NDArray[np.int64],
     feats = inputs.with_features(
         lambda service, frame: features_at(ctx.store, service, frame, as_of), "churn_v1", entity)
     step = Stopwatch()
-    scores = scorer.score(inputs.frame_columns(feats), num_threads=0)
+    # the instant every row shares is no model input (as a column of objects it cost more
+    # than the features read)
+    scores = scorer.score(inputs.frame_columns(feats.drop(columns="event_timestamp")),
+                          num_threads=0)
     seconds = step.seconds
     return pa.table({
         "member_id": pa.array(ids, pa.int64()),
-        "ts": pa.array([as_of] * len(ids), schema.TS),
+        "ts": pa.repeat(pa.scalar(as_of, schema.TS), len(ids)),
         "churn_probability": pa.array(scores.probability, pa.float64()),
         "churn_band": pa.array(scores.band.astype(object), pa.string()),
         "segment": pa.array(scores.segment.astype(object), pa.string()),
         "action": pa.array(scores.action.astype(object), pa.string()),
-        "model_version": pa.array([scorer.model_version] * len(ids), pa.string()),
+        "model_version": pa.repeat(pa.scalar(scorer.model_version, pa.string()), len(ids)),
     }), seconds
 
 
