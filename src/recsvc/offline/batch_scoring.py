@@ -152,8 +152,8 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
 
 
 def _ranges(ids: npt.NDArray[np.int64], size: int) -> list[tuple[int, int]]:
-    """[low, high) ranges of member ids covering `ids`, about `size` of them each (ids are
-    dense: the members table numbers them from 1)."""
+    """[low, high) ranges of member ids of equal width covering `ids`: about `size` members
+    each where ids are dense, as the simulator and the importer number them."""
     if not len(ids):
         return [(0, 0)]
     low, high = int(ids.min()), int(ids.max()) + 1
