@@ -14,31 +14,12 @@ of `make bench`.
 from __future__ import annotations
 
 import argparse
-import gc
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from bench_dataplane import build
-
-
-def timed(serialise: Callable[[Any], bytes], answers: Sequence[Any], calls: int
-          ) -> tuple[np.ndarray, int]:
-    """µs per call over `calls` calls cycling through `answers`, and the last answer's size."""
-    out = np.empty(calls)
-    size = 0
-    gc.collect()
-    gc.freeze()
-    try:
-        for k in range(calls):
-            start = time.perf_counter()
-            size = len(serialise(answers[k % len(answers)]))
-            out[k] = (time.perf_counter() - start) * 1e6
-    finally:
-        gc.unfreeze()
-    return out, size
+from bench_dataplane import build, timed
 
 
 def main() -> None:
@@ -66,8 +47,13 @@ def main() -> None:
     print(f"{'response':<12} {'calls':>6} {'p50 µs':>9} {'p99 µs':>9} {'mean µs':>9} "
           f"{'bytes':>9}")
     for name, serialise, answers, calls in cases:
-        timed(serialise, answers, min(calls, 20))  # warm up
-        t, size = timed(serialise, answers, calls)
+        def call(k: int, serialise: Callable[[Any], bytes] = serialise,
+                 answers: list[Any] = answers) -> bytes:
+            return serialise(answers[k % len(answers)])
+
+        timed(call, min(calls, 20))  # warm up
+        t = timed(call, calls)  # µs per call, cycling through the answers
+        size = len(call(calls - 1))  # the last answer's
         print(f"{name:<12} {calls:>6} {np.percentile(t, 50):>9.0f} {np.percentile(t, 99):>9.0f} "
               f"{t.mean():>9.0f} {size:>9,}")
 

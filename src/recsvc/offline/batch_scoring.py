@@ -106,7 +106,7 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
     frame = frame[frame.signup_at < as_of]
     ids = frame.member_id.to_numpy()
     if engine.distributed and len(ids):
-        ranges = id_ranges(int(ids.min()), int(ids.max()) + 1, 4 * engine.workers)
+        ranges = _ranges(ids, 4 * engine.workers)
         say(f"score-batch: {len(ids):,} members as of {as_of:%Y-%m-%d %H:%M} UTC with churn "
             f"{version}, {len(ranges)} ranges on {engine.workers} Dask workers")
         parts = engine.map(score_part, ranges, settings=ctx.settings, version=version,
@@ -117,7 +117,7 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
             f"{scorer.model_version}")
         # by ranges of members, so the features held at once stay bounded at any population
         parts = [_scores(ctx, scorer, ids[(ids >= low) & (ids < high)], as_of)
-                 for low, high in _ranges(ids, LOCAL_RANGE)]
+                 for low, high in _ranges(ids, -(-len(ids) // LOCAL_RANGE))]
     table = pa.concat_tables([part for part, _ in parts])
     scoring_seconds = sum(seconds for _, seconds in parts)  # on Dask, the workers' together
     # in the members table's order (the parts come by id range)
@@ -151,13 +151,12 @@ def score_batch(ctx: Any, *, as_of: dt.datetime | None, out: Path | None,
     return BatchResult(len(ids), watch.seconds, scoring_seconds, as_of, version, out)
 
 
-def _ranges(ids: npt.NDArray[np.int64], size: int) -> list[tuple[int, int]]:
-    """[low, high) ranges of member ids of equal width covering `ids`: about `size` members
-    each where ids are dense, as the simulator and the importer number them."""
+def _ranges(ids: npt.NDArray[np.int64], parts: int) -> list[tuple[int, int]]:
+    """Up to `parts` [low, high) ranges of member ids of equal width covering `ids` (as many
+    members each where ids are dense, as the simulator and the importer number them)."""
     if not len(ids):
         return [(0, 0)]
-    low, high = int(ids.min()), int(ids.max()) + 1
-    return id_ranges(low, high, -(-len(ids) // size))
+    return id_ranges(int(ids.min()), int(ids.max()) + 1, parts)
 
 
 def _scorer(ctx: Any, version: str) -> ChurnScorer:
