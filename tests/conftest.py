@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import random
 import shutil
 import signal
 import socket
@@ -247,21 +248,29 @@ def private_redis() -> Iterator[tuple[str, subprocess.Popen]]:
 
 
 def _free_cluster_ports(n: int) -> list[int]:
-    """`n` ports free on 127.0.0.1 whose cluster bus ports (port + 10000) are free too."""
+    """`n` ports free on 127.0.0.1 whose cluster bus ports (port + 10000) are free too, both
+    below the kernel's ephemeral range: a port the kernel hands out (bind to 0) is released
+    before redis-server binds it, and meanwhile any outgoing connection (a test under load
+    makes many) may be given it or its bus port, so the node would fail to start."""
+    low_ephemeral = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = list(range(1024, low_ephemeral - 10000))
+    random.SystemRandom().shuffle(candidates)
     ports: list[int] = []
-    while len(ports) < n:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + 10000 > 65535 or port in ports:
-            continue
-        with socket.socket() as bus:
+    for port in candidates:
+        if len(ports) == n:
+            return ports
+        with socket.socket() as sock, socket.socket() as bus:
             try:
+                sock.bind(("127.0.0.1", port))
                 bus.bind(("127.0.0.1", port + 10000))
             except OSError:
                 continue
         ports.append(port)
-    return ports
+    if len(ports) == n:
+        return ports
+    raise RuntimeError(f"no {n} free port pairs below the ephemeral range ({low_ephemeral})")
 
 
 @contextlib.contextmanager
