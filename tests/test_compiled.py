@@ -82,6 +82,11 @@ def test_margins_and_probabilities_equal_lightgbm(model, tmp_path: Path) -> None
                                rtol=0, atol=1e-6)
     np.testing.assert_allclose(compiled.predict_raw(data, num_threads=0), want_raw,
                                rtol=0, atol=1e-6)
+    # one row at a time (a product page's hint), the awkward rows included
+    one_by_one = [compiled.predict_one(np.ascontiguousarray(row)) for row in data]
+    np.testing.assert_allclose(one_by_one, want_raw, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="one row"):
+        compiled.predict_one(data[0, :3].copy())
     # Booster.predict's signature, as the scorers call it
     np.testing.assert_allclose(compiled.predict(data, raw_score=True, num_threads=2), want_raw,
                                rtol=0, atol=1e-6)
@@ -101,13 +106,15 @@ def test_safe_from_several_threads(model, tmp_path: Path) -> None:
         rows = np.random.default_rng(seed).integers(0, len(X), 50)
         for _ in range(50):
             errors.append(float(np.abs(compiled.predict_raw(X[rows]) - want[rows]).max()))
+            one = rows[0]  # each thread's own buffers: no row is scored with another's
+            errors.append(abs(compiled.predict_one(X[one].copy()) - want[one]))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(errors) == 200 and max(errors) <= 1e-6
+    assert len(errors) == 400 and max(errors) <= 1e-6
 
 
 def test_cache_is_reused_not_recompiled(model, tmp_path: Path) -> None:

@@ -443,7 +443,8 @@ def test_redis_reads_on_the_loop_never_wait_for_tracking_held_by_a_thread(
 def test_sqlite_reads_without_waiting_until_a_writer_holds_the_lock(
         sqlite_store: Any) -> None:
     """What the event loop may ask: rows held while no connection has committed since, the
-    file otherwise; None at once while a writer holds the file's lock."""
+    file otherwise; None at once when the file must be read while a writer holds its lock
+    (rows held stay good then: nothing was committed since)."""
     reader = OnlineReader.from_store(sqlite_store)
     assert isinstance(reader, online_sqlite.SqliteReader)
     ids = [WRITTEN_MEMBER]
@@ -460,11 +461,48 @@ def test_sqlite_reads_without_waiting_until_a_writer_holds_the_lock(
     writer = sqlite3.connect(online_sqlite.sqlite_path(sqlite_store), isolation_level=None)
     try:
         writer.execute("BEGIN EXCLUSIVE")  # a materialisation committing
-        assert reader.read_nowait("churn_v1", "member_id", ids) is None
+        assert reader.read_nowait("churn_v1", "member_id", [WRITTEN_MEMBER + 1]) is None
+        assert reader.read_nowait("churn_v1", "member_id", ids) == after
     finally:
         writer.execute("ROLLBACK")
         writer.close()
     assert reader.read_nowait("churn_v1", "member_id", ids) == after
+    reader.close()
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_any_commit_to_the_sqlite_file_drops_the_held_rows(sqlite_store: Any, tmp_path: Path,
+                                                            journal: str) -> None:
+    """Held rows are dropped by any connection's commit, whatever it writes: judged by the
+    file's change counter in rollback-journal mode, by the probe's data_version in WAL mode
+    (where the header's counter is not kept current)."""
+    import shutil
+
+    copy = tmp_path / "online.db"
+    shutil.copyfile(online_sqlite.sqlite_path(sqlite_store), copy)
+    setup = sqlite3.connect(copy)
+    assert setup.execute(f"PRAGMA journal_mode={journal}").fetchone()[0] == journal
+    setup.close()
+    base = OnlineReader.from_store(sqlite_store)
+    reader = online_sqlite.SqliteReader(base._views, base._services, base.project, copy)
+    ids = [WRITTEN_MEMBER]
+    first = reader.read_nowait("churn_v1", "member_id", ids)
+    assert first is not None
+    counted = online_sqlite._ChangeCounter(copy)
+    before = counted.read()
+    assert (before is None) == (journal == "wal")
+    hits = reader.cache_stats()[0]
+    assert reader.read_nowait("churn_v1", "member_id", ids) == first
+    assert reader.cache_stats()[0] == hits + 1  # held
+    writer = sqlite3.connect(copy)
+    writer.execute("CREATE TABLE unrelated (x)")  # a commit that changes no feature
+    writer.commit()
+    writer.close()
+    if journal == "delete":
+        assert counted.read() == before + 1
+    assert reader.read_nowait("churn_v1", "member_id", ids) == first  # read from the file
+    assert reader.cache_stats()[0] == hits + 1
+    counted.close()
     reader.close()
 
 

@@ -103,6 +103,7 @@ class CompiledModel:
         self._booster = booster
         self._lleaves: Any = None
         self._entry: Any = None
+        self._buffers = threading.local()
         self.sha256 = ""
         self.num_feature = 0
         self.outputs = 1
@@ -220,6 +221,22 @@ class CompiledModel:
                               dtype=np.float64)
         return self._predict_compiled(X, num_threads)
 
+    def predict_one(self, row: F64) -> float:
+        """The raw margin of one row (1-D float64, the model's width): the product page's
+        call, through buffers of this thread's own whose addresses are known (asking numpy for
+        an array's address costs more than the compiled trees here)."""
+        if self._entry is None:
+            return float(self.predict_raw(row.reshape(1, -1))[0])
+        if row.shape != (self.num_feature,):
+            raise ValueError(f"expected one row of {self.num_feature} inputs, got shape "
+                             f"{row.shape}")
+        held = getattr(self._buffers, "held", None)
+        if held is None:
+            held = self._buffers.held = _Buffers(self.num_feature)
+        held.row[:] = _lightgbm_zeros(row)
+        self._entry(held.row_address, held.out_address, 0, 1)
+        return held.out.item()
+
     def predict_proba(self, X: Any, num_threads: int = 1) -> F64:
         """The binary objective's probability 1 / (1 + exp(-margin)), as Booster.predict gives
         it for a model trained with LightGBM's default sigmoid of 1."""
@@ -241,11 +258,7 @@ class CompiledModel:
         if data.ndim != 2 or data.shape[1] != self.num_feature:
             raise ValueError(f"expected a 2-D input with {self.num_feature} columns, got "
                              f"shape {data.shape}")
-        # LightGBM drops any |x| <= kZeroThreshold from a dense row, so it reads as exactly 0.0
-        # (which matters at its own +-kZeroThreshold split points); the compiled code would
-        # not. Count: (zeros + tiny) + nonzeros == size exactly when nothing is tiny.
-        if np.count_nonzero(np.abs(data) <= ZERO_THRESHOLD) + np.count_nonzero(data) != data.size:
-            data = np.where(np.abs(data) <= ZERO_THRESHOLD, 0.0, data)
+        data = _lightgbm_zeros(data)
         rows = data.shape[0]
         if rows >= 2**31 - 1:  # the entry point takes int32 row indices
             raise ValueError("too many rows for one call; split the input")
@@ -263,6 +276,25 @@ class CompiledModel:
             for future in done:
                 future.result()
         return out
+
+
+def _lightgbm_zeros(data: F64) -> F64:
+    """`data` as LightGBM reads a dense row: it drops any |x| <= kZeroThreshold, so it reads
+    as exactly 0.0 (which matters at its own +-kZeroThreshold split points); the compiled code
+    would not. Count: (zeros + tiny) + nonzeros == size exactly when nothing is tiny."""
+    if np.count_nonzero(np.abs(data) <= ZERO_THRESHOLD) + np.count_nonzero(data) != data.size:
+        return np.where(np.abs(data) <= ZERO_THRESHOLD, 0.0, data)
+    return data
+
+
+class _Buffers:
+    """One thread's input row and output margin for `predict_one`, and their addresses."""
+
+    def __init__(self, width: int) -> None:
+        self.row = np.empty(width)
+        self.out = np.empty(1)
+        self.row_address = self.row.ctypes.data
+        self.out_address = self.out.ctypes.data
 
 
 class CompiledLeaves:

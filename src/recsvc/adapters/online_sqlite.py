@@ -1,5 +1,6 @@
 """The SQLite online reader: one statement per request over each view's table; decoded rows kept
-until another connection commits to the file (`PRAGMA data_version`)."""
+until another connection commits to the file (the file's change counter, or `PRAGMA
+data_version` in WAL mode)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,28 @@ def _padded(n: int) -> int:
     return size
 
 
+class _ChangeCounter:
+    """The database file's own count of its changes, read from its header: SQLite's file
+    change counter (4 bytes big-endian at offset 24), which every transaction that writes a
+    rollback-journal database increments before it unlocks the file. One `pread` of the
+    header costs a tenth of asking a connection for `PRAGMA data_version` (~9 µs of a
+    product page's hint). A database in WAL mode (header bytes 18-19 are 2) does not keep it
+    current: then `read` answers None and the connection is asked."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.pid = os.getpid()
+
+    def read(self) -> int | None:
+        header = os.pread(self.fd, 10, 18)
+        if len(header) < 10 or header[0] != 1 or header[1] != 1:  # not rollback-journal
+            return None
+        return int.from_bytes(header[6:10], "big")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class _SqliteThread:
     """One thread's connection."""
 
@@ -90,9 +113,10 @@ class SqliteReader(BaseReader):
     """Feast's SQLite layout read with sqlite3: one read-only connection per thread.
 
     Decoded rows are kept per request shape (up to `cache_rows` entities each, shared by the
-    threads) for as long as `PRAGMA data_version` says no other connection has committed to
-    the file, as one connection of its own (the probe) sees it: a thread's new connection
-    cannot tell what it missed, so one connection judges for all. Any write (materialisation,
+    threads) for as long as no other connection has committed to the file: the file's change
+    counter in its header says so (`_ChangeCounter`), or in WAL mode `PRAGMA data_version`
+    as one connection of its own (the probe) sees it: a thread's new connection cannot tell
+    what it missed, so one connection judges for all. Any write (materialisation,
     another process) empties the cache at the next read or `read_nowait`. So a read returns
     exactly what the file holds when the read starts, and a catalogue read over and over costs
     dictionary lookups instead of ~2,800 SQLite rows for 200 items. `read_nowait` reads on
@@ -113,7 +137,8 @@ class SqliteReader(BaseReader):
         self._conns: list[sqlite3.Connection] = []
         self.cache = RowCache(cache_rows)
         self._probe: tuple[int, sqlite3.Connection] | None = None  # (pid, connection)
-        self._probe_version: int | None = None
+        self._probe_version: tuple[str, int] | None = None
+        self._counter: _ChangeCounter | None = None
         self._probe_lock = threading.Lock()
         super().__init__(views, services, project)
 
@@ -163,8 +188,15 @@ class SqliteReader(BaseReader):
         it missed). Raises sqlite3.Error while a writer holds the lock. Under `_probe_lock`."""
         if self._probe is None or self._probe[0] != os.getpid():
             self._probe = (os.getpid(), self._connect(0.0))
+            if self._counter is not None and self._counter.pid == os.getpid():
+                self._counter.close()
+            self._counter = _ChangeCounter(self.path)
         conn = self._probe[1]
-        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        # the file's own change counter where it keeps one, else the probe's data_version;
+        # tagged, so a switch from one to the other reads as a change
+        count = self._counter.read() if self._counter is not None else None
+        version = (("file", count) if count is not None else
+                   ("probe", conn.execute("PRAGMA data_version").fetchone()[0]))
         if version != self._probe_version:  # a commit since: drop all
             self._probe_version = version
             self.cache.clear()
@@ -212,6 +244,9 @@ class SqliteReader(BaseReader):
             conn.close()
         self._local = threading.local()
         self._probe = None
+        if self._counter is not None and self._counter.pid == os.getpid():
+            self._counter.close()
+        self._counter = None
 
 
 

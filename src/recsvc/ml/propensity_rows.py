@@ -75,6 +75,7 @@ class PropensityRows:
         self.pair_at = [at[n] for n in self.pair_names]
         self.balance_at = at.get("points_balance")
         self.surface_at = at.get("surface")
+        self.surface_codes = codes_of(tuple(vocab["surface"])) if "surface" in vocab else {}
         # what the (member, item) inputs read of the items, as training reads it
         prices = item_columns.get("points_price", np.full(n_items, np.nan))
         self.points_price = float_column({"p": prices}, "p")
@@ -92,38 +93,48 @@ class PropensityRows:
             else _number(features.get(name))
             for name, lookup, rate in self._member_inputs])
 
-    def rows(self, positions: npt.NDArray[np.intp], features: Mapping[str, Any], member: F64,
-             balance: float, surface: str, factors: idx.IndexFactors) -> F64:
+    def template(self, member: F64) -> F64:
+        """The member's row: their inputs (`member(...)`) in place, the rest written a request
+        (`rows`, `row`), so the member's block is placed once per member read."""
+        x = np.full(self.width, np.nan)
+        x[self.member_at] = member
+        return x
+
+    def rows(self, positions: npt.NDArray[np.intp], features: Mapping[str, Any],
+             template: F64, balance: float, surface: str, factors: idx.IndexFactors) -> F64:
         """The model matrix of the items at `positions` for the member (`features`, and their
-        encoding by `member(...)`), from the member's index factors for those items."""
+        row by `template(member(...))`), from the member's index factors for those items."""
         pair = pair_inputs(
             factors, balance=balance, points_price=self.points_price[positions],
             expiring=_or0(features.get("points_expiring_30d")),
             item_category=self.category[positions], tops=_tops(features))
-        return self._matrix(len(positions), self.item_block[positions], member, balance,
-                            surface, pair)
+        return self._matrix((len(positions), self.width), self.item_block[positions],
+                            template, balance, surface, pair)
 
-    def row(self, position: int, features: Mapping[str, Any], member: F64, balance: float,
+    def row(self, position: int, features: Mapping[str, Any], template: F64, balance: float,
             surface: str, factors: idx.IndexFactors) -> F64:
-        """`rows` for one item, from its factors in plain numbers (a one-row matrix)."""
+        """`rows` for one item, from its factors in plain numbers (one row, 1-D)."""
         pair = pair_values(
             factors, balance=balance, points_price=self.points_price_list[position],
             expiring=_or0(features.get("points_expiring_30d")),
             item_category=self.category_list[position], tops=_tops(features))
-        return self._matrix(1, self.item_block[position], member, balance, surface, pair)
+        return self._matrix((self.width,), self.item_block[position], template, balance,
+                            surface, pair)
 
-    def _matrix(self, n: int, items: F64, member: F64, balance: float, surface: str,
-                pair: Mapping[str, Any]) -> F64:
-        """The two blocks, the live balance, the surface and the pair inputs in one matrix."""
-        X = np.empty((n, self.width))
-        X[:, self.item_at] = items
-        X[:, self.member_at] = member
+    def _matrix(self, shape: tuple[int, ...], items: F64, template: F64, balance: float,
+                surface: str, pair: Mapping[str, Any]) -> F64:
+        """The member's row, the items' block, the live balance, the surface and the pair
+        inputs in one matrix of `shape` (one row: 1-D, where numpy's 2-D indexing would cost
+        more than writing it)."""
+        X = np.empty(shape)
+        X[...] = template
+        X[..., self.item_at] = items
         if self.balance_at is not None:
-            X[:, self.balance_at] = balance
+            X[..., self.balance_at] = balance
         if self.surface_at is not None:
-            X[:, self.surface_at] = codes_of(tuple(self.vocab["surface"])).get(surface, np.nan)
+            X[..., self.surface_at] = self.surface_codes.get(surface, np.nan)
         for j, name in zip(self.pair_at, self.pair_names, strict=True):
-            X[:, j] = pair[name]
+            X[..., j] = pair[name]
         return X
 
 

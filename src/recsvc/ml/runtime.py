@@ -7,6 +7,7 @@ reports, plotting and scikit-learn along).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,12 +22,16 @@ from recsvc.ml.pareto_nbd import ParetoNbd
 F64 = npt.NDArray[np.float64]
 
 
-def calibrated(raw: F64, platt: Mapping[str, float]) -> F64:
+def calibrated(raw: Any, platt: Mapping[str, float]) -> Any:
     """Probabilities from raw margins with the Platt scaling fitted at training."""
     return sigmoid(platt["a"] * raw + platt["b"])
 
 
-def sigmoid(z: F64) -> F64:
+def sigmoid(z: Any) -> Any:
+    """1 / (1 + e^-z) of an array, or of one float (a product page's one row, where numpy's
+    per-call overhead costs more than the formula)."""
+    if isinstance(z, float):  # math.exp raises past e^709 where numpy's gives inf (so 0)
+        return 0.0 if z <= -709.0 else 1.0 / (1.0 + math.exp(-z))
     return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
 

@@ -149,17 +149,20 @@ class PropensityScorer:
         once per catalogue load (`catalogue`: that load, by identity; `item_columns`: its
         features) and the member's features (`member`), encoded once per member read into
         `encoded` (by model version), with the member's index factors for those items."""
-        rows, values = self._compiled(catalogue, item_columns, n_items, member, encoded)
-        return self.score_matrix(rows.rows(positions, member, values, balance, surface,
+        rows, template = self._compiled(catalogue, item_columns, n_items, member, encoded)
+        return self.score_matrix(rows.rows(positions, member, template, balance, surface,
                                            factors))
 
     def score_item(self, catalogue: object, item_columns: Mapping[str, Any], n_items: int,
                    position: int, member: Mapping[str, Any], encoded: dict[str, F64],
                    balance: float, surface: str, factors: IndexFactors) -> float:
         """`score_items` for the one item at `position`, its factors in plain numbers."""
-        rows, values = self._compiled(catalogue, item_columns, n_items, member, encoded)
-        return float(self.score_matrix(rows.row(position, member, values, balance, surface,
-                                                factors))[0])
+        rows, template = self._compiled(catalogue, item_columns, n_items, member, encoded)
+        x = rows.row(position, member, template, balance, surface, factors)
+        one = getattr(self.booster, "predict_one", None)  # adapters.compiled.CompiledModel
+        if one is None:
+            return float(self.score_matrix(x.reshape(1, -1))[0])
+        return float(calibrated(one(x), self.platt))
 
     def prepare(self, catalogue: object, item_columns: Mapping[str, Any],
                 n_items: int) -> PropensityRows:
@@ -178,7 +181,7 @@ class PropensityScorer:
         rows = self.prepare(catalogue, item_columns, n_items)
         values = encoded.get(self.version)
         if values is None:
-            values = encoded[self.version] = rows.member(member)
+            values = encoded[self.version] = rows.template(rows.member(member))
         return rows, values
 
 
