@@ -186,9 +186,10 @@ class SqliteReader(BaseReader):
         cache if anyone committed since it last looked (`PRAGMA data_version` is counted per
         connection, so one connection must judge: a thread's new connection cannot tell what
         it missed). Raises sqlite3.Error while a writer holds the lock. Under `_probe_lock`."""
-        if self._probe is None or self._probe[0] != os.getpid():
-            self._probe = (os.getpid(), self._connect(0.0))
-            if self._counter is not None and self._counter.pid == os.getpid():
+        pid = os.getpid()
+        if self._probe is None or self._probe[0] != pid:
+            self._probe = (pid, self._connect(0.0))
+            if self._counter is not None and self._counter.pid == pid:
                 self._counter.close()
             self._counter = _ChangeCounter(self.path)
         conn = self._probe[1]
