@@ -169,7 +169,8 @@ class SqliteReader(BaseReader):
         """`read_service` if it needs no wait for SQLite's lock, else None (nothing read): on
         a connection of its own that never waits, rows held while no connection has
         committed since, the others read from the file (in the OS's page cache: CPU work).
-        While a writer commits it answers None, and the caller reads on a thread."""
+        When rows must be read from the file while a writer holds its lock it answers None,
+        and the caller reads on a thread."""
         if not ids or not self._cache_rows:
             return None
         plan = self._service_plan(service_name, entity_key)
@@ -182,10 +183,11 @@ class SqliteReader(BaseReader):
                 return None
 
     def _synced(self) -> sqlite3.Connection:
-        """The probe connection, the one judge of the cache's freshness, after dropping the
-        cache if anyone committed since it last looked (`PRAGMA data_version` is counted per
-        connection, so one connection must judge: a thread's new connection cannot tell what
-        it missed). Raises sqlite3.Error while a writer holds the lock. Under `_probe_lock`."""
+        """The probe connection, after dropping the cache if anyone committed since it last
+        looked: by the file's change counter, or in WAL mode by the probe's `PRAGMA
+        data_version` (counted per connection, so one connection must judge: a thread's new
+        connection cannot tell what it missed; that pragma raises sqlite3.Error while a writer
+        holds the lock). Under `_probe_lock`."""
         pid = os.getpid()
         if self._probe is None or self._probe[0] != pid:
             self._probe = (pid, self._connect(0.0))
