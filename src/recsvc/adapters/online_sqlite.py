@@ -89,7 +89,6 @@ class _ChangeCounter:
 
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_RDONLY)
-        self.pid = os.getpid()
 
     def read(self) -> int | None:
         header = os.pread(self.fd, 10, 18)
@@ -98,6 +97,7 @@ class _ChangeCounter:
         return int.from_bytes(header[6:10], "big")
 
     def close(self) -> None:
+        """Close this process's descriptor (after a fork, the copy the child inherited)."""
         os.close(self.fd)
 
 
@@ -136,9 +136,9 @@ class SqliteReader(BaseReader):
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self.cache = RowCache(cache_rows)
-        self._probe: tuple[int, sqlite3.Connection] | None = None  # (pid, connection)
+        # (pid, connection, the file's change counter): opened together, in one process
+        self._probe: tuple[int, sqlite3.Connection, _ChangeCounter] | None = None
         self._probe_version: tuple[str, int] | None = None
-        self._counter: _ChangeCounter | None = None
         self._probe_lock = threading.Lock()
         super().__init__(views, services, project)
 
@@ -190,14 +190,13 @@ class SqliteReader(BaseReader):
         holds the lock). Under `_probe_lock`."""
         pid = os.getpid()
         if self._probe is None or self._probe[0] != pid:
-            self._probe = (pid, self._connect(0.0))
-            if self._counter is not None and self._counter.pid == pid:
-                self._counter.close()
-            self._counter = _ChangeCounter(self.path)
-        conn = self._probe[1]
+            if self._probe is not None:
+                self._probe[2].close()
+            self._probe = (pid, self._connect(0.0), _ChangeCounter(self.path))
+        _, conn, counter = self._probe
         # the file's own change counter where it keeps one, else the probe's data_version;
         # tagged, so a switch from one to the other reads as a change
-        count = self._counter.read() if self._counter is not None else None
+        count = counter.read()
         version = (("file", count) if count is not None else
                    ("probe", conn.execute("PRAGMA data_version").fetchone()[0]))
         if version != self._probe_version:  # a commit since: drop all
@@ -246,10 +245,9 @@ class SqliteReader(BaseReader):
         for conn in conns:
             conn.close()
         self._local = threading.local()
+        if self._probe is not None:
+            self._probe[2].close()
         self._probe = None
-        if self._counter is not None and self._counter.pid == os.getpid():
-            self._counter.close()
-        self._counter = None
 
 
 

@@ -38,7 +38,8 @@ class Context:
     flags: tuple[str, ...] = ()
     """Points-fraud flags: the answers ask for a second verification (nothing is blocked)."""
     model_inputs: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
-    """The member's propensity inputs by model version, encoded on first use."""
+    """The member's propensity inputs by model version, encoded on first use (as the row
+    template the requests' rows start from: `PropensityRows.template`)."""
     behaviour: float = 0.0
     """The member's behaviour weight: the index factor that depends on the member alone."""
 

@@ -179,10 +179,10 @@ class PropensityScorer:
                   member: Mapping[str, Any], encoded: dict[str, F64],
                   ) -> tuple[PropensityRows, F64]:
         rows = self.prepare(catalogue, item_columns, n_items)
-        values = encoded.get(self.version)
-        if values is None:
-            values = encoded[self.version] = rows.template(rows.member(member))
-        return rows, values
+        template = encoded.get(self.version)
+        if template is None:
+            template = encoded[self.version] = rows.template(rows.member(member))
+        return rows, template
 
 
 def _num(values: Any) -> F64:
